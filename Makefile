@@ -1,0 +1,49 @@
+# The README's two commands are `make demo` and `make test`; everything else here supports them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export KAFKA_PORT ?= 9092
+export KAFKA_DATA_DIR ?= .local/kafka
+
+.PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status demo test test-fast clean
+
+setup: $(STAMP)  ## Create or update .venv from constraints.txt (no-op when nothing changed)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "error: $(PYTHON) is not Python 3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+lock:  ## Re-resolve pyproject.toml and rewrite constraints.txt
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet -e '.[dev]'
+	{ head -2 constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-lock
+
+kafka-fetch: setup  ## Fetch the Apache Kafka jars from Maven Central (cached)
+	@$(PY) -m infra.kafka fetch
+
+kafka-up: kafka-fetch  ## Start the local broker on localhost:$(KAFKA_PORT); returns once it answers
+	@$(PY) -m infra.kafka up
+
+kafka-down: setup  ## Stop the local broker
+	@$(PY) -m infra.kafka down
+
+kafka-status: setup
+	@$(PY) -m infra.kafka status
+
+demo: kafka-up  ## The main job on the local default (grows with the loop)
+	@$(PY) -m infra.kafka check
+
+test: kafka-fetch  ## Everything: unit and integration tests against a real broker
+	$(PY) -m pytest
+
+test-fast: setup  ## Unit tests only
+	$(PY) -m pytest -m "not integration and not slow"
+
+clean: kafka-down
+	rm -rf .local

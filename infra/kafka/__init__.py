@@ -1,0 +1,1 @@
+"""Local Apache Kafka broker from the official Maven artifacts: fetch, start, stop."""

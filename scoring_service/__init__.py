@@ -1,0 +1,1 @@
+"""The long-running Kafka scorer that hot-swaps model versions."""

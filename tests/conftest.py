@@ -1,0 +1,69 @@
+"""Shared fixtures: one real Kafka broker per test session (or the cluster named by KAFKA_BOOTSTRAP_SERVERS)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.kafka import broker, distribution
+
+REPO = Path(__file__).resolve().parents[1]
+KEPT_LOGS = REPO / ".local" / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bootstrap servers of a real broker: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh local broker
+    on free ports with its own data and log folder, stopped at the end (its log kept if a test failed)."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    dist = distribution.fetch()
+    data_dir = Path(tempfile.mkdtemp(prefix="kafka-test-"))
+    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
+                              heap="512m")
+    broker.start(cfg, dist)
+    try:
+        yield cfg.bootstrap_servers
+    finally:
+        broker.stop(cfg)
+        if request.session.testsfailed:
+            KEPT_LOGS.mkdir(parents=True, exist_ok=True)
+            kept = KEPT_LOGS / f"kafka-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            shutil.copy(cfg.log_file, kept)
+            print(f"\nbroker log kept at {kept}")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def new_topic(kafka_admin: AdminClient) -> Callable[..., str]:
+    """Create a uniquely named topic (deleted after the test); returns its name."""
+    created: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        fut = kafka_admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+        )[name]
+        fut.result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for fut in kafka_admin.delete_topics(created).values():
+            fut.result(timeout=30)
