@@ -42,6 +42,8 @@ class LoopSettings(BaseSettings):
     # Training window: the latest N snapshots of flights.completed form the training set.
     snapshot_window: int = Field(12, ge=1)
     min_training_rows: int = Field(1000, ge=1)
+    # The most recent days of the window are held out: challenger and champion are both scored on them.
+    holdout_days: float = Field(7.0, gt=0)
     epochs: int = Field(20, ge=1)
     seed: int = 42
 

@@ -1,0 +1,93 @@
+"""Benchmark: replay a whole year of flights as fast as possible, then snapshot flights.completed.
+
+Uses the cluster in KAFKA_BOOTSTRAP_SERVERS if set, otherwise starts a local broker (infra.kafka) on free
+ports and stops it afterwards. Topics are unique per run. Logs go to stderr; the last stdout line is one
+JSON object: replay_eps, snapshot_eps, events, snapshot_rows (plus the seconds behind them).
+
+    .venv/bin/python benchmarks/replay_snapshot.py [--months 1-12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml.flights_source import load_completed  # noqa: E402
+from ml.replay import replay_frame  # noqa: E402
+from ml.settings import LoopSettings  # noqa: E402
+from ml.snapshot import take_snapshot  # noqa: E402
+
+
+@contextlib.contextmanager
+def kafka_cluster() -> Iterator[str]:
+    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, or a local broker started for the duration."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    from infra.kafka import broker, distribution
+
+    data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
+    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port())
+    broker.start(cfg, distribution.fetch())
+    try:
+        yield cfg.bootstrap_servers
+    finally:
+        broker.stop(cfg)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def bench_settings(bootstrap: str, data_dir: Path) -> LoopSettings:
+    """Settings with topics unique to this run, so repeated runs against one cluster do not mix."""
+    u = uuid.uuid4().hex[:8]
+    return LoopSettings(kafka_bootstrap_servers=bootstrap, loop_data_dir=data_dir,
+                        topic_flights_scheduled=f"bench-scheduled-{u}", topic_flights_completed=f"bench-completed-{u}",
+                        topic_flights_predictions=f"bench-predictions-{u}", topic_flights_dlq=f"bench-dlq-{u}",
+                        topic_models=f"bench-models-{u}")
+
+
+def run(settings: LoopSettings, months: tuple[int, int] = (1, 12)) -> dict:
+    """Replay ``months`` as fast as possible and snapshot the completed topic; return the figures."""
+    flights = load_completed(months)
+    summary = replay_frame(settings, flights)
+    t0 = time.monotonic()
+    manifest = take_snapshot(settings, settings.topic_flights_completed)
+    snapshot_s = time.monotonic() - t0
+    return {
+        "replay_eps": round(summary.events_per_s),
+        "replay_s": summary.seconds,
+        "snapshot_eps": round(manifest.row_count / snapshot_s),
+        "snapshot_s": round(snapshot_s, 3),
+        "events": summary.events,
+        "snapshot_rows": manifest.row_count,
+        "snapshot_rejected": manifest.rejected_count,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--months", default="1-12", help="month range, e.g. 1-12")
+    args = parser.parse_args()
+    first, _, last = args.months.partition("-")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-data-") as data_dir:
+        result = run(bench_settings(bootstrap, Path(data_dir)), (int(first), int(last or first)))
+    print(orjson.dumps(result).decode())
+
+
+if __name__ == "__main__":
+    main()

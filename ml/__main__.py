@@ -1,0 +1,5 @@
+"""`python -m ml`: see ml.cli."""
+
+from ml.cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""`python -m ml`: create the loop's topics, replay flights into Kafka, snapshot a topic.
+
+Settings come from the environment (``ml.settings.LoopSettings``: KAFKA_BOOTSTRAP_SERVERS, TOPIC_*, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from ml.errors import LoopError
+from ml.settings import LoopSettings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def _months(spec: str | None, first: int | None, last: int | None) -> tuple[int, int]:
+    """``--months 3`` or ``--months 1-12``, or --first-month/--last-month (each defaults to 1 and 12)."""
+    if spec is not None:
+        if first is not None or last is not None:
+            raise typer.BadParameter("give --months or --first-month/--last-month, not both")
+        lo, _, hi = spec.partition("-")
+        try:
+            return int(lo), int(hi or lo)
+        except ValueError:
+            raise typer.BadParameter(f"--months must look like 3 or 1-12, got {spec!r}") from None
+    return first or 1, last or 12
+
+
+@app.command()
+def topics() -> None:
+    """Create the loop's topics that are missing (existing ones are left as they are)."""
+    from ml.topics import ensure_topics
+
+    settings = LoopSettings()
+    try:
+        created = ensure_topics(settings)
+    except LoopError as exc:
+        _fail(exc)
+    for topic, new in created.items():
+        typer.echo(f"{topic}: {'created' if new else 'exists'}")
+
+
+@app.command()
+def replay(
+    months: str = typer.Option(None, help="Month range, e.g. 1-12 or 3."),
+    first_month: int = typer.Option(None, min=1, max=12, help="First month (inclusive)."),
+    last_month: int = typer.Option(None, min=1, max=12, help="Last month (inclusive)."),
+    speed: float = typer.Option(None, min=0, help="Event-time seconds per wall second."),
+    rate: float = typer.Option(None, min=0, help="Target events per second."),
+    limit: int = typer.Option(None, min=1, help="Replay only the first N flights by departure."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Replay flights into flights.scheduled / flights.completed in event-time order (as fast as possible
+    unless --speed or --rate is given); prints the summary as JSON."""
+    from ml.replay import replay as run
+
+    try:
+        summary = run(LoopSettings(), _months(months, first_month, last_month), limit=limit, speed=speed,
+                      rate=rate, progress=progress)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(summary.model_dump_json(indent=2))
+
+
+@app.command()
+def snapshot(
+    topic: str = typer.Option(None, help="Topic to snapshot (default: the flights.completed topic)."),
+    snapshot_id: str = typer.Option(None, help="Id of the snapshot; an existing one is returned as is."),
+) -> None:
+    """Snapshot a topic from the previous snapshot's end offsets to its end now; prints the manifest."""
+    from ml.snapshot import take_snapshot
+
+    settings = LoopSettings()
+    try:
+        manifest = take_snapshot(settings, topic or settings.topic_flights_completed, snapshot_id=snapshot_id)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(manifest.model_dump_json(indent=2))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    app()

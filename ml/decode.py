@@ -1,0 +1,226 @@
+"""Decode batches of JSON records into Arrow tables that satisfy a topic contract, isolating the bad ones.
+
+The fast path parses a whole batch with ``pyarrow.json`` and applies the contract's checks vectorised (nulls
+in required fields, ``ge``/``gt``/``le``/``lt`` bounds, string lengths, literal values, NaN, time zones), all
+derived from the pydantic field metadata so the bounds live in one place (``ml/contracts.py``). The fast path
+only needs to be at least as strict as pydantic: a batch it cannot parse, and every row it flags, goes through
+the pydantic contract record by record (in strict mode, matching the parser's typing), which decides:
+accept, or reject with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import annotated_types as at
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from ml.contracts import arrow_schema
+
+# pydantic error types that mean "a value outside the contract's range" rather than a wrong shape or type.
+RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                          "string_too_short", "string_too_long", "literal_error", "finite_number"})
+
+ERROR_UNDECODABLE = "undecodable"
+ERROR_SCHEMA = "schema"
+ERROR_RANGE = "range"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One record the contract refused: its position in the batch, error class and a readable reason."""
+
+    index: int
+    error_class: str  # undecodable | schema | range (the classes of the `flights.dlq` contract)
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The rows a batch yielded, in input order: ``table`` row i came from input position ``accepted[i]``."""
+
+    table: pa.Table
+    accepted: np.ndarray
+    rejected: list[Rejection]
+
+
+@dataclass(frozen=True)
+class _FieldCheck:
+    name: str
+    nullable: bool
+    bounds: tuple[tuple[str, float], ...]  # (arrow comparison that marks a violation, bound)
+    min_len: int | None
+    max_len: int | None
+    literals: tuple | None
+
+
+# A value violates Ge(x) when it is less than x, and so on.
+_VIOLATION = {at.Ge: ("less", "ge"), at.Gt: ("less_equal", "gt"), at.Le: ("greater", "le"),
+              at.Lt: ("greater_equal", "lt")}
+
+
+def _constraints(annotation: object, info: FieldInfo | None = None) -> list[object]:
+    """Every annotated_types constraint of a field, including those nested in ``Annotated`` inside a union
+    (``Minutes | None``), which pydantic does not lift into ``FieldInfo.metadata``."""
+    found = list(info.metadata) if info is not None else []
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        for extra in typing.get_args(annotation)[1:]:
+            found.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+        found.extend(_constraints(typing.get_args(annotation)[0]))
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found.extend(_constraints(arg))
+    return found
+
+
+def _literals(annotation: object) -> tuple | None:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if (found := _literals(arg)) is not None:
+                return found
+    return None
+
+
+def field_checks(contract: type[BaseModel]) -> list[_FieldCheck]:
+    """The vectorisable checks of each contract field, read from the pydantic model."""
+    schema = arrow_schema(contract)
+    checks = []
+    for name, info in contract.model_fields.items():
+        bounds, min_len, max_len = [], None, None
+        for c in _constraints(info.annotation, info):
+            if type(c) in _VIOLATION:
+                op, attr = _VIOLATION[type(c)]
+                bounds.append((op, getattr(c, attr)))
+            elif isinstance(c, at.MinLen):
+                min_len = c.min_length
+            elif isinstance(c, at.MaxLen):
+                max_len = c.max_length
+        checks.append(_FieldCheck(name, schema.field(name).nullable, tuple(bounds), min_len, max_len,
+                                  _literals(info.annotation)))
+    return checks
+
+
+class ContractDecoder:
+    """Decodes JSON record values of one contract; build once per topic, call ``decode`` per batch."""
+
+    def __init__(self, contract: type[BaseModel]) -> None:
+        self.contract = contract
+        self.schema = arrow_schema(contract)
+        self.checks = field_checks(contract)
+        self._timestamps = [f.name for f in self.schema if pa.types.is_timestamp(f.type)]
+        # Parse timestamps as strings and every field as nullable: the cast below refuses strings without
+        # a zone offset (pyarrow's JSON reader would read them as UTC, pydantic's AwareDatetime refuses
+        # them), and a null in a required field flags that row instead of failing the whole batch.
+        parse_fields = [pa.field(f.name, pa.string() if f.name in self._timestamps else f.type)
+                        for f in self.schema]
+        self._parse = pj.ParseOptions(explicit_schema=pa.schema(parse_fields),
+                                      unexpected_field_behavior="error")
+
+    def decode(self, values: list[bytes | None]) -> Decoded:
+        """Decode one batch of record values; never raises for bad records, it rejects them."""
+        present = [i for i, v in enumerate(values) if v]
+        slow = [i for i, v in enumerate(values) if not v]
+        fast_table, fast_idx = self.schema.empty_table(), np.empty(0, dtype=np.int64)
+        if present:
+            parsed = self._parse_batch([values[i] for i in present])
+            if parsed is None:
+                slow.extend(present)
+            else:
+                table, bad = parsed
+                idx = np.asarray(present, dtype=np.int64)
+                fast_table, fast_idx = table.filter(pa.array(~bad)), idx[~bad]
+                slow.extend(idx[bad].tolist())
+        rows, slow_idx, rejected = self._validate_each(values, sorted(slow))
+        if not rows:
+            return Decoded(fast_table, fast_idx, rejected)
+        table = pa.concat_tables([fast_table, pa.Table.from_pylist(rows, schema=self.schema)])
+        accepted = np.concatenate([fast_idx, np.asarray(slow_idx, dtype=np.int64)])
+        order = np.argsort(accepted, kind="stable")  # back to input order, whichever path decoded a row
+        return Decoded(table.take(pa.array(order)), accepted[order], rejected)
+
+    def _parse_batch(self, values: list[bytes]) -> tuple[pa.Table, np.ndarray] | None:
+        """The batch as a contract table plus a mask of rows the checks flag; None if it does not parse."""
+        try:
+            table = pj.read_json(io.BytesIO(b"\n".join(values)), parse_options=self._parse)
+        except pa.ArrowInvalid:
+            return None
+        # A value holding a raw newline splits into two lines (or an empty one vanishes): not one row each.
+        if table.num_rows != len(values):
+            return None
+        try:
+            columns = [pc.cast(table.column(f.name), f.type) if f.name in self._timestamps else table.column(f.name)
+                       for f in self.schema]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        table = pa.Table.from_arrays(columns, schema=self.schema)
+        return table, self._flagged(table)
+
+    def _flagged(self, table: pa.Table) -> np.ndarray:
+        bad = pa.array(np.zeros(table.num_rows, dtype=bool))
+        for check in self.checks:
+            col = table.column(check.name)
+            flags = []
+            if not check.nullable and col.null_count:
+                flags.append(pc.is_null(col))
+            if pa.types.is_floating(col.type):
+                flags.append(pc.is_nan(col))
+            for op, bound in check.bounds:
+                flags.append(getattr(pc, op)(col, bound))
+            if check.min_len is not None:
+                flags.append(pc.less(pc.utf8_length(col), check.min_len))
+            if check.max_len is not None:
+                flags.append(pc.greater(pc.utf8_length(col), check.max_len))
+            if check.literals is not None:
+                flags.append(pc.invert(pc.is_in(col, pa.array(check.literals, col.type))))
+            for flag in flags:
+                bad = pc.or_(bad, pc.fill_null(flag, False))
+        return np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+    def _validate_each(self, values: list[bytes | None], idx: list[int]
+                       ) -> tuple[list[dict], list[int], list[Rejection]]:
+        rows, accepted, rejected = [], [], []
+        for i in idx:
+            value = values[i]
+            if not value:
+                rejected.append(Rejection(i, ERROR_UNDECODABLE, "empty value (null or zero bytes)"))
+                continue
+            try:
+                # Strict: JSON types must match the field types ("2013" is not an int, 1.0 not an int, "yes"
+                # not a bool), the same rule pyarrow's parser applies on the fast path.
+                record = self.contract.model_validate_json(value, strict=True)
+            except ValidationError as exc:
+                rejected.append(Rejection(i, classify(exc), _reason(exc)))
+                continue
+            rows.append(record.model_dump())
+            accepted.append(i)
+        return rows, accepted, rejected
+
+
+def classify(exc: ValidationError) -> str:
+    """The error class of a contract violation: undecodable JSON, a wrong shape/type, or a range."""
+    kinds = {e["type"] for e in exc.errors()}
+    if "json_invalid" in kinds or "model_type" in kinds:
+        return ERROR_UNDECODABLE
+    return ERROR_RANGE if kinds <= RANGE_ERRORS else ERROR_SCHEMA
+
+
+def _reason(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for e in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in e["loc"]) or "value"
+        parts.append(f"{where}: {e['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+

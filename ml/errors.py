@@ -1,0 +1,60 @@
+"""Domain errors of the retraining loop: raised by `ml/` functions, let fail by the tasks that call them."""
+
+
+class LoopError(RuntimeError):
+    """Base class of the loop's domain errors."""
+
+
+class BrokerUnavailable(LoopError):
+    """The Kafka cluster named by the bootstrap servers did not answer in time."""
+
+    def __init__(self, bootstrap_servers: str, detail: object) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        super().__init__(f"Kafka at {bootstrap_servers} is not reachable: {detail}")
+
+
+class TopicMissing(LoopError):
+    """A topic the operation needs does not exist on the cluster."""
+
+    def __init__(self, topic: str, bootstrap_servers: str) -> None:
+        self.topic = topic
+        super().__init__(f"topic {topic!r} does not exist on Kafka at {bootstrap_servers} "
+                         f"(create it with `python -m ml topics`)")
+
+
+class DeliveryFailed(LoopError):
+    """Records were not acknowledged by the broker (delivery report error or flush timeout)."""
+
+
+class InsufficientData(LoopError):
+    """The snapshot has too few rows to validate or train on: the run is skipped, not failed."""
+
+    def __init__(self, rows: int, minimum: int, report: object | None = None) -> None:
+        self.rows = rows
+        self.minimum = minimum
+        self.report = report  # ml.validate.ValidationReport when the suite ran
+        super().__init__(f"snapshot has {rows} rows, fewer than the minimum of {minimum}: skipping this run")
+
+
+class ValidationFailed(LoopError):
+    """The snapshot failed its data-quality suite; ``report`` (ml.validate.ValidationReport) holds every check."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+        super().__init__(report.failure_summary())
+
+
+class RegistryUnavailable(LoopError):
+    """The MLflow tracking server or database named by the tracking URI cannot be used."""
+
+
+class EnvelopeRejected(LoopError):
+    """A model envelope failed decoding, its schema, its signature or its artifact digest."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ModelTooLarge(LoopError):
+    """A model envelope exceeds the `models` topic's ``max.message.bytes``."""

@@ -1,0 +1,64 @@
+"""The Keras delay model, built from a FeatureContract, and its byte form (.keras zip, nothing pickled)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import keras
+
+from ml import features
+
+log = logging.getLogger(__name__)
+
+HIDDEN_UNITS = (128, 64)
+DROPOUT = 0.1
+LEARNING_RATE = 2e-3
+
+
+def embedding_dim(vocab_size: int) -> int:
+    """A small embedding width that grows slowly with the vocabulary (3 for 5 values, 10 for 100, at most 16)."""
+    return int(min(16, max(2, round(1.6 * vocab_size ** 0.4))))
+
+
+def build(contract: features.FeatureContract) -> keras.Model:
+    """A compiled MLP over the standardised numerics and one embedding per categorical.
+
+    Input names equal the keys of ``features.transform``; the output is P(delayed).
+    """
+    numeric = keras.Input(shape=(contract.numeric_width,), name=features.NUMERIC_INPUT)
+    inputs, parts = [numeric], [numeric]
+    for name, size in contract.vocab_sizes.items():
+        cat = keras.Input(shape=(), dtype="int32", name=features.CATEGORICAL_PREFIX + name)
+        inputs.append(cat)
+        parts.append(keras.layers.Embedding(size, embedding_dim(size), name=f"emb_{name}")(cat))
+    x = keras.layers.Concatenate(name="concat")(parts)
+    for i, units in enumerate(HIDDEN_UNITS):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+        x = keras.layers.Dropout(DROPOUT, name=f"dropout_{i}")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="p_delayed")(x)
+    model = keras.Model(inputs, out, name="flight_delay")
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="auc")])
+    log.info("built model for feature contract v%d %s: %d parameters",
+             contract.contract_version, contract.fingerprint, model.count_params())
+    return model
+
+
+def to_bytes(model: keras.Model) -> bytes:
+    """The model as .keras archive bytes (architecture JSON + weights; no pickled code)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def from_bytes(data: bytes) -> keras.Model:
+    """Load .keras archive bytes with ``safe_mode=True`` (refuses lambda/deserialised code)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return keras.saving.load_model(path, safe_mode=True, compile=False)

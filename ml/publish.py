@@ -1,0 +1,260 @@
+"""The signed model envelope and its publication on the compacted `models` topic.
+
+An envelope carries the ``.keras`` bytes (base64) with their SHA-256 and an HMAC-SHA256 signature over the
+canonical JSON of every other field (sorted keys, no whitespace). The scorer accepts a model only through
+``verify_envelope``; the topic is keyed by model name, so compaction keeps the latest version per model.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from ml.errors import BrokerUnavailable, DeliveryFailed, EnvelopeRejected, ModelTooLarge, TopicMissing
+from ml.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+# Room for the record batch and record headers around key and value: the broker's limit applies to the batch.
+BATCH_OVERHEAD_BYTES = 512
+TOPIC_METADATA_WAIT_S = 5.0
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ModelEnvelope(BaseModel):
+    """`models` v1: one model version, signed; key = ``model_name``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: Literal[1] = 1
+    model_name: str = Field(min_length=1)
+    model_version: int = Field(ge=1)
+    run_id: str = Field(min_length=1)
+    model_uri: str = Field(min_length=1)
+    feature_contract: dict[str, Any]
+    metrics: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
+    decision_id: str = Field(min_length=1)
+    created_at: AwareDatetime
+    artifact_b64: str = Field(min_length=1)
+    artifact_sha256: Sha256Hex
+    signature: Sha256Hex
+
+    def artifact(self) -> bytes:
+        """The ``.keras`` bytes."""
+        return base64.b64decode(self.artifact_b64, validate=True)
+
+    def to_bytes(self) -> bytes:
+        """The record value: the envelope as compact JSON."""
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class PublishResult(BaseModel):
+    """Where an envelope landed, or that the topic already had this version (``published=False``)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    topic: str
+    model_name: str
+    model_version: int
+    published: bool
+    partition: int | None = None
+    offset: int | None = None
+    size_bytes: int
+
+
+def canonical_json(fields: dict[str, Any]) -> bytes:
+    """Sorted keys, no whitespace: the exact bytes that are signed."""
+    return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+
+
+def _sign(fields: dict[str, Any], key: bytes) -> str:
+    return hmac.new(key, canonical_json(fields), hashlib.sha256).hexdigest()
+
+
+def build_envelope(*, model_name: str, model_version: int, run_id: str, model_uri: str,
+                   feature_contract: dict[str, Any], metrics: dict[str, float], decision_id: str,
+                   artifact: bytes, key: bytes, created_at: datetime | None = None) -> ModelEnvelope:
+    """Build and sign the envelope of one registered model version.
+
+    Raises ``pydantic.ValidationError`` when a field breaks the schema (e.g. a NaN metric).
+    """
+    fields = dict(
+        schema_version=1, model_name=model_name, model_version=model_version, run_id=run_id, model_uri=model_uri,
+        feature_contract=feature_contract, metrics=metrics, decision_id=decision_id,
+        created_at=created_at or datetime.now(UTC),
+        artifact_b64=base64.b64encode(artifact).decode("ascii"),
+        artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+    )
+    # Validate first, then sign the JSON form: verification recomputes the HMAC over the decoded JSON,
+    # so both sides must sign the same representation (ISO datetimes, JSON numbers).
+    unsigned = ModelEnvelope.model_validate({**fields, "signature": "0" * 64}).model_dump(
+        mode="json", exclude={"signature"})
+    return ModelEnvelope.model_validate({**unsigned, "signature": _sign(unsigned, key)})
+
+
+def verify_envelope(raw: bytes, key: bytes) -> ModelEnvelope:
+    """Decode and check one record value; the only way a model enters the scorer.
+
+    Raises ``EnvelopeRejected`` for undecodable JSON, a schema violation, a bad signature or an artifact whose
+    SHA-256 differs from ``artifact_sha256``.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise EnvelopeRejected(f"undecodable: {e}") from e
+    try:
+        envelope = ModelEnvelope.model_validate(doc)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False)[:3]
+        raise EnvelopeRejected(f"schema: {e.error_count()} error(s): {errors}") from e
+    # The signature covers the fields as received, so re-serialisation cannot change what was signed.
+    unsigned = {k: v for k, v in doc.items() if k != "signature"}
+    if not hmac.compare_digest(_sign(unsigned, key), envelope.signature):
+        raise EnvelopeRejected(f"bad signature for {envelope.model_name} v{envelope.model_version}")
+    try:
+        artifact = envelope.artifact()
+    except ValueError as e:
+        raise EnvelopeRejected(f"artifact is not valid base64: {e}") from e
+    digest = hashlib.sha256(artifact).hexdigest()
+    if not hmac.compare_digest(digest, envelope.artifact_sha256):
+        raise EnvelopeRejected(f"artifact sha256 mismatch for {envelope.model_name} v{envelope.model_version}: "
+                               f"expected {envelope.artifact_sha256}, got {digest}")
+    return envelope
+
+
+def _topic_max_message_bytes(settings: LoopSettings) -> int:
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    resource = ConfigResource(ResourceType.TOPIC, settings.topic_models)
+    # A topic created a moment ago can be unknown to the broker answering for a few hundred ms: retry briefly.
+    deadline = time.monotonic() + TOPIC_METADATA_WAIT_S
+    while True:
+        try:
+            configs = admin.describe_configs([resource], request_timeout=30)[resource].result(timeout=30)
+            return int(configs["max.message.bytes"].value)
+        except KafkaException as e:
+            unknown = bool(e.args) and e.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+            if unknown and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            if unknown:
+                raise TopicMissing(settings.topic_models, settings.kafka_bootstrap_servers) from e
+            raise BrokerUnavailable(settings.kafka_bootstrap_servers, e) from e
+
+
+def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[ModelEnvelope]:
+    """Every valid envelope on the `models` topic, in offset order per partition.
+
+    Reads from the beginning up to the end offsets taken at the start; records that fail verification are
+    logged and skipped.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    topic = settings.topic_models
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        # Assigned partitions only, nothing committed: the group id is required by the client, not used.
+        "group.id": f"models-reader-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+    })
+    key = settings.signing_key()
+    out: list[ModelEnvelope] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        if metadata.error is not None:
+            raise TopicMissing(topic, settings.kafka_bootstrap_servers)
+        # End offsets fixed now: envelopes published while we read belong to the next reader.
+        ends = {}
+        for p in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending, deadline = set(ends), time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(settings.kafka_bootstrap_servers,
+                                        f"{topic} partitions {sorted(pending)} not read up to {ends}")
+            for msg in consumer.consume(100, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {err}")
+                if msg.partition() not in pending:
+                    continue
+                if msg.offset() >= ends[msg.partition()] - 1:
+                    pending.discard(msg.partition())
+                if msg.offset() >= ends[msg.partition()]:
+                    continue
+                try:
+                    out.append(verify_envelope(msg.value(), key))
+                except EnvelopeRejected as e:
+                    log.warning("skipping envelope at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
+    finally:
+        consumer.close()
+    log.info("read %d valid envelope(s) from %s up to end offsets %s", len(out), topic, ends)
+    return out
+
+
+def publish(settings: LoopSettings, envelope: ModelEnvelope) -> PublishResult:
+    """Produce ``envelope`` to the `models` topic (key = model name), unless it is already the latest there.
+
+    Idempotent: when the latest valid envelope of ``model_name`` on the topic carries the same version, nothing
+    is produced (a retried task, or a second publish of the same version). Re-publishing an older version after
+    a newer one does produce, which makes it the current model again (a rollback).
+    Raises ``ModelTooLarge`` before producing when the record exceeds the topic's ``max.message.bytes``, and
+    ``DeliveryFailed`` when the broker does not acknowledge it.
+    """
+    from confluent_kafka import Producer
+
+    topic = settings.topic_models
+    key, value = envelope.model_name.encode(), envelope.to_bytes()
+    size = len(key) + len(value)
+    limit = _topic_max_message_bytes(settings)
+    if size + BATCH_OVERHEAD_BYTES > limit:
+        raise ModelTooLarge(f"envelope of {envelope.model_name} v{envelope.model_version} is {size} bytes; "
+                            f"topic {topic} accepts {limit} (max.message.bytes) minus {BATCH_OVERHEAD_BYTES} "
+                            "bytes of batch overhead")
+    result = dict(topic=topic, model_name=envelope.model_name, model_version=envelope.model_version,
+                  size_bytes=size)
+
+    latest = {e.model_name: e for e in read_envelopes(settings)}.get(envelope.model_name)
+    if latest is not None and latest.model_version == envelope.model_version:
+        log.info("%s v%d is already the latest envelope on %s: nothing published",
+                 envelope.model_name, envelope.model_version, topic)
+        return PublishResult(**result, published=False)
+
+    producer = Producer({
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        # Idempotence (implies acks=all): a retried send after a lost ack cannot write the envelope twice.
+        "enable.idempotence": True,
+        # The client's own limit (default 1 MB) must not be below the topic's, which was checked above.
+        "message.max.bytes": max(limit, 1_000_000) + BATCH_OVERHEAD_BYTES,
+    })
+    delivered: list = []
+    producer.produce(topic, key=key, value=value, on_delivery=lambda err, msg: delivered.append((err, msg)))
+    remaining = producer.flush(30)
+    if remaining or not delivered:
+        raise DeliveryFailed(f"{envelope.model_name} v{envelope.model_version} not acknowledged by {topic} "
+                            f"within 30 s ({remaining} message(s) in flight)")
+    err, msg = delivered[0]
+    if err is not None:
+        raise DeliveryFailed(f"{envelope.model_name} v{envelope.model_version} rejected by {topic}: {err}")
+    log.info("published %s v%d (run %s, decision %s) to %s[%d]@%d, %d bytes", envelope.model_name,
+             envelope.model_version, envelope.run_id, envelope.decision_id, topic, msg.partition(), msg.offset(),
+             size)
+    return PublishResult(**result, published=True, partition=msg.partition(), offset=msg.offset())

@@ -1,0 +1,73 @@
+"""The loop's Kafka topics: reachability check and idempotent creation with the documented settings."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from ml.errors import BrokerUnavailable
+from ml.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+# A model envelope (Keras file, metadata, signature) must fit in one record; the broker default is ~1 MiB.
+MODEL_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def admin_client(settings: LoopSettings) -> AdminClient:
+    # log_level 0 keeps librdkafka from printing connection-refused lines; BrokerUnavailable says it once.
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+
+
+def require_broker(admin: AdminClient, bootstrap_servers: str, timeout: float) -> ClusterMetadata:
+    """Cluster metadata, or BrokerUnavailable naming the bootstrap servers if no broker answers in time."""
+    try:
+        return admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailable(bootstrap_servers, exc.args[0] if exc.args else exc) from exc
+
+
+def topic_specs(settings: LoopSettings) -> list[NewTopic]:
+    """The topics of the loop: event topics with ``topic_partitions`` partitions, `models` compacted."""
+    events = [settings.topic_flights_scheduled, settings.topic_flights_completed,
+              settings.topic_flights_predictions, settings.topic_flights_dlq]
+    # Record timestamps are event times; replayed history is years old, so time-based retention (7 days by
+    # default) would delete it within minutes of the replay. The snapshots are the long-term record.
+    specs = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
+                      config={"retention.ms": "-1"}) for t in events]
+    # One partition keeps every model version in one order; compaction keeps the latest record per key
+    # (the model name), so a scorer starting from the beginning finds the current model quickly.
+    specs.append(NewTopic(settings.topic_models, num_partitions=1, replication_factor=-1,
+                          config={"cleanup.policy": "compact",
+                                  "max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}))
+    return specs
+
+
+def ensure_topics(settings: LoopSettings, timeout: float = 10.0) -> dict[str, bool]:
+    """Create the loop's topics that do not exist yet; returns topic -> True if created now.
+
+    Existing topics are left as they are (their partition count is logged, not changed).
+    Raises BrokerUnavailable if the cluster does not answer within ``timeout`` seconds.
+    """
+    admin = admin_client(settings)
+    meta = require_broker(admin, settings.kafka_bootstrap_servers, timeout)
+    specs = {s.topic: s for s in topic_specs(settings)}
+    created = {t: False for t in specs}
+    for topic in specs.keys() & meta.topics.keys():
+        log.info("topic %s exists with %d partitions", topic, len(meta.topics[topic].partitions))
+    missing = [s for t, s in specs.items() if t not in meta.topics]
+    if missing:
+        for topic, fut in admin.create_topics(missing, request_timeout=timeout).items():
+            try:
+                fut.result(timeout=timeout)
+            except KafkaException as exc:
+                # Another process created it between our metadata read and the request: that is fine.
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                continue
+            created[topic] = True
+            log.info("topic %s created with %d partitions, config %s", topic, specs[topic].num_partitions,
+                     specs[topic].config)
+    return created

@@ -1,0 +1,191 @@
+"""MLflow on SQLite (runs, lineage, versions, the champion alias) and signed envelopes on a real compacted topic."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer, TopicPartition
+from pydantic import BaseModel
+
+from ml.errors import ModelTooLarge, RegistryUnavailable
+from ml.publish import build_envelope, publish, read_envelopes
+from ml.registry import ChampionInfo, Registry
+from ml.settings import LoopSettings
+
+pytestmark = pytest.mark.integration
+
+KEY = b"integration-signing-key"
+FEATURE_CONTRACT = {"numeric": ["distance", "temp", "wind_speed", "dep_hour"], "version": 1}
+MANIFESTS = [
+    {"topic": "flights.completed", "partitions": [{"partition": 0, "start": 0, "end": 1200},
+                                                  {"partition": 1, "start": 0, "end": 1100}],
+     "rows": 2300, "content_sha256": "ab" * 32},
+    {"topic": "flights.completed", "partitions": [{"partition": 0, "start": 1200, "end": 2000},
+                                                  {"partition": 1, "start": 1100, "end": 1900}],
+     "rows": 1600, "content_sha256": "cd" * 32},
+]
+
+
+class Decision(BaseModel):
+    decision_id: str
+    verdict: str
+    metrics: dict[str, float]
+    reasons: list[str]
+
+
+@pytest.fixture(scope="module")
+def keras_model():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(loss="binary_crossentropy")
+    return model
+
+
+def _keras_bytes(model) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- registry
+
+
+@pytest.mark.slow
+def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_model):
+    settings = LoopSettings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/db/mlflow.db",
+                            mlflow_artifact_root=tmp_path / "artifacts", mlflow_experiment="exp-test",
+                            model_name="flight_delay_test")
+    registry = Registry(settings)
+    assert registry.champion() is None
+    assert (tmp_path / "db" / "mlflow.db").is_file()
+
+    decision = Decision(decision_id="d-1", verdict="promote", metrics={"auc": 0.71}, reasons=["no champion yet"])
+    with registry.start_run("candidate-1", params={"epochs": 3, "window": 12}) as run_id:
+        registry.log_metrics(run_id, {"auc": 0.71, "logloss": 0.55})
+        lineage = registry.log_lineage(run_id, MANIFESTS)
+        registry.log_decision(run_id, decision)
+        model_uri = registry.log_model(run_id, keras_model, FEATURE_CONTRACT)
+    assert lineage == "flights.completed[0:0-1200,1:0-1100];flights.completed[0:1200-2000,1:1100-1900]"
+    assert model_uri.startswith("models:/m-")
+
+    run = registry.client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"epochs": "3", "window": "12"}
+    assert run.data.metrics == {"auc": 0.71, "logloss": 0.55}
+    assert {k: run.data.tags[k] for k in ("lineage", "decision_id", "decision_verdict", "decision_reasons")} == {
+        "lineage": lineage, "decision_id": "d-1", "decision_verdict": "promote",
+        "decision_reasons": "no champion yet"}
+    assert run.info.artifact_uri.startswith((tmp_path / "artifacts").resolve().as_uri())
+    assert not Path("mlruns").exists()
+
+    assert registry.register(run_id, model_uri) == 1
+    assert registry.champion() is None  # registered is not promoted
+    registry.promote(1)
+    assert registry.champion() == ChampionInfo(
+        version=1, run_id=run_id, model_uri="models:/flight_delay_test/1", feature_contract=FEATURE_CONTRACT,
+        metrics={"auc": 0.71, "logloss": 0.55}, lineage=MANIFESTS)
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    loaded = registry.load_model(1)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), keras_model.predict(x, verbose=0), rtol=1e-6)
+
+    # Explicit-run-id path (another task, another process): the model goes to the run, not a new one.
+    with registry.start_run("candidate-2") as second:
+        pass
+    second_uri = registry.log_model(second, keras_model, FEATURE_CONTRACT)
+    registry.log_lineage(second, MANIFESTS[1:])
+    assert registry.register(second, second_uri) == 2
+    registry.promote(2)
+    champion = registry.champion()
+    assert (champion.version, champion.run_id, champion.lineage) == (2, second, MANIFESTS[1:])
+    assert registry.client().get_run(second).info.status == "FINISHED"
+
+
+def test_unreachable_mlflow_fails_fast_naming_the_uri(tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    registry = Registry(LoopSettings(mlflow_tracking_uri=uri, mlflow_artifact_root=tmp_path))
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match=f"MLflow tracking server at {uri} is unreachable"):
+        registry.champion()
+    assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- publish
+
+
+def _high_watermark(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def _settings(bootstrap: str, topic: str) -> LoopSettings:
+    return LoopSettings(kafka_bootstrap_servers=bootstrap, topic_models=topic, model_signing_key=KEY.decode(),
+                        model_name="flight_delay_test")
+
+
+def _envelope(version: int, artifact: bytes):
+    return build_envelope(model_name="flight_delay_test", model_version=version, run_id=f"run-{version}",
+                          model_uri=f"models:/flight_delay_test/{version}", feature_contract=FEATURE_CONTRACT,
+                          metrics={"auc": 0.7 + version / 100}, decision_id=f"d-{version}", artifact=artifact,
+                          key=KEY)
+
+
+@pytest.mark.slow
+def test_publish_reads_back_verified_and_same_version_twice_is_a_noop(kafka_bootstrap, new_topic, keras_model):
+    topic = new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": "300000"})
+    settings = _settings(kafka_bootstrap, topic)
+    artifact = _keras_bytes(keras_model)
+    v1 = _envelope(1, artifact)
+
+    first = publish(settings, v1)
+    assert (first.published, first.partition, first.offset) == (True, 0, 0)
+    assert first.size_bytes == len(b"flight_delay_test") + len(v1.to_bytes())
+    assert read_envelopes(settings) == [v1]
+    assert read_envelopes(settings)[0].artifact() == artifact
+
+    again = publish(settings, v1)
+    assert (again.published, again.offset) == (False, None)
+    assert _high_watermark(kafka_bootstrap, topic) == 1
+
+    # A record that fails verification is skipped by readers, and does not count as a published version.
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, key=b"flight_delay_test", value=b"not an envelope")
+    assert producer.flush(10) == 0
+    v2 = _envelope(2, artifact)
+    second = publish(settings, v2)
+    assert (second.published, second.offset) == (True, 2)
+    assert [e.model_version for e in read_envelopes(settings)] == [1, 2]
+    assert publish(settings, v2).published is False
+    assert _high_watermark(kafka_bootstrap, topic) == 3
+
+
+def test_oversized_envelope_is_refused_before_producing(kafka_bootstrap, new_topic):
+    topic = new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": "300000"})
+    settings = _settings(kafka_bootstrap, topic)
+    big = _envelope(1, np.random.default_rng(1).bytes(300_000))
+    with pytest.raises(ModelTooLarge, match=rf"flight_delay_test v1 is \d+ bytes; topic {topic} accepts 300000"):
+        publish(settings, big)
+    assert _high_watermark(kafka_bootstrap, topic) == 0
+    assert read_envelopes(settings) == []

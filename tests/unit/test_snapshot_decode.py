@@ -1,0 +1,131 @@
+"""Decoding snapshot batches: the fast (pyarrow) path and the per-record contract agree on every record."""
+
+from __future__ import annotations
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from ml import contracts
+from ml.decode import ERROR_RANGE, ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, field_checks
+
+GOOD = {
+    "schema_version": 1, "flight_id": "20130101-UA1545-EWR-0515", "sched_dep_utc": "2013-01-01T10:15:00Z",
+    "sched_arr_utc": "2013-01-01T14:19:00Z", "year": 2013, "month": 1, "day": 1, "sched_dep_time": 515,
+    "sched_arr_time": 819, "carrier": "UA", "flight": 1545, "tailnum": "N14228", "origin": "EWR", "dest": "IAH",
+    "distance": 1400, "temp": 39.02, "dewp": 28.04, "humid": 64.43, "wind_dir": 260, "wind_speed": 12.65858,
+    "wind_gust": None, "precip": 0, "pressure": 1011.9, "visib": 10, "plane_year": 1999, "plane_seats": 149,
+    "plane_engines": 2, "plane_type": "Fixed wing multi engine", "plane_manufacturer": "BOEING",
+    "plane_engine": "Turbo-fan", "arr_utc": "2013-01-01T14:30:00Z", "dep_delay": 2, "arr_delay": 11,
+    "cancelled": False, "diverted": False, "delayed": False,
+}
+MISSING = object()
+
+
+def record(i: int = 0, **changes) -> bytes:
+    rec = dict(GOOD, flight_id=f"20130101-UA{1000 + i}-EWR-0515")
+    for key, value in changes.items():
+        if value is MISSING:
+            rec.pop(key)
+        else:
+            rec[key] = value
+    return orjson.dumps(rec)
+
+
+@pytest.fixture(scope="module")
+def decoder() -> ContractDecoder:
+    return ContractDecoder(contracts.FlightCompleted)
+
+
+def test_valid_batch_is_decoded_in_order_with_the_contract_schema(decoder):
+    values = [record(i) for i in range(500)]
+    out = decoder.decode(values)
+    assert out.rejected == []
+    assert out.accepted.tolist() == list(range(500))
+    assert out.table.schema == contracts.arrow_schema(contracts.FlightCompleted)
+    assert out.table.column("flight_id").to_pylist() == [f"20130101-UA{1000 + i}-EWR-0515" for i in range(500)]
+    first = out.table.slice(0, 1).to_pylist()[0]
+    assert first["arr_utc"].isoformat() == "2013-01-01T14:30:00+00:00"
+    assert first["wind_gust"] is None and first["distance"] == 1400.0
+
+
+BAD = [
+    (b"not json", ERROR_UNDECODABLE),
+    (b"\xff\xfe\x00", ERROR_UNDECODABLE),
+    (b"", ERROR_UNDECODABLE),
+    (None, ERROR_UNDECODABLE),
+    (b'{"flight_id": "x",\n"year": 2013}', ERROR_SCHEMA),  # raw newline: must not split into two rows
+    (b"[1, 2, 3]", ERROR_UNDECODABLE),
+    (record(year="2013"), ERROR_SCHEMA),  # wrong types (strict: no coercion from strings or floats)
+    (record(flight=15.0), ERROR_SCHEMA),
+    (record(cancelled="yes"), ERROR_SCHEMA),
+    (record(carrier=7), ERROR_SCHEMA),
+    (record(flight_id=MISSING), ERROR_SCHEMA),  # missing required field
+    (record(arr_utc=None), ERROR_SCHEMA),  # null in a required field
+    (record(extra_field=1), ERROR_SCHEMA),
+    (record(arr_utc="2013-01-01T14:30:00"), ERROR_SCHEMA),  # no time zone
+    (record(arr_utc="yesterday"), ERROR_SCHEMA),
+    (record(month=13), ERROR_RANGE),  # out of range, bounds from the contract
+    (record(temp=500.0), ERROR_RANGE),
+    (record(distance=0), ERROR_RANGE),  # gt, not ge
+    (record(dep_delay=5000.0), ERROR_RANGE),  # bound nested in Optional[Annotated[...]]
+    (record(flight_id="x" * 65), ERROR_RANGE),
+    (record(origin="JF"), ERROR_RANGE),
+    (record(schema_version=2), ERROR_RANGE),
+    (record().replace(b'"temp":39.02', b'"temp":NaN'), ERROR_RANGE),
+]
+
+
+@pytest.mark.parametrize("value,error_class", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_a_bad_record_is_rejected_with_its_class_and_the_rest_of_the_batch_kept(decoder, value, error_class):
+    values = [record(0), record(1), value, record(3)]
+    out = decoder.decode(values)
+    assert out.accepted.tolist() == [0, 1, 3]
+    assert out.table.column("flight_id").to_pylist() == [f"20130101-UA{1000 + i}-EWR-0515" for i in (0, 1, 3)]
+    assert [(r.index, r.error_class) for r in out.rejected] == [(2, error_class)]
+    assert out.rejected[0].reason
+
+
+def test_many_bad_records_in_one_batch_are_all_counted(decoder):
+    values = [record(i) if i % 7 else record(i, month=0) for i in range(100)]
+    out = decoder.decode(values)
+    assert len(out.rejected) == 15 and out.table.num_rows == 85
+    assert {r.error_class for r in out.rejected} == {ERROR_RANGE}
+    assert all("month" in r.reason for r in out.rejected)
+
+
+def test_pydantic_defaults_apply_on_the_fallback_path(decoder):
+    out = decoder.decode([record(0), record(1, schema_version=MISSING), record(2, tailnum=MISSING)])
+    assert out.rejected == []
+    assert out.table.column("schema_version").to_pylist() == [1, 1, 1]
+    assert out.table.column("tailnum").to_pylist() == ["N14228", "N14228", None]
+
+
+def test_fast_and_fallback_paths_give_identical_rows(decoder):
+    values = [record(i, temp=float(i), arr_utc=f"2013-01-01T14:{i % 60:02d}:00+00:00") for i in range(50)]
+    fast = decoder.decode(values).table
+    # One bad record forces the whole batch through the per-record path.
+    slow = decoder.decode([*values, b"{broken"]).table
+    assert slow.equals(fast)
+
+
+def test_offsets_in_other_zones_are_converted_to_utc(decoder):
+    out = decoder.decode([record(0, arr_utc="2013-01-01T09:30:00-05:00")])
+    assert out.table.column("arr_utc")[0].as_py().isoformat() == "2013-01-01T14:30:00+00:00"
+
+
+def test_checks_are_derived_from_the_contract_metadata():
+    checks = {c.name: c for c in field_checks(contracts.FlightCompleted)}
+    assert checks["month"].bounds == (("less", 1), ("greater", 12))
+    assert checks["distance"].bounds == (("less_equal", 0), ("greater", 6000))
+    assert checks["dep_delay"].bounds == (("less", -1440), ("greater", 2880)) and checks["dep_delay"].nullable
+    assert (checks["origin"].min_len, checks["origin"].max_len) == (3, 4)
+    assert checks["schema_version"].literals == (1,)
+    assert not checks["flight_id"].nullable
+
+
+def test_scheduled_contract_refuses_completed_fields():
+    out = ContractDecoder(contracts.FlightScheduled).decode([record(0)])
+    assert out.table.num_rows == 0
+    assert out.rejected[0].error_class == ERROR_SCHEMA and "Extra inputs" in out.rejected[0].reason
+    assert isinstance(out.table, pa.Table)
