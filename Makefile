@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KAFKA_PORT ?= 9092
 export KAFKA_DATA_DIR ?= .local/kafka
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+DEMO_MONTHS ?= 1-3
 
 .PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status demo test test-fast clean
 
@@ -36,8 +38,10 @@ kafka-down: setup  ## Stop the local broker
 kafka-status: setup
 	@$(PY) -m infra.kafka status
 
-demo: kafka-up  ## The main job on the local default (grows with the loop)
+demo: kafka-up  ## The main job on the local default: replay Jan-Mar 2013 and retrain after each month
 	@$(PY) -m infra.kafka check
+	@$(PY) -m ml loop --months $(DEMO_MONTHS)
+	@echo "MLflow runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///.local/mlflow/mlflow.db; Data Docs: .local/data/reports/data_docs/"
 
 test: kafka-fetch  ## Everything: unit and integration tests against a real broker
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""`python -m ml`: create the loop's topics, replay flights into Kafka, snapshot a topic.
+"""`python -m ml`: create the loop's topics, replay flights into Kafka, snapshot a topic, retrain.
 
 Settings come from the environment (``ml.settings.LoopSettings``: KAFKA_BOOTSTRAP_SERVERS, TOPIC_*, ...).
 """
@@ -84,6 +84,60 @@ def snapshot(
     except (LoopError, ValueError) as exc:
         _fail(exc)
     typer.echo(manifest.model_dump_json(indent=2))
+
+
+@app.command()
+def retrain(
+    run_id: str = typer.Option(None, help="Loop run id (default: manual__<UTC time>); a retry with the same "
+                                          "id reuses its snapshot, training run and published version."),
+    force_reason: str = typer.Option(None, help="Force-promote past the champion comparison (for a changed "
+                                                "feature contract); the reason is logged and recorded."),
+) -> None:
+    """Snapshot, validate, train, evaluate, register and publish in this process; prints the outcome.
+
+    Exit status: 0 published or rejected by the gate, 2 skipped (too little data), 3 validation failed.
+    """
+    from datetime import UTC, datetime
+
+    from ml.pipeline import retrain as run
+
+    run_id = run_id or f"manual__{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    try:
+        outcome = run(LoopSettings(), run_id, force_reason=force_reason)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(outcome.model_dump_json(indent=2))
+    raise typer.Exit({"skipped": 2, "invalid": 3}.get(outcome.status, 0))
+
+
+@app.command()
+def loop(
+    months: str = typer.Option("1-3", help="Month range to replay, e.g. 1-3."),
+    progress: bool = typer.Option(True, help="Show a progress bar per month."),
+) -> None:
+    """Replay month by month and retrain after each month (run id ``monthly-2013-MM``); one line per month.
+
+    Months whose run already has a snapshot are not replayed again, so a second call only repeats the
+    (reused) outcomes.
+    """
+    from ml import snapshot
+    from ml.pipeline import retrain as run, snapshot_id_for
+    from ml.replay import replay as replay_months
+
+    settings = LoopSettings()
+    first, last = _months(months, None, None)
+    try:
+        for month in range(first, last + 1):
+            run_id = f"monthly-2013-{month:02d}"
+            done = {m.snapshot_id for m in snapshot.list_manifests(settings, settings.topic_flights_completed)}
+            if snapshot_id_for(run_id) not in done:
+                replay_months(settings, (month, month), progress=progress)
+            outcome = run(settings, run_id)
+            steps = " ".join(f"{k}={v:.1f}s" for k, v in outcome.seconds.items())
+            version = f" v{outcome.model_version}" if outcome.model_version else ""
+            typer.echo(f"2013-{month:02d}: {outcome.status}{version} ({steps}): {outcome.reason}")
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
 
 
 def main() -> None:

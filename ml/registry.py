@@ -229,6 +229,12 @@ class Registry:
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client().get_run(run_id).data.tags)
 
+    def decision(self, run_id: str) -> dict[str, Any] | None:
+        """The decision record logged to ``run_id``, or None if the gate has not judged it yet."""
+        if "decision_id" not in self.run_tags(run_id):
+            return None
+        return self._download_json(run_id, DECISION_FILE)
+
     def feature_contract(self, run_id: str) -> dict[str, Any]:
         """The feature contract logged with the model of ``run_id``."""
         return self._download_json(run_id, FEATURE_CONTRACT_FILE)

@@ -393,7 +393,9 @@ def load_snapshots(settings: LoopSettings, topic: str, snapshot_ids: list[str]
     tables = [pq.read_table(topic_dir(settings, topic) / m.snapshot_id / m.data_file, schema=schema)
               for m in manifests]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return table.to_pandas(), manifests
+    # Nullable integers stay integers (pandas' default turns an int column with nulls into float64), so
+    # the frame has the dtypes of the contract, as the source data had.
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), manifests
 
 
 def load_window(settings: LoopSettings, topic: str, n: int | None = None

@@ -70,6 +70,8 @@ def train(df: pd.DataFrame, settings: LoopSettings, *,
     Raises ValueError on fewer than ``settings.min_training_rows`` rows or a single-class set.
     """
     started = time.perf_counter()
+    # A canonical row order: the same rows give the same model whichever partitions they were read from.
+    df = df.sort_values(["sched_dep_utc", "flight_id"], kind="stable", ignore_index=True)
     if len(df) < settings.min_training_rows:
         raise ValueError(f"{len(df)} rows is fewer than min_training_rows={settings.min_training_rows}")
     y_all = df["delayed"].to_numpy(dtype="float32")

@@ -1,0 +1,114 @@
+"""The whole retraining core against the real broker and MLflow on SQLite: publish, retry, skip, invalid."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from ml import pipeline, snapshot
+from ml.flights_source import load_completed
+from ml.publish import read_envelopes
+from ml.registry import Registry
+from ml.replay import replay_frame
+from ml.settings import LoopSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def flights():
+    # The first ~2.5 weeks of January: enough rows for a real model, small enough for a quick test.
+    return load_completed((1, 1), limit=16_000)
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, tmp_path) -> LoopSettings:
+    u = uuid.uuid4().hex[:8]
+    return LoopSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path / "data",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow_artifact_root=tmp_path / "artifacts",
+        topic_flights_scheduled=f"sched-{u}", topic_flights_completed=f"done-{u}",
+        topic_flights_predictions=f"pred-{u}", topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}",
+        min_training_rows=500, epochs=3, holdout_days=3, model_signing_key="test-signing-key",
+        # A few days of January make a weak model; the floor here only has to beat a coin.
+        gate_min_auc=0.5,
+    )
+
+
+def _high_watermark(settings: LoopSettings, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "probe"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(settings, flights):
+    replay_frame(settings, flights.iloc[:10_000])
+
+    first = pipeline.retrain(settings, "scheduled__2013-01-12T00:00:00+00:00")
+    assert first.status == "published", first.reason
+    assert first.model_version == 1 and first.published_offset == 0
+    (manifest,) = snapshot.list_manifests(settings, settings.topic_flights_completed)
+    assert manifest.row_count == 10_000
+    assert manifest.snapshot_id == "scheduled__2013-01-12T00_00_00_00_00"
+
+    registry = Registry(settings)
+    champion = registry.champion()
+    assert champion.version == 1 and champion.run_id == first.mlflow_run_id
+    # The model version traces back to the exact Kafka offsets it was trained on.
+    assert champion.lineage[0]["partitions"] == [p.model_dump() for p in manifest.partitions]
+    assert registry.decision(first.mlflow_run_id)["verdict"] == "promote"
+    (envelope,) = read_envelopes(settings)
+    assert (envelope.model_version, envelope.run_id, envelope.decision_id) == (1, first.mlflow_run_id,
+                                                                               first.decision_id)
+
+    retry = pipeline.retrain(settings, "scheduled__2013-01-12T00:00:00+00:00")
+    assert (retry.status, retry.model_version, retry.mlflow_run_id, retry.decision_id) == (
+        "published", 1, first.mlflow_run_id, first.decision_id)
+    assert retry.published_offset is None  # nothing produced the second time
+    assert _high_watermark(settings, settings.topic_models) == 1
+    assert len(snapshot.list_manifests(settings, settings.topic_flights_completed)) == 1
+
+
+def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(settings, flights):
+    replay_frame(settings, flights.iloc[:10_000])
+    strict = settings.model_copy(update={"gate_min_auc": 0.99})
+
+    outcome = pipeline.retrain(strict, "strict")
+    assert outcome.status == "rejected" and outcome.model_version is None
+    assert "below the floor 0.9900" in outcome.reason
+    registry = Registry(strict)
+    assert registry.decision(outcome.mlflow_run_id)["verdict"] == "reject"
+    assert registry.champion() is None
+    assert _high_watermark(strict, strict.topic_models) == 0
+
+
+def test_empty_snapshot_is_skipped(settings, flights):
+    replay_frame(settings, flights.iloc[:10_000])
+    assert pipeline.retrain(settings, "run-1").status == "published"
+
+    skipped = pipeline.retrain(settings, "run-2")
+    assert skipped.status == "skipped"
+    assert "fewer than the minimum" in skipped.reason
+    assert _high_watermark(settings, settings.topic_models) == 1
+
+
+def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(settings, flights):
+    replay_frame(settings, flights.iloc[:10_000])
+    # 300 undecodable records among 13,000 good ones: 2.3% rejected, above the 1% the suite allows.
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for i in range(300):
+        producer.produce(settings.topic_flights_completed, key=f"bad-{i}".encode(), value=b"\x00not json")
+    assert producer.flush(30) == 0
+    replay_frame(settings, flights.iloc[10_000:13_000])
+
+    outcome = pipeline.retrain(settings, "corrupt")
+    assert outcome.status == "invalid"
+    assert "rejected" in outcome.reason and "300" in outcome.reason
+    (manifest,) = snapshot.list_manifests(settings, settings.topic_flights_completed)
+    assert (manifest.row_count, manifest.rejected_count) == (13_000, 300)
+    assert _high_watermark(settings, settings.topic_models) == 0
+    assert Registry(settings).champion() is None
