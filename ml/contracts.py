@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import types
 import typing
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
+import annotated_types as at
 import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -133,28 +135,71 @@ _ARROW_TYPES: dict[type, pa.DataType] = {
 }
 
 
-def _arrow_type(annotation: object) -> tuple[pa.DataType, bool]:
-    """Map a field annotation to (arrow type, nullable)."""
-    nullable = False
+@dataclass(frozen=True)
+class FieldSpec:
+    """One contract field as the Parquet schema, the snapshot decoder and the validation suite read it."""
+
+    name: str
+    base: type  # int, float, str, bool or datetime
+    nullable: bool
+    literals: tuple | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_len: int | None = None
+    max_len: int | None = None
+
+
+def _constraints(annotation: object) -> list[object]:
+    """Constraints nested in ``Annotated`` (also inside a union such as ``Minutes | None``), which pydantic
+    does not lift into ``FieldInfo.metadata``."""
+    found: list[object] = []
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        nullable = len(args) < len(typing.get_args(annotation))
-        (annotation,) = args
-        origin = typing.get_origin(annotation)
     if origin is Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if origin is Literal:
-        annotation = type(typing.get_args(annotation)[0])
-    if annotation is AwareDatetime:
-        annotation = datetime
-    return _ARROW_TYPES[annotation], nullable
+        inner, *extra = typing.get_args(annotation)
+        for item in extra:  # Field(...) inside Annotated arrives as a FieldInfo carrying its own metadata
+            found.extend(getattr(item, "metadata", [item]))
+        found.extend(_constraints(inner))
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found.extend(_constraints(arg))
+    return found
+
+
+def field_specs(contract: type[BaseModel]) -> list[FieldSpec]:
+    """Every field of ``contract`` with its base type, nullability, literal values and bounds."""
+    specs = []
+    for name, info in contract.model_fields.items():
+        annotation, nullable = info.annotation, False
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            nullable = len(args) < len(typing.get_args(annotation))
+            (annotation,) = args
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        literals = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+        base = type(literals[0]) if literals else datetime if annotation is AwareDatetime else annotation
+        limits: dict[str, float] = {}
+        for c in [*info.metadata, *_constraints(info.annotation)]:
+            match c:
+                case at.Ge(ge=v):
+                    limits["ge"] = v
+                case at.Gt(gt=v):
+                    limits["gt"] = v
+                case at.Le(le=v):
+                    limits["le"] = v
+                case at.Lt(lt=v):
+                    limits["lt"] = v
+                case at.MinLen(min_length=v):
+                    limits["min_len"] = v
+                case at.MaxLen(max_length=v):
+                    limits["max_len"] = v
+        specs.append(FieldSpec(name, base, nullable, literals, **limits))
+    return specs
 
 
 def arrow_schema(contract: type[BaseModel]) -> pa.Schema:
     """The Parquet/Arrow schema of a contract: one column per field, nullable where the field is optional."""
-    fields = []
-    for name, info in contract.model_fields.items():
-        typ, nullable = _arrow_type(info.annotation)
-        fields.append(pa.field(name, typ, nullable=nullable))
+    fields = [pa.field(f.name, _ARROW_TYPES[f.base], nullable=f.nullable) for f in field_specs(contract)]
     return pa.schema(fields, metadata={"contract": contract.__name__, "schema_version": "1"})

@@ -11,20 +11,15 @@ accept, or reject with a reason.
 from __future__ import annotations
 
 import io
-import types
-import typing
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
-import annotated_types as at
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 
-from ml.contracts import arrow_schema
+from ml.contracts import arrow_schema, field_specs
 
 # pydantic error types that mean "a value outside the contract's range" rather than a wrong shape or type.
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal",
@@ -63,52 +58,16 @@ class _FieldCheck:
     literals: tuple | None
 
 
-# A value violates Ge(x) when it is less than x, and so on.
-_VIOLATION = {at.Ge: ("less", "ge"), at.Gt: ("less_equal", "gt"), at.Le: ("greater", "le"),
-              at.Lt: ("greater_equal", "lt")}
-
-
-def _constraints(annotation: object, info: FieldInfo | None = None) -> list[object]:
-    """Every annotated_types constraint of a field, including those nested in ``Annotated`` inside a union
-    (``Minutes | None``), which pydantic does not lift into ``FieldInfo.metadata``."""
-    found = list(info.metadata) if info is not None else []
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        for extra in typing.get_args(annotation)[1:]:
-            found.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
-        found.extend(_constraints(typing.get_args(annotation)[0]))
-    elif origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found.extend(_constraints(arg))
-    return found
-
-
-def _literals(annotation: object) -> tuple | None:
-    if typing.get_origin(annotation) is Literal:
-        return typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if (found := _literals(arg)) is not None:
-                return found
-    return None
+# A value violates ge=x when it is less than x, and so on.
+_VIOLATION = (("ge", "less"), ("gt", "less_equal"), ("le", "greater"), ("lt", "greater_equal"))
 
 
 def field_checks(contract: type[BaseModel]) -> list[_FieldCheck]:
-    """The vectorisable checks of each contract field, read from the pydantic model."""
-    schema = arrow_schema(contract)
+    """The vectorisable checks of each contract field, from the contract's field specs."""
     checks = []
-    for name, info in contract.model_fields.items():
-        bounds, min_len, max_len = [], None, None
-        for c in _constraints(info.annotation, info):
-            if type(c) in _VIOLATION:
-                op, attr = _VIOLATION[type(c)]
-                bounds.append((op, getattr(c, attr)))
-            elif isinstance(c, at.MinLen):
-                min_len = c.min_length
-            elif isinstance(c, at.MaxLen):
-                max_len = c.max_length
-        checks.append(_FieldCheck(name, schema.field(name).nullable, tuple(bounds), min_len, max_len,
-                                  _literals(info.annotation)))
+    for f in field_specs(contract):
+        bounds = tuple((op, getattr(f, attr)) for attr, op in _VIOLATION if getattr(f, attr) is not None)
+        checks.append(_FieldCheck(f.name, f.nullable, bounds, f.min_len, f.max_len, f.literals))
     return checks
 
 

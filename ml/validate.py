@@ -17,13 +17,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-import types
-import typing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import annotated_types
 import numpy as np
 import orjson
 import pandas as pd
@@ -123,59 +120,28 @@ class ValidationReport(BaseModel):
 # ---------------------------------------------------------------- suite derived from the contract
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool, list[Any]]:
-    """(base type, nullable, constraints found in nested ``Annotated`` metadata)."""
-    nullable, constraints = False, []
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        nullable = len(args) < len(typing.get_args(annotation))
-        (annotation,) = args
-    if typing.get_origin(annotation) is typing.Annotated:
-        annotation, *extra = typing.get_args(annotation)
-        for item in extra:  # Field(...) inside Annotated arrives as a FieldInfo carrying its own metadata
-            constraints.extend(getattr(item, "metadata", [item]))
-    return annotation, nullable, constraints
-
-
 def contract_expectations(contract: type[BaseModel] = CONTRACT) -> list[Expectation]:
     """Column existence, type, non-null, value range, string length and literal value set per contract field."""
     import great_expectations.expectations as gxe
 
     out: list[Expectation] = []
-    for name, info in contract.model_fields.items():
-        base, nullable, nested = _unwrap(info.annotation)
-        constraints = [*info.metadata, *nested]
-        literal = typing.get_args(base) if typing.get_origin(base) is Literal else None
-        if literal:
-            base = type(literal[0])
-        if base is AwareDatetime:
-            base = datetime
-        out.append(gxe.ExpectColumnToExist(column=name))
-        out.append(gxe.ExpectColumnValuesToBeOfType(column=name, type_=_GX_TYPE_NAMES[base]))
-        if not nullable:
-            out.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
-        if literal:
-            out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(literal)))
+    for f in contracts.field_specs(contract):
+        out.append(gxe.ExpectColumnToExist(column=f.name))
+        out.append(gxe.ExpectColumnValuesToBeOfType(column=f.name, type_=_GX_TYPE_NAMES[f.base]))
+        if not f.nullable:
+            out.append(gxe.ExpectColumnValuesToNotBeNull(column=f.name))
+        if f.literals:
+            out.append(gxe.ExpectColumnValuesToBeInSet(column=f.name, value_set=list(f.literals)))
         bounds: dict[str, Any] = {}
-        lengths: dict[str, int] = {}
-        for c in constraints:
-            match c:
-                case annotated_types.Ge(ge=v):
-                    bounds |= dict(min_value=v, strict_min=False)
-                case annotated_types.Gt(gt=v):
-                    bounds |= dict(min_value=v, strict_min=True)
-                case annotated_types.Le(le=v):
-                    bounds |= dict(max_value=v, strict_max=False)
-                case annotated_types.Lt(lt=v):
-                    bounds |= dict(max_value=v, strict_max=True)
-                case annotated_types.MinLen(min_length=v):
-                    lengths["min_value"] = v
-                case annotated_types.MaxLen(max_length=v):
-                    lengths["max_value"] = v
+        if f.ge is not None or f.gt is not None:
+            bounds |= dict(min_value=f.gt if f.ge is None else f.ge, strict_min=f.ge is None)
+        if f.le is not None or f.lt is not None:
+            bounds |= dict(max_value=f.lt if f.le is None else f.le, strict_max=f.le is None)
         if bounds:
-            out.append(gxe.ExpectColumnValuesToBeBetween(column=name, **bounds))
-        if lengths:
-            out.append(gxe.ExpectColumnValueLengthsToBeBetween(column=name, **lengths))
+            out.append(gxe.ExpectColumnValuesToBeBetween(column=f.name, **bounds))
+        if f.min_len is not None or f.max_len is not None:
+            lengths = {k: v for k, v in (("min_value", f.min_len), ("max_value", f.max_len)) if v is not None}
+            out.append(gxe.ExpectColumnValueLengthsToBeBetween(column=f.name, **lengths))
     return out
 
 
