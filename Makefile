@@ -9,7 +9,8 @@ export KAFKA_DATA_DIR ?= .local/kafka
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEMO_MONTHS ?= 1-3
 
-.PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status demo test test-fast clean
+.PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status airflow-up airflow-down airflow-status \
+	scorer demo test test-fast bench clean
 
 setup: $(STAMP)  ## Create or update .venv from constraints.txt (no-op when nothing changed)
 
@@ -38,6 +39,18 @@ kafka-down: setup  ## Stop the local broker
 kafka-status: setup
 	@$(PY) -m infra.kafka status
 
+airflow-up: kafka-up  ## Start local Airflow (standalone) with the repo's dags/ and plugins/; prints the login
+	@$(PY) -m infra.airflow up
+
+airflow-down: setup
+	@$(PY) -m infra.airflow down
+
+airflow-status: setup
+	@$(PY) -m infra.airflow status
+
+scorer: kafka-up  ## Run the streaming scorer in the foreground (Ctrl-C stops it gracefully)
+	@$(PY) -m scoring_service
+
 demo: kafka-up  ## The main job on the local default: replay Jan-Mar 2013 and retrain after each month
 	@$(PY) -m infra.kafka check
 	@$(PY) -m ml loop --months $(DEMO_MONTHS)
@@ -49,5 +62,11 @@ test: kafka-fetch  ## Everything: unit and integration tests against a real brok
 test-fast: setup  ## Unit tests only
 	$(PY) -m pytest -m "not integration and not slow"
 
-clean: kafka-down
+bench: kafka-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
+	@mkdir -p reports/bench
+	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap dag_run; do \
+		echo "benchmarks/$$b.py"; $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
+	done
+
+clean: airflow-down kafka-down
 	rm -rf .local

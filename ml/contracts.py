@@ -23,6 +23,7 @@ FLIGHTS_COMPLETED = "flights.completed"
 FLIGHTS_PREDICTIONS = "flights.predictions"
 FLIGHTS_DLQ = "flights.dlq"
 MODELS = "models"
+MODELS_STATUS = "models.status"
 
 DELAY_THRESHOLD_MINUTES = 15.0
 

@@ -214,7 +214,8 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
     )
     result = publish(settings, envelope)
     registry.promote(version)
-    registry.client().set_tag(candidate.mlflow_run_id, "published_offset", str(result.offset))
+    if result.published:  # a retry that produced nothing keeps the offset of the first publish
+        registry.client().set_tag(candidate.mlflow_run_id, "published_offset", str(result.offset))
     return result
 
 

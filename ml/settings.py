@@ -30,6 +30,8 @@ class LoopSettings(BaseSettings):
     topic_flights_predictions: str = contracts.FLIGHTS_PREDICTIONS
     topic_flights_dlq: str = contracts.FLIGHTS_DLQ
     topic_models: str = contracts.MODELS
+    # Scorers report each model version they take live or reject here (the DAG waits for "live").
+    topic_models_status: str = contracts.MODELS_STATUS
     topic_partitions: int = Field(3, ge=1)
 
     loop_data_dir: Path = Path(".local/data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -35,6 +36,9 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         yield cfg.bootstrap_servers
     finally:
+        # Destroy the clients tests left for the garbage collector while the broker still answers; otherwise
+        # librdkafka logs "connection refused" from their threads until the interpreter exits.
+        gc.collect()
         broker.stop(cfg)
         if request.session.testsfailed:
             KEPT_LOGS.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,226 @@
+"""Benchmark: the scorer's events/s against a Kafka pass-through and naive per-message model.predict.
+
+In one run, on the same input topic: (1) pass-through: consume and produce the same bytes with the scorer's
+batching and at-least-once discipline (flush, then synchronous commit, per batch); (2) the scorer (in
+process, default settings but the topics); (3) naive: ``features.transform`` + ``model.predict`` per record
+on a small sample, no Kafka. Rates are counted from the end of the first batch to the last record, so the
+consumer-group join is not counted. Uses KAFKA_BOOTSTRAP_SERVERS if set, else starts a local broker. Last
+stdout line: JSON with passthrough_eps, scorer_eps, naive_eps, ratio_to_passthrough, events.
+
+    .venv/bin/python benchmarks/scorer_throughput.py [--events 100000] [--batch-size 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
+from ml import features  # noqa: E402
+from ml.flights_source import load_completed  # noqa: E402
+from ml.publish import build_envelope, publish  # noqa: E402
+from ml.replay import build_stream  # noqa: E402
+from ml.settings import LoopSettings  # noqa: E402
+from scoring_service.app import Scorer  # noqa: E402
+from scoring_service.batching import collect  # noqa: E402
+from scoring_service.config import ScorerSettings  # noqa: E402
+
+log = logging.getLogger("bench")
+KEY = "bench-signing-key"
+MODEL = "flight_delay_bench"
+PARTITIONS = 3
+
+
+def bench_settings(bootstrap: str, **overrides) -> ScorerSettings:
+    """Scorer settings with topics unique to this run (created here), so runs against one cluster do not mix."""
+    u = uuid.uuid4().hex[:8]
+    s = ScorerSettings(kafka_bootstrap_servers=bootstrap, topic_flights_scheduled=f"bench-sched-{u}",
+                       topic_flights_predictions=f"bench-pred-{u}", topic_flights_dlq=f"bench-dlq-{u}",
+                       topic_models=f"bench-models-{u}", topic_models_status=f"bench-status-{u}",
+                       group_id=f"bench-scorer-{u}", model_name=MODEL, model_signing_key=KEY, http_port=0,
+                       **overrides)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [NewTopic(t, PARTITIONS, 1) for t in (s.topic_flights_scheduled, s.topic_flights_predictions)]
+    topics += [NewTopic(t, 1, 1) for t in (s.topic_flights_dlq, s.topic_models_status)]
+    topics.append(NewTopic(s.topic_models, 1, 1, config={"cleanup.policy": "compact",
+                                                          "max.message.bytes": str(4 << 20)}))
+    for fut in admin.create_topics(topics).values():
+        fut.result(30)
+    wait_for_leader(bootstrap, s.topic_models)
+    return s
+
+
+def wait_for_leader(bootstrap: str, topic: str, timeout: float = 30.0) -> None:
+    """Wait until the broker serves ``topic``: right after creation it can answer NOT_LEADER_FOR_PARTITION,
+    which ml.publish does not retry."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-leader-check"})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                c.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        c.close()
+
+
+def flight_events(n: int) -> tuple[list[tuple[bytes, bytes]], object]:
+    """(key, value) of ``n`` `flights.scheduled` records (repeating Jan-Feb 2013 if needed), and the flights."""
+    flights = load_completed((1, 2), limit=min(n, 50_000))
+    s = LoopSettings()
+    stream = build_stream(s, flights)
+    one = [(k.encode(), v) for t, k, v in zip(stream.topics, stream.keys, stream.values, strict=True)
+           if t == s.topic_flights_scheduled]
+    return [one[i % len(one)] for i in range(n)], flights
+
+
+def model_envelope(contract: features.FeatureContract, version: int, seed: int):
+    """A real model of ml.model.build (untrained: scoring costs the same) as a signed envelope, and the model."""
+    import keras
+
+    from ml import model as model_lib
+
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build(contract)
+    envelope = build_envelope(model_name=MODEL, model_version=version, run_id=f"bench-{version}",
+                              model_uri=f"models:/{MODEL}/{version}", feature_contract=contract.to_dict(),
+                              metrics={"auc": 0.7}, decision_id=f"bench-{version}",
+                              artifact=model_lib.to_bytes(model), key=KEY.encode())
+    return envelope, model
+
+
+def loop_settings(s: ScorerSettings) -> LoopSettings:
+    return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_models=s.topic_models,
+                        model_signing_key=KEY, model_name=MODEL)
+
+
+def produce_all(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+    for key, value in events:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                p.poll(0.05)
+    if p.flush(60):
+        raise RuntimeError("input not delivered")
+
+
+def rate(start: float, end: float, first_batch: int, total: int) -> float:
+    return (total - first_batch) / max(end - start, 1e-9)
+
+
+def passthrough(s: ScorerSettings, total: int) -> float:
+    """Consume + produce the same bytes with the scorer's batching and delivery discipline; events/s."""
+    out = f"{s.topic_flights_predictions}-passthrough"
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": f"{s.group_id}-pt",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "enable.idempotence": True,
+                         "linger.ms": 5})
+    consumer.subscribe([s.topic_flights_scheduled])
+    done, first_batch, start = 0, 0, None
+    try:
+        while done < total:
+            msgs = collect(consumer.consume, s.batch_size, s.batch_max_wait_ms / 1000)
+            for m in msgs:
+                while True:
+                    try:
+                        producer.produce(out, key=m.key(), value=m.value())
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            if not msgs:
+                continue
+            if producer.flush(30):
+                raise RuntimeError("pass-through not delivered")
+            consumer.commit(asynchronous=False)
+            done += len(msgs)
+            if start is None:
+                start, first_batch = time.perf_counter(), len(msgs)
+        return rate(start, time.perf_counter(), first_batch, total)
+    finally:
+        consumer.close()
+
+
+def scorer_rate(s: ScorerSettings, total: int) -> tuple[float, Scorer]:
+    """Run the scorer until it has scored ``total`` events; events/s and the (stopped) scorer."""
+    scorer = Scorer(s, scorer_id="bench")
+    thread = threading.Thread(target=scorer.run, name="bench-scorer")
+    thread.start()
+    start = first_batch = None
+    try:
+        while (done := scorer.metrics.registry.get_sample_value("scorer_events_in_total") or 0) < total:
+            if start is None and done > 0:
+                start, first_batch = time.perf_counter(), done
+            if not thread.is_alive():
+                raise RuntimeError("scorer stopped")
+            time.sleep(0.005)
+        return rate(start, time.perf_counter(), first_batch, total), scorer
+    finally:
+        scorer.stop()
+        thread.join(60)
+
+
+def naive_rate(contract: features.FeatureContract, model, events: list[tuple[bytes, bytes]]) -> float:
+    """Per record: transform one record and call model.predict on it (what the scorer never does)."""
+    records = [orjson.loads(v) for _, v in events]
+    model.predict(features.transform(contract, records[:1]), verbose=0)  # trace once, like a warm scorer
+    started = time.perf_counter()
+    for record in records:
+        model.predict(features.transform(contract, [record]), verbose=0)
+    return len(records) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    defaults = ScorerSettings.model_fields
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
+    parser.add_argument("--batch-max-wait-ms", type=int, default=defaults["batch_max_wait_ms"].default)
+    parser.add_argument("--naive-sample", type=int, default=200)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    events, flights = flight_events(args.events)
+    contract = features.fit(flights)
+    envelope, model = model_envelope(contract, 1, seed=1)
+    with kafka_cluster() as bootstrap:
+        s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms)
+        produce_all(bootstrap, s.topic_flights_scheduled, events)
+        log.info("%d events on %s", len(events), s.topic_flights_scheduled)
+        passthrough_eps = passthrough(s, len(events))
+        log.info("pass-through: %.0f events/s", passthrough_eps)
+        publish(loop_settings(s), envelope)
+        scorer_eps, _ = scorer_rate(s, len(events))
+        log.info("scorer: %.0f events/s", scorer_eps)
+    naive_eps = naive_rate(contract, model, events[:args.naive_sample])
+    print(orjson.dumps({
+        "passthrough_eps": round(passthrough_eps), "scorer_eps": round(scorer_eps), "naive_eps": round(naive_eps, 1),
+        "ratio_to_passthrough": round(scorer_eps / passthrough_eps, 3), "events": len(events),
+        "batch_size": args.batch_size, "batch_max_wait_ms": args.batch_max_wait_ms,
+        "naive_sample": args.naive_sample,
+    }).decode())
+
+
+if __name__ == "__main__":
+    main()

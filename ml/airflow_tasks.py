@@ -1,0 +1,268 @@
+"""The Airflow glue of the loop, testable without a scheduler: run requests, settings from connections, one
+function per DAG task, rollout verification on the status topic and the Kafka AssetWatcher filter.
+
+Every task function takes the settings and small JSON references (dicts) and returns one, so XCom carries
+manifests, candidates and decisions, never data. A run that must stop without failing (too little data, a
+failed validation, a lost gate) raises ``StopRun`` with the reason; the DAG turns it into a skip. Links to
+MLflow and to the Data Docs travel in the returned dict under ``links`` (XCom key -> URL).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ml.errors import BrokerUnavailable, InsufficientData, LoopError, ValidationFailed
+from ml.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+MLFLOW_RUN_LINK = "mlflow_run_url"  # XCom keys read by the plugin's operator extra links
+DATA_DOCS_LINK = "data_docs_url"
+DATA_DOCS_ROUTE = "/retrain-loop/data-docs"  # served by plugins/retrain_loop.py from reports_dir/data_docs
+
+
+class StopRun(LoopError):
+    """The run ends here on purpose (skip, not failure): ``kind`` says why, ``links`` what to look at."""
+
+    def __init__(self, kind: str, reason: str, links: dict[str, str] | None = None) -> None:
+        self.kind = kind
+        self.links = links or {}
+        super().__init__(f"{kind}: {reason}")
+
+
+class RolloutFailed(LoopError):
+    """No scorer took the published version live in time, or a scorer rejected it."""
+
+
+class RunRequest(BaseModel):
+    """What a run may override (the DAG's Params); None keeps the value from the environment/settings."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    snapshot_window: int | None = Field(None, ge=1, le=120)
+    epochs: int | None = Field(None, ge=1, le=200)
+    gate_auc_margin: float | None = Field(None, ge=0, le=0.5)
+    force_promote: bool = False
+    force_reason: str | None = None
+    rollout_timeout_s: float = Field(600.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _force_needs_reason(self) -> RunRequest:
+        # The UI form validates each field alone; this pair can only be checked together, before any work.
+        reason = (self.force_reason or "").strip()
+        if self.force_promote and len(reason) < 5:
+            raise ValueError("force_promote needs a force_reason of at least 5 characters (it is recorded in "
+                             "the gate decision)")
+        if reason and not self.force_promote:
+            raise ValueError("force_reason is set but force_promote is false: tick force_promote or clear it")
+        return self
+
+    def forced_reason(self) -> str | None:
+        return self.force_reason.strip() if self.force_promote else None
+
+
+def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Mapping[str, Any] | None = None,
+                     mlflow_tracking_uri: str | None = None, base: LoopSettings | None = None) -> LoopSettings:
+    """LoopSettings from the environment, then the Airflow Kafka connection's config dict and MLflow URI, then
+    the run's overrides. Raises pydantic.ValidationError for an invalid request."""
+    req = request if isinstance(request, RunRequest) else RunRequest.model_validate(dict(request))
+    update: dict[str, Any] = {}
+    if kafka_extra and kafka_extra.get("bootstrap.servers"):
+        update["kafka_bootstrap_servers"] = kafka_extra["bootstrap.servers"]
+    if mlflow_tracking_uri:
+        update["mlflow_tracking_uri"] = mlflow_tracking_uri
+    for field in ("snapshot_window", "epochs", "gate_auc_margin"):
+        if getattr(req, field) is not None:
+            update[field] = getattr(req, field)
+    settings = base or LoopSettings()
+    # model_copy skips validation: re-validate so a bad override fails here, not deep in a step.
+    return LoopSettings.model_validate({**settings.model_dump(), **update})
+
+
+# ---------------------------------------------------------------- one function per task
+
+def _dump(obj: BaseModel) -> dict[str, Any]:
+    return obj.model_dump(mode="json")
+
+
+def _mlflow_links(settings: LoopSettings, mlflow_ui_url: str | None, mlflow_run_id: str) -> dict[str, str]:
+    if not mlflow_ui_url:
+        return {}
+    from ml.registry import Registry
+
+    experiment = Registry(settings).experiment_id
+    return {MLFLOW_RUN_LINK: f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment}/runs/{mlflow_run_id}"}
+
+
+def _docs_links(settings: LoopSettings, data_docs_path: str | None) -> dict[str, str]:
+    if not data_docs_path:
+        return {}
+    from pathlib import Path
+
+    relative = Path(data_docs_path).resolve().relative_to((settings.reports_dir / "data_docs").resolve())
+    return {DATA_DOCS_LINK: f"{DATA_DOCS_ROUTE}/{relative.as_posix()}"}
+
+
+def snapshot(settings: LoopSettings, run_id: str) -> dict[str, Any]:
+    """Snapshot flights.completed for this run (a retry returns the same manifest)."""
+    from ml import pipeline
+
+    return _dump(pipeline.snapshot_step(settings, run_id))
+
+
+def validate(settings: LoopSettings, run_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Validate the snapshot; the report's summary with a Data Docs link. StopRun when too small or invalid."""
+    from ml import pipeline
+    from ml.snapshot import SnapshotManifest
+
+    try:
+        report = pipeline.validate_step(settings, run_id, SnapshotManifest.model_validate(manifest))
+    except InsufficientData as e:
+        raise StopRun("insufficient_data", str(e),
+                      _docs_links(settings, e.report.data_docs_path if e.report else None)) from e
+    except ValidationFailed as e:
+        raise StopRun("validation_failed", str(e), _docs_links(settings, e.report.data_docs_path)) from e
+    return {"success": report.success, "rows": report.rows, "rejected": report.rejected,
+            "warnings": report.warnings, "max_psi": max(report.drift.values(), default=None),
+            "report_path": report.report_path, "links": _docs_links(settings, report.data_docs_path)}
+
+
+def train(settings: LoopSettings, run_id: str, *, mlflow_ui_url: str | None = None) -> dict[str, Any]:
+    """Train the challenger (a retry reuses the finished MLflow run of ``run_id``). StopRun on too few rows."""
+    from ml import pipeline
+
+    try:
+        candidate = pipeline.train_step(settings, run_id, params={"airflow_run_id": run_id})
+    except InsufficientData as e:
+        raise StopRun("insufficient_data", str(e)) from e
+    return {**_dump(candidate), "links": _mlflow_links(settings, mlflow_ui_url, candidate.mlflow_run_id)}
+
+
+def evaluate(settings: LoopSettings, candidate: dict[str, Any], *, force_reason: str | None = None,
+             mlflow_ui_url: str | None = None) -> dict[str, Any]:
+    """The gate's decision record (a retry returns the one already logged)."""
+    from ml import pipeline
+
+    decision = pipeline.evaluate_step(settings, pipeline.Candidate.model_validate(candidate),
+                                      force_reason=force_reason)
+    return {**_dump(decision), "links": _mlflow_links(settings, mlflow_ui_url, candidate["mlflow_run_id"])}
+
+
+def register(settings: LoopSettings, candidate: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """Register the promoted candidate; StopRun carrying the gate's reasons when it was rejected."""
+    from ml import pipeline
+    from ml.evaluate import DecisionRecord
+
+    record = DecisionRecord.model_validate(decision)
+    if not record.promote:
+        raise StopRun("gate_rejected", f"decision {record.decision_id}: " + "; ".join(record.reasons))
+    version = pipeline.register_step(settings, pipeline.Candidate.model_validate(candidate), record)
+    return {"model_name": settings.model_name, "model_version": version}
+
+
+def publish(settings: LoopSettings, candidate: dict[str, Any], decision: dict[str, Any],
+            registered: dict[str, Any]) -> dict[str, Any]:
+    """Publish the signed envelope and move @champion; a version already on the topic is not produced again."""
+    from ml import pipeline
+    from ml.evaluate import DecisionRecord
+
+    result = pipeline.publish_step(settings, pipeline.Candidate.model_validate(candidate),
+                                   DecisionRecord.model_validate(decision), registered["model_version"])
+    return _dump(result)
+
+
+def verify_rollout(settings: LoopSettings, published: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Wait until a scorer reports the published version live; StopRun when the check is disabled (0 s)."""
+    if timeout_s <= 0:
+        raise StopRun("rollout_unchecked", "rollout_timeout_s is 0: not waiting for a scorer")
+    return wait_for_live(settings, published["model_version"], timeout_s)
+
+
+# ---------------------------------------------------------------- rollout verification
+
+def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, topic: str | None = None
+                  ) -> dict[str, Any]:
+    """The first status record saying a scorer runs ``settings.model_name`` ``version`` (or a newer one) live.
+
+    Reads the status topic from the beginning (records written before the wait count: a fast scorer may
+    report before this task starts). Raises RolloutFailed when a scorer rejects that version, or when no
+    live record arrives within ``timeout_s`` (a missing topic counts as no record yet).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+    topic = topic or settings.topic_models_status
+    name = settings.model_name
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        # Assigned partitions, nothing committed: every wait reads the whole (small) topic again.
+        "group.id": f"rollout-check-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "log_level": 0,
+    })
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    try:
+        assigned = False
+        while time.monotonic() < deadline:
+            if not assigned:
+                try:
+                    meta = consumer.list_topics(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                except KafkaException as e:  # no broker answered
+                    raise BrokerUnavailable(settings.kafka_bootstrap_servers, e) from e
+                found = meta.topics.get(topic)
+                if found is None or found.error is not None or not found.partitions:
+                    time.sleep(0.5)
+                    continue
+                consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in found.partitions])
+                assigned = True
+                log.info("waiting up to %.0f s for %s v%d to go live on %s", timeout_s, name, version, topic)
+            msg = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise BrokerUnavailable(settings.kafka_bootstrap_servers, msg.error())
+            seen += 1
+            try:
+                record = orjson.loads(msg.value())
+                status, v = record["status"], record["model_version"]
+            except (orjson.JSONDecodeError, TypeError, KeyError) as e:
+                log.warning("unreadable status record at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
+                continue
+            if record.get("model_name") != name or not isinstance(v, int):
+                continue
+            if status == "rejected" and v == version:
+                raise RolloutFailed(f"scorer {record.get('scorer_id')} rejected {name} v{version} "
+                                    f"({record.get('reason_kind')}): {record.get('reason')}")
+            if status == "live" and v >= version:
+                log.info("%s v%d is live on scorer %s (status %s[%d]@%d)%s", name, v, record.get("scorer_id"),
+                         topic, msg.partition(), msg.offset(), "" if v == version else f", superseding v{version}")
+                return record
+    finally:
+        consumer.close()
+    raise RolloutFailed(f"no scorer reported {name} v{version} live on {topic} within {timeout_s:.0f} s "
+                        f"({seen} status records read){'' if assigned else '; the topic does not exist'}")
+
+
+# ---------------------------------------------------------------- AssetWatcher filter
+
+def every_n_flights(message, every: int = 5000) -> dict[str, Any] | None:
+    """Apply function of the Kafka AssetWatcher: fire on every ``every``-th record of a partition.
+
+    Stateless on purpose: the triggerer may restart and re-read from committed offsets, and offset + 1 is
+    the number of records a partition holds up to this one (flights.completed is written without
+    transactions, so offsets are contiguous). With P partitions the asset fires about every P * ``every``
+    flights. Returns the event payload (small JSON) or None.
+    """
+    if message.value() is None or (message.offset() + 1) % every:
+        return None
+    return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+            "every": every}

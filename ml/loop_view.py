@@ -1,0 +1,126 @@
+"""What the Airflow plugin page shows: every model version on the model topic with its metrics, its gate
+decision and which scorers run it (from the status topic). Plain functions, testable without Airflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from ml.errors import BrokerUnavailable, LoopError
+from ml.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+
+class VersionRow(BaseModel):
+    """One published model version as the page lists it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: int
+    created_at: str
+    run_id: str
+    metrics: dict[str, float]
+    decision_id: str
+    verdict: str | None = None
+    reasons: list[str] = []
+    live_on: list[str] = []  # scorer ids whose latest status is "live" with this version
+    rejected_by: dict[str, str] = {}  # scorer id -> reason
+
+
+def read_status(settings: LoopSettings, topic: str | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Every readable record of the status topic up to its end offsets at the start, in offset order.
+
+    An absent topic gives [] (no scorer has reported yet).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+    topic = topic or settings.topic_models_status
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.auto.commit": False,
+                         "group.id": f"status-reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": True,
+                         "log_level": 0})
+    out: list[dict[str, Any]] = []
+    try:
+        try:
+            found = consumer.list_topics(timeout=timeout_s).topics.get(topic)
+        except KafkaException as e:  # no broker answered
+            raise BrokerUnavailable(settings.kafka_bootstrap_servers, e) from e
+        if found is None or found.error is not None:
+            return []
+        ends = {}
+        for p in found.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending, deadline = set(ends), time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                    continue
+                raise BrokerUnavailable(settings.kafka_bootstrap_servers, msg.error())
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                pending.discard(msg.partition())
+            try:
+                out.append(orjson.loads(msg.value()))
+            except orjson.JSONDecodeError:
+                log.warning("unreadable status record at %s[%d]@%d", topic, msg.partition(), msg.offset())
+    finally:
+        consumer.close()
+    return out
+
+
+def model_versions(settings: LoopSettings, *, with_decisions: bool = True, timeout_s: float = 10.0
+                   ) -> list[VersionRow]:
+    """Published versions of ``settings.model_name``, newest first, with decisions and scorer status.
+
+    Raises BrokerUnavailable or TopicMissing (LoopError) when Kafka cannot say.
+    """
+    from confluent_kafka import KafkaException
+
+    from ml.publish import read_envelopes
+
+    try:
+        envelopes = read_envelopes(settings, timeout_s=timeout_s)
+    except KafkaException as e:  # read_envelopes lets a metadata timeout through unwrapped
+        raise BrokerUnavailable(settings.kafka_bootstrap_servers, e) from e
+    rows = {e.model_version: VersionRow(model_name=e.model_name, model_version=e.model_version,
+                                        created_at=e.created_at.isoformat(), run_id=e.run_id, metrics=e.metrics,
+                                        decision_id=e.decision_id)
+            for e in envelopes if e.model_name == settings.model_name}
+    latest: dict[str, dict[str, Any]] = {}  # scorer id -> its latest live record
+    for record in read_status(settings, timeout_s=timeout_s):
+        if record.get("model_name") != settings.model_name:
+            continue
+        row = rows.get(record.get("model_version"))
+        if record.get("status") == "live":
+            latest[str(record.get("scorer_id"))] = record
+        elif record.get("status") == "rejected" and row is not None:
+            row.rejected_by[str(record.get("scorer_id"))] = f"{record.get('reason_kind')}: {record.get('reason')}"
+    for scorer, record in latest.items():
+        if record.get("model_version") in rows:
+            rows[record["model_version"]].live_on.append(scorer)
+    if with_decisions and rows:
+        from mlflow.exceptions import MlflowException
+
+        from ml.registry import Registry
+
+        registry = Registry(settings)
+        for row in rows.values():
+            try:
+                decision = registry.decision(row.run_id) or {}
+            except (LoopError, MlflowException) as e:  # MLflow down or another store: Kafka's view still shows
+                log.warning("no decision for run %s: %s", row.run_id, e)
+                continue
+            row.verdict, row.reasons = decision.get("verdict"), decision.get("reasons", [])
+    return sorted(rows.values(), key=lambda r: r.model_version, reverse=True)

@@ -1,0 +1,305 @@
+"""The scoring loop: consume `flights.scheduled` in batches, score each batch with the serving model, deliver
+predictions and dead letters, commit input offsets; with the model watcher and ops server beside it.
+
+No partition is consumed before a model is live: the consumer subscribes only once the first valid model has
+gone live, so nothing is read, dropped or committed without a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+
+from ml import contracts
+from ml.decode import ContractDecoder
+from scoring_service.batching import collect
+from scoring_service.config import ScorerSettings
+from scoring_service.model_watcher import ModelSlot, ModelWatcher
+from scoring_service.ops import Metrics, OpsServer
+from scoring_service.scoring import InputRecord, score_batch
+from scoring_service.sink import BatchAborted, InFlight, Record, Sink
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 1.0
+SUMMARY_INTERVAL_S = 30.0
+
+
+def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": settings.group_id,
+        "client.id": client_id,
+        # We own the offsets: committed only once the batch's outputs are delivered (or in its transaction).
+        "enable.auto.commit": False,
+        # A new group starts from the beginning: records produced before the first scorer are scored too.
+        "auto.offset.reset": "earliest",
+        # Inputs written by transactional producers count only once committed; also required for EOS chains.
+        "isolation.level": "read_committed",
+        "session.timeout.ms": settings.session_timeout_ms,
+    }
+
+
+class Scorer:
+    """One scorer replica; ``run`` blocks until ``stop`` (or a fatal error), then shuts down cleanly."""
+
+    def __init__(self, settings: ScorerSettings, scorer_id: str | None = None) -> None:
+        self.settings = settings
+        self.scorer_id = scorer_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = Metrics()
+        self.slot = ModelSlot()
+        self.watcher = ModelWatcher(settings, self.slot, self.metrics, self.scorer_id)
+        self.ops = OpsServer(settings.http_port, self.metrics, self.live, self.ready)
+        self.decoder = ContractDecoder(contracts.FlightScheduled)
+        self._stop = threading.Event()
+        self._assigned: set[tuple[str, int]] = set()
+        self._last_tick = time.monotonic()
+        self._last_lag = 0.0
+        self._last_version: int | None = None
+        self._totals = {"in": 0, "out": 0, "dlq": 0, "batches": 0}
+        # Owned by the scoring thread (rebalance callbacks run on it too, inside consume()).
+        self._sink: Sink | None = None
+        self._pending: _Batch | None = None
+        self._rebalanced = False
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch, commit and close."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until stopped. Raises what stopped it otherwise (watcher failure, fatal Kafka error,
+        undelivered outputs), after closing the clients: the orchestrator restarts the process."""
+        self.ops.start()
+        self.watcher.start()
+        try:
+            if self._wait_for_model():
+                self._serve()
+        finally:
+            self.watcher.stop()
+            self.watcher.join(30)
+            self.ops.stop()
+            log.info("scorer %s stopped: %d batches, %d in, %d predictions, %d dead letters", self.scorer_id,
+                     self._totals["batches"], self._totals["in"], self._totals["out"], self._totals["dlq"])
+
+    def _wait_for_model(self) -> bool:
+        logged = False
+        while not self._stop.is_set():
+            self._tick()
+            if self.slot.loaded.wait(0.2):
+                return True
+            if not logged:
+                log.info("no valid model on %s yet: not consuming %s", self.settings.topic_models,
+                         self.settings.topic_flights_scheduled)
+                logged = True
+        return False
+
+    def _serve(self) -> None:
+        s = self.settings
+        # The sink first: in exactly_once mode init_transactions fences a previous incarnation and settles
+        # its open transaction before our consumer reads the committed offsets.
+        sink = Sink(s)
+        consumer = Consumer(consumer_config(s, self.scorer_id))
+        consumer.subscribe([s.topic_flights_scheduled], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        log.info("scorer %s consuming %s as group %s (%s), batches of up to %d records / %d ms",
+                 self.scorer_id, s.topic_flights_scheduled, s.group_id, s.delivery_mode, s.batch_size,
+                 s.batch_max_wait_ms)
+        # One batch in flight: batch k is produced, batch k+1 is read and scored, then k is confirmed
+        # (delivered and committed) before k+1 is sent. Scoring overlaps the network round trips.
+        self._sink, self._pending = sink, None
+        try:
+            while not self._stop.is_set():
+                self._tick()
+                self._rebalanced = False
+                msgs = collect(consumer.consume, s.batch_size, s.batch_max_wait_ms / 1000)
+                if self._rebalanced:
+                    self._restart_from_committed(consumer, len(msgs))
+                    continue
+                batch = self._score(msgs)
+                if self._pending is not None:
+                    if not self._confirm(self._pending, consumer, after=batch):
+                        batch = None  # read after the rewind point: it will be read again
+                    self._pending = None
+                if batch is not None:
+                    self._pending = self._send(batch, consumer)
+                self._update_lag(consumer)
+            if self._pending is not None:
+                self._confirm(self._pending, consumer, after=None)
+                self._pending = None
+        finally:
+            # After a normal stop nothing is pending; after an error the unconfirmed batch stays uncommitted
+            # and is read again by whoever owns its partitions next.
+            consumer.close()
+            sink.close()
+
+    def _restart_from_committed(self, consumer: Consumer, dropped: int) -> None:
+        """After a rebalance inside ``collect`` the batch may hold records fetched before a revocation
+        (which the consumer will fetch again from the committed offset) beside records fetched after:
+        drop it all and resume every assigned partition from its committed offset, which the revocation
+        brought up to date (the in-flight batch is confirmed in ``_on_revoke``)."""
+        assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if assigned:
+            for tp in consumer.committed(assigned, timeout=self.settings.delivery_timeout_s):
+                consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        log.info("rebalance during a batch: dropped %d fetched record(s), resuming %s from committed offsets",
+                 dropped, sorted(self._assigned))
+
+    def _tick(self) -> None:
+        self._last_tick = time.monotonic()
+        if self.watcher.error is not None:
+            raise RuntimeError("model watcher failed") from self.watcher.error
+
+    def _records(self, msgs: Sequence[Message]) -> list[InputRecord]:
+        records = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error on %s: %s", self.settings.topic_flights_scheduled, err)
+            elif (m.topic(), m.partition()) in self._assigned:
+                records.append(InputRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+            # else: fetched before its partition was revoked mid-batch; its new owner reads it again.
+        return records
+
+    def _score(self, msgs: Sequence[Message]) -> _Batch | None:
+        records = self._records(msgs)
+        if not records:
+            return None
+        started = time.perf_counter()
+        model = self.slot.current  # read once: this one version scores the whole batch
+        scored = score_batch(records, model, self.settings.decision_threshold, self.decoder)
+        out = [(self.settings.topic_flights_predictions, k, v) for k, v in scored.predictions]
+        out += [(self.settings.topic_flights_dlq, k, v) for k, v in scored.dead_letters]
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            first.setdefault((r.topic, r.partition), r.offset)
+            last[(r.topic, r.partition)] = r.offset
+        # The committed offset is the next one to read.
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
+        return _Batch(out, offsets, first, last, len(records), len(scored.predictions), scored.dead_letter_classes,
+                      model.name, model.version, started)
+
+    def _send(self, batch: _Batch, consumer: Consumer) -> _Batch | None:
+        try:
+            batch.in_flight = self._sink.send(batch.out, batch.offsets, consumer)
+        except BatchAborted:
+            self._rewind(consumer, batch.first, _ranges(batch.first, batch.last))
+            return None
+        return batch
+
+    def _confirm(self, batch: _Batch, consumer: Consumer, after: _Batch | None) -> bool:
+        """Confirm ``batch``; False when its transaction was aborted and the input rewound (also past
+        ``after``, the batch read since, which is dropped)."""
+        try:
+            self._sink.confirm(batch.in_flight, consumer)
+        except BatchAborted:
+            rewind = {**(after.first if after else {}), **batch.first}
+            self._rewind(consumer, rewind, _ranges(batch.first, batch.last))
+            return False
+        m = self.metrics
+        m.events_in.inc(batch.n_in)
+        m.predictions_out.inc(batch.n_predictions)
+        for cls in batch.dead_letter_classes:
+            m.dead_letters.labels(cls).inc()
+        elapsed = time.perf_counter() - batch.started
+        m.batch_seconds.observe(elapsed)
+        self._totals["in"] += batch.n_in
+        self._totals["out"] += batch.n_predictions
+        self._totals["dlq"] += len(batch.dead_letter_classes)
+        self._totals["batches"] += 1
+        if batch.model_version != self._last_version:
+            log.info("first batch scored by %s v%d: %s", batch.model_name, batch.model_version,
+                     _ranges(batch.first, batch.last))
+            self._last_version = batch.model_version
+        log.debug("batch %s: %d predictions, %d dead letters, model v%d, %.1f ms", _ranges(batch.first, batch.last),
+                  batch.n_predictions, len(batch.dead_letter_classes), batch.model_version, elapsed * 1000)
+        return True
+
+    def _rewind(self, consumer: Consumer, to: dict[tuple[str, int], int], what: str) -> None:
+        self.metrics.aborted.inc()
+        for (t, p), o in to.items():
+            if (t, p) in self._assigned:
+                try:
+                    consumer.seek(TopicPartition(t, p, o))
+                except KafkaException as e:  # lost meanwhile: its next owner reads from the committed offset
+                    log.warning("cannot rewind %s[%d] to %d: %s", t, p, o, e)
+        log.warning("transaction of batch %s aborted: rewound to %s to score it again", what, to)
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL_S or not self._assigned:
+            return
+        self._last_lag = now
+        for tp in consumer.position([TopicPartition(t, p) for t, p in self._assigned]):
+            # Cached: the high watermark of the last fetch response, no request to the broker.
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalanced = True
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        log.info("assigned %s", sorted(self._assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Confirm the in-flight batch while its partitions are still ours: its offsets get committed (or
+        # its transaction settled) and the next owner starts right after it, without duplicates.
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._confirm(pending, consumer, after=None)
+        self._rebalanced = True
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+            try:
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def live(self) -> tuple[bool, str]:
+        """/healthz: the loop ticks and the model watcher runs."""
+        stalled = time.monotonic() - self._last_tick
+        if self.watcher.error is not None or not self.watcher.is_alive():
+            return False, f"model watcher stopped: {self.watcher.error!r}"
+        if stalled > self.settings.liveness_timeout_s:
+            return False, f"scoring loop stalled for {stalled:.0f} s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        """/readyz: a model is serving and partitions are assigned."""
+        model = self.slot.current
+        if model is None:
+            return False, "no model loaded"
+        if not self._assigned:
+            return False, f"{model.name} v{model.version} loaded, no partitions assigned"
+        return True, f"{model.name} v{model.version} serving {len(self._assigned)} partition(s)"
+
+
+@dataclass
+class _Batch:
+    """A scored batch: its output records, the input offsets to commit, and what to count once delivered."""
+
+    out: list[Record]
+    offsets: list[TopicPartition]
+    first: dict[tuple[str, int], int]
+    last: dict[tuple[str, int], int]
+    n_in: int
+    n_predictions: int
+    dead_letter_classes: list[str]
+    model_name: str
+    model_version: int
+    started: float
+    in_flight: InFlight | None = None
+
+
+def _ranges(first: dict[tuple[str, int], int], last: dict[tuple[str, int], int]) -> str:
+    return ", ".join(f"{t}[{p}]@{first[(t, p)]}-{last[(t, p)]}" for t, p in sorted(first))

@@ -1,0 +1,65 @@
+"""The scorer's settings: one typed object, read from environment variables once, overridden by CLI flags.
+
+Every field maps to the upper-case environment variable of the same name (``batch_size`` -> ``BATCH_SIZE``).
+Topic and signing-key variables are the ones ``ml.settings.LoopSettings`` reads, so one environment
+configures the whole loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ml import contracts
+from ml.settings import DEV_SIGNING_KEY
+
+log = logging.getLogger(__name__)
+
+
+class ScorerSettings(BaseSettings):
+    """Settings of one scorer replica."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
+    topic_flights_scheduled: str = Field(contracts.FLIGHTS_SCHEDULED, description="Input topic (FlightScheduled).")
+    topic_flights_predictions: str = Field(contracts.FLIGHTS_PREDICTIONS, description="Output topic (Prediction).")
+    topic_flights_dlq: str = Field(contracts.FLIGHTS_DLQ, description="Dead-letter topic (DeadLetter).")
+    topic_models: str = Field(contracts.MODELS, description="Compacted topic of signed model envelopes.")
+    topic_models_status: str = Field(contracts.MODELS_STATUS, description="Topic of model live/rejected status records.")
+    group_id: str = Field("flight-scorer", description="Consumer group shared by the replicas.")
+    model_name: str = Field("flight_delay", description="Model name (envelope key) this scorer serves.")
+    # Large: a backlog is scored in few big batches (features.transform has ~20 ms of fixed cost per call);
+    # batch_max_wait_ms bounds the latency of a live stream, whose batches stay small.
+    batch_size: int = Field(10_000, ge=1, le=100_000, description="Score at most this many records per batch.")
+    batch_max_wait_ms: int = Field(100, ge=1, le=60_000,
+                                   description="Close a batch after this many ms even if not full.")
+    decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability at or above which delayed=true.")
+    delivery_mode: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="at_least_once (commit after delivery) or exactly_once (transactions).")
+    transactional_id: str = Field(
+        default_factory=lambda: f"flight-scorer-{socket.gethostname()}",
+        description="exactly_once only: stable per replica, so a restarted replica fences its old self.")
+    session_timeout_ms: int = Field(45_000, ge=6_000, le=300_000,
+                                    description="Consumer group session timeout: how soon a dead replica's "
+                                                "partitions move to the others.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (0: any free).")
+    max_model_bytes: int = Field(64 * 1024 * 1024, ge=1,
+                                 description="Largest uncompressed .keras archive accepted (zip-bomb guard).")
+    canary_rows: int = Field(64, ge=1, description="Rows of the synthetic warm-up batch a model must pass.")
+    liveness_timeout_s: float = Field(60.0, gt=0, description="/healthz fails when the loop stalls this long.")
+    delivery_timeout_s: float = Field(30.0, gt=0, description="Wait at most this long for a batch's delivery.")
+    model_signing_key: SecretStr = Field(SecretStr(DEV_SIGNING_KEY),
+                                         description="HMAC key of model envelopes (env only, never a flag).")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    def signing_key(self) -> bytes:
+        """The HMAC key for model envelopes; warns when the built-in development key is in use."""
+        key = self.model_signing_key.get_secret_value()
+        if key == DEV_SIGNING_KEY:
+            log.warning("MODEL_SIGNING_KEY is not set: verifying model envelopes with the local development key")
+        return key.encode()

@@ -1,0 +1,63 @@
+"""What the plugin page lists, from real topics: versions on the model topic and which scorers run them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from ml.loop_view import model_versions
+from ml.publish import build_envelope, publish
+from ml.settings import LoopSettings
+from ml.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_for_leader(bootstrap: str, topic: str, timeout: float = 15.0) -> None:
+    # A topic created a moment ago answers NOT_LEADER_FOR_PARTITION until its leader is elected.
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
+def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_them(kafka_bootstrap, new_topic,
+                                                                                     monkeypatch):
+    u = uuid.uuid4().hex[:8]
+    status = new_topic("status")
+    monkeypatch.setenv("TOPIC_MODELS_STATUS", status)
+    settings = LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_models=f"models-{u}",
+                            topic_flights_scheduled=f"s-{u}", topic_flights_completed=f"c-{u}",
+                            topic_flights_predictions=f"p-{u}", topic_flights_dlq=f"d-{u}",
+                            model_signing_key="k")
+    ensure_topics(settings)
+    _wait_for_leader(kafka_bootstrap, settings.topic_models)
+    for version in (1, 2):  # the page needs valid signed envelopes, not loadable models
+        publish(settings, build_envelope(
+            model_name="flight_delay", model_version=version, run_id=f"run-{version}", model_uri="models:/x/1",
+            feature_contract={}, metrics={"roc_auc": 0.7 + version / 100, "log_loss": 0.6},
+            decision_id=f"d{version}", artifact=b"model bytes %d" % version, key=b"k"))
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for scorer, state, version in [("s1", "live", 1), ("s2", "live", 1), ("s1", "live", 2), ("s3", "rejected", 2)]:
+        producer.produce(status, key=b"flight_delay", value=orjson.dumps({
+            "schema_version": 1, "status": state, "model_name": "flight_delay", "model_version": version,
+            "reason_kind": "canary" if state == "rejected" else "ok", "reason": "NaN scores", "scorer_id": scorer}))
+    assert producer.flush(10) == 0
+
+    rows = model_versions(settings, with_decisions=False)
+    assert [(r.model_version, r.live_on, r.rejected_by) for r in rows] == [
+        (2, ["s1"], {"s3": "canary: NaN scores"}), (1, ["s2"], {})]
+    assert rows[0].metrics["roc_auc"] == pytest.approx(0.72)

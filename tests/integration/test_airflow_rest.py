@@ -1,0 +1,109 @@
+"""A real local Airflow (``airflow standalone`` via infra.airflow) runs the DAG triggered through the REST API
+as the UI does: JWT from ``POST /auth/token``, unpause, ``POST /api/v2/dags/{dag_id}/dagRuns``; then the
+plugin's extra links and page answer for that run. No scorer here: the run asks for no rollout wait
+(``rollout_timeout_s`` 0), so verify_rollout ends skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from infra.airflow import local
+from infra.kafka.broker import free_port
+from ml.flights_source import load_completed
+from ml.replay import replay_frame
+from ml.settings import LoopSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DAG_ID = "retrain_flight_delay"
+
+
+def _call(cfg: local.AirflowConfig, method: str, path: str, token: str, body: dict | None = None):
+    req = urllib.request.Request(f"{cfg.url}{path}", method=method, data=json.dumps(body).encode() if body else None,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _until(what: str, fn, timeout: float, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def airflow(kafka_bootstrap, tmp_path):
+    u = uuid.uuid4().hex[:8]
+    loop_env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "LOOP_DATA_DIR": str(tmp_path / "data"),
+        "AIRFLOW_VAR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "TOPIC_FLIGHTS_SCHEDULED": f"sched-{u}", "TOPIC_FLIGHTS_COMPLETED": f"done-{u}",
+        "TOPIC_FLIGHTS_PREDICTIONS": f"pred-{u}", "TOPIC_FLIGHTS_DLQ": f"dlq-{u}", "TOPIC_MODELS": f"models-{u}",
+        "TOPIC_MODELS_STATUS": f"status-{u}",
+        "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3", "GATE_MIN_AUC": "0.5",
+        "MODEL_SIGNING_KEY": "test-signing-key",
+        # Only the REST call may start a run: no cron, no AssetWatcher, and a failure shows at once.
+        "RETRAIN_SCHEDULE": "none", "RETRAIN_EVERY_N_FLIGHTS": "0", "RETRAIN_TASK_RETRIES": "0",
+    }
+    settings = LoopSettings(**{k.lower(): v for k, v in loop_env.items()
+                               if k.lower() in LoopSettings.model_fields},
+                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    replay_frame(settings, load_completed((1, 1), limit=10_000))
+    cfg = local.AirflowConfig(home=tmp_path / "airflow", port=free_port(), kafka_bootstrap_servers=kafka_bootstrap)
+    local.start(cfg, loop_env=loop_env)
+    try:
+        yield cfg
+    finally:
+        local.stop(cfg)
+
+
+def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(airflow):
+    cfg = airflow
+    token = local.token(cfg)
+    _until("the DAG to be parsed", lambda: _call(cfg, "GET", f"/api/v2/dags/{DAG_ID}", token)[0] == 200, 120)
+    assert _call(cfg, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": False})[0] == 200
+
+    # The form's validation: a Param out of its schema is refused before a run exists.
+    status, body = _call(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
+                         {"logical_date": datetime.now(UTC).isoformat(), "conf": {"epochs": 0}})
+    assert status == 400, body
+
+    status, run = _call(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
+                        {"logical_date": datetime.now(UTC).isoformat(), "conf": {"rollout_timeout_s": 0}})
+    assert status == 200, run
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
+    final = _until("the run to finish", lambda: (r := _call(cfg, "GET", path, token)[1])["state"] in
+                   ("success", "failed") and r, 600, every=5)
+    tis = _call(cfg, "GET", f"{path}/taskInstances", token)[1]["task_instances"]
+    states = {ti["task_id"]: ti["state"] for ti in tis}
+    assert final["state"] == "success", (states, local.log_tail(cfg))
+    assert states == {"snapshot": "success", "validate": "success", "train": "success", "evaluate": "success",
+                      "register": "success", "publish": "success", "verify_rollout": "skipped"}
+
+    links = _call(cfg, "GET", f"{path}/taskInstances/train/links", token)[1]["extra_links"]
+    assert "/#/experiments/" in links["MLflow run"]
+    docs = _call(cfg, "GET", f"{path}/taskInstances/validate/links", token)[1]["extra_links"]["Data Docs"]
+    with urllib.request.urlopen(f"{cfg.url}{docs}", timeout=30) as r:
+        assert r.status == 200 and b"<html" in r.read().lower()
+
+    with urllib.request.urlopen(f"{cfg.url}/retrain-loop/api/models", timeout=60) as r:
+        (model,) = json.loads(r.read())
+    assert (model["model_version"], model["verdict"], model["live_on"]) == (1, "promote", [])
+    with urllib.request.urlopen(f"{cfg.url}/retrain-loop/", timeout=60) as r:
+        assert b"<td>v1</td>" in r.read()

@@ -1,0 +1,254 @@
+"""The retraining DAG run by ``dag.test()`` against the real broker and MLflow on SQLite, and its Kafka
+AssetWatcher trigger against real messages.
+
+There is no scorer process here: a stand-in thread plays the scorer's part on the status topic (it verifies
+each envelope on the model topic and reports it live, in the scorer's record format) and records what it
+took live, so verify_rollout waits on real Kafka records. The timeout and rejection paths of the rollout
+check are covered in test_rollout.py without Airflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from infra.airflow.local import AirflowConfig, airflow_env
+from ml import snapshot
+from ml.flights_source import load_completed
+from ml.publish import verify_envelope
+from ml.registry import Registry
+from ml.replay import replay_frame
+from ml.settings import LoopSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DAG_ID = "retrain_flight_delay"
+TASKS = ["snapshot", "validate", "train", "evaluate", "register", "publish", "verify_rollout"]
+SIGNING_KEY = "test-signing-key"
+
+
+@pytest.fixture(scope="module")
+def airflow_home(kafka_bootstrap):
+    """A migrated Airflow metadata DB in a temporary AIRFLOW_HOME; the environment is set before Airflow
+    is first imported in this process (its configuration is read once, at import)."""
+    if "airflow" in sys.modules and "airflow.configuration" in sys.modules:
+        pytest.skip("Airflow was imported before this module configured it")
+    home = Path(tempfile.mkdtemp(prefix="airflow-test-"))
+    # No retries: a failing task fails the test at once instead of after two retry delays.
+    env = {**airflow_env(AirflowConfig(home=home, kafka_bootstrap_servers=kafka_bootstrap)),
+           "RETRAIN_TASK_RETRIES": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                       capture_output=True)
+        yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_home):
+    from airflow.dag_processing.dagbag import DagBag
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))
+    assert bag.import_errors == {}
+    assert [str(w.message) for w in caught] == []
+    return bag.get_dag(DAG_ID)
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return load_completed((1, 1), limit=16_000)
+
+
+@pytest.fixture
+def settings(airflow_home, kafka_bootstrap, tmp_path, new_topic, monkeypatch) -> LoopSettings:
+    """Unique topics and a SQLite MLflow in tmp_path, handed to the task processes through the environment."""
+    u = uuid.uuid4().hex[:8]
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "LOOP_DATA_DIR": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "AIRFLOW_VAR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "TOPIC_FLIGHTS_SCHEDULED": f"sched-{u}", "TOPIC_FLIGHTS_COMPLETED": f"done-{u}",
+        "TOPIC_FLIGHTS_PREDICTIONS": f"pred-{u}", "TOPIC_FLIGHTS_DLQ": f"dlq-{u}", "TOPIC_MODELS": f"models-{u}",
+        "TOPIC_MODELS_STATUS": new_topic("status"),
+        "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3", "GATE_MIN_AUC": "0.5",
+        "MODEL_SIGNING_KEY": SIGNING_KEY,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return LoopSettings()
+
+
+class ScorerStandIn(threading.Thread):
+    """Takes every verified envelope on the model topic live and reports it as the scorer does."""
+
+    def __init__(self, settings: LoopSettings) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.live, self.stop = settings, [], threading.Event()
+
+    def run(self) -> None:
+        s = self.settings
+        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "stand-in",
+                             "enable.auto.commit": False})
+        producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers})
+        consumer.assign([TopicPartition(s.topic_models, 0, OFFSET_BEGINNING)])
+        try:
+            while not self.stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                envelope = verify_envelope(msg.value(), SIGNING_KEY.encode())
+                producer.produce(s.topic_models_status, key=envelope.model_name.encode(), value=orjson.dumps({
+                    "schema_version": 1, "status": "live", "model_name": envelope.model_name,
+                    "model_version": envelope.model_version, "reason_kind": "ok", "reason": "stand-in",
+                    "scorer_id": "stand-in", "envelope_topic": msg.topic(), "envelope_partition": msg.partition(),
+                    "envelope_offset": msg.offset(), "at": datetime.now(UTC).isoformat()}))
+                assert producer.flush(10) == 0
+                self.live.append(envelope.model_version)
+        finally:
+            consumer.close()
+
+
+@pytest.fixture
+def scorer(settings):
+    stand_in = ScorerStandIn(settings)
+    yield stand_in
+    stand_in.stop.set()
+    stand_in.join(10)
+
+
+def _high_watermark(settings: LoopSettings, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "probe"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def _xcom(dag_run, task_id: str, key: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.execute(XComModel.get_many(key=key, run_id=dag_run.run_id, dag_ids=DAG_ID,
+                                                 task_ids=task_id).with_only_columns(XComModel.value)).first()
+    if row is None:
+        return None
+    try:  # the column holds JSON text or an already decoded value, depending on the database type
+        return orjson.loads(row.value)
+    except (orjson.JSONDecodeError, TypeError):
+        return row.value
+
+
+def test_dag_bag_imports_the_dag_with_no_errors_or_warnings(dag):
+    assert [t.task_id for t in dag.tasks] == TASKS
+    assert dag.max_active_runs == 1 and "every_n_completed_flights" in repr(dag.timetable)
+
+
+def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(dag, settings, scorer, flights):
+    replay_frame(settings, flights.iloc[:10_000])
+    scorer.start()
+    when = datetime.now(UTC)  # after the DAG's start_date, or the run would hold no task instances
+
+    run = dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120})
+    assert _states(run) == dict.fromkeys(TASKS, "success")
+    assert run.state == "success"
+    registry = Registry(settings)
+    champion = registry.champion()
+    assert champion.version == 1 and scorer.live == [1]
+    assert _high_watermark(settings, settings.topic_models) == 1
+    # One MLflow run tagged with the Airflow run id: the loop run id is the Airflow run id.
+    assert registry.find_run("loop_run_id", run.run_id) == champion.run_id
+    assert _xcom(run, "verify_rollout", "return_value")["model_version"] == 1
+    assert _xcom(run, "train", "mlflow_run_url").endswith(f"/runs/{champion.run_id}")
+    assert _xcom(run, "validate", "data_docs_url").startswith("/retrain-loop/data-docs/")
+
+    # The same run again (same run id, every task re-executed, as after clearing it): nothing new.
+    rerun = dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120})
+    assert rerun.run_id == run.run_id and rerun.state == "success"
+    assert _xcom(rerun, "publish", "return_value")["published"] is False
+    assert _high_watermark(settings, settings.topic_models) == 1
+    assert len(snapshot.list_manifests(settings, settings.topic_flights_completed)) == 1
+    assert registry.champion().version == 1
+    assert len(registry.client().search_runs([registry.experiment_id])) == 1
+
+
+def test_corrupted_snapshot_stops_at_validation_with_publish_skipped(dag, settings, flights):
+    replay_frame(settings, flights.iloc[:10_000])
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for i in range(300):  # 2.3% undecodable records: above the 1% the suite allows
+        producer.produce(settings.topic_flights_completed, key=f"bad-{i}".encode(), value=b"\x00not json")
+    assert producer.flush(30) == 0
+
+    run = dag.test(logical_date=datetime.now(UTC), run_conf={"rollout_timeout_s": 5})
+    assert _states(run) == {"snapshot": "success", **dict.fromkeys(TASKS[1:], "skipped")}
+    assert _xcom(run, "validate", "data_docs_url").endswith("/index.html")
+    assert _high_watermark(settings, settings.topic_models) == 0
+    assert Registry(settings).champion() is None
+
+
+def test_a_lost_gate_skips_register_and_publish_with_the_decision_recorded(dag, settings, flights, monkeypatch):
+    monkeypatch.setenv("GATE_MIN_AUC", "0.99")  # no model of a few January days reaches this floor
+    replay_frame(settings, flights.iloc[:10_000])
+
+    run = dag.test(logical_date=datetime.now(UTC), run_conf={"rollout_timeout_s": 5})
+    assert run.state == "success"
+    assert _states(run) == {**dict.fromkeys(TASKS[:4], "success"), **dict.fromkeys(TASKS[4:], "skipped")}
+    decision = _xcom(run, "evaluate", "return_value")
+    assert decision["verdict"] == "reject" and "below the floor 0.9900" in decision["reasons"][0]
+    assert _high_watermark(settings, settings.topic_models) == 0
+    assert Registry(settings).champion() is None
+
+
+def test_force_promote_without_a_reason_fails_before_the_snapshot(dag, settings, flights):
+    replay_frame(settings, flights.iloc[:2_000])
+
+    run = dag.test(logical_date=datetime.now(UTC), run_conf={"force_promote": True})
+    assert run.state == "failed"
+    assert _states(run)["snapshot"] == "failed"
+    assert snapshot.list_manifests(settings, settings.topic_flights_completed) == []
+
+
+def test_the_asset_watcher_trigger_fires_on_every_nth_real_message(dag, kafka_bootstrap, new_topic):
+    from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
+
+    topic = new_topic("completed")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(7):
+        producer.produce(topic, key=f"f{i}".encode(), value=orjson.dumps({"i": i}))
+    assert producer.flush(10) == 0
+    # The DAG's own trigger, pointed at this topic: same apply function and arguments.
+    (watcher,) = dag.timetable.asset_condition.watchers
+    _, kwargs = watcher.trigger.serialize()
+    kwargs = {**kwargs, "topics": [topic], "apply_function_kwargs": {"every": 3}}
+
+    async def first_event():
+        trigger = AwaitMessageTrigger(**kwargs)
+        try:
+            return await asyncio.wait_for(anext(trigger.run()), 30)
+        finally:
+            await trigger.cleanup()
+
+    # Offsets 2 and 5 are the 3rd and 6th records; the second trigger resumes from the committed offset.
+    assert asyncio.run(first_event()).payload == {"topic": topic, "partition": 0, "offset": 2, "every": 3}
+    assert asyncio.run(first_event()).payload["offset"] == 5

@@ -1,0 +1,449 @@
+"""The scorer against a real broker: first model, steady-load hot swap, refused models, dead letters, no model
+yet, and exactly-once delivery across a SIGKILL."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zipfile
+from collections import Counter
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from ml import contracts, features
+from ml.flights_source import load_completed
+from ml.publish import build_envelope, canonical_json, publish
+from ml.replay import build_stream
+from ml.settings import LoopSettings
+from scoring_service.app import Scorer
+from scoring_service.config import ScorerSettings
+
+pytestmark = pytest.mark.integration
+
+KEY = "scorer-integration-key"
+MODEL = "flight_delay_it"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------- data and models
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return load_completed((1, 1), limit=6000)
+
+
+@pytest.fixture(scope="module")
+def events(flights) -> list[tuple[bytes, bytes]]:
+    """(key, value) of each flight's `flights.scheduled` record, as the replay writes them."""
+    s = LoopSettings()
+    stream = build_stream(s, flights)
+    return [(k.encode(), v) for t, k, v in zip(stream.topics, stream.keys, stream.values, strict=True)
+            if t == s.topic_flights_scheduled]
+
+
+@pytest.fixture(scope="module")
+def contract(flights):
+    return features.fit(flights.head(3000))
+
+
+@pytest.fixture(scope="module")
+def artifacts(contract) -> dict[str, bytes]:
+    """Real .keras bytes from ml.model.build: two good versions and one whose output layer is NaN."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+
+    from ml import model as model_lib
+
+    out = {}
+    for name, seed in (("a", 1), ("b", 2), ("nan", 3)):
+        keras.utils.set_random_seed(seed)
+        m = model_lib.build(contract)
+        if name == "nan":
+            layer = m.get_layer("p_delayed")
+            layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
+        out[name] = model_lib.to_bytes(m)
+    return out
+
+
+def envelope(version: int, artifact: bytes, contract_dict: dict, key: str = KEY):
+    return build_envelope(model_name=MODEL, model_version=version, run_id=f"run-{version}",
+                          model_uri=f"models:/{MODEL}/{version}", feature_contract=contract_dict,
+                          metrics={"auc": 0.7}, decision_id=f"d-{version}", artifact=artifact, key=key.encode())
+
+
+# ---------------------------------------------------------------- topics, scorer, reading back
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
+    return ScorerSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_flights_scheduled=new_topic("sched", 3), topic_flights_predictions=new_topic("pred", 3),
+        topic_flights_dlq=new_topic("dlq", 1),
+        topic_models=new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)}),
+        topic_models_status=new_topic("status", 1), group_id=f"scorer-{uuid.uuid4().hex[:8]}",
+        model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0, model_signing_key=KEY,
+        session_timeout_ms=6000, transactional_id=f"scorer-tx-{uuid.uuid4().hex[:8]}")
+
+
+def loop_settings(s: ScorerSettings) -> LoopSettings:
+    return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_models=s.topic_models,
+                        model_signing_key=KEY, model_name=MODEL)
+
+
+class Running:
+    """A scorer on a thread of this process (TensorFlow is imported once for the whole session)."""
+
+    def __init__(self, settings: ScorerSettings, scorer_id: str = "it") -> None:
+        self.scorer = Scorer(settings, scorer_id=scorer_id)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="scorer-under-test")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.scorer.run()
+        except BaseException as e:
+            self.error = e
+
+    def http(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.scorer.ops.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, name: str, labels: dict | None = None) -> float:
+        return self.scorer.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def stop(self) -> None:
+        self.scorer.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        assert self.error is None, self.error
+
+
+@pytest.fixture
+def scorers():
+    started: list[Running] = []
+
+    def start(settings: ScorerSettings) -> Running:
+        started.append(Running(settings))
+        return started[-1]
+
+    yield start
+    for r in started:
+        if r.thread.is_alive():
+            r.stop()
+
+
+def produce(bootstrap: str, topic: str, records, rate: float | None = None) -> None:
+    """Produce (key, value) pairs, at ``rate`` per second if given; flushed and checked."""
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    errors = []
+    started = time.monotonic()
+    for i, (key, value) in enumerate(records):
+        if rate is not None and i % 50 == 0:
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
+        p.produce(topic, key=key, value=value, on_delivery=lambda err, _m: err and errors.append(err))
+        p.poll(0)
+    assert p.flush(30) == 0 and not errors
+
+
+def read(bootstrap: str, topic: str, count: int, timeout: float = 60.0, settle: float = 1.0) -> list[dict]:
+    """Committed records of ``topic`` from the beginning: waits for ``count``, then ``settle`` s for extras."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    c.subscribe([topic])
+    out, deadline, extra_until = [], time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                assert m.error() is None, m.error()
+                out.append(orjson.loads(m.value()) | {"_partition": m.partition(), "_offset": m.offset()})
+            if len(out) >= count:
+                extra_until = extra_until or time.monotonic() + settle
+                if time.monotonic() >= extra_until:
+                    break
+    finally:
+        c.close()
+    return out
+
+
+def committed(s: ScorerSettings, partitions: int = 3) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": s.group_id})
+    try:
+        tps = c.committed([TopicPartition(s.topic_flights_scheduled, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+def high_watermarks(s: ScorerSettings, partitions: int = 3) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "watermarks"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(s.topic_flights_scheduled, p), timeout=10)[1]
+                for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := predicate()):
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status_records(s: ScorerSettings, count: int) -> list[dict]:
+    return read(s.kafka_bootstrap_servers, s.topic_models_status, count, timeout=90, settle=0.5)
+
+
+def assert_exactly_once(predictions: list[dict], s: ScorerSettings, n_inputs: int) -> None:
+    positions = Counter((p["source_partition"], p["source_offset"]) for p in predictions)
+    assert len(positions) == n_inputs, f"{n_inputs - len(positions)} input(s) without a prediction"
+    assert max(positions.values()) == 1, f"duplicated: {[k for k, v in positions.items() if v > 1][:5]}"
+    assert all(p["source_topic"] == s.topic_flights_scheduled for p in predictions)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_no_model_consumes_nothing_then_first_model_scores_every_input_once(
+        settings, scorers, events, contract, artifacts):
+    s = settings
+    batch = events[:3000]
+    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, batch)
+    running = scorers(s)
+    time.sleep(3)
+    assert running.http("/healthz")[0] == 200
+    assert running.http("/readyz") == (503, "no model loaded\n")
+    assert read(s.kafka_bootstrap_servers, s.topic_flights_predictions, 1, timeout=2) == []
+    assert set(committed(s).values()) == {-1001}  # OFFSET_INVALID: nothing committed
+    assert running.metric("scorer_events_in_total") == 0
+
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(batch))
+    assert_exactly_once(predictions, s, len(batch))
+    assert {(p["model_name"], p["model_version"]) for p in predictions} == {(MODEL, 1)}
+    for p in predictions[:50]:
+        contracts.Prediction.model_validate({k: v for k, v in p.items() if not k.startswith("_")})
+        assert p["delayed"] == (p["probability"] >= s.decision_threshold)
+    by_position = {(p["source_partition"], p["source_offset"]): p["flight_id"] for p in predictions}
+    assert set(by_position.values()) == {k.decode() for k, _ in batch}
+    wait_for(lambda: committed(s) == high_watermarks(s), 30, "input offsets committed up to the end")
+    status, body = running.http("/readyz")
+    assert status == 200 and f"{MODEL} v1 serving" in body
+    metrics = running.http("/metrics")[1]
+    assert "scorer_events_in_total 3000.0" in metrics and f'scorer_model_version{{model_name="{MODEL}"}} 1.0' in metrics
+    live = status_records(s, 1)
+    assert [(r["status"], r["model_version"], r["scorer_id"]) for r in live] == [("live", 1, "it")]
+    running.stop()
+
+
+@pytest.mark.slow
+def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, scorers, events, contract, artifacts):
+    s = settings
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    running = scorers(s)
+    wait_for(lambda: running.http("/readyz")[0] == 200, 60, "ready")
+    stream = events[:6000]
+    producer = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled,
+                                                      stream, 2000.0))
+    producer.start()
+    time.sleep(1.0)
+    publish(loop_settings(s), envelope(2, artifacts["b"], contract.to_dict()))
+    producer.join()
+    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream))
+    assert_exactly_once(predictions, s, len(stream))
+    for partition in range(3):
+        versions = [p["model_version"] for p in sorted(predictions, key=lambda p: p["source_offset"])
+                    if p["source_partition"] == partition]
+        switches = sum(a != b for a, b in zip(versions, versions[1:]))
+        assert versions[0] == 1 and versions[-1] == 2 and switches == 1, (partition, Counter(versions))
+    # One version per batch: predictions of one batch share scored_at; no batch mixes versions.
+    versions_per_batch = {}
+    for p in predictions:
+        versions_per_batch.setdefault(p["scored_at"], set()).add(p["model_version"])
+    assert all(len(v) == 1 for v in versions_per_batch.values())
+    assert running.metric("scorer_model_swaps_total") == 2
+    running.stop()
+
+
+def _tampered_sha(artifact: bytes, contract_dict: dict, other: bytes) -> bytes:
+    """Signed correctly, but the artifact is not the one whose SHA-256 the envelope states."""
+    doc = orjson.loads(envelope(4, artifact, contract_dict).to_bytes())
+    doc["artifact_b64"] = base64.b64encode(other).decode()
+    unsigned = {k: v for k, v in doc.items() if k != "signature"}
+    import hashlib
+    import hmac
+
+    doc["signature"] = hmac.new(KEY.encode(), canonical_json(unsigned), hashlib.sha256).hexdigest()
+    return orjson.dumps(doc)
+
+
+def _zip_bomb() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", b"\0" * (80 << 20))  # 80 MB unpacked, ~80 KB packed
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollback_swaps_back(
+        settings, scorers, events, contract, artifacts):
+    s = settings
+    good = contract.to_dict()
+    misfit = {**good, "input_schema": {**good["input_schema"], "distance": "string"}}
+    bad = {
+        "signature": envelope(3, artifacts["b"], good, key="another-key").to_bytes(),
+        "sha256": _tampered_sha(artifacts["b"], good, artifacts["a"]),
+        "load": envelope(5, b"PK\x03\x04 this is not a keras archive", good).to_bytes(),
+        "contract": envelope(6, artifacts["b"], misfit).to_bytes(),
+        "canary": envelope(7, artifacts["nan"], good).to_bytes(),
+        "oversized": envelope(8, _zip_bomb(), good).to_bytes(),
+        "undecodable": b"{not json",
+    }
+    publish(loop_settings(s), envelope(1, artifacts["a"], good))
+    running = scorers(s)
+    wait_for(lambda: running.http("/readyz")[0] == 200, 60, "ready")
+    produce(s.kafka_bootstrap_servers, s.topic_models, [(MODEL.encode(), v) for v in bad.values()])
+    records = status_records(s, 1 + len(bad))
+    rejected = {r["reason_kind"]: r for r in records if r["status"] == "rejected"}
+    assert set(rejected) == set(bad), records
+    assert all(r["serving_version"] == 1 for r in rejected.values())
+    for kind in bad:
+        assert running.metric("scorer_models_rejected_total", {"reason": kind}) == 1
+    assert running.scorer.slot.current.version == 1
+
+    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, events[:500])
+    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, 500)
+    assert_exactly_once(predictions, s, 500)
+    assert {p["model_version"] for p in predictions} == {1}
+
+    # Rollback = publishing the older version again after a newer one.
+    publish(loop_settings(s), envelope(2, artifacts["b"], good))
+    wait_for(lambda: running.scorer.slot.current.version == 2, 60, "v2 live")
+    publish(loop_settings(s), envelope(1, artifacts["a"], good))
+    wait_for(lambda: running.scorer.slot.current.version == 1, 60, "v1 live again")
+    lives = [(r["model_version"], r["previous_version"]) for r in status_records(s, 3 + len(bad))
+             if r["status"] == "live"]
+    assert lives == [(1, None), (2, 1), (1, 2)]
+    running.stop()
+
+
+def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
+        settings, scorers, events, contract, artifacts):
+    s = settings
+    good_doc = orjson.loads(events[0][1])
+    bad = {
+        "undecodable": b"\xff\xfe not json at all",
+        "schema": orjson.dumps({**good_doc, "year": "2013"}),
+        "range": orjson.dumps({**good_doc, "distance": -5.0}),
+    }
+    missing = orjson.dumps({k: v for k, v in good_doc.items() if k != "origin"})
+    records = [*events[:200], *[(b"bad-" + k.encode(), v) for k, v in bad.items()], (b"bad-missing", missing),
+               (b"bad-empty", b""), *events[200:400]]
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    running = scorers(s)
+    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, records)
+    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, 400)
+    assert len(predictions) == 400
+    dlq = read(s.kafka_bootstrap_servers, s.topic_flights_dlq, 5)
+    assert len(dlq) == 5
+    for d in dlq:
+        contracts.DeadLetter.model_validate({k: v for k, v in d.items() if not k.startswith("_")})
+    by_bytes = {base64.b64decode(d["original_b64"]): d for d in dlq}
+    assert set(by_bytes) == {*bad.values(), missing, b""}
+    for cls, value in bad.items():
+        assert by_bytes[value]["error_class"] == cls, by_bytes[value]
+    assert by_bytes[missing]["error_class"] == "schema" and "origin" in by_bytes[missing]["reason"]
+    assert by_bytes[b""]["error_class"] == "undecodable"
+    # Source positions point at the original record; scored and dead positions cover the input exactly.
+    dead_positions = {(d["source_partition"], d["source_offset"]) for d in dlq}
+    scored_positions = {(p["source_partition"], p["source_offset"]) for p in predictions}
+    assert not dead_positions & scored_positions
+    assert sum(high_watermarks(s).values()) == len(dead_positions | scored_positions) == len(records)
+    wait_for(lambda: committed(s) == high_watermarks(s), 30, "offsets committed past the dead letters")
+    assert running.metric("scorer_dead_letters_total", {"error_class": "range"}) == 1
+    running.stop()
+
+
+@pytest.mark.slow
+def test_exactly_once_survives_sigkill_with_one_committed_prediction_per_input(
+        settings, events, contract, artifacts, tmp_path):
+    s = settings.model_copy(update={"delivery_mode": "exactly_once", "batch_size": 200})
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    stream = events[:6000]
+    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_SIGNING_KEY": KEY,
+           **{name.upper(): str(value) for name, value in s.model_dump(exclude={"model_signing_key"}).items()}}
+    log1 = open(tmp_path / "scorer-1.log", "wb")
+    first = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log1,
+                             stderr=subprocess.STDOUT)
+    try:
+        # Kill once some batches are committed, mid-stream (batches of 200, so most of the input remains).
+        wait_for(lambda: 600 <= sum(max(o, 0) for o in committed(s).values()), 120, "first commits")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        done_before = sum(max(o, 0) for o in committed(s).values())
+        assert done_before < len(stream), "killed too late to test anything"
+        log2 = open(tmp_path / "scorer-2.log", "wb")
+        second = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log2,
+                                  stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: committed(s) == high_watermarks(s), 180, "restart to finish the stream")
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream), settle=2.0)
+    assert_exactly_once(predictions, s, len(stream))
+
+
+@pytest.mark.slow
+def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
+        settings, scorers, events, contract, artifacts):
+    s = settings
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    first = scorers(s)
+    wait_for(lambda: first.scorer.ready()[0], 60, "first replica ready")
+    stream = events[:6000]
+    producer = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled,
+                                                      stream, 2000.0))
+    producer.start()
+    time.sleep(0.5)
+    second = Running(s, scorer_id="it-2")  # joins mid-stream: the group rebalances under load
+    try:
+        wait_for(lambda: second.scorer.ready()[0], 60, "second replica ready")
+        producer.join()
+        predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream))
+        assert_exactly_once(predictions, s, len(stream))
+        assert first.metric("scorer_events_in_total") > 0 and second.metric("scorer_events_in_total") > 0
+        lives = [(r["scorer_id"], r["model_version"]) for r in status_records(s, 2) if r["status"] == "live"]
+        assert sorted(lives) == [("it", 1), ("it-2", 1)]
+        wait_for(lambda: committed(s) == high_watermarks(s), 30, "all input committed")
+    finally:
+        second.stop()
+        first.stop()

@@ -1,0 +1,73 @@
+"""score_batch: one prediction per good record, one dead letter per bad one, outputs follow their contracts."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import pytest
+
+from ml import contracts, features
+from ml.decode import ContractDecoder
+from ml.flights_source import load_completed
+from ml.replay import build_stream
+from ml.settings import LoopSettings
+from scoring_service.inference import NumpyForward
+from scoring_service.scoring import InputRecord, ServingModel, score_batch
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def values() -> list[bytes]:
+    s = LoopSettings()
+    stream = build_stream(s, load_completed((1, 1), limit=1000))
+    return [v for t, v in zip(stream.topics, stream.values, strict=True) if t == s.topic_flights_scheduled]
+
+
+@pytest.fixture(scope="module")
+def serving(values):
+    import keras
+
+    from ml import model as model_lib
+
+    contract = features.fit(load_completed((1, 1), limit=1000))
+    keras.utils.set_random_seed(5)
+    model = model_lib.build(contract)
+    return ServingModel("m", 3, contract, NumpyForward.from_keras(model), "0" * 64), model
+
+
+def test_good_and_bad_records_split_with_positions_and_contracts(values, serving):
+    model, keras_model = serving
+    good = orjson.loads(values[0])
+    bad = [b"\x00garbage", orjson.dumps({**good, "month": 13}), orjson.dumps({**good, "carrier": 7}), None]
+    raw = [*values[:300], *bad, *values[300:]]
+    records = [InputRecord("in", 2, 100 + i, b"k", v) for i, v in enumerate(raw)]
+    scored = score_batch(records, model, 0.3, ContractDecoder(contracts.FlightScheduled), now=NOW)
+
+    assert len(scored.predictions) == len(values)
+    assert scored.dead_letter_classes == ["undecodable", "range", "schema", "undecodable"]
+    predictions = [contracts.Prediction.model_validate_json(v) for _, v in scored.predictions]
+    assert [p.source_offset for p in predictions] == [100 + i for i, v in enumerate(raw) if v in values]
+    assert [k for k, _ in scored.predictions] == [orjson.loads(v)["flight_id"].encode() for v in values]
+    assert {(p.model_name, p.model_version, p.threshold, p.scored_at) for p in predictions} == {("m", 3, 0.3, NOW)}
+    # The probabilities are the model's on the same records transformed as a list of dicts.
+    expected = np.asarray(keras_model(features.transform(model.contract, [orjson.loads(v) for v in values]),
+                                      training=False)).reshape(-1)
+    np.testing.assert_allclose([p.probability for p in predictions], expected, atol=1e-5)
+    assert [p.delayed for p in predictions] == (expected >= 0.3).tolist()
+
+    dead = [contracts.DeadLetter.model_validate_json(v) for _, v in scored.dead_letters]
+    assert [d.source_offset for d in dead] == [400, 401, 402, 403]
+    assert [base64.b64decode(d.original_b64) for d in dead] == [b"\x00garbage", bad[1], bad[2], b""]
+    assert "month" in dead[1].reason and "carrier" in dead[2].reason
+
+
+def test_a_batch_of_only_dead_letters_scores_nothing(serving):
+    records = [InputRecord("in", 0, i, None, b"{}") for i in range(3)]
+    scored = score_batch(records, serving[0], 0.5, ContractDecoder(contracts.FlightScheduled), now=NOW)
+    assert scored.predictions == [] and scored.dead_letter_classes == ["schema"] * 3
