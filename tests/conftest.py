@@ -48,8 +48,9 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    # Per test: a session-long client would outlive the broker and log connection errors until exit.
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
 
 
