@@ -49,9 +49,13 @@ class RegistryUnavailable(LoopError):
 
 
 class EnvelopeRejected(LoopError):
-    """A model envelope failed decoding, its schema, its signature or its artifact digest."""
+    """A model envelope failed decoding, its schema, its signature or its artifact digest.
 
-    def __init__(self, reason: str) -> None:
+    ``kind`` names which (``undecodable``, ``schema``, ``signature``, ``sha256``) for metrics and reports.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
         self.reason = reason
         super().__init__(reason)
 

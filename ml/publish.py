@@ -110,23 +110,23 @@ def verify_envelope(raw: bytes, key: bytes) -> ModelEnvelope:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise EnvelopeRejected(f"undecodable: {e}") from e
+        raise EnvelopeRejected("undecodable", f"undecodable: {e}") from e
     try:
         envelope = ModelEnvelope.model_validate(doc)
     except ValidationError as e:
         errors = e.errors(include_url=False, include_input=False)[:3]
-        raise EnvelopeRejected(f"schema: {e.error_count()} error(s): {errors}") from e
+        raise EnvelopeRejected("schema", f"schema: {e.error_count()} error(s): {errors}") from e
     # The signature covers the fields as received, so re-serialisation cannot change what was signed.
     unsigned = {k: v for k, v in doc.items() if k != "signature"}
     if not hmac.compare_digest(_sign(unsigned, key), envelope.signature):
-        raise EnvelopeRejected(f"bad signature for {envelope.model_name} v{envelope.model_version}")
+        raise EnvelopeRejected("signature", f"bad signature for {envelope.model_name} v{envelope.model_version}")
     try:
         artifact = envelope.artifact()
     except ValueError as e:
-        raise EnvelopeRejected(f"artifact is not valid base64: {e}") from e
+        raise EnvelopeRejected("sha256", f"artifact is not valid base64: {e}") from e
     digest = hashlib.sha256(artifact).hexdigest()
     if not hmac.compare_digest(digest, envelope.artifact_sha256):
-        raise EnvelopeRejected(f"artifact sha256 mismatch for {envelope.model_name} v{envelope.model_version}: "
+        raise EnvelopeRejected("sha256", f"artifact sha256 mismatch for {envelope.model_name} v{envelope.model_version}: "
                                f"expected {envelope.artifact_sha256}, got {digest}")
     return envelope
 
@@ -159,7 +159,7 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
     Reads from the beginning up to the end offsets taken at the start; records that fail verification are
     logged and skipped.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
     topic = settings.topic_models
     consumer = Consumer({
@@ -172,15 +172,18 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
     key = settings.signing_key()
     out: list[ModelEnvelope] = []
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        if metadata.error is not None:
-            raise TopicMissing(topic, settings.kafka_bootstrap_servers)
-        # End offsets fixed now: envelopes published while we read belong to the next reader.
-        ends = {}
-        for p in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                ends[p] = high
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            if metadata.error is not None:
+                raise TopicMissing(topic, settings.kafka_bootstrap_servers)
+            # End offsets fixed now: envelopes published while we read belong to the next reader.
+            ends = {}
+            for p in metadata.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+                if high > low:
+                    ends[p] = high
+        except KafkaException as e:
+            raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading offsets of {topic}: {e}") from e
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         pending, deadline = set(ends), time.monotonic() + timeout_s
         while pending:

@@ -41,16 +41,6 @@ STATUS_LIVE = "live"
 STATUS_REJECTED = "rejected"
 TOPIC_WAIT_LOG_S = 30.0
 
-# EnvelopeRejected reasons (ml.publish.verify_envelope) by prefix -> the reason label of the counter.
-_ENVELOPE_KINDS = (("undecodable", "undecodable"), ("schema", "schema"), ("bad signature", "signature"),
-                   ("artifact is not valid base64", "sha256"), ("artifact sha256 mismatch", "sha256"))
-
-
-def envelope_kind(reason: str) -> str:
-    """The counter label of an EnvelopeRejected reason."""
-    return next((kind for prefix, kind in _ENVELOPE_KINDS if reason.startswith(prefix)), "envelope")
-
-
 @dataclass(frozen=True)
 class EnvelopeAt:
     """Where an envelope record sits on the models topic, and when it was produced (ms since the epoch)."""
@@ -188,7 +178,7 @@ class ModelWatcher(threading.Thread):
         try:
             envelope = verify_envelope(msg.value(), self._key)
         except EnvelopeRejected as e:
-            self._reject(at, envelope_kind(e.reason), e.reason, _claimed_version(msg.value()))
+            self._reject(at, e.kind, e.reason, _claimed_version(msg.value()))
             return None
         if envelope.model_name != self.settings.model_name:
             return None

@@ -1,0 +1,1 @@
+"""The docker compose deployment (docker-compose.yml) seen through the Docker engine API: ``status``."""
