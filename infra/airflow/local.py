@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra import process_group
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +93,9 @@ def airflow_env(cfg: AirflowConfig, loop_env: dict[str, str] | None = None) -> d
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return not cmdline.exists() or b"standalone" in cmdline.read_bytes()
-
-
 def running_pid(cfg: AirflowConfig) -> int | None:
     """The pid of ``airflow standalone`` recorded in ``cfg.home`` if it is still alive."""
-    try:
-        pid = int(cfg.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if _pid_alive(pid) else None
+    return process_group.recorded_pid(cfg.pid_file, b"standalone")
 
 
 def healthy(cfg: AirflowConfig, timeout: float = 2.0) -> dict | None:
@@ -177,39 +163,10 @@ def stop(cfg: AirflowConfig, timeout: float = 30.0) -> bool:
     if pid is None:
         cfg.pid_file.unlink(missing_ok=True)
         return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _group_alive(pid):
-            _reap(pid)
-            time.sleep(0.2)
-        if not _group_alive(pid):
-            break
-        log.warning("Airflow process group %d still alive after %s; escalating", pid, sig.name)
+    process_group.stop_group(pid, f"Airflow on {cfg.url}", timeout)
     cfg.pid_file.unlink(missing_ok=True)
     log.info("Airflow (process group %d) on %s stopped", pid, cfg.url)
     return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _reap(pid: int) -> None:
-    # When standalone is our own child (the REST test), collect it so it does not linger as a zombie.
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def log_tail(cfg: AirflowConfig, lines: int = 30) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra import process_group
 from infra.kafka.distribution import Distribution, require_tool
 from infra.kafka.errors import KafkaSetupError
 
@@ -108,24 +107,9 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return not cmdline.exists() or b"kafka.Kafka" in cmdline.read_bytes()
-
-
 def running_pid(cfg: BrokerConfig) -> int | None:
     """The pid of the broker recorded in ``cfg.data_dir`` if that process is still alive."""
-    try:
-        pid = int(cfg.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if _pid_alive(pid) else None
+    return process_group.recorded_pid(cfg.pid_file, b"kafka.Kafka")
 
 
 def log_tail(cfg: BrokerConfig, lines: int = 25) -> str:
@@ -229,29 +213,7 @@ def stop(cfg: BrokerConfig, timeout: float = 30.0) -> bool:
     if pid is None:
         cfg.pid_file.unlink(missing_ok=True)
         return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
-        _reap(pid)
-        time.sleep(0.1)
-    if _pid_alive(pid):
-        log.warning("Kafka broker pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _reap(pid)
+    process_group.stop_group(pid, f"Kafka broker on {cfg.bootstrap_servers}", timeout)
     cfg.pid_file.unlink(missing_ok=True)
     log.info("Kafka broker pid %d on %s stopped", pid, cfg.bootstrap_servers)
     return True
-
-
-def _reap(pid: int) -> None:
-    # When the broker is our own child (pytest fixture), collect it so it does not linger as a zombie.
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
