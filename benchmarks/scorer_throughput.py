@@ -26,7 +26,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
@@ -35,6 +35,7 @@ from ml.flights_source import load_completed  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
 from ml.replay import build_stream  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
+from ml.topics import wait_until_served  # noqa: E402
 from scoring_service.app import Scorer  # noqa: E402
 from scoring_service.batching import collect  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
@@ -60,26 +61,8 @@ def bench_settings(bootstrap: str, **overrides) -> ScorerSettings:
                                                           "max.message.bytes": str(4 << 20)}))
     for fut in admin.create_topics(topics).values():
         fut.result(30)
-    wait_for_leader(bootstrap, s.topic_models)
+    wait_until_served(loop_settings(s), {s.topic_models: 1}, timeout=30)
     return s
-
-
-def wait_for_leader(bootstrap: str, topic: str, timeout: float = 30.0) -> None:
-    """Wait until the broker serves ``topic``: right after creation it can answer NOT_LEADER_FOR_PARTITION,
-    which ml.publish does not retry."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-leader-check"})
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                c.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
-                return
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        c.close()
 
 
 def flight_events(n: int) -> tuple[list[tuple[bytes, bytes]], object]:

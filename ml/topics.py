@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from ml.errors import BrokerUnavailable
@@ -70,4 +71,29 @@ def ensure_topics(settings: LoopSettings, timeout: float = 10.0) -> dict[str, bo
             created[topic] = True
             log.info("topic %s created with %d partitions, config %s", topic, specs[topic].num_partitions,
                      specs[topic].config)
+        wait_until_served(settings, {t: specs[t].num_partitions for t, new in created.items() if new}, timeout)
     return created
+
+
+def wait_until_served(settings: LoopSettings, partitions: dict[str, int], timeout: float = 10.0) -> None:
+    """Block until every partition of the given topics answers an offsets request.
+
+    Right after creation a partition answers NOT_LEADER_FOR_PARTITION until its leader is elected; a
+    producer or reader started at that moment would fail instead of retrying.
+    """
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "topic-probe"})
+    deadline = time.monotonic() + timeout
+    try:
+        for topic, count in partitions.items():
+            for p in range(count):
+                while True:
+                    try:
+                        consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=max(timeout, 1.0))
+                        break
+                    except KafkaException as exc:
+                        if time.monotonic() > deadline:
+                            raise BrokerUnavailable(settings.kafka_bootstrap_servers,
+                                                    f"{topic}[{p}] not served after {timeout:.0f} s: {exc}") from exc
+                        time.sleep(0.2)
+    finally:
+        consumer.close()

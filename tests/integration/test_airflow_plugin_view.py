@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from ml.loop_view import model_versions
 from ml.publish import build_envelope, publish
@@ -15,23 +14,6 @@ from ml.settings import LoopSettings
 from ml.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_for_leader(bootstrap: str, topic: str, timeout: float = 15.0) -> None:
-    # A topic created a moment ago answers NOT_LEADER_FOR_PARTITION until its leader is elected.
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
-                return
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        consumer.close()
 
 
 def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_them(kafka_bootstrap, new_topic,
@@ -44,7 +26,6 @@ def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_
                             topic_flights_predictions=f"p-{u}", topic_flights_dlq=f"d-{u}",
                             model_signing_key="k")
     ensure_topics(settings)
-    _wait_for_leader(kafka_bootstrap, settings.topic_models)
     for version in (1, 2):  # the page needs valid signed envelopes, not loadable models
         publish(settings, build_envelope(
             model_name="flight_delay", model_version=version, run_id=f"run-{version}", model_uri="models:/x/1",
