@@ -50,6 +50,16 @@ def _reap(pid: int) -> None:
         pass
 
 
+def stop_recorded(pid_file: Path, marker: bytes, name: str, timeout: float = 30.0) -> int | None:
+    """Stop the process group recorded in ``pid_file`` and remove the file; the pid stopped, or None when
+    nothing was running there."""
+    pid = recorded_pid(pid_file, marker)
+    if pid is not None:
+        stop_group(pid, name, timeout)
+    pid_file.unlink(missing_ok=True)
+    return pid
+
+
 def stop_group(pgid: int, name: str, timeout: float = 30.0) -> None:
     """SIGTERM the whole process group ``pgid`` (leader and children), SIGKILL what is left after ``timeout``."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka import broker, distribution
@@ -52,6 +53,19 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
 def kafka_admin(kafka_bootstrap: str) -> AdminClient:
     # Per test: a session-long client would outlive the broker and log connection errors until exit.
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def high_watermark(kafka_bootstrap: str) -> Callable[[str], int]:
+    """The high watermark (records written) of partition 0 of a topic."""
+    def read(topic: str) -> int:
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "probe"})
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        finally:
+            c.close()
+
+    return read
 
 
 @pytest.fixture

@@ -159,12 +159,9 @@ def stop(cfg: AirflowConfig, timeout: float = 30.0) -> bool:
 
     Returns False when nothing was running from ``cfg.home``.
     """
-    pid = running_pid(cfg)
+    pid = process_group.stop_recorded(cfg.pid_file, b"standalone", f"Airflow on {cfg.url}", timeout)
     if pid is None:
-        cfg.pid_file.unlink(missing_ok=True)
         return False
-    process_group.stop_group(pid, f"Airflow on {cfg.url}", timeout)
-    cfg.pid_file.unlink(missing_ok=True)
     log.info("Airflow (process group %d) on %s stopped", pid, cfg.url)
     return True
 

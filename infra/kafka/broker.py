@@ -209,11 +209,9 @@ def stop(cfg: BrokerConfig, timeout: float = 30.0) -> bool:
 
     Returns False if no broker was running there.
     """
-    pid = running_pid(cfg)
+    pid = process_group.stop_recorded(cfg.pid_file, b"kafka.Kafka", f"Kafka broker on {cfg.bootstrap_servers}",
+                                      timeout)
     if pid is None:
-        cfg.pid_file.unlink(missing_ok=True)
         return False
-    process_group.stop_group(pid, f"Kafka broker on {cfg.bootstrap_servers}", timeout)
-    cfg.pid_file.unlink(missing_ok=True)
     log.info("Kafka broker pid %d on %s stopped", pid, cfg.bootstrap_servers)
     return True

@@ -133,13 +133,6 @@ def scorer(settings):
     stand_in.join(10)
 
 
-def _high_watermark(settings: LoopSettings, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "probe"})
-    try:
-        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
-    finally:
-        c.close()
-
 
 def _states(dag_run) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
@@ -165,7 +158,8 @@ def test_dag_bag_imports_the_dag_with_no_errors_or_warnings(dag):
     assert dag.max_active_runs == 1 and "every_n_completed_flights" in repr(dag.timetable)
 
 
-def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(dag, settings, scorer, flights):
+def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(high_watermark, dag, settings, scorer,
+                                                                       flights):
     replay_frame(settings, flights.iloc[:10_000])
     scorer.start()
     when = datetime.now(UTC)  # after the DAG's start_date, or the run would hold no task instances
@@ -176,7 +170,7 @@ def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(dag, setti
     registry = Registry(settings)
     champion = registry.champion()
     assert champion.version == 1 and scorer.live == [1]
-    assert _high_watermark(settings, settings.topic_models) == 1
+    assert high_watermark(settings.topic_models) == 1
     # One MLflow run tagged with the Airflow run id: the loop run id is the Airflow run id.
     assert registry.find_run("loop_run_id", run.run_id) == champion.run_id
     assert _xcom(run, "verify_rollout", "return_value")["model_version"] == 1
@@ -187,13 +181,13 @@ def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(dag, setti
     rerun = dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120})
     assert rerun.run_id == run.run_id and rerun.state == "success"
     assert _xcom(rerun, "publish", "return_value")["published"] is False
-    assert _high_watermark(settings, settings.topic_models) == 1
+    assert high_watermark(settings.topic_models) == 1
     assert len(snapshot.list_manifests(settings, settings.topic_flights_completed)) == 1
     assert registry.champion().version == 1
     assert len(registry.client().search_runs([registry.experiment_id])) == 1
 
 
-def test_corrupted_snapshot_stops_at_validation_with_publish_skipped(dag, settings, flights):
+def test_corrupted_snapshot_stops_at_validation_with_publish_skipped(high_watermark, dag, settings, flights):
     replay_frame(settings, flights.iloc[:10_000])
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for i in range(300):  # 2.3% undecodable records: above the 1% the suite allows
@@ -203,11 +197,12 @@ def test_corrupted_snapshot_stops_at_validation_with_publish_skipped(dag, settin
     run = dag.test(logical_date=datetime.now(UTC), run_conf={"rollout_timeout_s": 5})
     assert _states(run) == {"snapshot": "success", **dict.fromkeys(TASKS[1:], "skipped")}
     assert _xcom(run, "validate", "data_docs_url").endswith("/index.html")
-    assert _high_watermark(settings, settings.topic_models) == 0
+    assert high_watermark(settings.topic_models) == 0
     assert Registry(settings).champion() is None
 
 
-def test_a_lost_gate_skips_register_and_publish_with_the_decision_recorded(dag, settings, flights, monkeypatch):
+def test_a_lost_gate_skips_register_and_publish_with_the_decision_recorded(high_watermark, dag, settings, flights,
+                                                                          monkeypatch):
     monkeypatch.setenv("GATE_MIN_AUC", "0.99")  # no model of a few January days reaches this floor
     replay_frame(settings, flights.iloc[:10_000])
 
@@ -216,7 +211,7 @@ def test_a_lost_gate_skips_register_and_publish_with_the_decision_recorded(dag, 
     assert _states(run) == {**dict.fromkeys(TASKS[:4], "success"), **dict.fromkeys(TASKS[4:], "skipped")}
     decision = _xcom(run, "evaluate", "return_value")
     assert decision["verdict"] == "reject" and "below the floor 0.9900" in decision["reasons"][0]
-    assert _high_watermark(settings, settings.topic_models) == 0
+    assert high_watermark(settings.topic_models) == 0
     assert Registry(settings).champion() is None
 
 

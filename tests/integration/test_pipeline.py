@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from ml import pipeline, snapshot
 from ml.flights_source import load_completed
@@ -37,15 +37,8 @@ def settings(kafka_bootstrap, tmp_path) -> LoopSettings:
     )
 
 
-def _high_watermark(settings: LoopSettings, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "probe"})
-    try:
-        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
-    finally:
-        c.close()
 
-
-def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(settings, flights):
+def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(high_watermark, settings, flights):
     replay_frame(settings, flights.iloc[:10_000])
 
     first = pipeline.retrain(settings, "scheduled__2013-01-12T00:00:00+00:00")
@@ -69,11 +62,11 @@ def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(setti
     assert (retry.status, retry.model_version, retry.mlflow_run_id, retry.decision_id) == (
         "published", 1, first.mlflow_run_id, first.decision_id)
     assert retry.published_offset is None  # nothing produced the second time
-    assert _high_watermark(settings, settings.topic_models) == 1
+    assert high_watermark(settings.topic_models) == 1
     assert len(snapshot.list_manifests(settings, settings.topic_flights_completed)) == 1
 
 
-def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(settings, flights):
+def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(high_watermark, settings, flights):
     replay_frame(settings, flights.iloc[:10_000])
     strict = settings.model_copy(update={"gate_min_auc": 0.99})
 
@@ -83,20 +76,20 @@ def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(
     registry = Registry(strict)
     assert registry.decision(outcome.mlflow_run_id)["verdict"] == "reject"
     assert registry.champion() is None
-    assert _high_watermark(strict, strict.topic_models) == 0
+    assert high_watermark(strict.topic_models) == 0
 
 
-def test_empty_snapshot_is_skipped(settings, flights):
+def test_empty_snapshot_is_skipped(high_watermark, settings, flights):
     replay_frame(settings, flights.iloc[:10_000])
     assert pipeline.retrain(settings, "run-1").status == "published"
 
     skipped = pipeline.retrain(settings, "run-2")
     assert skipped.status == "skipped"
     assert "fewer than the minimum" in skipped.reason
-    assert _high_watermark(settings, settings.topic_models) == 1
+    assert high_watermark(settings.topic_models) == 1
 
 
-def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(settings, flights):
+def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(high_watermark, settings, flights):
     replay_frame(settings, flights.iloc[:10_000])
     # 300 undecodable records among 13,000 good ones: 2.3% rejected, above the 1% the suite allows.
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
@@ -110,5 +103,5 @@ def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(settings, 
     assert "rejected" in outcome.reason and "300" in outcome.reason
     (manifest,) = snapshot.list_manifests(settings, settings.topic_flights_completed)
     assert (manifest.row_count, manifest.rejected_count) == (13_000, 300)
-    assert _high_watermark(settings, settings.topic_models) == 0
+    assert high_watermark(settings.topic_models) == 0
     assert Registry(settings).champion() is None
