@@ -13,10 +13,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from ml import contracts
@@ -71,6 +73,8 @@ class FeatureContract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Names the use case, so a consumer of the `models` topic knows which preprocessing rebuilds the inputs.
+    use_case: Literal["flight_delay"] = "flight_delay"
     contract_version: int
     input_schema: dict[str, str]
     vocabularies: dict[str, list[str]]
@@ -112,86 +116,143 @@ class FeatureContract(BaseModel):
         return contract
 
 
-def _frame(data: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The input as a DataFrame holding every field read; absent optional fields become missing."""
-    columns = [*REQUIRED_FIELDS, *OPTIONAL_FIELDS]
-    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame.from_records(list(data))
-    if len(df) == 0:
-        # An empty batch (no records, hence no columns) transforms to empty arrays.
-        return pd.DataFrame(columns=columns)
-    absent = [name for name in REQUIRED_FIELDS if name not in df.columns]
+def _table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """The input as an Arrow table; raises ValueError naming the required fields it lacks."""
+    if isinstance(data, pa.Table):
+        table = data
+    else:
+        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame.from_records(list(data))
+        if len(df) == 0:  # an empty batch (no records, hence no columns) transforms to empty arrays
+            return pa.table({name: pa.nulls(0) for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)})
+        wanted = [name for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if name in df.columns]
+        try:
+            table = pa.table({name: _arrow(df[name]) for name in wanted})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(f"input does not convert to Arrow: {e}") from e
+    absent = [name for name in REQUIRED_FIELDS if name not in table.column_names]
     if absent:
         raise ValueError(f"input lacks required flights.scheduled fields: {absent}")
-    return df.reindex(columns=columns)
+    return table
 
 
-def _num(s: pd.Series) -> pd.Series:
-    return pd.to_numeric(s, errors="coerce").astype("float64")
+def _arrow(series: pd.Series) -> pa.Array:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):  # as UTC instants (pandas' .values drops the zone)
+        return pa.array(series.dt.tz_convert(None).to_numpy(), type=pa.timestamp("ns", tz="UTC"))
+    return pa.array(series, from_pandas=True)
 
 
-def _str(s: pd.Series) -> pd.Series:
-    """Strings with None/NaN (and pandas NA) kept as missing."""
-    return s.astype("object").where(s.notna(), None)
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """One field as a single array; an absent optional field is all null."""
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows)
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _cyclic(out: dict[str, np.ndarray], name: str, value: pd.Series, period: float) -> None:
-    angle = 2 * np.pi * value.to_numpy(dtype="float64") / period
+def _num(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric field as float64, NaN where null; raises ValueError for a non-numeric type."""
+    col = _column(table, name)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)
+            or pa.types.is_boolean(col.type)):
+        raise ValueError(f"field {name} has type {col.type}, expected a number")
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _epoch_seconds(table: pa.Table, name: str) -> np.ndarray:
+    """A timestamp field (Arrow timestamp or ISO 8601 string with a zone) as UTC epoch seconds, NaN if null."""
+    col = _column(table, name)
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            col = pc.cast(col, pa.timestamp("ns", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"field {name}: {e}") from e
+    if not pa.types.is_timestamp(col.type):
+        raise ValueError(f"field {name} has type {col.type}, expected a timestamp")
+    # Milliseconds since the epoch are exact in float64 (nanoseconds are not).
+    ms = pc.cast(pc.cast(col, pa.timestamp("ms", tz=col.type.tz), safe=False), pa.int64())
+    return pc.cast(ms, pa.float64()).to_numpy(zero_copy_only=False) / 1e3
+
+
+def _strings(table: pa.Table, name: str) -> pa.Array:
+    col = _column(table, name)
+    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+
+
+def _integer_labels(values: np.ndarray) -> pa.Array:
+    """Whole numbers as strings ("5"), null where NaN: categories such as the day of week."""
+    known = np.isfinite(values)
+    return pc.cast(pa.array(np.where(known, values, 0).astype("int64"), mask=~known), pa.string())
+
+
+def _day_of_week(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Monday = 0 ... Sunday = 6 of the calendar date; NaN where a part is missing or the date invalid."""
+    valid = np.isfinite(year) & np.isfinite(month) & np.isfinite(day) & (month >= 1) & (month <= 12) & (day >= 1)
+    y, m, d = (np.where(valid, v, 1).astype("int64") for v in (year, month, day))
+    first = (y - 1970).astype("datetime64[Y]").astype("datetime64[M]") + (m - 1)
+    date = first.astype("datetime64[D]") + (d - 1)
+    valid &= date.astype("datetime64[M]") == first  # 30 February rolls into March: not a date
+    # 1970-01-01 was a Thursday (3).
+    return np.where(valid, (date.astype("int64") + 3) % 7, np.nan)
+
+
+def _cyclic(out: dict[str, np.ndarray], name: str, value: np.ndarray, period: float) -> None:
+    angle = 2 * np.pi * value / period
     out[f"{name}_sin"] = np.sin(angle)
     out[f"{name}_cos"] = np.cos(angle)
 
 
-def _raw_features(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
-    """Unscaled numeric features (NaN where unknown) and categorical strings (None where unknown)."""
-    dep_hhmm, arr_hhmm = _num(df["sched_dep_time"]), _num(df["sched_arr_time"])
+def _raw_features(table: pa.Table) -> tuple[dict[str, np.ndarray], dict[str, pa.Array]]:
+    """Unscaled numeric features (float64, NaN where unknown) and categorical strings (null where unknown)."""
+    dep_hhmm, arr_hhmm = _num(table, "sched_dep_time"), _num(table, "sched_arr_time")
     # Local (New York) clock time of departure: delays build up through the day as aircraft rotate.
     dep_hour = dep_hhmm // 100 + dep_hhmm % 100 / 60
     arr_hour = arr_hhmm // 100 + arr_hhmm % 100 / 60
-    date = pd.to_datetime(pd.DataFrame({"year": _num(df["year"]), "month": _num(df["month"]),
-                                        "day": _num(df["day"])}), errors="coerce")
-    dep_utc = pd.to_datetime(df["sched_dep_utc"], utc=True, format="ISO8601")
-    arr_utc = pd.to_datetime(df["sched_arr_utc"], utc=True, format="ISO8601")
-    block = (arr_utc - dep_utc).dt.total_seconds() / 60
-    distance = _num(df["distance"])
-    w = {name: _num(df[name]) for name in WEATHER_FIELDS}
+    year = _num(table, "year")
+    block = (_epoch_seconds(table, "sched_arr_utc") - _epoch_seconds(table, "sched_dep_utc")) / 60
+    distance = _num(table, "distance")
+    w = {name: _num(table, name) for name in WEATHER_FIELDS}
 
-    num: dict[str, np.ndarray] = {"dep_hour": dep_hour.to_numpy()}
+    num: dict[str, np.ndarray] = {"dep_hour": dep_hour}
     _cyclic(num, "dep_hour", dep_hour, 24)
     _cyclic(num, "arr_hour", arr_hour, 24)
-    num["block_minutes"] = block.to_numpy()
-    num["log_distance"] = np.log(distance.to_numpy())
-    # Scheduled speed: a padded (slow) schedule marks routes the airline expects to be congested.
-    num["sched_mph"] = (distance / block.where(block > 0) * 60).to_numpy()
+    num["block_minutes"] = block
+    with np.errstate(divide="ignore", invalid="ignore"):
+        num["log_distance"] = np.log(distance)
+        # Scheduled speed: a padded (slow) schedule marks routes the airline expects to be congested.
+        num["sched_mph"] = distance / np.where(block > 0, block, np.nan) * 60
     for name in ("temp", "dewp", "humid", "wind_speed", "wind_gust", "pressure", "visib"):
-        num[name] = w[name].to_numpy()
+        num[name] = w[name]
     # Dew-point spread near zero means saturated air: fog, low ceilings, thunderstorms.
-    num["dewpoint_spread"] = (w["temp"] - w["dewp"]).to_numpy()
-    num["log_precip"] = np.log1p(w["precip"].to_numpy())
+    num["dewpoint_spread"] = w["temp"] - w["dewp"]
+    num["log_precip"] = np.log1p(w["precip"])
     _cyclic(num, "wind_dir", w["wind_dir"], 360)
-    num["plane_age"] = (_num(df["year"]) - _num(df["plane_year"])).to_numpy()
-    num["plane_seats"] = _num(df["plane_seats"]).to_numpy()
-    num["plane_engines"] = _num(df["plane_engines"]).to_numpy()
+    num["plane_age"] = year - _num(table, "plane_year")
+    num["plane_seats"] = _num(table, "plane_seats")
+    num["plane_engines"] = _num(table, "plane_engines")
     for name in INDICATOR_FIELDS:
-        num[f"{name}_missing"] = df[name].isna().to_numpy(dtype="float64")
+        num[f"{name}_missing"] = pc.is_null(_column(table, name), nan_is_null=True).to_numpy(
+            zero_copy_only=False).astype("float64")
 
-    cat = {
-        "carrier": df["carrier"], "origin": df["origin"], "dest": df["dest"],
-        "plane_type": df["plane_type"], "plane_engine": df["plane_engine"],
-        "dow": date.dt.day_of_week.map("{:.0f}".format, na_action="ignore"),
-        "dep_hour": (dep_hhmm // 100).map("{:.0f}".format, na_action="ignore"),
-    }
-    return pd.DataFrame(num, index=df.index), {k: _str(v) for k, v in cat.items()}
+    cat = {name: _strings(table, name) for name in ("carrier", "origin", "dest", "plane_type", "plane_engine")}
+    cat["dow"] = _integer_labels(_day_of_week(year, _num(table, "month"), _num(table, "day")))
+    cat["dep_hour"] = _integer_labels(dep_hhmm // 100)
+    return num, cat
 
 
 def fit(df: pd.DataFrame) -> FeatureContract:
     """Learn vocabularies, imputation values and normalisation statistics from training rows."""
     if len(df) == 0:
         raise ValueError("cannot fit a feature contract on zero rows")
-    frame = _frame(df)
-    num, cat = _raw_features(frame)
+    table = _table(df)
+    raw, cat = _raw_features(table)
+    num = pd.DataFrame(raw)
     vocabularies = {}
     for name, values in cat.items():
-        counts = values.value_counts(dropna=True)
-        vocabularies[name] = sorted(str(v) for v in counts.index[counts >= MIN_FREQUENCY[name]])
+        counts = pc.value_counts(values.drop_null())
+        frequent = pc.greater_equal(counts.field("counts"), MIN_FREQUENCY[name])
+        vocabularies[name] = sorted(counts.field("values").filter(frequent).to_pylist())
     fill = num.median().fillna(0.0)
     # Indicators keep their full 0/1 range: a rare one (0.1% missing) would otherwise be clipped to 0.
     indicators = num.columns.str.endswith("_missing")
@@ -207,7 +268,7 @@ def fit(df: pd.DataFrame) -> FeatureContract:
         # Indicators and near-constant columns (two edges or fewer) gain nothing from an encoding.
         if not indicators[num.columns.get_loc(name)] and len(edges) > 2:
             bin_edges[name] = edges.tolist()
-    fitted_through = pd.to_datetime(frame["sched_dep_utc"], utc=True, format="ISO8601").max()
+    fitted_through = pd.Timestamp(np.nanmax(_epoch_seconds(table, "sched_dep_utc")), unit="s", tz="UTC")
     contract = FeatureContract(
         contract_version=CONTRACT_VERSION, input_schema=_input_schema(), vocabularies=vocabularies,
         numeric_features=list(num.columns), fill=fill.tolist(), lower=lower.tolist(), upper=upper.tolist(),
@@ -219,29 +280,33 @@ def fit(df: pd.DataFrame) -> FeatureContract:
     return contract
 
 
-def transform(contract: FeatureContract, data: pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Model inputs for rows of a DataFrame or a list of records.
+def transform(contract: FeatureContract,
+              data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Model inputs for rows of an Arrow table, a DataFrame or a list of records.
 
     Returns ``{"numeric": float32 (n, k)}`` plus ``{"cat_<name>": int32 (n,)}`` per categorical. Missing
     values (None, NaN, or an absent optional field) are imputed; an unseen category maps to ``OOV_INDEX``.
-    Raises ValueError when a required field is absent.
+    Raises ValueError when a required field is absent or has the wrong type.
     """
-    frame = _frame(data)
-    num, cat = _raw_features(frame)
-    num = num[contract.numeric_features]
-    values = num.to_numpy(dtype="float64")
+    num, cat = _raw_features(_table(data))
+    values = np.column_stack([num[name] for name in contract.numeric_features]) if len(num["dep_hour"]) \
+        else np.empty((0, len(contract.numeric_features)))
     values = np.where(np.isnan(values), np.asarray(contract.fill), values)
     values = np.clip(values, np.asarray(contract.lower), np.asarray(contract.upper))
-    parts = [(values - np.asarray(contract.center)) / np.asarray(contract.scale)]
+    numeric = np.empty((len(values), contract.numeric_width), dtype="float32")
+    k = len(contract.numeric_features)
+    numeric[:, :k] = (values - np.asarray(contract.center)) / np.asarray(contract.scale)
     position = {name: i for i, name in enumerate(contract.numeric_features)}
     for name, edges in contract.bin_edges.items():
         e = np.asarray(edges)
         # Bin t reads 0 below its lower edge, 1 above its upper edge, and the fraction in between.
-        parts.append(np.clip((values[:, [position[name]]] - e[:-1]) / np.diff(e), 0.0, 1.0))
-    out = {NUMERIC_INPUT: np.concatenate(parts, axis=1).astype("float32")}
+        numeric[:, k:k + len(e) - 1] = np.clip((values[:, [position[name]]] - e[:-1]) / np.diff(e), 0.0, 1.0)
+        k += len(e) - 1
+    out = {NUMERIC_INPUT: numeric}
     for name, vocab in contract.vocabularies.items():
-        index = {v: i + VOCAB_OFFSET for i, v in enumerate(vocab)}
-        codes = cat[name].map(index).astype("float64")
-        codes = codes.where(cat[name].notna(), MISSING_INDEX).fillna(OOV_INDEX)
-        out[CATEGORICAL_PREFIX + name] = codes.to_numpy(dtype="int32")
+        labels = cat[name]
+        index = pc.index_in(labels, value_set=pa.array(vocab, pa.string())).to_numpy(zero_copy_only=False)
+        codes = np.where(np.isnan(index), OOV_INDEX, np.nan_to_num(index) + VOCAB_OFFSET)
+        codes[pc.is_null(labels).to_numpy(zero_copy_only=False)] = MISSING_INDEX
+        out[CATEGORICAL_PREFIX + name] = codes.astype("int32")
     return out

@@ -33,7 +33,7 @@ class ScorerSettings(BaseSettings):
     topic_models_status: str = Field(contracts.MODELS_STATUS, description="Topic of model live/rejected status records.")
     group_id: str = Field("flight-scorer", description="Consumer group shared by the replicas.")
     model_name: str = Field("flight_delay", description="Model name (envelope key) this scorer serves.")
-    # Large: a backlog is scored in few big batches (features.transform has ~20 ms of fixed cost per call);
+    # Large: a backlog is scored in few big batches, amortising the fixed cost of each call and commit;
     # batch_max_wait_ms bounds the latency of a live stream, whose batches stay small.
     batch_size: int = Field(10_000, ge=1, le=100_000, description="Score at most this many records per batch.")
     batch_max_wait_ms: int = Field(100, ge=1, le=60_000,

@@ -103,14 +103,14 @@ def score_batch(records: Sequence[InputRecord], model: ServingModel, threshold: 
     accepted = [records[i] for i in decoded.accepted]
     table = decoded.table
     try:
-        p = _probabilities(model, table.to_pandas())
+        p = _probabilities(model, table)
     except ValueError as e:
         # The contract admits the batch, so this should not happen; isolate the culprit rather than stall.
         log.warning("feature transform failed on a batch of %d (%s): scoring record by record", len(accepted), e)
         keep, p_parts = [], []
         for i, record in enumerate(accepted):
             try:
-                p_parts.append(_probabilities(model, table.slice(i, 1).to_pandas()))
+                p_parts.append(_probabilities(model, table.slice(i, 1)))
                 keep.append(i)
             except ValueError as err:
                 dead.append((record, ERROR_SCHEMA, f"features: {err}"))
