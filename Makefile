@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 export KAFKA_PORT ?= 9092
 export KAFKA_DATA_DIR ?= .local/kafka
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-DEMO_MONTHS ?= 1-3
+export DEMO_MONTHS ?= 1-12
 
 .PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status airflow-up airflow-down airflow-status \
-	scorer demo test test-fast bench clean
+	scorer demo demo-down test test-fast bench clean
 
 setup: $(STAMP)  ## Create or update .venv from constraints.txt (no-op when nothing changed)
 
@@ -51,10 +51,14 @@ airflow-status: setup
 scorer: kafka-up  ## Run the streaming scorer in the foreground (Ctrl-C stops it gracefully)
 	@$(PY) -m scoring_service
 
-demo: kafka-up  ## The main job on the local default: replay Jan-Mar 2013 and retrain after each month
-	@$(PY) -m infra.kafka check
-	@$(PY) -m ml loop --months $(DEMO_MONTHS)
-	@echo "MLflow runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///.local/mlflow/mlflow.db; Data Docs: .local/data/reports/data_docs/"
+# A broker that was not running before the demo is stopped after it (also on Ctrl-C): nothing is left behind.
+demo: kafka-fetch  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/
+	@$(PY) -m infra.kafka status >/dev/null 2>&1 || trap '$(PY) -m infra.kafka down' EXIT; \
+	$(PY) -m infra.kafka up && $(PY) -m infra.kafka check && \
+	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)} $(PY) -m infra.demo run
+
+demo-down: setup  ## Stop what an interrupted demo left running (scorer, Airflow, MLflow)
+	@$(PY) -m infra.demo down
 
 test: kafka-fetch  ## Everything: unit and integration tests against a real broker
 	$(PY) -m pytest
@@ -68,5 +72,5 @@ bench: kafka-fetch  ## Run the committed benchmarks; JSON lines into reports/ben
 		echo "benchmarks/$$b.py"; $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
 	done
 
-clean: airflow-down kafka-down
+clean: demo-down airflow-down kafka-down
 	rm -rf .local

@@ -1,10 +1,12 @@
 """Benchmark: hot swap under a steady stream. Produces `flights.scheduled` at a fixed rate while the scorer
-runs, publishes a new model version a third of the way in and a bad one (a NaN output layer) two thirds in,
+runs (``python -m scoring_service`` in its own process, as deployed; its log in .local/), publishes a new model version a third of the way in and a bad one (a NaN output layer) two thirds in,
 and checks what came out.
 
 Fields: events_in, predictions_out, lost and duplicated (input positions with zero / several predictions),
-max_gap_ms (longest pause between consecutive predictions, by record timestamp), p99_latency_ms (input
-record timestamp to prediction record timestamp), swap_latency_ms (publication to live, from the status
+max_gap_ms (longest pause between consecutive predictions, by record timestamp, from 1 s before each
+publication to 1 s after the scorer took it live or refused it; max_gap_anywhere_ms over the whole stream),
+p99_latency_ms / p50 (input record timestamp to prediction record timestamp, both broker LogAppendTime, after
+the stream's first second; p99_latency_first_s_ms for that second), swap_latency_ms (publication to live, from the status
 record), bad_model_rejected, versions (predictions per model version). Uses KAFKA_BOOTSTRAP_SERVERS if set,
 else starts a local broker. Last stdout line: one JSON object.
 
@@ -16,9 +18,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -36,10 +42,13 @@ from benchmarks.scorer_throughput import (  # noqa: E402
     KEY, MODEL, bench_settings, flight_events, loop_settings, model_envelope)
 from ml import features  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
-from scoring_service.app import Scorer  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
 
 log = logging.getLogger("bench")
+REPO = Path(__file__).resolve().parents[1]
+LOG = REPO / ".local" / "bench-hot-swap-scorer.log"
+# The first second of the stream wakes an idle consumer and producer: reported apart from the steady state.
+WARM_UP_MS = 1000
 
 
 def paced_produce(s: ScorerSettings, events, rate: float, sent: dict) -> None:
@@ -92,6 +101,41 @@ def bad_envelope(contract: features.FeatureContract):
                           artifact=model_lib.to_bytes(model), key=KEY.encode())
 
 
+def max_gap(stamps: np.ndarray, lo: float, hi: float) -> int | None:
+    """The longest pause (ms) between consecutive prediction timestamps within [lo, hi]."""
+    inside = stamps[(stamps >= lo) & (stamps <= hi)]
+    return int(np.max(np.diff(inside))) if len(inside) > 1 else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scorer_env(s: ScorerSettings) -> dict[str, str]:
+    """The scorer's settings as the environment variables it reads."""
+    env = {k.upper(): v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
+           for k, v in s.model_dump().items() if v is not None}
+    return {**os.environ, **env}
+
+
+def wait_ready(s: ScorerSettings, scorer: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until /readyz answers 200 (a model is live, partitions assigned); raises if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if scorer.poll() is not None:
+            raise RuntimeError(f"scorer exited with {scorer.returncode}; see {LOG}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{s.http_port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"scorer not ready within {timeout:.0f} s; see {LOG}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000.0, help="input events per second")
@@ -108,44 +152,54 @@ def main() -> None:
     v2, _ = model_envelope(contract, 2, seed=2)
     bad = bad_envelope(contract)
     with kafka_cluster() as bootstrap:
-        s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms)
+        s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms,
+                           http_port=free_port())
         publish(loop_settings(s), v1)
-        scorer = Scorer(s, scorer_id="bench")
-        thread = threading.Thread(target=scorer.run, name="bench-scorer")
-        thread.start()
+        LOG.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOG, "w") as log_file:
+            # Its own process, as deployed (own container): it shares no GIL with this stream's producer.
+            scorer = subprocess.Popen([sys.executable, "-m", "scoring_service"], env=scorer_env(s), cwd=REPO,
+                                      stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            while not scorer.ready()[0]:
-                time.sleep(0.1)
+            wait_ready(s, scorer)
             sent: dict = {}
             producer = threading.Thread(target=paced_produce, args=(s, events, args.rate, sent))
             producer.start()
             time.sleep(args.seconds / 3)
+            published = {2: time.time() * 1000}
             publish(loop_settings(s), v2)
             time.sleep(args.seconds / 3)
+            published[3] = time.time() * 1000
             publish(loop_settings(s), bad)
             producer.join()
             predictions = read_all(s, s.topic_flights_predictions, lambda out: len(out) >= len(events),
                                    timeout=120)
             status = read_all(s, s.topic_models_status, lambda out: len(out) >= 3, timeout=60)
-            serving_after = scorer.slot.current.version
         finally:
-            scorer.stop()
-            thread.join(60)
+            scorer.send_signal(signal.SIGTERM)
+            scorer.wait(60)
     positions = Counter((p["source_partition"], p["source_offset"]) for p, _ in predictions)
-    latency = [ts - sent[(p["source_partition"], p["source_offset"])] for p, ts in predictions
+    latency = [(ts - sent[(p["source_partition"], p["source_offset"])], ts) for p, ts in predictions
                if (p["source_partition"], p["source_offset"]) in sent]
     stamps = np.sort([ts for _, ts in predictions])
     live = [r for r, _ in status if r["status"] == "live"]
     rejected = [r for r, _ in status if r["status"] == "rejected"]
+    # Around each publication: from 1 s before it to 1 s after the scorer settled it (live or refused).
+    settled = {r["model_version"]: ts for r, ts in status}
+    windows = [(published[v] - 1000, settled.get(v, published[v] + 10_000) + 1000) for v in (2, 3)]
+    steady = float(np.min(stamps)) + WARM_UP_MS if len(stamps) else 0.0
+    steady_latency = [lat for lat, ts in latency if ts >= steady]
     print(orjson.dumps({
         "events_in": len(events), "predictions_out": len(predictions),
         "lost": len(set(sent) - set(positions)), "duplicated": sum(n - 1 for n in positions.values() if n > 1),
-        "max_gap_ms": int(np.max(np.diff(stamps))) if len(stamps) > 1 else None,
-        "p99_latency_ms": round(float(np.percentile(latency, 99)), 1),
-        "p50_latency_ms": round(float(np.percentile(latency, 50)), 1),
+        "max_gap_ms": max(max_gap(stamps, lo, hi) for lo, hi in windows),
+        "max_gap_anywhere_ms": max_gap(stamps, -np.inf, np.inf),
+        "p99_latency_ms": round(float(np.percentile(steady_latency, 99)), 1),
+        "p50_latency_ms": round(float(np.percentile(steady_latency, 50)), 1),
+        "p99_latency_first_s_ms": round(float(np.percentile([lat for lat, ts in latency if ts < steady], 99)), 1),
         "swap_latency_ms": next((r["swap_ms"] for r in live if r["model_version"] == 2), None),
         "swap_load_ms": next((r["load_ms"] for r in live if r["model_version"] == 2), None),
-        "bad_model_rejected": bool(rejected) and serving_after == 2,
+        "bad_model_rejected": bool(rejected) and rejected[0]["serving_version"] == 2,
         "bad_model_reason": rejected[0]["reason_kind"] if rejected else None,
         "versions": dict(Counter(str(p["model_version"]) for p, _ in predictions)),
         "rate": args.rate, "batch_size": args.batch_size, "batch_max_wait_ms": args.batch_max_wait_ms,

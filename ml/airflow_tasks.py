@@ -69,11 +69,19 @@ class RunRequest(BaseModel):
 
 
 def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Mapping[str, Any] | None = None,
-                     mlflow_tracking_uri: str | None = None, base: LoopSettings | None = None) -> LoopSettings:
-    """LoopSettings from the environment, then the Airflow Kafka connection's config dict and MLflow URI, then
-    the run's overrides. Raises pydantic.ValidationError for an invalid request."""
+                     mlflow_tracking_uri: str | None = None, base: LoopSettings | None = None,
+                     use_case: str | None = None) -> LoopSettings:
+    """LoopSettings from the environment, then the DAG's use case, the Airflow Kafka connection's config dict
+    and MLflow URI, then the run's overrides. Raises pydantic.ValidationError for an invalid request.
+
+    A ``use_case`` other than the environment's also replaces the environment's model name and MLflow
+    experiment (they belong to the other use case) with the defaults of ``use_case``.
+    """
     req = request if isinstance(request, RunRequest) else RunRequest.model_validate(dict(request))
+    settings = base or LoopSettings()
     update: dict[str, Any] = {}
+    if use_case is not None and use_case != settings.use_case:
+        update |= {"use_case": use_case, "model_name": None, "mlflow_experiment": None}
     if kafka_extra and kafka_extra.get("bootstrap.servers"):
         update["kafka_bootstrap_servers"] = kafka_extra["bootstrap.servers"]
     if mlflow_tracking_uri:
@@ -81,7 +89,6 @@ def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Ma
     for field in ("snapshot_window", "epochs", "gate_auc_margin"):
         if getattr(req, field) is not None:
             update[field] = getattr(req, field)
-    settings = base or LoopSettings()
     # model_copy skips validation: re-validate so a bad override fails here, not deep in a step.
     return LoopSettings.model_validate({**settings.model_dump(), **update})
 
@@ -111,7 +118,7 @@ def _docs_links(settings: LoopSettings, data_docs_path: str | None) -> dict[str,
 
 
 def snapshot(settings: LoopSettings, run_id: str) -> dict[str, Any]:
-    """Snapshot flights.completed for this run (a retry returns the same manifest)."""
+    """Snapshot the use case's training topic for this run (a retry returns the same manifest)."""
     from ml import pipeline
 
     return _dump(pipeline.snapshot_step(settings, run_id))
@@ -254,13 +261,13 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
 
 # ---------------------------------------------------------------- AssetWatcher filter
 
-def every_n_flights(message, every: int = 5000) -> dict[str, Any] | None:
+def every_n_records(message, every: int = 5000) -> dict[str, Any] | None:
     """Apply function of the Kafka AssetWatcher: fire on every ``every``-th record of a partition.
 
     Stateless on purpose: the triggerer may restart and re-read from committed offsets, and offset + 1 is
-    the number of records a partition holds up to this one (flights.completed is written without
+    the number of records a partition holds up to this one (the training topics are written without
     transactions, so offsets are contiguous). With P partitions the asset fires about every P * ``every``
-    flights. Returns the event payload (small JSON) or None.
+    records (completed flights, sensor readings). Returns the event payload (small JSON) or None.
     """
     if message.value() is None or (message.offset() + 1) % every:
         return None

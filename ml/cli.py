@@ -1,4 +1,5 @@
-"""`python -m ml`: create the loop's topics, replay flights into Kafka, snapshot a topic, retrain.
+"""`python -m ml`: create the loop's topics, replay flights or sensor readings into Kafka, snapshot a topic,
+retrain.
 
 Settings come from the environment (``ml.settings.LoopSettings``: KAFKA_BOOTSTRAP_SERVERS, TOPIC_*, ...).
 """
@@ -70,17 +71,42 @@ def replay(
     typer.echo(summary.model_dump_json(indent=2))
 
 
+@app.command("sensors-replay")
+def sensors_replay(
+    machines: int = typer.Option(4, min=1, help="Number of machines (keys m000, m001, ...)."),
+    readings: int = typer.Option(2000, min=1, help="Readings per machine."),
+    seed: int = typer.Option(7, help="Seed: the same seed gives the same readings and anomalies."),
+    anomaly_rate: float = typer.Option(0.03, min=0.001, max=0.49, help="Share of readings in anomaly episodes."),
+    cadence_s: float = typer.Option(60.0, min=1, help="Event-time seconds between two readings of a machine."),
+    speed: float = typer.Option(None, min=0, help="Event-time seconds per wall second."),
+    rate: float = typer.Option(None, min=0, help="Target readings per second."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Generate labelled machine sensor readings (spikes, drift, stuck values, correlated failures) and
+    replay them into sensors.readings in event-time order; prints the summary as JSON."""
+    from ml.sensors.generator import generate, replay_readings
+
+    try:
+        frame = generate(machines, readings, seed=seed, anomaly_rate=anomaly_rate, cadence_s=cadence_s)
+        summary = replay_readings(LoopSettings(), frame, speed=speed, rate=rate, progress=progress)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(summary.model_dump_json(indent=2))
+
+
 @app.command()
 def snapshot(
-    topic: str = typer.Option(None, help="Topic to snapshot (default: the flights.completed topic)."),
+    topic: str = typer.Option(None, help="Topic to snapshot (default: the use case's training topic)."),
     snapshot_id: str = typer.Option(None, help="Id of the snapshot; an existing one is returned as is."),
 ) -> None:
     """Snapshot a topic from the previous snapshot's end offsets to its end now; prints the manifest."""
+    from ml import usecases
     from ml.snapshot import take_snapshot
 
     settings = LoopSettings()
     try:
-        manifest = take_snapshot(settings, topic or settings.topic_flights_completed, snapshot_id=snapshot_id)
+        manifest = take_snapshot(settings, topic or usecases.get(settings.use_case).training_topic(settings),
+                                 snapshot_id=snapshot_id)
     except (LoopError, ValueError) as exc:
         _fail(exc)
     typer.echo(manifest.model_dump_json(indent=2))
@@ -93,7 +119,8 @@ def retrain(
     force_reason: str = typer.Option(None, help="Force-promote past the champion comparison (for a changed "
                                                 "feature contract); the reason is logged and recorded."),
 ) -> None:
-    """Snapshot, validate, train, evaluate, register and publish in this process; prints the outcome.
+    """Snapshot, validate, train, evaluate, register and publish the use case of USE_CASE (default
+    flight_delay) in this process; prints the outcome.
 
     Exit status: 0 published or rejected by the gate, 2 skipped (too little data), 3 validation failed.
     """

@@ -22,6 +22,9 @@ FLIGHTS_SCHEDULED = "flights.scheduled"
 FLIGHTS_COMPLETED = "flights.completed"
 FLIGHTS_PREDICTIONS = "flights.predictions"
 FLIGHTS_DLQ = "flights.dlq"
+SENSORS_READINGS = "sensors.readings"
+SENSORS_SCORES = "sensors.scores"
+SENSORS_DLQ = "sensors.dlq"  # same DeadLetter contract as flights.dlq
 MODELS = "models"
 MODELS_STATUS = "models.status"
 

@@ -89,10 +89,13 @@ class DecisionRecord(BaseModel):
     reasons: list[str]
     challenger: dict[str, float]
     champion: dict[str, float] | None
-    auc_margin: float
-    logloss_margin: float
-    min_auc: float
-    max_logloss: float
+    # The flight gate's margins and floors; another use case's gate records its own in ``criteria``.
+    auc_margin: float | None = None
+    logloss_margin: float | None = None
+    min_auc: float | None = None
+    max_logloss: float | None = None
+    use_case: str = "flight_delay"
+    criteria: dict[str, float] = {}
     force_promote: bool = False
     force_reason: str | None = None
     challenger_contract: str | None = None

@@ -2,6 +2,9 @@
 
     snapshot -> validate -> train -> evaluate -> register -> publish
 
+The steps are the same for every use case: what differs (training topic, contract, suite, holdout, training,
+gate) comes from ``ml.usecases.get(settings.use_case)``.
+
 Every step is safe to retry with the same ``loop_run_id`` (the Airflow run id): the snapshot of that id is
 reused, a finished training run tagged with it is reused, registering a run twice returns its version, and
 publishing a version already on the model topic is a no-op. ``retrain`` chains the steps in one process
@@ -17,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ml import snapshot as snapshots
+from ml import snapshot as snapshots, usecases
 from ml.errors import InsufficientData, ValidationFailed
 from ml.settings import LoopSettings
 
@@ -61,12 +64,13 @@ def snapshot_id_for(loop_run_id: str) -> str:
 
 
 def snapshot_step(settings: LoopSettings, loop_run_id: str):
-    """Snapshot `flights.completed` from the previous snapshot's end to the current end offsets.
+    """Snapshot the use case's training topic (`flights.completed`, `sensors.readings`) from the previous
+    snapshot's end to the current end offsets.
 
     Returns the ``SnapshotManifest``; a retry of the same run returns the same manifest.
     """
-    return snapshots.take_snapshot(settings, settings.topic_flights_completed,
-                                   snapshot_id=snapshot_id_for(loop_run_id))
+    topic = usecases.get(settings.use_case).training_topic(settings)
+    return snapshots.take_snapshot(settings, topic, snapshot_id=snapshot_id_for(loop_run_id))
 
 
 def _champion_training_data(settings: LoopSettings, registry):
@@ -74,14 +78,15 @@ def _champion_training_data(settings: LoopSettings, registry):
     champion = registry.champion()
     if champion is None:
         return None
+    topic = usecases.get(settings.use_case).training_topic(settings)
     ids = [m["snapshot_id"] for m in champion.lineage if "snapshot_id" in m]
-    available = {m.snapshot_id for m in snapshots.list_manifests(settings, settings.topic_flights_completed)}
+    available = {m.snapshot_id for m in snapshots.list_manifests(settings, topic)}
     present = [i for i in ids if i in available]
     if not present:
         log.warning("champion v%d was trained on snapshots %s that are not on disk: drift not computed",
                     champion.version, ids)
         return None
-    df, _ = snapshots.load_snapshots(settings, settings.topic_flights_completed, present)
+    df, _ = snapshots.load_snapshots(settings, topic, present)
     return df
 
 
@@ -99,7 +104,7 @@ def validate_step(settings: LoopSettings, loop_run_id: str, manifest):
     df, _ = snapshots.load_snapshots(settings, manifest.topic, [manifest.snapshot_id])
     reference = _champion_training_data(settings, Registry(settings))
     return validate_snapshot(df, settings, run_id=snapshot_id_for(loop_run_id), reference=reference,
-                             rejected=manifest.rejected_count)
+                             rejected=manifest.rejected_count, suite=usecases.get(settings.use_case).suite())
 
 
 def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None = None) -> Candidate:
@@ -108,26 +113,26 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
     The MLflow run holds the parameters, training metrics, the window's snapshot manifests (exact Kafka
     offsets) and the model with its feature contract. A retry reuses a finished run of the same loop run.
     """
-    from ml import evaluate, train
     from ml.registry import Registry
 
+    uc = usecases.get(settings.use_case)
+    topic = uc.training_topic(settings)
     registry = Registry(settings)
-    window = snapshots.list_manifests(settings, settings.topic_flights_completed)[-settings.snapshot_window:]
+    window = snapshots.list_manifests(settings, topic)[-settings.snapshot_window:]
     existing = registry.find_run(LOOP_RUN_TAG, loop_run_id)
     if existing is not None:
         tags = registry.run_tags(existing)
         log.info("run %s already trained in MLflow run %s: reusing it", loop_run_id, existing)
         return Candidate.model_validate_json(tags["candidate"])
 
-    df, manifests = snapshots.load_snapshots(settings, settings.topic_flights_completed,
-                                             [m.snapshot_id for m in window])
-    earlier, holdout = evaluate.holdout_slice(df, days=settings.holdout_days)
+    df, manifests = snapshots.load_snapshots(settings, topic, [m.snapshot_id for m in window])
+    earlier, holdout = uc.holdout_slice(df, settings.holdout_days)
     if len(earlier) < settings.min_training_rows:
         raise InsufficientData(len(earlier), settings.min_training_rows)
-    result = train.train(earlier, settings)
-    run_params = {"epochs_max": settings.epochs, "seed": settings.seed, "holdout_days": settings.holdout_days,
-                  "snapshot_window": settings.snapshot_window, "rows_train": len(earlier),
-                  "rows_holdout": len(holdout), "best_epoch": result.best_epoch,
+    result = uc.train(earlier, settings)
+    run_params = {"use_case": uc.name, "epochs_max": settings.epochs, "seed": settings.seed,
+                  "holdout_days": settings.holdout_days, "snapshot_window": settings.snapshot_window,
+                  "rows_train": len(earlier), "rows_holdout": len(holdout), "best_epoch": result.best_epoch,
                   "contract": result.contract.fingerprint, **(params or {})}
     with registry.start_run(run_name=loop_run_id, params=run_params, tags={LOOP_RUN_TAG: loop_run_id}) as run_id:
         registry.log_lineage(run_id, manifests)
@@ -140,8 +145,8 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
                               rows_holdout=len(holdout), train_seconds=result.seconds)
         # Tagged last: a run carrying this tag is complete, so a retry may reuse it.
         registry.client().set_tag(run_id, "candidate", candidate.model_dump_json())
-    log.info("candidate %s trained on %d rows (%d held out) in %.1f s, contract %s, snapshots %s",
-             run_id, len(earlier), len(holdout), result.seconds, candidate.contract_fingerprint,
+    log.info("%s candidate %s trained on %d rows (%d held out) in %.1f s, contract %s, snapshots %s",
+             uc.name, run_id, len(earlier), len(holdout), result.seconds, candidate.contract_fingerprint,
              candidate.snapshot_ids)
     return candidate
 
@@ -152,24 +157,25 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
     Returns the ``DecisionRecord``, which is logged to the candidate's MLflow run whatever the verdict. A
     retry returns the decision already logged (after a promotion the champion would be the candidate itself).
     """
-    from ml import evaluate, features
+    from ml.evaluate import DecisionRecord
     from ml.registry import Registry
 
+    uc = usecases.get(settings.use_case)
     registry = Registry(settings)
     logged = registry.decision(candidate.mlflow_run_id)
     if logged is not None:
         log.info("candidate %s already judged by decision %s (%s): reusing it", candidate.mlflow_run_id,
                  logged["decision_id"], logged["verdict"])
-        return evaluate.DecisionRecord.model_validate(logged)
-    df, _ = snapshots.load_snapshots(settings, settings.topic_flights_completed, candidate.snapshot_ids)
-    _, holdout = evaluate.holdout_slice(df, days=settings.holdout_days)
+        return DecisionRecord.model_validate(logged)
+    df, _ = snapshots.load_snapshots(settings, uc.training_topic(settings), candidate.snapshot_ids)
+    _, holdout = uc.holdout_slice(df, settings.holdout_days)
     challenger = registry.load_model(candidate.model_uri)
-    challenger_contract = features.FeatureContract.from_dict(registry.feature_contract(candidate.mlflow_run_id))
+    challenger_contract = uc.load_contract(registry.feature_contract(candidate.mlflow_run_id))
     champion = registry.champion()
     champion_model = registry.load_model(champion.version) if champion else None
-    champion_contract = features.FeatureContract.from_dict(champion.feature_contract) if champion else None
-    decision = evaluate.evaluate_candidates(challenger, challenger_contract, champion_model, champion_contract,
-                                            holdout, settings, force_reason=force_reason)
+    champion_contract = uc.load_contract(champion.feature_contract) if champion else None
+    decision = uc.evaluate(challenger, challenger_contract, champion_model, champion_contract, holdout, settings,
+                           force_reason=force_reason)
     registry.log_decision(candidate.mlflow_run_id, decision)
     registry.log_metrics(candidate.mlflow_run_id, {f"holdout_{k}": v for k, v in decision.challenger.items()})
     if decision.champion is not None:
@@ -250,6 +256,6 @@ def retrain(settings: LoopSettings, loop_run_id: str, *, force_reason: str | Non
         mlflow_run_id=candidate.mlflow_run_id, decision_id=decision.decision_id, model_version=version,
         published_offset=result.offset if result is not None else None, **base,
     )
-    log.info("retraining %s %s: snapshot %s, MLflow run %s, version %s, steps %s", loop_run_id, outcome.status,
-             manifest.snapshot_id, candidate.mlflow_run_id, version, seconds)
+    log.info("%s retraining %s %s: snapshot %s, MLflow run %s, version %s, steps %s", settings.use_case,
+             loop_run_id, outcome.status, manifest.snapshot_id, candidate.mlflow_run_id, version, seconds)
     return outcome

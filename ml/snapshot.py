@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from ml import contracts
 from ml.decode import ContractDecoder, Decoded
 from ml.errors import LoopError, TopicMissing
+from ml.sensors.contracts import SensorReading, SensorScore
 from ml.settings import LoopSettings
 from ml.topics import admin_client, require_broker
 
@@ -55,6 +56,8 @@ EVENT_TIME: dict[type[BaseModel], str] = {
     contracts.FlightCompleted: "arr_utc",
     contracts.Prediction: "scored_at",
     contracts.DeadLetter: "failed_at",
+    SensorReading: "ts",
+    SensorScore: "scored_at",
 }
 
 
@@ -99,6 +102,9 @@ def contract_for(settings: LoopSettings, topic: str) -> type[BaseModel]:
         settings.topic_flights_completed: contracts.FlightCompleted,
         settings.topic_flights_predictions: contracts.Prediction,
         settings.topic_flights_dlq: contracts.DeadLetter,
+        settings.topic_sensors_readings: SensorReading,
+        settings.topic_sensors_scores: SensorScore,
+        settings.topic_sensors_dlq: contracts.DeadLetter,
     }
     try:
         return by_topic[topic]

@@ -31,9 +31,11 @@ def require_broker(admin: AdminClient, bootstrap_servers: str, timeout: float) -
 
 
 def topic_specs(settings: LoopSettings) -> list[NewTopic]:
-    """The topics of the loop: event topics with ``topic_partitions`` partitions, `models` compacted."""
+    """The topics of the loop: event topics of both use cases with ``topic_partitions`` partitions, `models`
+    compacted, `models.status` with one partition."""
     events = [settings.topic_flights_scheduled, settings.topic_flights_completed,
-              settings.topic_flights_predictions, settings.topic_flights_dlq]
+              settings.topic_flights_predictions, settings.topic_flights_dlq,
+              settings.topic_sensors_readings, settings.topic_sensors_scores, settings.topic_sensors_dlq]
     # Record timestamps are event times; replayed history is years old, so time-based retention (7 days by
     # default) would delete it within minutes of the replay. The snapshots are the long-term record.
     specs = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
@@ -43,6 +45,8 @@ def topic_specs(settings: LoopSettings) -> list[NewTopic]:
     specs.append(NewTopic(settings.topic_models, num_partitions=1, replication_factor=-1,
                           config={"cleanup.policy": "compact",
                                   "max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}))
+    # One partition: the rollout check and the plugin read every scorer's reports in the order written.
+    specs.append(NewTopic(settings.topic_models_status, num_partitions=1, replication_factor=-1))
     return specs
 
 

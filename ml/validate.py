@@ -1,8 +1,9 @@
-"""Data-quality gate of a `flights.completed` snapshot: a Great Expectations suite, drift and Data Docs.
+"""Data-quality gate of a training snapshot: a Great Expectations suite, drift and Data Docs.
 
-The suite is derived from the topic contract (``ml.contracts.FlightCompleted``): one column per field with its
-type, non-null when the field is not optional, ranges and lengths from the pydantic ``Field`` constraints and
-the value set of ``Literal`` fields. On top: categorical domains, label balance, minimum rows. Two checks are
+The suite is derived from the topic contract (``ml.contracts.FlightCompleted`` for flights, a ``Suite`` per
+use case): one column per field with its type, non-null when the field is not optional, ranges and lengths
+from the pydantic ``Field`` constraints and the value set of ``Literal`` fields. On top, the use case's domain
+checks (for flights: categorical domains, label balance, minimum rows). Two checks are
 computed here rather than by GX because their inputs are not columns of the snapshot: the rate of records the
 snapshot rejected (a count passed in) and, when configured to fail, feature drift.
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,17 +204,38 @@ def psi_categorical(reference: pd.Series, current: pd.Series) -> float:
     return _psi(ref.reindex(cats, fill_value=0).to_numpy(), cur.reindex(cats, fill_value=0).to_numpy())
 
 
-def drift(df: pd.DataFrame, reference: pd.DataFrame, bins: int = 10) -> dict[str, float]:
+def drift(df: pd.DataFrame, reference: pd.DataFrame, bins: int = 10, *,
+          numeric: tuple[str, ...] = NUMERIC_DRIFT_FEATURES,
+          categorical: tuple[str, ...] = CATEGORICAL_DRIFT_FEATURES) -> dict[str, float]:
     """PSI of each drift feature present in both frames, rounded to 6 decimals."""
     cur, ref = _with_dep_hour(df), _with_dep_hour(reference)
     out: dict[str, float] = {}
-    for name in NUMERIC_DRIFT_FEATURES:
+    for name in numeric:
         if name in cur and name in ref:
             out[name] = round(psi_numeric(ref[name], cur[name], bins), 6)
-    for name in CATEGORICAL_DRIFT_FEATURES:
+    for name in categorical:
         if name in cur and name in ref:
             out[name] = round(psi_categorical(ref[name], cur[name]), 6)
     return out
+
+
+# ---------------------------------------------------------------- suites of the use cases
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What one use case validates: the snapshot's contract, the checks it cannot express, drift features."""
+
+    name: str  # the training topic's documented name: names the GX asset and suite
+    contract: type[BaseModel]
+    domain: Callable[[LoopSettings, ValidationPolicy, pd.DataFrame | None], list[Expectation]]
+    policy: ValidationPolicy = field(default_factory=ValidationPolicy)
+    numeric_drift: tuple[str, ...] = ()
+    categorical_drift: tuple[str, ...] = ()
+
+
+FLIGHTS = Suite(contracts.FLIGHTS_COMPLETED, CONTRACT, domain_expectations,
+                numeric_drift=NUMERIC_DRIFT_FEATURES, categorical_drift=CATEGORICAL_DRIFT_FEATURES)
 
 
 # ---------------------------------------------------------------- run
@@ -238,7 +262,7 @@ def _safe_name(run_id: str) -> str:
 
 
 def _run_suite(df: pd.DataFrame, expectations: list[Expectation], run_id: str,
-               docs_dir: Path) -> list[CheckResult]:
+               docs_dir: Path, name: str = contracts.FLIGHTS_COMPLETED) -> list[CheckResult]:
     """Validate ``df`` in an ephemeral GX context and write its Data Docs to ``docs_dir``."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
@@ -253,9 +277,9 @@ def _run_suite(df: pd.DataFrame, expectations: list[Expectation], run_id: str,
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     batch = (ctx.data_sources.add_pandas("snapshot")
-             .add_dataframe_asset(contracts.FLIGHTS_COMPLETED)
+             .add_dataframe_asset(name)
              .add_batch_definition_whole_dataframe("whole_snapshot"))
-    suite = ctx.suites.add(gx.ExpectationSuite(name=f"{contracts.FLIGHTS_COMPLETED}.v1",
+    suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}.v1",
                                                expectations=expectations))
     definition = ctx.validation_definitions.add(gx.ValidationDefinition(name="snapshot", data=batch,
                                                                          suite=suite))
@@ -271,16 +295,16 @@ def _run_suite(df: pd.DataFrame, expectations: list[Expectation], run_id: str,
 
 def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str,
                       reference: pd.DataFrame | None = None, rejected: int = 0,
-                      policy: ValidationPolicy | None = None) -> ValidationReport:
-    """Validate a `flights.completed` snapshot; write Data Docs and the report JSON under
-    ``settings.reports_dir / "data_docs" / <run_id>``.
+                      policy: ValidationPolicy | None = None, suite: Suite = FLIGHTS) -> ValidationReport:
+    """Validate a snapshot with ``suite`` (default: `flights.completed`); write Data Docs and the report JSON
+    under ``settings.reports_dir / "data_docs" / <run_id>``.
 
     ``reference`` is the champion's training data (None for the first model): it extends the carrier domain and
     is the baseline of drift. ``rejected`` is the number of records the snapshot dropped as invalid.
     Raises ``InsufficientData`` when ``df`` has fewer than ``settings.min_training_rows`` rows (the run should
     be skipped) and ``ValidationFailed`` when any check fails; both carry the report when one was made.
     """
-    policy = policy or ValidationPolicy()
+    policy = policy or suite.policy
     rows = len(df)
     if rows == 0:
         log.warning("run %s: empty snapshot, nothing to validate", run_id)
@@ -289,8 +313,8 @@ def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str,
     docs_dir = (settings.reports_dir / "data_docs" / _safe_name(run_id)).resolve()
     docs_dir.mkdir(parents=True, exist_ok=True)
 
-    expectations = contract_expectations() + domain_expectations(settings, policy, reference)
-    results = _run_suite(df, expectations, run_id, docs_dir)
+    expectations = contract_expectations(suite.contract) + suite.domain(settings, policy, reference)
+    results = _run_suite(df, expectations, run_id, docs_dir, suite.name)
 
     rejected_rate = rejected / (rows + rejected)
     results.append(CheckResult(
@@ -300,7 +324,8 @@ def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str,
     ))
 
     warnings: list[str] = []
-    psi = drift(df, reference, policy.psi_bins) if reference is not None else {}
+    psi = (drift(df, reference, policy.psi_bins, numeric=suite.numeric_drift, categorical=suite.categorical_drift)
+           if reference is not None else {})
     for feature, value in psi.items():
         if value > policy.psi_alert:
             warnings.append(f"drift: PSI of {feature} is {value:.3f} (alert above {policy.psi_alert})")

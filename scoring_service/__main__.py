@@ -2,4 +2,5 @@
 
 from scoring_service.cli import main
 
-main()
+if __name__ == "__main__":  # not when the model loader's spawned child imports it
+    main()

@@ -1,5 +1,6 @@
-"""The scoring loop: consume `flights.scheduled` in batches, score each batch with the serving model, deliver
-predictions and dead letters, commit input offsets; with the model watcher and ops server beside it.
+"""The scoring loop: consume the use case's input topic (`flights.scheduled`, `sensors.readings`) in batches,
+score each batch with the serving model, deliver outputs and dead letters, commit input offsets; with the
+model watcher and ops server beside it.
 
 No partition is consumed before a model is live: the consumer subscribes only once the first valid model has
 gone live, so nothing is read, dropped or committed without a model.
@@ -7,6 +8,7 @@ gone live, so nothing is read, dropped or committed without a model.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -15,15 +17,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from threadpoolctl import threadpool_limits
 
-from ml import contracts
 from ml.decode import ContractDecoder
-from scoring_service.batching import collect
+from scoring_service import use_cases
+from scoring_service.batching import Cadence, collect
 from scoring_service.config import ScorerSettings
 from scoring_service.model_watcher import ModelSlot, ModelWatcher
 from scoring_service.ops import Metrics, OpsServer
-from scoring_service.scoring import InputRecord, score_batch
+from scoring_service.scoring import InputBatch, score_batch
 from scoring_service.sink import BatchAborted, InFlight, Record, Sink
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,15 @@ def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
         # Inputs written by transactional producers count only once committed; also required for EOS chains.
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.session_timeout_ms,
+        "on_commit": _log_commit_failure,
     }
+
+
+def _log_commit_failure(err, partitions: list[TopicPartition]) -> None:
+    """Result of an asynchronous offset commit: a failure costs re-scored records, never lost ones."""
+    if err is not None:
+        log.warning("offset commit of %s failed (%s): those records may be scored again",
+                    [(tp.topic, tp.partition, tp.offset) for tp in partitions], err)
 
 
 class Scorer:
@@ -54,10 +66,11 @@ class Scorer:
         self.settings = settings
         self.scorer_id = scorer_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
+        self.use_case = use_cases.get(settings.use_case)
         self.slot = ModelSlot()
-        self.watcher = ModelWatcher(settings, self.slot, self.metrics, self.scorer_id)
+        self.watcher = ModelWatcher(settings, self.use_case, self.slot, self.metrics, self.scorer_id)
         self.ops = OpsServer(settings.http_port, self.metrics, self.live, self.ready)
-        self.decoder = ContractDecoder(contracts.FlightScheduled)
+        self.decoder = ContractDecoder(self.use_case.input_contract)
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._last_tick = time.monotonic()
@@ -76,6 +89,11 @@ class Scorer:
     def run(self) -> None:
         """Serve until stopped. Raises what stopped it otherwise (watcher failure, fatal Kafka error,
         undelivered outputs), after closing the clients: the orchestrator restarts the process."""
+        # Latency over parallelism: batches are small, and a BLAS thread pool spinning on two cores beside
+        # librdkafka's threads added tens of ms to a batch's p99. Objects alive after start-up (modules,
+        # settings) are frozen out of the garbage collector, so its full collections stay short.
+        threadpool_limits(1, user_api="blas")
+        gc.freeze()
         self.ops.start()
         self.watcher.start()
         try:
@@ -96,7 +114,7 @@ class Scorer:
                 return True
             if not logged:
                 log.info("no valid model on %s yet: not consuming %s", self.settings.topic_models,
-                         self.settings.topic_flights_scheduled)
+                         self.settings.input_topic)
                 logged = True
         return False
 
@@ -106,19 +124,21 @@ class Scorer:
         # its open transaction before our consumer reads the committed offsets.
         sink = Sink(s)
         consumer = Consumer(consumer_config(s, self.scorer_id))
-        consumer.subscribe([s.topic_flights_scheduled], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        consumer.subscribe([s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
-        log.info("scorer %s consuming %s as group %s (%s), batches of up to %d records / %d ms",
-                 self.scorer_id, s.topic_flights_scheduled, s.group_id, s.delivery_mode, s.batch_size,
+        log.info("scorer %s (%s) consuming %s as group %s (%s), batches of up to %d records / %d ms",
+                 self.scorer_id, s.use_case, s.input_topic, s.group_id, s.delivery_mode, s.batch_size,
                  s.batch_max_wait_ms)
         # One batch in flight: batch k is produced, batch k+1 is read and scored, then k is confirmed
         # (delivered and committed) before k+1 is sent. Scoring overlaps the network round trips.
         self._sink, self._pending = sink, None
+        cadence = Cadence(s.batch_max_wait_ms / 1000)
         try:
             while not self._stop.is_set():
                 self._tick()
                 self._rebalanced = False
-                msgs = collect(consumer.consume, s.batch_size, s.batch_max_wait_ms / 1000)
+                msgs = collect(consumer.consume, s.batch_size, cadence.wait_s())
+                cadence.closed()
                 if self._rebalanced:
                     self._restart_from_committed(consumer, len(msgs))
                     continue
@@ -130,8 +150,8 @@ class Scorer:
                 if batch is not None:
                     self._pending = self._send(batch, consumer)
                 self._update_lag(consumer)
-            if self._pending is not None:
-                self._confirm(self._pending, consumer, after=None)
+            if self._pending is not None:  # stopping: its commit lands before the consumer leaves
+                self._confirm(self._pending, consumer, after=None, handover=True)
                 self._pending = None
         finally:
             # After a normal stop nothing is pending; after an error the unconfirmed batch stays uncommitted
@@ -156,36 +176,44 @@ class Scorer:
         if self.watcher.error is not None:
             raise RuntimeError("model watcher failed") from self.watcher.error
 
-    def _records(self, msgs: Sequence[Message]) -> list[InputRecord]:
-        records = []
+    def _inputs(self, msgs: Sequence[Message]) -> InputBatch:
+        """The batch's records column-wise, without those fetched before their partition was revoked
+        mid-batch (their new owner reads them again)."""
+        assigned = {p for _, p in self._assigned}  # one input topic
+        partitions, offsets, keys, values = [], [], [], []
         for m in msgs:
             err = m.error()
             if err is not None:
                 if err.fatal():
                     raise KafkaException(err)
-                log.warning("consumer error on %s: %s", self.settings.topic_flights_scheduled, err)
-            elif (m.topic(), m.partition()) in self._assigned:
-                records.append(InputRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
-            # else: fetched before its partition was revoked mid-batch; its new owner reads it again.
-        return records
+                log.warning("consumer error on %s: %s", self.settings.input_topic, err)
+                continue
+            p = m.partition()
+            if p in assigned:
+                partitions.append(p)
+                offsets.append(m.offset())
+                keys.append(m.key())
+                values.append(m.value())
+        return InputBatch(self.settings.input_topic, np.array(partitions, np.int32), np.array(offsets, np.int64),
+                          keys, values)
 
     def _score(self, msgs: Sequence[Message]) -> _Batch | None:
-        records = self._records(msgs)
-        if not records:
+        inputs = self._inputs(msgs)
+        if not len(inputs):
             return None
         started = time.perf_counter()
         model = self.slot.current  # read once: this one version scores the whole batch
-        scored = score_batch(records, model, self.settings.decision_threshold, self.decoder)
-        out = [(self.settings.topic_flights_predictions, k, v) for k, v in scored.predictions]
-        out += [(self.settings.topic_flights_dlq, k, v) for k, v in scored.dead_letters]
+        scored = score_batch(inputs, model, self.use_case, self.decoder, self.settings.decision_threshold)
+        out = [(self.settings.output_topic, k, v) for k, v in scored.predictions]
+        out += [(self.settings.dlq_topic, k, v) for k, v in scored.dead_letters]
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
-        for r in records:
-            first.setdefault((r.topic, r.partition), r.offset)
-            last[(r.topic, r.partition)] = r.offset
+        for p in np.unique(inputs.partitions).tolist():
+            mine = inputs.offsets[inputs.partitions == p]  # in fetch order, which is offset order
+            first[(inputs.topic, p)], last[(inputs.topic, p)] = int(mine[0]), int(mine[-1])
         # The committed offset is the next one to read.
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
-        return _Batch(out, offsets, first, last, len(records), len(scored.predictions), scored.dead_letter_classes,
+        return _Batch(out, offsets, first, last, len(inputs), len(scored.predictions), scored.dead_letter_classes,
                       model.name, model.version, started)
 
     def _send(self, batch: _Batch, consumer: Consumer) -> _Batch | None:
@@ -196,11 +224,12 @@ class Scorer:
             return None
         return batch
 
-    def _confirm(self, batch: _Batch, consumer: Consumer, after: _Batch | None) -> bool:
+    def _confirm(self, batch: _Batch, consumer: Consumer, after: _Batch | None, *, handover: bool = False) -> bool:
         """Confirm ``batch``; False when its transaction was aborted and the input rewound (also past
-        ``after``, the batch read since, which is dropped)."""
+        ``after``, the batch read since, which is dropped). ``handover``: its partitions are being revoked,
+        so the commit must land before the next owner reads the committed offsets."""
         try:
-            self._sink.confirm(batch.in_flight, consumer)
+            self._sink.confirm(batch.in_flight, consumer, sync_commit=handover)
         except BatchAborted:
             rewind = {**(after.first if after else {}), **batch.first}
             self._rewind(consumer, rewind, _ranges(batch.first, batch.last))
@@ -255,7 +284,7 @@ class Scorer:
         # its transaction settled) and the next owner starts right after it, without duplicates.
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            self._confirm(pending, consumer, after=None)
+            self._confirm(pending, consumer, after=None, handover=True)
         self._rebalanced = True
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))

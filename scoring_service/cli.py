@@ -37,7 +37,7 @@ def _parameters() -> list[inspect.Parameter]:
     for name, field in ScorerSettings.model_fields.items():
         if name in ENV_ONLY:
             continue
-        default = "<host name>" if field.default_factory else field.default
+        default = "per use case" if field.default is None else field.default
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
         help_text = f"{field.description} (env {name.upper()}, default {default})"
         if choices:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml import contracts
-from ml.settings import DEV_SIGNING_KEY
+from ml.settings import DEV_SIGNING_KEY, USE_CASE_NAMES, UseCaseName
 
 log = logging.getLogger(__name__)
 
@@ -25,37 +25,71 @@ class ScorerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, protected_namespaces=())
 
+    use_case: UseCaseName = Field("flight_delay", description="What this replica scores: flight_delay "
+                                  "(flights.scheduled -> flights.predictions) or sensor_anomaly (sensors.readings "
+                                  "-> sensors.scores). Model name and group id follow it unless set.")
     kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
-    topic_flights_scheduled: str = Field(contracts.FLIGHTS_SCHEDULED, description="Input topic (FlightScheduled).")
-    topic_flights_predictions: str = Field(contracts.FLIGHTS_PREDICTIONS, description="Output topic (Prediction).")
-    topic_flights_dlq: str = Field(contracts.FLIGHTS_DLQ, description="Dead-letter topic (DeadLetter).")
+    topic_flights_scheduled: str = Field(contracts.FLIGHTS_SCHEDULED, description="flight_delay input topic.")
+    topic_flights_predictions: str = Field(contracts.FLIGHTS_PREDICTIONS, description="flight_delay output topic.")
+    topic_flights_dlq: str = Field(contracts.FLIGHTS_DLQ, description="flight_delay dead-letter topic.")
+    topic_sensors_readings: str = Field(contracts.SENSORS_READINGS, description="sensor_anomaly input topic.")
+    topic_sensors_scores: str = Field(contracts.SENSORS_SCORES, description="sensor_anomaly output topic.")
+    topic_sensors_dlq: str = Field(contracts.SENSORS_DLQ, description="sensor_anomaly dead-letter topic.")
     topic_models: str = Field(contracts.MODELS, description="Compacted topic of signed model envelopes.")
     topic_models_status: str = Field(contracts.MODELS_STATUS, description="Topic of model live/rejected status records.")
-    group_id: str = Field("flight-scorer", description="Consumer group shared by the replicas.")
-    model_name: str = Field("flight_delay", description="Model name (envelope key) this scorer serves.")
+    group_id: str = Field(None, description="Consumer group shared by the replicas (default <use case>-scorer).")
+    model_name: str = Field(None, description="Model name (envelope key) this scorer serves (default: the use "
+                                              "case's).")
     # Large: a backlog is scored in few big batches, amortising the fixed cost of each call and commit;
     # batch_max_wait_ms bounds the latency of a live stream, whose batches stay small.
     batch_size: int = Field(10_000, ge=1, le=100_000, description="Score at most this many records per batch.")
-    batch_max_wait_ms: int = Field(100, ge=1, le=60_000,
+    batch_max_wait_ms: int = Field(10, ge=1, le=60_000,
                                    description="Close a batch after this many ms even if not full.")
     decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability at or above which delayed=true.")
     delivery_mode: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="at_least_once (commit after delivery) or exactly_once (transactions).")
     transactional_id: str = Field(
-        default_factory=lambda: f"flight-scorer-{socket.gethostname()}",
-        description="exactly_once only: stable per replica, so a restarted replica fences its old self.")
+        None, description="exactly_once only: stable per replica, so a restarted replica fences its old self "
+                          "(default <group id>-<host name>).")
     session_timeout_ms: int = Field(45_000, ge=6_000, le=300_000,
                                     description="Consumer group session timeout: how soon a dead replica's "
                                                 "partitions move to the others.")
     http_port: int = Field(8000, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (0: any free).")
     max_model_bytes: int = Field(64 * 1024 * 1024, ge=1,
                                  description="Largest uncompressed .keras archive accepted (zip-bomb guard).")
+    model_load_timeout_s: float = Field(120.0, gt=0, description="Refuse a model whose load or canary run "
+                                        "takes longer (the first load includes the TensorFlow import).")
     canary_rows: int = Field(64, ge=1, description="Rows of the synthetic warm-up batch a model must pass.")
     liveness_timeout_s: float = Field(60.0, gt=0, description="/healthz fails when the loop stalls this long.")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Wait at most this long for a batch's delivery.")
     model_signing_key: SecretStr = Field(SecretStr(DEV_SIGNING_KEY),
                                          description="HMAC key of model envelopes (env only, never a flag).")
     log_level: str = Field("INFO", description="Python log level.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _follow_use_case(cls, data: Any) -> Any:
+        """Model name, group id and transactional id default to the use case's."""
+        if not isinstance(data, dict):
+            return data
+        use_case = data.get("use_case") or "flight_delay"
+        if use_case not in USE_CASE_NAMES:  # the field's own validation names the allowed values
+            return data
+        group = data.get("group_id") or f"{use_case.split('_')[0]}-scorer"
+        return {**data, "model_name": data.get("model_name") or USE_CASE_NAMES[use_case][0], "group_id": group,
+                "transactional_id": data.get("transactional_id") or f"{group}-{socket.gethostname()}"}
+
+    @property
+    def input_topic(self) -> str:
+        return self.topic_flights_scheduled if self.use_case == "flight_delay" else self.topic_sensors_readings
+
+    @property
+    def output_topic(self) -> str:
+        return self.topic_flights_predictions if self.use_case == "flight_delay" else self.topic_sensors_scores
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic_flights_dlq if self.use_case == "flight_delay" else self.topic_sensors_dlq
 
     def signing_key(self) -> bytes:
         """The HMAC key for model envelopes; warns when the built-in development key is in use."""

@@ -1,11 +1,13 @@
 """Inference without Keras on the hot path: an exact numpy forward pass derived from a model's weights.
 
 ``model.predict`` costs ~110 ms per call whatever the batch; a numpy pass over the same weights costs
-microseconds (see /work/shared/NOTES.md). ``NumpyForward.from_keras`` walks the functional graph recorded in
-the model's config (layers in topological order, each with the tensors it reads) and keeps, per layer, a
-plain function over numpy arrays. Only the layer kinds ``ml.model.build`` uses are supported; any other
-layer refuses the model (``UnsupportedModel``) rather than being approximated. The watcher checks each new
-model's pass against Keras itself on the canary batch before it may serve.
+microseconds (see /work/shared/NOTES.md). ``forward_plan`` walks the functional graph recorded in the
+model's config (layers in topological order, each with the tensors it reads) into a plain, picklable
+``ForwardPlan`` (configs and weight arrays), which the model loader process hands to the scorer;
+``NumpyForward.from_plan`` turns it into one numpy function per layer. Only the layer kinds
+``ml.model.build`` uses are supported; any other layer refuses the model (``UnsupportedModel``) rather than
+being approximated. The watcher checks each new model's pass against Keras itself on the canary batch
+before it may serve.
 """
 
 from __future__ import annotations
@@ -111,8 +113,60 @@ class InputSpec:
     dtype: str
 
 
+@dataclass(frozen=True)
+class LayerPlan:
+    """One computing layer: its kind, Keras config, the layers it reads, and its weights."""
+
+    name: str
+    kind: str
+    config: dict
+    sources: tuple[str, ...]
+    weights: list[Array]
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """A functional model as plain data (picklable, no Keras objects): what ``NumpyForward`` is built from."""
+
+    inputs: list[InputSpec]
+    layers: list[LayerPlan]
+    output: str
+
+
+_SUPPORTED = ("Dense", "Embedding", "Concatenate", "Dropout")
+
+
+def forward_plan(model) -> ForwardPlan:
+    """The plan of a functional Keras model; raises UnsupportedModel for anything the pass cannot mirror."""
+    config = model.get_config()
+    if "layers" not in config or "output_layers" not in config:
+        raise UnsupportedModel(f"{type(model).__name__} is not a functional model")
+    outputs = config["output_layers"]
+    if outputs and isinstance(outputs[0], str):  # a single output is stored unwrapped
+        outputs = [outputs]
+    if len(outputs) != 1:
+        raise UnsupportedModel(f"model has {len(outputs)} outputs, expected 1")
+    inputs, layers = [], []
+    for layer_cfg in config["layers"]:
+        kind, cfg, name = layer_cfg["class_name"], layer_cfg["config"], layer_cfg["name"]
+        dtype = (cfg.get("dtype") or {})
+        policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if kind == "InputLayer":
+            inputs.append(InputSpec(name, tuple(cfg["batch_shape"][1:]), cfg.get("dtype", "float32")))
+            continue
+        if policy not in (None, "float32"):
+            raise UnsupportedModel(f"layer {name}: dtype policy {policy!r}")
+        if kind not in _SUPPORTED:
+            raise UnsupportedModel(f"layer {name}: {kind} is not supported by the numpy pass")
+        layers.append(LayerPlan(name, kind, cfg, _inbound(layer_cfg),
+                                [np.asarray(w) for w in model.get_layer(name).get_weights()]))
+    output = _history({"class_name": "__keras_tensor__", "config": {"keras_history": outputs[0]}})
+    return ForwardPlan(inputs, layers, output)
+
+
 class NumpyForward:
-    """A functional Keras model as numpy steps; ``__call__(inputs) -> P(delayed)`` of shape (n,), float32."""
+    """A functional Keras model as numpy steps; ``__call__(inputs)`` returns the output layer's (n, units)
+    float32 array (P(delayed) for flights, the reconstruction for the sensor autoencoder)."""
 
     def __init__(self, inputs: list[InputSpec], steps: list[_Step], output: str,
                  embedding_sizes: dict[str, int]) -> None:
@@ -123,43 +177,28 @@ class NumpyForward:
         self.embedding_sizes = embedding_sizes
 
     @classmethod
-    def from_keras(cls, model) -> NumpyForward:
-        """Derive the pass from a functional Keras model; raises UnsupportedModel for anything inexact."""
-        config = model.get_config()
-        if "layers" not in config or "output_layers" not in config:
-            raise UnsupportedModel(f"{type(model).__name__} is not a functional model")
-        outputs = config["output_layers"]
-        if outputs and isinstance(outputs[0], str):  # a single output is stored unwrapped
-            outputs = [outputs]
-        if len(outputs) != 1:
-            raise UnsupportedModel(f"model has {len(outputs)} outputs, expected 1")
-        inputs, steps, embedding_sizes = [], [], {}
-        for layer_cfg in config["layers"]:
-            kind, cfg, name = layer_cfg["class_name"], layer_cfg["config"], layer_cfg["name"]
-            dtype = (cfg.get("dtype") or {})
-            policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-            if kind == "InputLayer":
-                shape = tuple(cfg["batch_shape"][1:])
-                inputs.append(InputSpec(name, shape, cfg.get("dtype", "float32")))
-                continue
-            if policy not in (None, "float32"):
-                raise UnsupportedModel(f"layer {name}: dtype policy {policy!r}")
-            weights = model.get_layer(name).get_weights()
-            sources = _inbound(layer_cfg)
-            if kind == "Dense":
-                fn = _dense(cfg, weights)
-            elif kind == "Embedding":
-                fn = _embedding(cfg, weights)
-                embedding_sizes[sources[0]] = int(cfg["input_dim"])
-            elif kind == "Concatenate":
-                fn = _concatenate(cfg)
-            elif kind == "Dropout":
+    def from_plan(cls, plan: ForwardPlan) -> NumpyForward:
+        """The pass of a plan; raises UnsupportedModel for a layer option it does not implement exactly."""
+        steps, embedding_sizes = [], {}
+        for layer in plan.layers:
+            if layer.kind == "Dense":
+                fn = _dense(layer.config, layer.weights)
+            elif layer.kind == "Embedding":
+                fn = _embedding(layer.config, layer.weights)
+                embedding_sizes[layer.sources[0]] = int(layer.config["input_dim"])
+            elif layer.kind == "Concatenate":
+                fn = _concatenate(layer.config)
+            elif layer.kind == "Dropout":
                 fn = _identity  # dropout is off at inference
             else:
-                raise UnsupportedModel(f"layer {name}: {kind} is not supported by the numpy pass")
-            steps.append(_Step(name, sources, fn))
-        return cls(inputs, steps, _history({"class_name": "__keras_tensor__",
-                                            "config": {"keras_history": outputs[0]}}), embedding_sizes)
+                raise UnsupportedModel(f"layer {layer.name}: {layer.kind} is not supported by the numpy pass")
+            steps.append(_Step(layer.name, layer.sources, fn))
+        return cls(plan.inputs, steps, plan.output, embedding_sizes)
+
+    @classmethod
+    def from_keras(cls, model) -> NumpyForward:
+        """Derive the pass from a functional Keras model in this process (tests; the scorer uses a plan)."""
+        return cls.from_plan(forward_plan(model))
 
     def __call__(self, inputs: Mapping[str, Array]) -> Array:
         values: dict[str, Array] = {}
@@ -168,5 +207,4 @@ class NumpyForward:
             values[spec.name] = x.astype(np.float32, copy=False) if spec.dtype == "float32" else x
         for step in self.steps:
             values[step.name] = step.fn(*(values[s] for s in step.inputs))
-        out = values[self.output]
-        return out.reshape(len(out))
+        return values[self.output]

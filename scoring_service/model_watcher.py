@@ -4,8 +4,9 @@ At start it reads the topic from the beginning up to the end offsets of that mom
 (by offset) of our model name that passes every check goes live, so a rollback (an older version published
 again) wins like any other publication. It then follows the topic: each new envelope is verified (HMAC,
 SHA-256), its feature contract checked against the input topic, the ``.keras`` bytes loaded with
-``safe_mode=True``, a numpy pass derived and warmed up on a canary batch, and only then swapped in, as one
-reference the scoring loop reads once per batch. All of this runs on this thread, never the scoring one.
+``safe_mode=True`` and a numpy pass derived from it (both in the model loader's child process, so Keras never
+holds this process's GIL), warmed up on a canary batch against Keras's own output, and only then swapped
+in, as one reference the scoring loop reads once per batch. None of this runs on the scoring thread.
 
 A refused envelope leaves the serving model in place; it is logged, counted and reported on the status
 topic, as is each version that goes live (a DAG waits for that record). The watcher is in no consumer
@@ -31,9 +32,11 @@ from ml.publish import ModelEnvelope, verify_envelope
 from scoring_service import model_checks
 from scoring_service.config import ScorerSettings
 from scoring_service.inference import NumpyForward, UnsupportedModel
+from scoring_service.model_loader import LoaderFailed, ModelLoader
 from scoring_service.model_checks import ModelRefused
 from scoring_service.ops import Metrics
 from scoring_service.scoring import ServingModel
+from scoring_service.use_cases import ScoringUseCase
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,11 @@ class ModelSlot:
 class ModelWatcher(threading.Thread):
     """Follows the models topic and swaps ``slot``; ``error`` holds what stopped it, if anything did."""
 
-    def __init__(self, settings: ScorerSettings, slot: ModelSlot, metrics: Metrics, scorer_id: str) -> None:
+    def __init__(self, settings: ScorerSettings, use_case: ScoringUseCase, slot: ModelSlot, metrics: Metrics,
+                 scorer_id: str) -> None:
         super().__init__(name="model-watcher", daemon=True)
         self.settings = settings
+        self.use_case = use_case
         self.slot = slot
         self.metrics = metrics
         self.scorer_id = scorer_id
@@ -86,6 +91,7 @@ class ModelWatcher(threading.Thread):
         self._stopping = threading.Event()
         self._key = settings.signing_key()
         self._producer: Producer | None = None
+        self.loader = ModelLoader(settings.model_load_timeout_s)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,6 +104,13 @@ class ModelWatcher(threading.Thread):
             log.exception("model watcher stopped")
 
     def _run(self) -> None:
+        self.loader.start()
+        try:
+            self._follow()
+        finally:
+            self.loader.close()
+
+    def _follow(self) -> None:
         topic = self.settings.topic_models
         consumer = Consumer({
             "bootstrap.servers": self.settings.kafka_bootstrap_servers,
@@ -215,9 +228,7 @@ class ModelWatcher(threading.Thread):
 
     def _load(self, envelope: ModelEnvelope) -> ServingModel:
         """The envelope's model ready to serve; raises ModelRefused naming the check that failed."""
-        from ml.model import from_bytes  # imports TensorFlow (7-11 s): only once a model is to be loaded
-
-        contract = model_checks.parse_contract(envelope.feature_contract)
+        contract = self.use_case.parse_contract(envelope.feature_contract)
         artifact = envelope.artifact()
         limit = self.settings.max_model_bytes
         try:
@@ -229,14 +240,13 @@ class ModelWatcher(threading.Thread):
             raise ModelRefused("oversized", f"artifact unpacks to {unpacked} bytes, limit {limit} "
                                             "(MAX_MODEL_BYTES)")
         try:
-            keras_model = from_bytes(artifact)
-        except Exception as e:  # Keras raises many types for a broken archive; all mean "cannot load"
-            raise ModelRefused("load", f"{type(e).__name__}: {str(e)[:300]}") from e
-        try:
-            forward = NumpyForward.from_keras(keras_model)
+            forward = NumpyForward.from_plan(self.loader.load(artifact))
+            model_checks.warm_up(self.use_case, contract, forward, self.loader.keras_output,
+                                 self.settings.canary_rows)
+        except LoaderFailed as e:
+            raise ModelRefused(e.kind, e.reason) from e
         except UnsupportedModel as e:
             raise ModelRefused("architecture", str(e)) from e
-        model_checks.warm_up(contract, forward, keras_model, self.settings.canary_rows)
         return ServingModel(name=envelope.model_name, version=envelope.model_version, contract=contract,
                             forward=forward, artifact_sha256=envelope.artifact_sha256)
 

@@ -1,6 +1,7 @@
-"""Score one batch of raw input records: decode against the contract, isolate dead letters, transform the
-good rows through ``ml.features.transform`` in one call, run the model once, encode the predictions
-column-wise in Arrow and the (rare) dead letters with orjson.
+"""Score one batch of raw input records: decode against the use case's input contract, isolate dead
+letters, turn the good rows into output columns with one call of the use case's ``score`` (its one
+preprocessing path and the model's numpy pass), and encode the outputs column-wise in Arrow; the (rare)
+dead letters with orjson.
 
 Pure: no Kafka here; the app hands in the records' values and positions and produces what comes back.
 """
@@ -12,30 +13,39 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from ml import contracts, features
 from ml.decode import ERROR_SCHEMA, ContractDecoder
 from ml.replay import encode_records, json_column
 from scoring_service.inference import NumpyForward
+from scoring_service.use_cases import ScoringUseCase
 
 log = logging.getLogger(__name__)
 
-PREDICTION_FIELDS = list(contracts.Prediction.model_fields)
-
 
 @dataclass(frozen=True)
-class InputRecord:
-    """Where an input record came from, and its raw key and value."""
+class InputBatch:
+    """Raw input records of one topic, column-wise: positions, keys and values (one Python object per
+    batch rather than per record)."""
 
     topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+    partitions: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    @classmethod
+    def of(cls, topic: str, records: Sequence[tuple[int, int, bytes | None, bytes | None]]) -> InputBatch:
+        """From (partition, offset, key, value) tuples."""
+        return cls(topic, np.array([r[0] for r in records], np.int32), np.array([r[1] for r in records], np.int64),
+                   [r[2] for r in records], [r[3] for r in records])
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class ServingModel:
 
     name: str
     version: int
-    contract: features.FeatureContract
+    contract: Any  # the use case's feature contract
     forward: NumpyForward
     artifact_sha256: str
 
@@ -58,67 +68,59 @@ class ScoredBatch:
     dead_letter_classes: list[str]
 
 
-def dead_letter(record: InputRecord, error_class: str, reason: str, failed_at: str) -> bytes:
-    """The `flights.dlq` value of a record that could not be scored, carrying its original bytes."""
+def dead_letter(batch: InputBatch, i: int, error_class: str, reason: str, failed_at: str) -> bytes:
+    """The dead-letter value of input ``i``, which could not be scored, carrying its original bytes."""
     return orjson.dumps({
-        "schema_version": 1, "source_topic": record.topic, "source_partition": record.partition,
-        "source_offset": record.offset, "reason": reason, "error_class": error_class,
-        "original_b64": base64.b64encode(record.value or b"").decode("ascii"), "failed_at": failed_at,
+        "schema_version": 1, "source_topic": batch.topic, "source_partition": int(batch.partitions[i]),
+        "source_offset": int(batch.offsets[i]), "reason": reason, "error_class": error_class,
+        "original_b64": base64.b64encode(batch.values[i] or b"").decode("ascii"), "failed_at": failed_at,
     })
-
-
-def _probabilities(model: ServingModel, rows) -> np.ndarray:
-    return model.forward(features.transform(model.contract, rows))
 
 
 def _literal(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def encode_predictions(table: pa.Table, accepted: Sequence[InputRecord], p: np.ndarray, model: ServingModel,
-                       threshold: float, stamp: str) -> list[bytes]:
-    """`flights.predictions` values, built column-wise in Arrow (no Python work per row): the constant
-    fields are JSON literals, the others ``ml.replay.json_column`` encodings."""
-    columns = {
-        "schema_version": "1", "flight_id": json_column(table.column("flight_id").combine_chunks()),
-        "probability": json_column(pa.array(p)), "delayed": json_column(pa.array(p >= threshold)),
-        "threshold": _literal(threshold), "model_name": _literal(model.name),
-        "model_version": _literal(model.version), "source_topic": _literal(accepted[0].topic if accepted else ""),
-        "source_partition": json_column(pa.array([r.partition for r in accepted], pa.int32())),
-        "source_offset": json_column(pa.array([r.offset for r in accepted], pa.int64())),
-        "scored_at": _literal(stamp),
-    }
-    return encode_records(columns, PREDICTION_FIELDS).to_pylist()
+def encode_outputs(use_case: ScoringUseCase, columns: dict[str, pa.Array | str], batch: InputBatch,
+                   accepted: np.ndarray, model: ServingModel, stamp: str) -> list[bytes]:
+    """Output values built column-wise in Arrow (no Python work per row): the use case's columns plus the
+    model and source position of each row."""
+    columns = {**columns, "schema_version": "1", "model_name": _literal(model.name),
+               "model_version": _literal(model.version), "source_topic": _literal(batch.topic),
+               "source_partition": json_column(pa.array(batch.partitions[accepted])),
+               "source_offset": json_column(pa.array(batch.offsets[accepted])), "scored_at": _literal(stamp)}
+    return encode_records(columns, list(use_case.output_contract.model_fields)).to_pylist()
 
 
-def score_batch(records: Sequence[InputRecord], model: ServingModel, threshold: float,
-                decoder: ContractDecoder, now: datetime | None = None) -> ScoredBatch:
-    """Predictions for the records that satisfy FlightScheduled, dead letters for the others.
-
-    All records must come from one topic (the scorer consumes one).
-    """
+def score_batch(batch: InputBatch, model: ServingModel, use_case: ScoringUseCase, decoder: ContractDecoder,
+                decision_threshold: float, now: datetime | None = None) -> ScoredBatch:
+    """Outputs for the records that satisfy the input contract, dead letters for the others."""
     stamp = (now or datetime.now(UTC)).isoformat()
-    decoded = decoder.decode([r.value for r in records])
-    dead = [(records[r.index], r.error_class, r.reason) for r in decoded.rejected]
-    accepted = [records[i] for i in decoded.accepted]
-    table = decoded.table
+    decoded = decoder.decode(batch.values)
+    dead = [(int(r.index), r.error_class, r.reason) for r in decoded.rejected]
+    table, accepted = decoded.table, decoded.accepted
+
+    def score(t: pa.Table) -> dict[str, pa.Array | str]:
+        return use_case.score(model.forward, model.contract, t, decision_threshold)
+
     try:
-        p = _probabilities(model, table)
+        columns = score(table)
     except ValueError as e:
-        # The contract admits the batch, so this should not happen; isolate the culprit rather than stall.
-        log.warning("feature transform failed on a batch of %d (%s): scoring record by record", len(accepted), e)
-        keep, p_parts = [], []
-        for i, record in enumerate(accepted):
+        # The contract admits the batch, so this should not happen; isolate the culprits rather than stall.
+        log.warning("scoring failed on a batch of %d (%s): finding the failing record(s)", len(accepted), e)
+        keep = []
+        for i in range(table.num_rows):
             try:
-                p_parts.append(_probabilities(model, table.slice(i, 1)))
+                score(table.slice(i, 1))
                 keep.append(i)
             except ValueError as err:
-                dead.append((record, ERROR_SCHEMA, f"features: {err}"))
-        table, accepted = table.take(pa.array(keep, pa.int64())), [accepted[i] for i in keep]
-        p = np.concatenate(p_parts) if p_parts else np.empty(0, np.float32)
-    keys = table.column("flight_id").cast(pa.binary()).to_pylist()
-    values = encode_predictions(table, accepted, p, model, threshold, stamp)
-    dead.sort(key=lambda d: (d[0].partition, d[0].offset))
+                dead.append((int(accepted[i]), ERROR_SCHEMA, f"features: {err}"))
+        table, accepted = table.take(pa.array(keep, pa.int64())), accepted[keep]
+        columns = score(table)
+    keys = table.column(use_case.key_field).cast(pa.binary()).to_pylist()
+    values = encode_outputs(use_case, columns, batch, accepted, model, stamp) if len(accepted) else []
+    dead.sort()
     return ScoredBatch(predictions=list(zip(keys, values, strict=True)),
-                       dead_letters=[(r.key, dead_letter(r, cls, reason, stamp)) for r, cls, reason in dead],
+                       dead_letters=[(batch.keys[i], dead_letter(batch, i, cls, reason, stamp))
+                                     for i, cls, reason in dead],
                        dead_letter_classes=[cls for _, cls, _ in dead])

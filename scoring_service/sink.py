@@ -1,7 +1,9 @@
 """Delivery of a batch's outputs together with its input offsets, in the configured mode.
 
 * ``at_least_once``: produce, ``flush``, check every delivery report, and only then commit the input
-  offsets synchronously. A crash between delivery and commit re-scores the batch: duplicates, never loss.
+  offsets. The commit is asynchronous (the scoring loop never waits on the group coordinator, which may be
+  away during a broker restart) except when partitions are handed over on a revocation; a crash before a
+  commit lands re-scores the batch: duplicates, never loss.
 * ``exactly_once``: one transaction per batch holds the predictions, the dead letters and the input offsets
   (``send_offsets_to_transaction`` with the consumer's group metadata); readers with
   ``isolation.level=read_committed`` see each batch's outputs once or not at all.
@@ -32,8 +34,9 @@ def producer_config(settings: ScorerSettings) -> dict:
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         # Idempotence (acks=all, no duplicates from librdkafka's own retries, order kept per partition).
         "enable.idempotence": True,
-        # A little lingering fills record batches; the batch flush bounds the latency it adds anyway.
-        "linger.ms": 5,
+        # A batch's records are handed over in one burst, so they fill record batches without waiting;
+        # every millisecond of lingering is a millisecond of latency on a live stream.
+        "linger.ms": 1,
         "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
     }
     if settings.delivery_mode == "exactly_once":
@@ -85,8 +88,9 @@ class Sink:
             self._abort(e, batch)
         return batch
 
-    def confirm(self, batch: InFlight, consumer: Consumer) -> None:
-        """Wait until ``batch`` is durable and its offsets committed.
+    def confirm(self, batch: InFlight, consumer: Consumer, *, sync_commit: bool = False) -> None:
+        """Wait until ``batch`` is durable, then commit its offsets (in at_least_once mode asynchronously
+        unless ``sync_commit``; failures of an asynchronous commit are logged by the consumer's on_commit).
 
         Raises DeliveryFailed when a record is not acknowledged (at_least_once: nothing committed),
         BatchAborted when the transaction was aborted (exactly_once), KafkaException on fatal errors.
@@ -104,7 +108,7 @@ class Sink:
                                  f"{batch.offsets} not committed")
         if batch.offsets:
             try:
-                consumer.commit(offsets=batch.offsets, asynchronous=False)
+                consumer.commit(offsets=batch.offsets, asynchronous=not sync_commit)
             except KafkaException as e:
                 # Partitions revoked while delivering: the new owner re-reads from the last commit. The
                 # outputs are delivered, so this costs duplicates, which at-least-once allows.

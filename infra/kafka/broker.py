@@ -135,7 +135,8 @@ def _format_storage(java: str, dist: Distribution, cfg: BrokerConfig, props_file
     if (cfg.log_dirs / "meta.properties").exists():
         return
     cmd = _java_cmd(java, dist, cfg, "kafka.tools.StorageTool", "format",
-                    "-t", _cluster_id(), "-c", str(props_file))
+                    # "=": a random id may start with "-", which the tool would take for an option.
+                    f"--cluster-id={_cluster_id()}", "-c", str(props_file))
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise KafkaSetupError(f"formatting Kafka storage in {cfg.log_dirs} failed:\n{proc.stdout}{proc.stderr}")

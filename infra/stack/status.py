@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 PROJECT = "kafka-retrain-loop"  # `name:` in docker-compose.yml
-SCORER_SERVICE = "scorer"
+SCORER_SERVICES = ("scorer", "sensor-scorer")
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
@@ -93,7 +93,7 @@ def stack_status(client, project: str = PROJECT) -> list[ContainerStatus]:
             service=labels.get(SERVICE_LABEL, "?"), name=c.name, state=state.get("Status", c.status),
             health=(state.get("Health") or {}).get("Status", "-"),
             exit_code=state.get("ExitCode") if state.get("Status") == "exited" else None)
-        if status.service == SCORER_SERVICE and status.state == "running":
+        if status.service in SCORER_SERVICES and status.state == "running":
             try:
                 status = _with_models(status, scorer_model_versions(c), None)
             except Exception as e:  # noqa: BLE001 (one unreadable scorer must not hide the others)

@@ -30,6 +30,7 @@ from ml.flights_source import load_completed
 from ml.publish import verify_envelope
 from ml.registry import Registry
 from ml.replay import replay_frame
+from ml.sensors.generator import generate, replay_readings
 from ml.settings import LoopSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,7 +60,7 @@ def airflow_home(kafka_bootstrap):
 
 
 @pytest.fixture(scope="module")
-def dag(airflow_home):
+def dag_bag(airflow_home):
     from airflow.dag_processing.dagbag import DagBag
 
     with warnings.catch_warnings(record=True) as caught:
@@ -67,7 +68,12 @@ def dag(airflow_home):
         bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))
     assert bag.import_errors == {}
     assert [str(w.message) for w in caught] == []
-    return bag.get_dag(DAG_ID)
+    return bag
+
+
+@pytest.fixture(scope="module")
+def dag(dag_bag):
+    return dag_bag.get_dag(DAG_ID)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +149,7 @@ def _xcom(dag_run, task_id: str, key: str):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.execute(XComModel.get_many(key=key, run_id=dag_run.run_id, dag_ids=DAG_ID,
+        row = session.execute(XComModel.get_many(key=key, run_id=dag_run.run_id, dag_ids=dag_run.dag_id,
                                                  task_ids=task_id).with_only_columns(XComModel.value)).first()
     if row is None:
         return None
@@ -247,3 +253,31 @@ def test_the_asset_watcher_trigger_fires_on_every_nth_real_message(dag, kafka_bo
     # Offsets 2 and 5 are the 3rd and 6th records; the second trigger resumes from the committed offset.
     assert asyncio.run(first_event()).payload == {"topic": topic, "partition": 0, "offset": 2, "every": 3}
     assert asyncio.run(first_event()).payload["offset"] == 5
+
+
+def test_the_sensor_dag_runs_the_same_tasks_for_its_own_use_case(high_watermark, dag_bag, settings, scorer,
+                                                                  monkeypatch):
+    sensor_dag = dag_bag.get_dag("retrain_sensor_anomaly")
+    assert [t.task_id for t in sensor_dag.tasks] == TASKS
+    # The environment is the flight DAG's (USE_CASE unset): the DAG itself selects the sensor use case.
+    readings_topic = f"readings-{uuid.uuid4().hex[:8]}"
+    for k, v in {"TOPIC_SENSORS_READINGS": readings_topic, "HOLDOUT_DAYS": "0.25", "EPOCHS": "15"}.items():
+        monkeypatch.setenv(k, v)
+    sensors = LoopSettings(use_case="sensor_anomaly")
+    replay_readings(sensors, generate(4, 2000, seed=1, anomaly_rate=0.08))
+    scorer.start()
+    when = datetime.now(UTC)
+
+    run = sensor_dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120})
+    assert _states(run) == dict.fromkeys(TASKS, "success")
+    registry = Registry(sensors)
+    champion = registry.champion()
+    assert (champion.version, champion.feature_contract["use_case"]) == (1, "sensor_anomaly")
+    assert registry.find_run("loop_run_id", run.run_id) == champion.run_id
+    assert _xcom(run, "verify_rollout", "return_value")["model_name"] == "sensor_anomaly"
+    assert scorer.live == [1] and high_watermark(settings.topic_models) == 1
+    (manifest,) = snapshot.list_manifests(sensors, readings_topic)
+    assert manifest.row_count == 8000
+    # Nothing of the flight use case was touched.
+    assert Registry(settings).champion() is None
+    assert snapshot.list_manifests(settings, settings.topic_flights_completed) == []

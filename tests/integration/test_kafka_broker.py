@@ -164,3 +164,16 @@ def test_compacted_topic_can_be_created(kafka_bootstrap, kafka_admin, new_topic)
     c.subscribe([topic])
     assert [m.value() for m in _drain(c)][-1] == b"v2"
     c.close()
+
+
+def test_storage_format_takes_a_cluster_id_that_starts_with_a_dash(tmp_path, monkeypatch):
+    """Kafka ids are URL-safe base64, so about one in 64 random ids starts with "-"."""
+    from infra.kafka import broker, distribution
+    from infra.kafka.distribution import require_tool
+
+    monkeypatch.setattr(broker, "_cluster_id", lambda: "-" + "A" * 21)
+    cfg = broker.BrokerConfig(data_dir=tmp_path, port=broker.free_port(), controller_port=broker.free_port())
+    props = tmp_path / "server.properties"
+    props.write_text("".join(f"{k}={v}\n" for k, v in broker.server_properties(cfg).items()))
+    broker._format_storage(require_tool("java", "Java 17"), distribution.fetch(), cfg, props)
+    assert "cluster.id=-AAAA" in (cfg.log_dirs / "meta.properties").read_text()

@@ -38,10 +38,13 @@ def settings(kafka_bootstrap: str, kafka_admin: AdminClient, tmp_path) -> Iterat
     u = uuid.uuid4().hex[:8]
     s = LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path, topic_partitions=3,
                      topic_flights_scheduled=f"sched-{u}", topic_flights_completed=f"done-{u}",
-                     topic_flights_predictions=f"pred-{u}", topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}")
+                     topic_flights_predictions=f"pred-{u}", topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}",
+                     topic_models_status=f"status-{u}", topic_sensors_readings=f"readings-{u}",
+                     topic_sensors_scores=f"scores-{u}", topic_sensors_dlq=f"sdlq-{u}")
     yield s
     topics = [s.topic_flights_scheduled, s.topic_flights_completed, s.topic_flights_predictions,
-              s.topic_flights_dlq, s.topic_models]
+              s.topic_flights_dlq, s.topic_models, s.topic_models_status, s.topic_sensors_readings,
+              s.topic_sensors_scores, s.topic_sensors_dlq]
     existing = set(kafka_admin.list_topics(timeout=10).topics)
     for fut in kafka_admin.delete_topics([t for t in topics if t in existing]).values():
         fut.result(timeout=30)
@@ -67,7 +70,7 @@ def _read_all(bootstrap: str, topic: str, partitions: int) -> dict[int, list]:
 
 def test_topics_are_created_once_with_their_settings(settings, kafka_admin):
     created = ensure_topics(settings)
-    assert all(created.values()) and len(created) == 5
+    assert all(created.values()) and len(created) == 9
     assert not any(ensure_topics(settings).values())
     meta = kafka_admin.list_topics(timeout=10)
     assert len(meta.topics[settings.topic_flights_completed].partitions) == 3

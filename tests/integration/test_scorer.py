@@ -1,9 +1,10 @@
 """The scorer against a real broker: first model, steady-load hot swap, refused models, dead letters, no model
-yet, and exactly-once delivery across a SIGKILL."""
+yet, exactly-once delivery across a SIGKILL, two replicas, and a broker restart under the scorer."""
 
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import os
 import signal
@@ -20,6 +21,9 @@ from collections import Counter
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.kafka import broker, distribution
 
 from ml import contracts, features
 from ml.flights_source import load_completed
@@ -271,10 +275,16 @@ def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, score
     running = scorers(s)
     wait_for(lambda: running.http("/readyz")[0] == 200, 60, "ready")
     stream = events[:6000]
-    producer = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled,
-                                                      stream, 2000.0))
+
+    def produce_around_the_swap() -> None:
+        # Steady load before, during and after the swap, however long loading v2 takes on a busy machine.
+        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[:2000], 2000.0)
+        wait_for(lambda: running.metric("scorer_model_swaps_total") == 2, 120, "v2 live")
+        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[2000:], 2000.0)
+
+    producer = threading.Thread(target=produce_around_the_swap)
     producer.start()
-    time.sleep(1.0)
+    time.sleep(0.5)
     publish(loop_settings(s), envelope(2, artifacts["b"], contract.to_dict()))
     producer.join()
     predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream))
@@ -443,13 +453,20 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     first = scorers(s)
     wait_for(lambda: first.scorer.ready()[0], 60, "first replica ready")
     stream = events[:6000]
-    producer = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled,
-                                                      stream, 2000.0))
+    second: Running | None = None
+
+    def produce_around_the_join() -> None:
+        # The second replica joins mid-stream (its model loader starts TensorFlow first, which takes
+        # seconds): half the stream before it is ready, half after, so both replicas get records.
+        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[:3000], 1000.0)
+        wait_for(lambda: second is not None and second.scorer.ready()[0], 120, "second replica ready")
+        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[3000:], 1000.0)
+
+    producer = threading.Thread(target=produce_around_the_join)
     producer.start()
     time.sleep(0.5)
-    second = Running(s, scorer_id="it-2")  # joins mid-stream: the group rebalances under load
+    second = Running(s, scorer_id="it-2")  # the group rebalances while the first replica scores
     try:
-        wait_for(lambda: second.scorer.ready()[0], 60, "second replica ready")
         producer.join()
         predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream))
         assert_exactly_once(predictions, s, len(stream))
@@ -460,3 +477,66 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     finally:
         second.stop()
         first.stop()
+
+
+@pytest.fixture
+def private_broker(tmp_path) -> broker.BrokerConfig:
+    """A broker of this test alone, which it may stop and start again (same ports, same data)."""
+    cfg = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=broker.free_port(),
+                              controller_port=broker.free_port(), heap="512m")
+    broker.start(cfg, distribution.fetch())
+    yield cfg
+    gc.collect()
+    broker.stop(cfg)
+
+
+@pytest.mark.slow
+def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_broker, events, contract, artifacts):
+    bootstrap = private_broker.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    u = uuid.uuid4().hex[:8]
+    topics = {"sched": 3, "pred": 3, "dlq": 1, "status": 1}
+    futures = admin.create_topics([NewTopic(f"{t}-{u}", n, 1) for t, n in topics.items()] + [
+        NewTopic(f"models-{u}", 1, 1, config={"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)})])
+    for fut in futures.values():
+        fut.result(30)
+    s = ScorerSettings(
+        kafka_bootstrap_servers=bootstrap, topic_flights_scheduled=f"sched-{u}", topic_flights_predictions=f"pred-{u}",
+        topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}", topic_models_status=f"status-{u}",
+        group_id=f"scorer-{u}", model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0,
+        model_signing_key=KEY, session_timeout_ms=6000)
+    wait_for(lambda: _served(s), 30, "new topics served")
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    running = Running(s)
+    wait_for(lambda: running.scorer.ready()[0], 120, "scorer ready")
+    stream = events[:5000]
+    # The producer keeps going through the outage: librdkafka buffers and retries (idempotent, no duplicates).
+    producer = threading.Thread(target=produce, args=(bootstrap, s.topic_flights_scheduled, stream, 500.0))
+    producer.start()
+    try:
+        time.sleep(3)
+        assert broker.stop(private_broker)
+        time.sleep(2)
+        broker.start(private_broker, distribution.fetch())
+        producer.join()
+        predictions = read(bootstrap, s.topic_flights_predictions, len(stream), timeout=180)
+        positions = Counter((p["source_partition"], p["source_offset"]) for p in predictions)
+        inputs = high_watermarks(s)
+        assert sum(inputs.values()) == len(stream)
+        expected = {(p, o) for p, end in inputs.items() for o in range(end)}
+        assert expected - set(positions) == set(), "inputs without a prediction"
+        assert set(positions) <= expected
+        wait_for(lambda: committed(s) == inputs, 60, "input offsets committed up to the end")
+        assert running.thread.is_alive() and running.error is None
+        assert running.http("/healthz")[0] == 200
+    finally:
+        running.stop()
+
+
+def _served(s: ScorerSettings) -> bool:
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "probe"})
+    try:
+        return all(c.list_topics(t, timeout=5).topics[t].error is None
+                   for t in (s.topic_models, s.topic_flights_scheduled))
+    finally:
+        c.close()

@@ -215,7 +215,7 @@ def test_project_services_run_modules_of_this_repo(compose: dict) -> None:
         argv = argv_of(interpolate(svc["command"], example_env()))
         check_python_m(argv)
         checked += 1
-    assert checked == 3  # kafka-init, scorer, replayer
+    assert checked == 4  # kafka-init, scorer, sensor-scorer, replayer
     # The scorer image's default command and healthcheck run the same module.
     assert 'CMD ["python", "-m", "scoring_service"]' in DOCKERFILES["scorer"].read_text()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scoring_service.batching import collect
+from scoring_service.batching import Cadence, collect
 
 
 class Clock:
@@ -46,3 +46,25 @@ def test_idle_stream_closes_an_empty_batch_at_the_deadline():
 
     assert collect(consume, 10, 0.25, clock) == []
     assert clock.now == 100.25
+
+
+def test_no_time_left_still_takes_what_has_arrived_without_waiting():
+    calls = []
+
+    def consume(n, timeout):
+        calls.append((n, timeout))
+        return [1, 2]
+
+    assert collect(consume, 10, 0.0, Clock()) == [1, 2]
+    assert calls == [(10, 0.0)]
+
+
+def test_cadence_counts_the_interval_from_the_previous_close():
+    clock = Clock()
+    cadence = Cadence(0.02, clock)
+    assert cadence.wait_s() == 0.02  # the first batch
+    cadence.closed()
+    clock.now += 0.006  # scoring and delivery took 6 ms
+    assert round(cadence.wait_s(), 6) == 0.014
+    clock.now += 0.05  # a slow batch: the next one closes at once
+    assert cadence.wait_s() == 0.0

@@ -16,7 +16,8 @@ from ml.flights_source import load_completed
 from ml.replay import build_stream
 from ml.settings import LoopSettings
 from scoring_service.inference import NumpyForward
-from scoring_service.scoring import InputRecord, ServingModel, score_batch
+from scoring_service.scoring import InputBatch, ServingModel, score_batch
+from scoring_service.use_cases import get as use_case
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -46,8 +47,9 @@ def test_good_and_bad_records_split_with_positions_and_contracts(values, serving
     good = orjson.loads(values[0])
     bad = [b"\x00garbage", orjson.dumps({**good, "month": 13}), orjson.dumps({**good, "carrier": 7}), None]
     raw = [*values[:300], *bad, *values[300:]]
-    records = [InputRecord("in", 2, 100 + i, b"k", v) for i, v in enumerate(raw)]
-    scored = score_batch(records, model, 0.3, ContractDecoder(contracts.FlightScheduled), now=NOW)
+    batch = InputBatch.of("in", [(2, 100 + i, b"k", v) for i, v in enumerate(raw)])
+    scored = score_batch(batch, model, use_case("flight_delay"), ContractDecoder(contracts.FlightScheduled), 0.3,
+                         now=NOW)
 
     assert len(scored.predictions) == len(values)
     assert scored.dead_letter_classes == ["undecodable", "range", "schema", "undecodable"]
@@ -68,6 +70,7 @@ def test_good_and_bad_records_split_with_positions_and_contracts(values, serving
 
 
 def test_a_batch_of_only_dead_letters_scores_nothing(serving):
-    records = [InputRecord("in", 0, i, None, b"{}") for i in range(3)]
-    scored = score_batch(records, serving[0], 0.5, ContractDecoder(contracts.FlightScheduled), now=NOW)
+    batch = InputBatch.of("in", [(0, i, None, b"{}") for i in range(3)])
+    scored = score_batch(batch, serving[0], use_case("flight_delay"), ContractDecoder(contracts.FlightScheduled), 0.5,
+                         now=NOW)
     assert scored.predictions == [] and scored.dead_letter_classes == ["schema"] * 3

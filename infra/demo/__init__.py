@@ -1,0 +1,1 @@
+"""`make demo`: the whole loop on a replayed year (Kafka, MLflow, Airflow, scorer) and its report."""

@@ -1,0 +1,279 @@
+"""The demo's report: live ROC AUC per month of the loop's predictions next to a frozen January model, swaps,
+gate decisions, throughput and swap gaps; written as summary.json, a PNG figure and a Markdown page.
+
+Every number comes from the topics (``ml.live_metrics``: flights.predictions joined with flights.completed,
+models, models.status) and the DAG runs the orchestrator recorded, so the report can be rebuilt after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml import contracts
+from ml.live_metrics import label_predictions, metrics_by, read_topic
+from ml.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+SUMMARY, FIGURE, PAGE = "summary.json", "demo.png", "README.md"
+GAP_CONTEXT_MS = 30_000  # the window before a swap whose batch intervals give its "typical gap"
+# A swap happened while scoring when the old version still scored this shortly before it went live; a
+# longer silence means the input had run dry (between two months) and the gap is idle time, not a pause.
+BUSY_WITHIN_MS = 1_000
+
+
+def _ms(ts: pd.Series) -> np.ndarray:
+    """Aware timestamps as epoch milliseconds."""
+    return ts.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or pd.isna(x) else round(float(x), 4)
+
+
+def frozen_probabilities(settings: LoopSettings, completed: pd.DataFrame, flight_ids: pd.Series
+                         ) -> tuple[pd.Series, int]:
+    """P(delayed) of the first published model version (the loop's January model, never replaced here) for
+    ``flight_ids``, scored from their flights.completed records with the training/scoring code path
+    (``features.transform`` via ``evaluate.score``); and that version."""
+    from ml.evaluate import score
+    from ml.features import FeatureContract
+    from ml.model import from_bytes
+    from ml.publish import read_envelopes
+
+    envelopes = [e for e in read_envelopes(settings) if e.model_name == settings.model_name]
+    if not envelopes:
+        raise RuntimeError(f"no model on {settings.topic_models}: the loop published nothing to compare with")
+    first = min(envelopes, key=lambda e: e.model_version)
+    rows = completed.drop_duplicates("flight_id", keep="last").set_index("flight_id").loc[flight_ids]
+    p = score(from_bytes(first.artifact()), FeatureContract.from_dict(first.feature_contract),
+              rows.reset_index())
+    return pd.Series(p, index=flight_ids.to_numpy()), first.model_version
+
+
+def swap_gaps(predictions: pd.DataFrame) -> list[dict[str, Any]]:
+    """For each version after the first (by first prediction): the pause between the last prediction before
+    its first one and that first one (``gap_ms``), and the median interval between prediction batches in
+    the ``GAP_CONTEXT_MS`` before (``typical_gap_ms``): a gap near the typical one means no visible pause.
+    ``last_old_ms`` / ``first_new_ms`` are the two predictions' times (epoch ms)."""
+    if predictions.empty:
+        return []
+    t = _ms(predictions["scored_at"])
+    versions = predictions["model_version"].to_numpy(dtype="int64")
+    stamps = np.unique(t)
+    out = []
+    firsts = sorted((int(t[versions == v].min()), int(v)) for v in np.unique(versions))
+    for (_, prev), (t_first, v) in zip(firsts, firsts[1:]):
+        before = stamps[stamps < t_first]
+        if not len(before):
+            continue
+        window = before[before >= t_first - GAP_CONTEXT_MS]
+        typical = float(np.median(np.diff(window))) if len(window) > 1 else None
+        out.append({"model_version": v, "previous_version": prev, "gap_ms": int(t_first - before[-1]),
+                    "typical_gap_ms": typical, "last_old_ms": int(before[-1]), "first_new_ms": t_first})
+    return out
+
+
+def throughput(predictions: pd.DataFrame) -> dict[str, Any]:
+    """Predictions per second over the scoring span (at least 1 s), and the busiest second."""
+    if predictions.empty:
+        return {"predictions": 0, "seconds": 0.0, "per_s": None, "peak_per_s": None}
+    t = _ms(predictions["scored_at"])
+    span = max((t.max() - t.min()) / 1000, 1.0)  # a backlog scored in one batch counts as one second
+    return {"predictions": int(len(t)), "seconds": round(float(span), 2), "per_s": round(len(t) / span, 1),
+            "peak_per_s": int(np.bincount((t - t.min()) // 1000).max())}
+
+
+def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path, *,
+          wall_seconds: float | None = None) -> dict[str, Any]:
+    """Read the topics, compute the report, write summary.json, the figure and the page into ``out_dir``.
+
+    ``runs``: one record per DAG run (month, run_id, state, verdict, reasons, model_version, ...), as the
+    orchestrator collected them. Returns the summary.
+    """
+    from ml.loop_view import read_status
+
+    predictions = read_topic(settings, settings.topic_flights_predictions, contracts.Prediction)
+    predictions = predictions[predictions["model_name"] == settings.model_name]
+    completed = read_topic(settings, settings.topic_flights_completed, contracts.FlightCompleted)
+    labelled, duplicates = label_predictions(predictions, completed)
+    frozen, frozen_version = frozen_probabilities(settings, completed, labelled["flight_id"])
+    labelled["probability_frozen"] = labelled["flight_id"].map(frozen).to_numpy()
+
+    trained_through = {r["model_version"]: r["month"] for r in runs if r.get("model_version")}
+    loop = metrics_by(labelled, "month").set_index("month")
+    still = metrics_by(labelled, "month", probability="probability_frozen").set_index("month")
+    by_version = metrics_by(labelled, "model_version").set_index("model_version")
+    firsts = predictions.sort_values("scored_at").drop_duplicates("flight_id")
+    months = []
+    for month, row in loop.iterrows():
+        group = labelled[labelled["month"] == month]
+        counts = group["model_version"].value_counts().sort_index()
+        versions = [int(v) for v in counts.index]
+        # A month scored by a model that was trained on it (January's backlog waits for the January model)
+        # measures fit, not prediction; one scored by the frozen version alone compares it with itself.
+        # Both are shown but not counted in the comparison.
+        in_sample = any(trained_through.get(v, 0) >= month for v in [*versions, frozen_version])
+        compared = not in_sample and versions != [frozen_version]
+        auc_loop, auc_frozen = _num(row["roc_auc"]), _num(still.loc[month, "roc_auc"])
+        months.append({
+            "month": int(month), "predictions": int(row["predictions"]),
+            "model_versions": versions, "predictions_by_version": {str(v): int(n) for v, n in counts.items()},
+            "auc_loop": auc_loop, "auc_frozen": auc_frozen,
+            "log_loss_loop": _num(row["log_loss"]), "log_loss_frozen": _num(still.loc[month, "log_loss"]),
+            "positive_rate": _num(row["positive_rate"]), "in_sample": in_sample,
+            "loop_beats_frozen": None if not compared or auc_loop is None or auc_frozen is None
+            else auc_loop > auc_frozen,
+        })
+        rate = throughput(firsts[firsts["flight_id"].isin(group["flight_id"])])
+        months[-1].update(scoring_seconds=rate["seconds"], per_s=rate["per_s"], peak_per_s=rate["peak_per_s"])
+    live = [r for r in read_status(settings) if r.get("model_name") == settings.model_name]
+    gaps = {g["model_version"]: g for g in swap_gaps(predictions)}
+    swaps = []
+    for r in live:
+        if r.get("status") != "live":
+            continue
+        gap = gaps.get(r["model_version"], {})
+        live_ms = pd.Timestamp(r["at"]).value // 1_000_000 if r.get("at") else None
+        swaps.append({"model_version": r["model_version"], "previous_version": r.get("previous_version"),
+                      "live_at": r.get("at"), "scorer_id": r.get("scorer_id"),
+                      "publication_to_live_ms": r.get("swap_ms"), "load_ms": r.get("load_ms"),
+                      "gap_ms": gap.get("gap_ms"), "typical_gap_ms": gap.get("typical_gap_ms"),
+                      "while_scoring": bool(gap and live_ms is not None
+                                            and live_ms - gap["last_old_ms"] <= BUSY_WITHIN_MS)})
+    busy = [w["gap_ms"] for w in swaps if w["while_scoring"]]
+    refused = [{"model_version": r.get("model_version"), "reason": f"{r.get('reason_kind')}: {r.get('reason')}",
+                "scorer_id": r.get("scorer_id")} for r in live if r.get("status") == "rejected"]
+    summary = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "topics": {"predictions": settings.topic_flights_predictions, "completed": settings.topic_flights_completed},
+        "frozen_model_version": frozen_version,
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
+        "prediction_records": int(len(predictions)), "labelled_flights": int(len(labelled)),
+        "duplicate_predictions": int(duplicates),
+        "months": months,
+        "loop_beat_frozen_months": [m["month"] for m in months if m["loop_beats_frozen"]],
+        "compared_months": [m["month"] for m in months if m["loop_beats_frozen"] is not None],
+        "versions": [{"model_version": int(v), "trained_through_month": trained_through.get(int(v)),
+                      "predictions": int(r["predictions"]), "auc": _num(r["roc_auc"])}
+                     for v, r in by_version.iterrows()],
+        "runs": list(runs), "swaps": swaps, "refused_by_scorer": refused,
+        "max_swap_gap_ms_while_scoring": max(busy, default=None),
+        "throughput": throughput(predictions),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _figure(summary, predictions, out_dir / FIGURE)
+    (out_dir / PAGE).write_text(_page(summary))
+    log.info("report in %s: %d months, %d prediction records, loop beat frozen in months %s", out_dir,
+             len(months), len(predictions), summary["loop_beat_frozen_months"])
+    return summary
+
+
+def _figure(summary: dict[str, Any], predictions: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), gridspec_kw={"height_ratios": [3, 2]})
+    months = summary["months"]
+    x = [m["month"] for m in months]
+    top.plot(x, [m["auc_loop"] for m in months], "o-", label="continuous retraining (live predictions)")
+    top.plot(x, [m["auc_frozen"] for m in months], "s--",
+             label=f"frozen January model (v{summary['frozen_model_version']})")
+    for m in months:
+        if m["in_sample"]:
+            top.axvspan(m["month"] - 0.5, m["month"] + 0.5, color="0.9", zorder=0)
+        top.annotate(",".join(f"v{v}" for v in m["model_versions"]), (m["month"], m["auc_loop"] or 0.5),
+                     textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
+    top.set(title="Live ROC AUC per month (predictions joined with late labels; grey: in-sample)",
+            xlabel="month of 2013", ylabel="ROC AUC", xticks=x)
+    top.legend(loc="best")
+    top.grid(alpha=0.3)
+    if not predictions.empty:
+        t = _ms(predictions["scored_at"])
+        t0 = t.min()
+        per_s = np.bincount((t - t0) // 1000)
+        bottom.plot(np.arange(len(per_s)), per_s, lw=0.7)
+        for s in summary["swaps"]:
+            at = pd.Timestamp(s["live_at"]).value // 1_000_000 if s["live_at"] else None
+            if at is not None:
+                bottom.axvline((at - t0) / 1000, color="C3", lw=0.8, ls=":")
+                bottom.text((at - t0) / 1000, per_s.max(), f"v{s['model_version']}", color="C3", fontsize=7,
+                            ha="center", va="bottom")
+    # Symmetric log: January's backlog (thousands per second) and the paced months (hundreds) both show.
+    bottom.set_yscale("symlog", linthresh=100)
+    bottom.set_ylim(bottom=0)
+    bottom.set(title="Predictions per second; dotted: model version taken live", xlabel="seconds since first "
+               "prediction", ylabel="predictions/s")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _page(s: dict[str, Any]) -> str:
+    beat, compared = s["loop_beat_frozen_months"], s["compared_months"]
+    lines = [
+        "# Continuous retraining demo: report", "",
+        f"Generated {s['generated_at']}" + (f" after a {s['wall_seconds']:.0f} s run" if s["wall_seconds"] else "")
+        + f". {s['prediction_records']} prediction records on `{s['topics']['predictions']}`, "
+          f"{s['labelled_flights']} flights joined with their label on `{s['topics']['completed']}` "
+          f"({s['duplicate_predictions']} duplicate predictions dropped).", "",
+        f"**The loop beat the frozen January model (v{s['frozen_model_version']}) in {len(beat)} of "
+        f"{len(compared)} compared months** ({', '.join(map(str, beat)) or 'none'}). Months scored by a model "
+        "trained on them (in-sample: January's backlog waits for the January model) or only by the frozen "
+        "version itself are shown, not compared.",
+        "", f"![live AUC and throughput]({FIGURE})", "",
+        "| month | predictions | versions | AUC loop | AUC frozen | log loss loop | log loss frozen | in-sample | "
+        "loop better | scored/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in s["months"]:
+        better = {True: "yes", False: "no", None: "-"}[m["loop_beats_frozen"]]
+        lines.append(f"| {m['month']} | {m['predictions']} | {', '.join(f'v{v}' for v in m['model_versions'])} | "
+                     f"{_fmt(m['auc_loop'])} | {_fmt(m['auc_frozen'])} | {_fmt(m['log_loss_loop'])} | "
+                     f"{_fmt(m['log_loss_frozen'])} | {'yes' if m['in_sample'] else 'no'} | {better} | "
+                     f"{_fmt(m['per_s'], '.0f')} |")
+    lines += ["", "## Gate decisions (one DAG run per month)", "",
+              "| month | run | state | verdict | version | challenger AUC | champion AUC | reasons | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in s["runs"]:
+        lines.append(f"| {r['month']} | {r['run_id']} | {r['state']} | {r.get('verdict') or r.get('stopped_at') or '-'}"
+                     f" | {('v%d' % r['model_version']) if r.get('model_version') else '-'} | "
+                     f"{_fmt(r.get('challenger_auc'))} | {_fmt(r.get('champion_auc'))} | "
+                     f"{'; '.join(r.get('reasons') or []) or '-'} | {_fmt(r.get('seconds'), '.0f')} |")
+    lines += ["", "## Swaps (scorer took a version live)", "",
+              "The prediction gap is the time between the old version's last prediction and the new one's "
+              "first; next to it the typical interval between batches before the swap. A swap while the input "
+              "had run dry (between two months) shows idle time, not a pause.", "",
+              "| version | previous | live at | publication to live (ms) | load (ms) | prediction gap (ms) | "
+              "typical gap before (ms) | while scoring |", "|---|---|---|---|---|---|---|---|"]
+    for w in s["swaps"]:
+        lines.append(f"| v{w['model_version']} | {('v%s' % w['previous_version']) if w['previous_version'] else '-'} | "
+                     f"{w['live_at']} | {_fmt(w['publication_to_live_ms'], '.0f')} | {_fmt(w['load_ms'], '.0f')} | "
+                     f"{_fmt(w['gap_ms'], '.0f')} | {_fmt(w['typical_gap_ms'], '.0f')} | "
+                     f"{'-' if w['gap_ms'] is None else 'yes' if w['while_scoring'] else 'no (idle)'} |")
+    for r in s["refused_by_scorer"]:
+        lines.append(f"\nRefused by scorer {r['scorer_id']}: v{r['model_version']} ({r['reason']})")
+    t = s["throughput"]
+    lines += ["", "Largest prediction gap at a swap while scoring: "
+                  f"{_fmt(s['max_swap_gap_ms_while_scoring'], '.0f')} ms.", "",
+              f"Throughput: {t['predictions']} predictions over {t['seconds']:.0f} s of scoring "
+              f"({_fmt(t['per_s'], '.0f')}/s on average, bounded by the paced replay and including the waits "
+              f"between months; busiest second {t['peak_per_s']}, when January's backlog was scored). The "
+              "scored/s column is each month's predictions over the time they were scored in.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,343 @@
+"""The demo orchestrator: fresh topics, MLflow server, Airflow, scorer; replay month by month, one DAG run
+per month through the Airflow REST API, then the report.
+
+Ordering: month N is replayed, the DAG run for month N is triggered, and once its snapshot is taken month
+N+1 streams at ``rate`` events/s while the run trains, so the scorer swaps to the new version while it
+scores month N+1. January's scheduled flights wait for the first model (the scorer consumes nothing before
+one exists) and are scored by it from the backlog: that month is in-sample and reported as such.
+
+Everything started here runs in its own process group with a pid file under ``home`` and is stopped in a
+``finally`` (Ctrl-C, SIGTERM or an error), or by ``stop_all`` from another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra import process_group
+from infra.airflow import local as airflow_local
+from infra.demo.airflow_api import AirflowApi
+from infra.mlflow import local as mlflow_local
+from ml.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "retrain_flight_delay"
+TASKS = ("snapshot", "validate", "train", "evaluate", "register", "publish", "verify_rollout")
+SCORER_PID, SCORER_MARKER = "scorer.pid", b"scoring_service"
+FIRST_STREAM_RATE = 500.0  # events/s of the month streamed during the first run (no duration known yet)
+MIN_STREAM_RATE = 50.0
+
+
+class DemoSettings(BaseSettings):
+    """The demo's knobs: environment ``DEMO_<NAME>`` (e.g. DEMO_MONTHS=1-3), overridden by CLI flags."""
+
+    model_config = SettingsConfigDict(env_prefix="DEMO_", extra="ignore", frozen=True)
+
+    months: str = Field("1-12", pattern=r"^\d{1,2}(-\d{1,2})?$", description="Months of 2013 to replay.")
+    limit: int | None = Field(None, ge=1, description="Replay only the first N flights of each month.")
+    rate: float | None = Field(None, ge=0, description="Events/s of months 2.. (streamed while the DAG trains; "
+                                                        "0: as fast as possible; unset: auto).")
+    home: Path = Field(REPO / ".local" / "demo", description="State of the run (wiped at the start).")
+    report_dir: Path = Field(REPO / "reports" / "demo", description="Where the report is written.")
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
+    scorer_port: int = 8000
+    run_timeout_s: float = Field(1800.0, gt=0, description="Longest a DAG run may take.")
+    rollout_timeout_s: float = Field(600.0, ge=0, description="The runs' wait for the scorer to go live.")
+
+    def stream_rate(self, events: int, previous_run_s: float | None) -> float | None:
+        """Events/s for the next month: ``rate`` if set (0: unpaced), else spread the month's ``events`` over
+        1.25 times the previous DAG run, so the next version goes live while the month is still streaming."""
+        if self.rate is not None:
+            return self.rate or None
+        if previous_run_s is None:
+            return FIRST_STREAM_RATE
+        return max(MIN_STREAM_RATE, events / (1.25 * previous_run_s))
+
+    def month_range(self) -> tuple[int, int]:
+        lo, _, hi = self.months.partition("-")
+        first, last = int(lo), int(hi or lo)
+        if not 1 <= first <= last <= 12:
+            raise ValueError(f"months must be within 1-12 and ascending, got {self.months!r}")
+        return first, last
+
+    @property
+    def airflow(self) -> airflow_local.AirflowConfig:
+        return airflow_local.AirflowConfig(home=self.home / "airflow", port=self.airflow_port,
+                                           kafka_bootstrap_servers=LoopSettings().kafka_bootstrap_servers)
+
+    @property
+    def mlflow(self) -> mlflow_local.MlflowConfig:
+        return mlflow_local.MlflowConfig(home=self.home / "mlflow", port=self.mlflow_port)
+
+    def loop_settings(self) -> LoopSettings:
+        """The loop's settings from the environment, with the demo's data folder and MLflow server."""
+        return LoopSettings(loop_data_dir=self.home / "data", mlflow_tracking_uri=self.mlflow.url,
+                            mlflow_artifact_root=self.mlflow.artifacts)
+
+
+def loop_env(demo: DemoSettings, settings: LoopSettings) -> dict[str, str]:
+    """Environment of the Airflow task processes and the scorer: one broker, topics, data dir and MLflow."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "LOOP_DATA_DIR": str(settings.loop_data_dir),
+        "MLFLOW_TRACKING_URI": demo.mlflow.url, "AIRFLOW_VAR_MLFLOW_TRACKING_URI": demo.mlflow.url,
+        "AIRFLOW_VAR_MLFLOW_UI_URL": demo.mlflow.url,
+        "MLFLOW_ARTIFACT_ROOT": str(demo.mlflow.artifacts),
+        # Only the demo triggers runs (one per month, through the REST API): no cron, no Kafka watcher.
+        "RETRAIN_SCHEDULE": "none", "RETRAIN_EVERY_N_FLIGHTS": "0",
+        # Topic names as this process resolved them, so every process uses the same topics.
+        **{name.upper(): value for name, value in settings.model_dump().items()
+           if name.startswith("topic_") and isinstance(value, str)},
+    }
+
+
+# ---------------------------------------------------------------- scorer process
+
+def start_scorer(demo: DemoSettings, env: dict[str, str], timeout: float = 120.0) -> subprocess.Popen:
+    """``python -m scoring_service`` in its own process group, logging to ``home/logs/scorer.log``; returns
+    once ``/healthz`` answers."""
+    logs = demo.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    scorer_env = {**os.environ, **env, "HTTP_PORT": str(demo.scorer_port),
+                  # A group of its own: the topics are new, no committed offsets of an earlier run apply.
+                  "GROUP_ID": f"demo-scorer-{uuid.uuid4().hex[:8]}"}
+    with open(logs / "scorer.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=scorer_env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    (demo.home / SCORER_PID).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{demo.scorer_port}/healthz", timeout=2):
+                return proc
+        except (urllib.error.URLError, OSError):
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    raise RuntimeError(f"the scorer did not answer on port {demo.scorer_port}; see {logs / 'scorer.log'}")
+
+
+def scorer_group(demo: DemoSettings) -> str | None:
+    """The consumer group of the running scorer (from its environment), for the caught-up check."""
+    pid = process_group.recorded_pid(demo.home / SCORER_PID, SCORER_MARKER)
+    if pid is None:
+        return None
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"GROUP_ID="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def wait_scored(settings: LoopSettings, group: str, timeout: float) -> bool:
+    """True once the scorer's committed offsets reach the end of flights.scheduled (all input scored)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ml.snapshot import partition_offsets
+
+    ends = {p: hi for p, (_, hi) in partition_offsets(settings, settings.topic_flights_scheduled).items()}
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
+                      "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            done = probe.committed([TopicPartition(settings.topic_flights_scheduled, p) for p in ends], timeout=10)
+            behind = {tp.partition: ends[tp.partition] - max(tp.offset, 0) for tp in done}
+            if not any(behind.values()):
+                return True
+            time.sleep(1)
+    finally:
+        probe.close()
+    log.warning("scorer group %s still behind on %s: %s", group, settings.topic_flights_scheduled, behind)
+    return False
+
+
+# ---------------------------------------------------------------- start, reset, stop
+
+def stop_all(demo: DemoSettings) -> list[str]:
+    """Stop the scorer, Airflow and MLflow recorded under ``demo.home``; the names of those that ran."""
+    stopped = []
+    if process_group.stop_recorded(demo.home / SCORER_PID, SCORER_MARKER, "demo scorer") is not None:
+        stopped.append("scorer")
+    if airflow_local.stop(demo.airflow):
+        stopped.append("Airflow")
+    if mlflow_local.stop(demo.mlflow):
+        stopped.append("MLflow")
+    return stopped
+
+
+def reset_topics(settings: LoopSettings, timeout: float = 60.0) -> None:
+    """Delete the loop's topics (a fresh year), wait until the broker no longer lists them, create them."""
+    from ml.topics import admin_client, ensure_topics, topic_specs
+
+    admin = admin_client(settings)
+    names = [s.topic for s in topic_specs(settings)]
+    existing = [t for t in names if t in admin.list_topics(timeout=timeout).topics]
+    if existing:
+        for fut in admin.delete_topics(existing, request_timeout=timeout).values():
+            fut.result(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while set(existing) & admin.list_topics(timeout=timeout).topics.keys():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics {existing} still listed {timeout:.0f} s after deletion")
+            time.sleep(0.5)
+        log.info("deleted topics %s on %s", existing, settings.kafka_bootstrap_servers)
+    ensure_topics(settings, timeout=timeout)
+
+
+# ---------------------------------------------------------------- one DAG run
+
+def run_record(api: AirflowApi, settings: LoopSettings, month: int, run_id: str, run: dict[str, Any]
+               ) -> dict[str, Any]:
+    """What the report lists for a finished DAG run: state, where it stopped, the gate's verdict and reasons,
+    the version it published and how long it took."""
+    from ml.pipeline import LOOP_RUN_TAG
+    from ml.publish import read_envelopes
+    from ml.registry import Registry
+
+    states = api.task_states(run_id)
+    stopped = next((f"{t} {states[t]}" for t in TASKS if states.get(t) in ("skipped", "failed", "upstream_failed")),
+                   None)
+    record: dict[str, Any] = {"month": month, "run_id": run_id, "state": run["state"], "stopped_at": stopped,
+                              "tasks": states, "verdict": None, "reasons": [], "model_version": None}
+    if run.get("start_date") and run.get("end_date"):
+        record["seconds"] = round((_parse(run["end_date"]) - _parse(run["start_date"])), 1)
+    registry = Registry(settings)
+    mlflow_run = registry.find_run(LOOP_RUN_TAG, run_id)
+    if mlflow_run:
+        decision = registry.decision(mlflow_run) or {}
+        record.update(mlflow_run_id=mlflow_run, verdict=decision.get("verdict"), reasons=decision.get("reasons", []),
+                      challenger_auc=(decision.get("challenger") or {}).get("roc_auc"),
+                      champion_auc=(decision.get("champion") or {}).get("roc_auc"))
+        record["model_version"] = next((e.model_version for e in read_envelopes(settings)
+                                        if e.run_id == mlflow_run), None)
+    return record
+
+
+def _parse(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def describe_run(r: dict[str, Any]) -> str:
+    version = f" -> v{r['model_version']}" if r["model_version"] else ""
+    auc = f" (AUC {r['challenger_auc']:.3f}" if r.get("challenger_auc") is not None else ""
+    if auc:
+        auc += f" vs champion {r['champion_auc']:.3f})" if r.get("champion_auc") is not None else ", no champion)"
+    why = f": {'; '.join(r['reasons'])}" if r["reasons"] and r["verdict"] != "promote" else ""
+    stop = f", stopped at {r['stopped_at']}" if r["stopped_at"] else ""
+    return (f"DAG run {r['run_id']}: {r['state']} in {r.get('seconds', 0):.0f} s, gate "
+            f"{r['verdict'] or '-'}{version}{auc}{why}{stop}")
+
+
+def status_lines(settings: LoopSettings, seen: int) -> tuple[list[str], int]:
+    """Lines for the status records after the first ``seen`` (swaps and refusals), and the new count."""
+    from ml.loop_view import read_status
+
+    records = [r for r in read_status(settings) if r.get("model_name") == settings.model_name]
+    lines = []
+    for r in records[seen:]:
+        if r.get("status") == "live":
+            was = f"v{r['previous_version']}" if r.get("previous_version") else "no model"
+            lines.append(f"swap: scorer {r.get('scorer_id')} serves v{r['model_version']} (was {was}) at "
+                         f"{r.get('at')}, {r.get('swap_ms', 0):.0f} ms after publication "
+                         f"(load and warm-up {r.get('load_ms', 0):.0f} ms)")
+        else:
+            lines.append(f"refused: scorer {r.get('scorer_id')} rejected v{r.get('model_version')} "
+                         f"({r.get('reason_kind')}: {r.get('reason')})")
+    return lines, len(records)
+
+
+# ---------------------------------------------------------------- the whole run
+
+def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], None] | None = None
+        ) -> dict[str, Any]:
+    """Run the demo end to end and write the report; stop everything started here before returning (also on
+    Ctrl-C or an error). ``hold`` is called after the report, with the services still up (the CLI waits for
+    Ctrl-C there so the UIs can be looked at). Returns the report's summary."""
+    from infra.demo import report
+    from ml.replay import replay
+
+    first, last = demo.month_range()
+    settings = demo.loop_settings()
+    started = time.monotonic()
+    stopped = stop_all(demo)  # leftovers of an interrupted earlier run
+    if stopped:
+        say(f"stopped a previous demo's {', '.join(stopped)}")
+    shutil.rmtree(demo.home, ignore_errors=True)
+    demo.home.mkdir(parents=True)
+    try:
+        reset_topics(settings)
+        say(f"topics reset on {settings.kafka_bootstrap_servers}; starting MLflow, Airflow and the scorer")
+        mlflow_local.start(demo.mlflow)
+        env = loop_env(demo, settings)
+        airflow_local.start(demo.airflow, loop_env=env)
+        start_scorer(demo, env)
+        api = AirflowApi(demo.airflow, DAG_ID)
+        api.wait_parsed_and_unpause()
+        say(f"ready in {time.monotonic() - started:.0f} s: MLflow {demo.mlflow.url}, Airflow {demo.airflow.url}, "
+            f"scorer http://127.0.0.1:{demo.scorer_port}/metrics")
+        runs, seen = [], 0
+        say(f"2013-{first:02d}: replaying (no model yet: the scorer waits for the first one)")
+        events = replay(settings, (first, first), limit=demo.limit, progress=True).events
+        for month in range(first, last + 1):
+            run_id = api.trigger(f"demo-2013-{month:02d}", {"rollout_timeout_s": demo.rollout_timeout_s})
+            say(f"triggered DAG run {run_id} (trains on months {first}-{month})")
+            if month < last:
+                api.wait_task(run_id, "snapshot", demo.run_timeout_s)
+                rate = demo.stream_rate(events, runs[-1].get("seconds") if runs else None)
+                say(f"2013-{month + 1:02d}: streaming at {f'{rate:.0f} events/s' if rate else 'full speed'} "
+                    f"while {run_id} trains")
+                events = replay(settings, (month + 1, month + 1), limit=demo.limit, rate=rate,
+                                progress=True).events
+            record = run_record(api, settings, month, run_id, api.wait_run(run_id, demo.run_timeout_s))
+            runs.append(record)
+            say(describe_run(record))
+            lines, seen = status_lines(settings, seen)
+            for line in lines:
+                say(line)
+        group = scorer_group(demo)
+        if group and not wait_scored(settings, group, timeout=120):
+            say("warning: the scorer had not scored every scheduled flight after 120 s; the report shows what it had")
+        summary = report.build(settings, runs, demo.report_dir, wall_seconds=time.monotonic() - started)
+        beat = summary["loop_beat_frozen_months"]
+        say(f"report: {demo.report_dir}/{report.PAGE} ({report.FIGURE}, {report.SUMMARY}); the loop beat the "
+            f"frozen January model in {len(beat)} of {len(summary['compared_months'])} compared months "
+            f"{beat}; swap gaps (ms) {[w['gap_ms'] for w in summary['swaps']]}; "
+            f"{time.monotonic() - started:.0f} s in all")
+        say(f"Airflow UI {demo.airflow.url} (login {airflow_local.ADMIN_USER} / "
+            f"{airflow_local.admin_password(demo.airflow)}, loop page {demo.airflow.url}/retrain-loop/); "
+            f"MLflow UI {demo.mlflow.url}")
+        if hold is not None:
+            hold()
+        return summary
+    finally:
+        # A second Ctrl-C while stopping would leave processes behind: ignore it until all are stopped.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            stopped = stop_all(demo)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        if stopped:
+            say(f"stopped {', '.join(stopped)}")

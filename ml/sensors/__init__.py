@@ -1,0 +1,1 @@
+"""Second use case: anomaly detection on machine sensor readings with a Keras autoencoder."""

@@ -1,0 +1,68 @@
+"""Topic contracts of the sensor use case: `sensors.readings` (labelled readings) and `sensors.scores`.
+
+`sensors.dlq` uses the loop's ``ml.contracts.DeadLetter``. ``docs/contracts.md`` documents both for people.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+# The measured channels, in the order the features and the autoencoder read them.
+CHANNELS = ("temperature", "vibration", "pressure", "current", "rpm")
+ANOMALY_KINDS = ("spike", "drift", "stuck", "correlated")
+
+Celsius = Annotated[float, Field(ge=-40, le=200)]
+MmPerS = Annotated[float, Field(ge=0, le=100)]
+Bar = Annotated[float, Field(ge=0, le=25)]
+Amps = Annotated[float, Field(ge=0, le=300)]
+Rpm = Annotated[float, Field(ge=0, le=6000)]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SensorReading(_Contract):
+    """`sensors.readings` v1: one reading of every channel of a machine; key = ``machine_id``.
+
+    Event time (Kafka timestamp) = ``ts``. The ranges are the sensors' physical measuring ranges: a value
+    outside them is a broken record (rejected), not an anomaly. ``is_anomaly`` / ``anomaly_kind`` are the
+    labels of the replay (None on a live, unlabelled stream): the loop trains and gates on them, the scorer
+    ignores them.
+    """
+
+    schema_version: Literal[1] = 1
+    reading_id: str = Field(min_length=1, max_length=64)
+    machine_id: str = Field(min_length=1, max_length=32)
+    ts: AwareDatetime
+    temperature: Celsius
+    vibration: MmPerS
+    pressure: Bar
+    current: Amps
+    rpm: Rpm
+    is_anomaly: bool | None = None
+    anomaly_kind: Literal["none", "spike", "drift", "stuck", "correlated"] | None = None
+
+
+class SensorScore(_Contract):
+    """`sensors.scores` v1: one scored reading; key = ``machine_id``.
+
+    ``score`` is the model's reconstruction error of the reading, ``is_anomaly`` is ``score > threshold``
+    with the threshold that travelled with the model.
+    """
+
+    schema_version: Literal[1] = 1
+    machine_id: str
+    reading_id: str
+    ts: AwareDatetime
+    score: float = Field(ge=0)
+    threshold: float = Field(gt=0)
+    is_anomaly: bool
+    model_name: str
+    model_version: int = Field(ge=1)
+    source_topic: str
+    source_partition: int = Field(ge=0)
+    source_offset: int = Field(ge=0)
+    scored_at: AwareDatetime

@@ -1,0 +1,134 @@
+"""Features of the sensor use case: the one preprocessing path shared by training and the scorer.
+
+A reading becomes its channels standardised with its machine's normal statistics (centre and scale learnt
+from normal training readings of that machine; a machine not seen in training uses the statistics of all
+machines). Each reading is transformed on its own, so scoring needs no state across batches. The
+``SensorFeatureContract`` holds those statistics and, once the autoencoder is trained, its anomaly threshold:
+it travels with the model, so a model is always scored as it was validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from ml.sensors.contracts import CHANNELS
+
+log = logging.getLogger(__name__)
+
+USE_CASE = "sensor_anomaly"
+# Bumped whenever the meaning of a feature changes: a contract fitted by other code is refused.
+CONTRACT_VERSION = 1
+INPUT = "readings"  # the autoencoder's input name
+MIN_SCALE = 1e-6  # a channel constant in training keeps scale 1 rather than dividing by ~0
+
+
+class SensorFeatureContract(BaseModel):
+    """Normalisation statistics per machine and the model's anomaly threshold; JSON round-trips."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    use_case: Literal["sensor_anomaly"] = USE_CASE
+    contract_version: int
+    channels: list[str]
+    center: list[float]  # all machines: the fallback for a machine not seen in training
+    scale: list[float]
+    machine_center: dict[str, list[float]]
+    machine_scale: dict[str, list[float]]
+    threshold: float | None = Field(None, gt=0, description="anomaly when score > threshold; set by training")
+    threshold_method: str | None = None
+    rows_fitted: int
+    fitted_through: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Short content hash, for logs and registry tags."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def width(self) -> int:
+        return len(self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SensorFeatureContract:
+        """Rebuild a contract; raises ValueError when it was fitted by another contract version."""
+        contract = cls.model_validate(dict(data))
+        if contract.contract_version != CONTRACT_VERSION:
+            raise ValueError(f"sensor feature contract v{contract.contract_version} cannot be used by features "
+                             f"v{CONTRACT_VERSION}")
+        return contract
+
+    def with_threshold(self, threshold: float, method: str) -> SensorFeatureContract:
+        return self.model_validate({**self.to_dict(), "threshold": threshold, "threshold_method": method})
+
+
+def _frame(data: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame.from_records(list(data))
+    if len(df) == 0:
+        return pd.DataFrame(columns=["machine_id", *CHANNELS])
+    absent = [c for c in ("machine_id", *CHANNELS) if c not in df.columns]
+    if absent:
+        raise ValueError(f"input lacks sensors.readings fields: {absent}")
+    return df
+
+
+def fit(df: pd.DataFrame) -> SensorFeatureContract:
+    """Learn per-machine and overall centre/scale of each channel from normal readings (no threshold yet).
+
+    Raises ValueError on zero rows.
+    """
+    frame = _frame(df)
+    if len(frame) == 0:
+        raise ValueError("cannot fit a sensor feature contract on zero rows")
+    values = frame[list(CHANNELS)].astype("float64")
+
+    def stats(v: pd.DataFrame) -> tuple[list[float], list[float]]:
+        return v.mean().tolist(), v.std(ddof=0).where(lambda s: s > MIN_SCALE, 1.0).tolist()
+
+    center, scale = stats(values)
+    machine_center, machine_scale = {}, {}
+    for machine, rows in values.groupby(frame["machine_id"].astype(str), sort=True):
+        machine_center[machine], machine_scale[machine] = stats(rows)
+    contract = SensorFeatureContract(
+        contract_version=CONTRACT_VERSION, channels=list(CHANNELS), center=center, scale=scale,
+        machine_center=machine_center, machine_scale=machine_scale, rows_fitted=len(frame),
+        fitted_through=pd.to_datetime(frame["ts"], utc=True).max().isoformat(),
+    )
+    log.info("fitted sensor feature contract v%d %s on %d normal readings of %d machines",
+             CONTRACT_VERSION, contract.fingerprint, len(frame), len(machine_center))
+    return contract
+
+
+def transform(contract: SensorFeatureContract, data: pd.DataFrame | Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The autoencoder's input for rows of a DataFrame or a list of `sensors.readings` records.
+
+    Returns float32 (n, len(channels)): each channel minus its machine's centre, divided by its scale.
+    Raises ValueError when a channel or ``machine_id`` is absent.
+    """
+    frame = _frame(data)
+    values = frame[contract.channels].to_numpy(dtype="float64")
+    machines = frame["machine_id"].astype(str).to_numpy()
+    center = np.tile(np.asarray(contract.center), (len(frame), 1))
+    scale = np.tile(np.asarray(contract.scale), (len(frame), 1))
+    for machine in np.unique(machines):
+        if machine in contract.machine_center:
+            rows = machines == machine
+            center[rows] = contract.machine_center[machine]
+            scale[rows] = contract.machine_scale[machine]
+    return ((values - center) / scale).astype("float32")
+
+
+def anomaly_score(reconstruction: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The anomaly score of each row: mean squared reconstruction error over the channels, float64 (n,)."""
+    diff = np.asarray(reconstruction, dtype="float64") - np.asarray(x, dtype="float64")
+    return np.mean(diff * diff, axis=1)

@@ -1,0 +1,102 @@
+"""The sensor use case through the same retraining core, against the real broker and MLflow on SQLite:
+publish, a second run gated against the champion, bad readings rejected at the snapshot."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from ml import model as model_lib, pipeline, snapshot
+from ml.publish import read_envelopes
+from ml.registry import Registry
+from ml.sensors.features import SensorFeatureContract, anomaly_score, transform
+from ml.sensors.generator import START, generate, replay_readings
+from ml.settings import LoopSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+READINGS = 2000  # per machine: 4 machines, 33 hours at one reading a minute
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, tmp_path) -> LoopSettings:
+    u = uuid.uuid4().hex[:8]
+    return LoopSettings(
+        use_case="sensor_anomaly", kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path / "data",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow_artifact_root=tmp_path / "artifacts",
+        topic_sensors_readings=f"readings-{u}", topic_sensors_scores=f"scores-{u}", topic_sensors_dlq=f"sdlq-{u}",
+        topic_models=f"models-{u}", topic_models_status=f"status-{u}",
+        min_training_rows=500, epochs=10, holdout_days=0.25, model_signing_key="test-signing-key",
+    )
+
+
+def test_retrain_publishes_an_autoencoder_whose_envelope_rebuilds_the_scores(high_watermark, settings):
+    first = generate(4, READINGS, seed=1, anomaly_rate=0.08)
+    replay_readings(settings, first)
+
+    outcome = pipeline.retrain(settings, "sensors-1")
+    assert outcome.status == "published", outcome.reason
+    assert outcome.model_version == 1
+    (manifest,) = snapshot.list_manifests(settings, settings.topic_sensors_readings)
+    assert (manifest.row_count, manifest.rejected_count, manifest.contract) == (4 * READINGS, 0, "SensorReading")
+    registry = Registry(settings)
+    assert registry.champion().lineage[0]["partitions"] == [p.model_dump() for p in manifest.partitions]
+    decision = registry.decision(outcome.mlflow_run_id)
+    assert decision["use_case"] == "sensor_anomaly" and decision["champion"] is None
+
+    # The envelope is keyed by the sensor model's name and carries everything the scorer needs.
+    (envelope,) = read_envelopes(settings)
+    assert (envelope.model_name, envelope.model_version) == ("sensor_anomaly", 1)
+    contract = SensorFeatureContract.from_dict(envelope.feature_contract)
+    assert contract.use_case == "sensor_anomaly" and contract.threshold > 0
+    assert set(contract.machine_center) == {"m000", "m001", "m002", "m003"}
+    model = model_lib.from_bytes(envelope.artifact())
+    holdout = first[first["ts"] > first["ts"].max() - timedelta(days=settings.holdout_days)]
+    records = holdout.to_dict("records")
+    x = transform(contract, records)
+    flagged = anomaly_score(model.predict_on_batch(x), x) > contract.threshold
+    recall = flagged[holdout["is_anomaly"].to_numpy()].mean()
+    precision = holdout["is_anomaly"].to_numpy()[flagged].mean()
+    assert (precision, recall) == pytest.approx((envelope.metrics["precision"], envelope.metrics["recall"]))
+
+    # The next day's readings: a challenger judged against the champion on the same, most recent readings.
+    replay_readings(settings, generate(4, 1000, seed=2, anomaly_rate=0.08,
+                                       start=START + timedelta(minutes=READINGS)))
+    second = pipeline.retrain(settings, "sensors-2")
+    assert second.status in ("published", "rejected")
+    decision = registry.decision(second.mlflow_run_id)
+    assert decision["champion"] is not None
+    challenger, champion = decision["challenger"], decision["champion"]
+    assert challenger["rows"] == champion["rows"]
+    promote = (challenger["f1"] >= champion["f1"] - settings.gate_f1_margin
+               and challenger["precision"] >= settings.gate_min_precision
+               and challenger["recall"] >= settings.gate_min_recall)
+    assert decision["verdict"] == ("promote" if promote else "reject")
+    assert high_watermark(settings.topic_models) == (2 if promote else 1)
+    assert len(snapshot.list_manifests(settings, settings.topic_sensors_readings)) == 2
+
+
+def test_bad_readings_are_rejected_by_class_and_too_many_stop_the_run(high_watermark, settings):
+    readings = generate(4, 500, seed=1, anomaly_rate=0.08)
+    replay_readings(settings, readings)
+    good = readings.iloc[0].to_dict()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    bad = [b"\x00not json"] * 20
+    bad += [b'{"schema_version":1,"reading_id":"x","machine_id":"m000"}'] * 15  # fields missing: schema
+    out_of_range = {**good, "ts": good["ts"].isoformat(), "rpm": 99_999.0}
+    bad += [orjson.dumps(out_of_range)] * 10
+    for value in bad:
+        producer.produce(settings.topic_sensors_readings, key=b"m000", value=value)
+    assert producer.flush(30) == 0
+
+    outcome = pipeline.retrain(settings, "corrupt")
+    (manifest,) = snapshot.list_manifests(settings, settings.topic_sensors_readings)
+    assert (manifest.row_count, manifest.rejected_count) == (2000, 45)
+    assert manifest.rejected_by_class == {"undecodable": 20, "schema": 15, "range": 10}
+    # 45 of 2045 records (2.2%) rejected: above the 1% the suite allows.
+    assert outcome.status == "invalid" and "rejected" in outcome.reason
+    assert high_watermark(settings.topic_models) == 0
