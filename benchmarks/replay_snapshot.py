@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -42,12 +43,20 @@ def kafka_cluster() -> Iterator[str]:
 
     data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port())
+    # The broker runs in its own process group: a SIGTERM (e.g. from `timeout`) must unwind this block to
+    # stop it, which Python's default SIGTERM does not do.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     broker.start(cfg, distribution.fetch())
     try:
         yield cfg.bootstrap_servers
     finally:
         broker.stop(cfg)
         shutil.rmtree(data_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def bench_settings(bootstrap: str, data_dir: Path) -> LoopSettings:
