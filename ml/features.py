@@ -9,8 +9,6 @@ so a champion is always scored with the contract it was trained with.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -19,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
 
 from ml import contracts
+from ml.versioned_contract import VersionedContract
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +66,14 @@ def _input_schema() -> dict[str, str]:
             for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)}
 
 
-class FeatureContract(BaseModel):
+class FeatureContract(VersionedContract):
     """What a model expects and how to build it from `flights.scheduled` fields; JSON round-trips."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    VERSION = CONTRACT_VERSION
+    LABEL = "feature contract"
 
     # Names the use case, so a consumer of the `models` topic knows which preprocessing rebuilds the inputs.
     use_case: Literal["flight_delay"] = "flight_delay"
-    contract_version: int
     input_schema: dict[str, str]
     vocabularies: dict[str, list[str]]
     numeric_features: list[str]
@@ -89,11 +87,6 @@ class FeatureContract(BaseModel):
     fitted_through: str
 
     @property
-    def fingerprint(self) -> str:
-        """Short content hash, for logs and registry tags."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-    @property
     def numeric_width(self) -> int:
         """Columns of the ``numeric`` input: standardised values, then the bin encodings."""
         return len(self.numeric_features) + sum(len(e) - 1 for e in self.bin_edges.values())
@@ -103,17 +96,6 @@ class FeatureContract(BaseModel):
         """Embedding input size per categorical, reserved indices included."""
         return {name: len(vocab) + VOCAB_OFFSET for name, vocab in self.vocabularies.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeatureContract:
-        """Rebuild a contract; raises ValueError when it was fitted by another contract version."""
-        contract = cls.model_validate(dict(data))
-        if contract.contract_version != CONTRACT_VERSION:
-            raise ValueError(f"feature contract v{contract.contract_version} cannot be used by features "
-                             f"v{CONTRACT_VERSION}")
-        return contract
 
 
 def _table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:

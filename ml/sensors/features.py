@@ -9,17 +9,16 @@ it travels with the model, so a model is always scored as it was validated.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ml.sensors.contracts import CHANNELS
+from ml.versioned_contract import VersionedContract
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +29,13 @@ INPUT = "readings"  # the autoencoder's input name
 MIN_SCALE = 1e-6  # a channel constant in training keeps scale 1 rather than dividing by ~0
 
 
-class SensorFeatureContract(BaseModel):
+class SensorFeatureContract(VersionedContract):
     """Normalisation statistics per machine and the model's anomaly threshold; JSON round-trips."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    VERSION = CONTRACT_VERSION
+    LABEL = "sensor feature contract"
 
     use_case: Literal["sensor_anomaly"] = USE_CASE
-    contract_version: int
     channels: list[str]
     center: list[float]  # all machines: the fallback for a machine not seen in training
     scale: list[float]
@@ -48,25 +47,9 @@ class SensorFeatureContract(BaseModel):
     fitted_through: str
 
     @property
-    def fingerprint(self) -> str:
-        """Short content hash, for logs and registry tags."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-    @property
     def width(self) -> int:
         return len(self.channels)
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SensorFeatureContract:
-        """Rebuild a contract; raises ValueError when it was fitted by another contract version."""
-        contract = cls.model_validate(dict(data))
-        if contract.contract_version != CONTRACT_VERSION:
-            raise ValueError(f"sensor feature contract v{contract.contract_version} cannot be used by features "
-                             f"v{CONTRACT_VERSION}")
-        return contract
 
     def with_threshold(self, threshold: float, method: str) -> SensorFeatureContract:
         return self.model_validate({**self.to_dict(), "threshold": threshold, "threshold_method": method})
