@@ -123,7 +123,9 @@ def _java_cmd(java: str, dist: Distribution, cfg: BrokerConfig, *main: str) -> l
     return [
         java,
         f"-Xms{cfg.heap}", f"-Xmx{cfg.heap}",
-        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        "-XX:+UseZGC",
+        # As Kafka's own start scripts do: every collection and its pause, in the data directory.
+        f"-Xlog:gc*:file={cfg.data_dir / 'gc.log'}:time,uptime,level,tags:filecount=2,filesize=20M",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
         "-cp", dist.classpath,
