@@ -60,6 +60,13 @@ class _FieldCheck:
 
 # A value violates ge=x when it is less than x, and so on.
 _VIOLATION = (("ge", "less"), ("gt", "less_equal"), ("le", "greater"), ("lt", "greater_equal"))
+_NUMPY_COMPARISON = {"less": np.less, "less_equal": np.less_equal, "greater": np.greater,
+                     "greater_equal": np.greater_equal}
+
+
+def _mask(flags: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An Arrow boolean column as a numpy mask, null read as False."""
+    return (pc.fill_null(flags, False) if flags.null_count else flags).to_numpy(zero_copy_only=False)
 
 
 def field_checks(contract: type[BaseModel]) -> list[_FieldCheck]:
@@ -78,6 +85,7 @@ class ContractDecoder:
         self.contract = contract
         self.schema = arrow_schema(contract)
         self.checks = field_checks(contract)
+        self._empty = self.schema.empty_table()
         self._timestamps = [f.name for f in self.schema if pa.types.is_timestamp(f.type)]
         # Parse timestamps as strings and every field as nullable: the cast below refuses strings without
         # a zone offset (pyarrow's JSON reader would read them as UTC, pydantic's AwareDatetime refuses
@@ -91,7 +99,7 @@ class ContractDecoder:
         """Decode one batch of record values; never raises for bad records, it rejects them."""
         present = [i for i, v in enumerate(values) if v]
         slow = [i for i, v in enumerate(values) if not v]
-        fast_table, fast_idx = self.schema.empty_table(), np.empty(0, dtype=np.int64)
+        fast_table, fast_idx = self._empty, np.empty(0, dtype=np.int64)
         if present:
             parsed = self._parse_batch([values[i] for i in present])
             if parsed is None:
@@ -99,7 +107,7 @@ class ContractDecoder:
             else:
                 table, bad = parsed
                 idx = np.asarray(present, dtype=np.int64)
-                fast_table, fast_idx = table.filter(pa.array(~bad)), idx[~bad]
+                fast_table, fast_idx = (table.filter(pa.array(~bad)), idx[~bad]) if bad.any() else (table, idx)
                 slow.extend(idx[bad].tolist())
         rows, slow_idx, rejected = self._validate_each(values, sorted(slow))
         if not rows:
@@ -127,25 +135,31 @@ class ContractDecoder:
         return table, self._flagged(table)
 
     def _flagged(self, table: pa.Table) -> np.ndarray:
-        bad = pa.array(np.zeros(table.num_rows, dtype=bool))
+        """Rows that break a check (or may: the record-by-record path decides). Numbers are compared in
+        numpy (nulls read as NaN, which no comparison flags): a scorer's batch is small, and an Arrow kernel
+        call costs more than the comparison."""
+        flags = [np.zeros(table.num_rows, dtype=bool)]
         for check in self.checks:
             col = table.column(check.name)
-            flags = []
             if not check.nullable and col.null_count:
-                flags.append(pc.is_null(col))
-            if pa.types.is_floating(col.type):
-                flags.append(pc.is_nan(col))
-            for op, bound in check.bounds:
-                flags.append(getattr(pc, op)(col, bound))
-            if check.min_len is not None:
-                flags.append(pc.less(pc.utf8_length(col), check.min_len))
-            if check.max_len is not None:
-                flags.append(pc.greater(pc.utf8_length(col), check.max_len))
+                flags.append(_mask(pc.is_null(col)))
+            if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+                values = col.to_numpy()
+                flags += [_NUMPY_COMPARISON[op](values, bound) for op, bound in check.bounds]
+                if pa.types.is_floating(col.type):
+                    nan = np.isnan(values)
+                    flags.append(nan & _mask(col.is_valid()) if col.null_count else nan)
+            else:
+                flags += [_mask(getattr(pc, op)(col, bound)) for op, bound in check.bounds]
+            if check.min_len is not None or check.max_len is not None:
+                length = pc.utf8_length(col).to_numpy()
+                if check.min_len is not None:
+                    flags.append(length < check.min_len)
+                if check.max_len is not None:
+                    flags.append(length > check.max_len)
             if check.literals is not None:
-                flags.append(pc.invert(pc.is_in(col, pa.array(check.literals, col.type))))
-            for flag in flags:
-                bad = pc.or_(bad, pc.fill_null(flag, False))
-        return np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+                flags.append(_mask(pc.invert(pc.is_in(col, pa.array(check.literals, col.type)))))
+        return np.logical_or.reduce(flags)
 
     def _validate_each(self, values: list[bytes | None], idx: list[int]
                        ) -> tuple[list[dict], list[int], list[Rejection]]:

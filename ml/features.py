@@ -10,7 +10,9 @@ so a champion is always scored with the contract it was trained with.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -97,6 +99,49 @@ class FeatureContract(VersionedContract):
         return {name: len(vocab) + VOCAB_OFFSET for name, vocab in self.vocabularies.items()}
 
 
+@dataclass(frozen=True, eq=False)
+class ContractArrays:
+    """A FeatureContract's statistics as numpy arrays and its vocabularies as Arrow value sets, built once
+    per contract (``of``): a scorer transforms small batches often."""
+
+    fill: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    # One entry per bin-encoding column: the numeric feature it reads, its bin's lower edge and width.
+    bin_source: np.ndarray
+    bin_low: np.ndarray
+    bin_width: np.ndarray
+    vocabularies: dict[str, pa.Array]
+
+    @classmethod
+    def of(cls, contract: FeatureContract) -> ContractArrays:
+        """The arrays of ``contract``, from a small cache of the contracts seen last."""
+        hit = _ARRAYS.get(id(contract))
+        if hit is not None and hit[0] is contract:  # the contract itself is held, so its id is not reused
+            return hit[1]
+        position = {name: i for i, name in enumerate(contract.numeric_features)}
+        edges = [(position[name], np.asarray(e)) for name, e in contract.bin_edges.items()]
+        arrays = cls(
+            fill=np.asarray(contract.fill), lower=np.asarray(contract.lower), upper=np.asarray(contract.upper),
+            center=np.asarray(contract.center), scale=np.asarray(contract.scale),
+            bin_source=np.asarray([p for p, e in edges for _ in e[:-1]], dtype=np.intp),
+            bin_low=np.concatenate([e[:-1] for _, e in edges]) if edges else np.empty(0),
+            bin_width=np.concatenate([np.diff(e) for _, e in edges]) if edges else np.empty(0),
+            vocabularies={name: pa.array(vocab, pa.string()) for name, vocab in contract.vocabularies.items()})
+        with _ARRAYS_LOCK:  # the scorer's loop and its model watcher (canary) both transform
+            _ARRAYS[id(contract)] = (contract, arrays)
+            while len(_ARRAYS) > ARRAYS_CACHED:
+                _ARRAYS.pop(next(iter(_ARRAYS)))
+        return arrays
+
+
+# Contracts in use at once: the serving model's and a candidate's in the scorer, a few in a training run.
+ARRAYS_CACHED = 8
+_ARRAYS: dict[int, tuple[FeatureContract, ContractArrays]] = {}
+_ARRAYS_LOCK = threading.Lock()
+
 
 def _table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:
     """The input as an Arrow table; raises ValueError naming the required fields it lacks."""
@@ -111,7 +156,8 @@ def _table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Ta
             table = pa.table({name: _arrow(df[name]) for name in wanted})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise ValueError(f"input does not convert to Arrow: {e}") from e
-    absent = [name for name in REQUIRED_FIELDS if name not in table.column_names]
+    names = set(table.column_names)
+    absent = [name for name in REQUIRED_FIELDS if name not in names]
     if absent:
         raise ValueError(f"input lacks required flights.scheduled fields: {absent}")
     return table
@@ -125,10 +171,11 @@ def _arrow(series: pd.Series) -> pa.Array:
 
 def _column(table: pa.Table, name: str) -> pa.Array:
     """One field as a single array; an absent optional field is all null."""
-    if name not in table.column_names:
+    i = table.schema.get_field_index(name)
+    if i < 0:
         return pa.nulls(table.num_rows)
-    col = table.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    col = table.column(i)
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _num(table: pa.Table, name: str) -> np.ndarray:
@@ -271,23 +318,19 @@ def transform(contract: FeatureContract,
     Raises ValueError when a required field is absent or has the wrong type.
     """
     num, cat = _raw_features(_table(data))
+    a = ContractArrays.of(contract)
     values = np.column_stack([num[name] for name in contract.numeric_features]) if len(num["dep_hour"]) \
         else np.empty((0, len(contract.numeric_features)))
-    values = np.where(np.isnan(values), np.asarray(contract.fill), values)
-    values = np.clip(values, np.asarray(contract.lower), np.asarray(contract.upper))
+    values = np.clip(np.where(np.isnan(values), a.fill, values), a.lower, a.upper)
     numeric = np.empty((len(values), contract.numeric_width), dtype="float32")
     k = len(contract.numeric_features)
-    numeric[:, :k] = (values - np.asarray(contract.center)) / np.asarray(contract.scale)
-    position = {name: i for i, name in enumerate(contract.numeric_features)}
-    for name, edges in contract.bin_edges.items():
-        e = np.asarray(edges)
-        # Bin t reads 0 below its lower edge, 1 above its upper edge, and the fraction in between.
-        numeric[:, k:k + len(e) - 1] = np.clip((values[:, [position[name]]] - e[:-1]) / np.diff(e), 0.0, 1.0)
-        k += len(e) - 1
+    numeric[:, :k] = (values - a.center) / a.scale
+    # Bin t reads 0 below its lower edge, 1 above its upper edge, and the fraction in between.
+    numeric[:, k:] = np.clip((values[:, a.bin_source] - a.bin_low) / a.bin_width, 0.0, 1.0)
     out = {NUMERIC_INPUT: numeric}
-    for name, vocab in contract.vocabularies.items():
+    for name, vocab in a.vocabularies.items():
         labels = cat[name]
-        index = pc.index_in(labels, value_set=pa.array(vocab, pa.string())).to_numpy(zero_copy_only=False)
+        index = pc.index_in(labels, value_set=vocab).to_numpy(zero_copy_only=False)
         codes = np.where(np.isnan(index), OOV_INDEX, np.nan_to_num(index) + VOCAB_OFFSET)
         codes[pc.is_null(labels).to_numpy(zero_copy_only=False)] = MISSING_INDEX
         out[CATEGORICAL_PREFIX + name] = codes.astype("int32")

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from ml import contracts, features
@@ -115,3 +116,13 @@ def test_empty_batch_gives_empty_arrays(contract):
     x = features.transform(contract, [])
     assert x[features.NUMERIC_INPUT].shape == (0, contract.numeric_width)
     assert all(len(v) == 0 for v in x.values())
+
+
+def test_a_chunked_table_and_a_rebuilt_contract_give_the_same_output(flights, contract):
+    table = pa.Table.from_pandas(flights.iloc[:300], preserve_index=False)
+    chunked = pa.concat_tables([table.slice(0, 100), table.slice(100)])
+    rebuilt = features.FeatureContract.from_dict(json.loads(json.dumps(contract.to_dict())))
+    _assert_same(features.transform(contract, table), features.transform(rebuilt, chunked))
+    # The arrays built for a contract are kept for it, and leave it comparable with an equal contract.
+    assert features.ContractArrays.of(contract) is features.ContractArrays.of(contract)
+    assert contract == rebuilt
