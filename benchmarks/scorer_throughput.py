@@ -36,7 +36,7 @@ from ml.publish import build_envelope, publish  # noqa: E402
 from ml.replay import build_stream  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.topics import wait_until_served  # noqa: E402
-from scoring_service.app import Scorer  # noqa: E402
+from scoring_service.app import Scorer, consumer_config  # noqa: E402
 from scoring_service.batching import collect  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
 from scoring_service.sink import Sink  # noqa: E402
@@ -117,12 +117,10 @@ def rate(start: float, end: float, first_batch: int, total: int) -> float:
 
 
 def passthrough(s: ScorerSettings, total: int) -> float:
-    """Consume + produce the same bytes through the scorer's own batching and delivery path (``collect``,
-    ``Sink.send``/``confirm``: produce, flush, synchronous commit), no scoring; events/s."""
+    """Consume + produce the same bytes through the scorer's own consumer settings, batching and delivery
+    path (``collect``, ``Sink.send``/``settle``: produce, commit delivered offsets), no scoring; events/s."""
     out = f"{s.topic_flights_predictions}-passthrough"
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": f"{s.group_id}-pt",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "isolation.level": "read_committed"})
+    consumer = Consumer({**consumer_config(s, "passthrough"), "group.id": f"{s.group_id}-pt"})
     sink = Sink(s)
     consumer.subscribe([s.topic_flights_scheduled])
     done, first_batch, start = 0, 0, None
@@ -135,10 +133,12 @@ def passthrough(s: ScorerSettings, total: int) -> float:
             for m in msgs:
                 last[m.partition()] = m.offset()
             offsets = [TopicPartition(s.topic_flights_scheduled, p, o + 1) for p, o in sorted(last.items())]
-            sink.confirm(sink.send([(out, m.key(), m.value()) for m in msgs], offsets, consumer), consumer)
+            sink.settle(consumer)
+            sink.send([(out, m.key(), m.value()) for m in msgs], offsets, consumer)
             done += len(msgs)
             if start is None:
                 start, first_batch = time.perf_counter(), len(msgs)
+        sink.settle(consumer, handover=True)
         return rate(start, time.perf_counter(), first_batch, total)
     finally:
         consumer.close()

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
         # Inputs written by transactional producers count only once committed; also required for EOS chains.
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.session_timeout_ms,
+        "fetch.wait.max.ms": max(1, settings.batch_max_wait_ms // 2),
+        "fetch.min.bytes": 1 << 20,
         "on_commit": _log_commit_failure,
     }
 
@@ -79,7 +82,7 @@ class Scorer:
         self._totals = {"in": 0, "out": 0, "dlq": 0, "batches": 0}
         # Owned by the scoring thread (rebalance callbacks run on it too, inside consume()).
         self._sink: Sink | None = None
-        self._pending: _Batch | None = None
+        self._unsettled: deque[_Batch] = deque()  # sent, not yet delivered (or committed), oldest first
         self._rebalanced = False
 
     def stop(self) -> None:
@@ -129,9 +132,11 @@ class Scorer:
         log.info("scorer %s (%s) consuming %s as group %s (%s), batches of up to %d records / %d ms",
                  self.scorer_id, s.use_case, s.input_topic, s.group_id, s.delivery_mode, s.batch_size,
                  s.batch_max_wait_ms)
-        # One batch in flight: batch k is produced, batch k+1 is read and scored, then k is confirmed
-        # (delivered and committed) before k+1 is sent. Scoring overlaps the network round trips.
-        self._sink, self._pending = sink, None
+        # Batch k is produced, batch k+1 is read and scored, then what has settled since is counted
+        # (exactly_once: k's transaction is committed first) and k+1 is sent. Scoring overlaps the network
+        # round trips.
+        self._sink = sink
+        self._unsettled.clear()
         cadence = Cadence(s.batch_max_wait_ms / 1000)
         try:
             while not self._stop.is_set():
@@ -143,19 +148,20 @@ class Scorer:
                     self._restart_from_committed(consumer, len(msgs))
                     continue
                 batch = self._score(msgs)
-                if self._pending is not None:
-                    if not self._confirm(self._pending, consumer, after=batch):
-                        batch = None  # read after the rewind point: it will be read again
-                    self._pending = None
+                if not self._settle(consumer, after=batch):
+                    batch = None  # read after the rewind point: it will be read again
                 if batch is not None:
-                    self._pending = self._send(batch, consumer)
+                    self._send(batch, consumer)
                 self._update_lag(consumer)
-            if self._pending is not None:  # stopping: its commit lands before the consumer leaves
-                self._confirm(self._pending, consumer, after=None, handover=True)
-                self._pending = None
+            # Stopping: the commit lands before the consumer leaves.
+            self._settle(consumer, after=None, handover=True)
+        except BaseException:
+            # The unsettled batches stay uncommitted and are read again by whoever owns their partitions
+            # next: the revocation inside close() must not try to settle them again.
+            self._unsettled.clear()
+            self._sink = None
+            raise
         finally:
-            # After a normal stop nothing is pending; after an error the unconfirmed batch stays uncommitted
-            # and is read again by whoever owns its partitions next.
             consumer.close()
             sink.close()
 
@@ -163,7 +169,7 @@ class Scorer:
         """After a rebalance inside ``collect`` the batch may hold records fetched before a revocation
         (which the consumer will fetch again from the committed offset) beside records fetched after:
         drop it all and resume every assigned partition from its committed offset, which the revocation
-        brought up to date (the in-flight batch is confirmed in ``_on_revoke``)."""
+        brought up to date (the batches in flight are settled in ``_on_revoke``)."""
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
         if assigned:
             for tp in consumer.committed(assigned, timeout=self.settings.delivery_timeout_s):
@@ -216,24 +222,30 @@ class Scorer:
         return _Batch(out, offsets, first, last, len(inputs), len(scored.predictions), scored.dead_letter_classes,
                       model.name, model.version, started)
 
-    def _send(self, batch: _Batch, consumer: Consumer) -> _Batch | None:
+    def _send(self, batch: _Batch, consumer: Consumer) -> None:
         try:
             batch.in_flight = self._sink.send(batch.out, batch.offsets, consumer)
         except BatchAborted:
             self._rewind(consumer, batch.first, _ranges(batch.first, batch.last))
-            return None
-        return batch
+            return
+        self._unsettled.append(batch)
 
-    def _confirm(self, batch: _Batch, consumer: Consumer, after: _Batch | None, *, handover: bool = False) -> bool:
-        """Confirm ``batch``; False when its transaction was aborted and the input rewound (also past
-        ``after``, the batch read since, which is dropped). ``handover``: its partitions are being revoked,
-        so the commit must land before the next owner reads the committed offsets."""
+    def _settle(self, consumer: Consumer, after: _Batch | None, *, handover: bool = False) -> bool:
+        """Count the batches settled since the last call; False when the open transaction was aborted and
+        the input rewound (also past ``after``, the batch read since, which is dropped). ``handover``: the
+        partitions are being revoked (or the scorer stops), so every commit must land now."""
         try:
-            self._sink.confirm(batch.in_flight, consumer, sync_commit=handover)
+            settled = self._sink.settle(consumer, handover=handover)
         except BatchAborted:
-            rewind = {**(after.first if after else {}), **batch.first}
-            self._rewind(consumer, rewind, _ranges(batch.first, batch.last))
+            aborted = self._unsettled.popleft()  # exactly_once: the one open transaction
+            rewind = {**(after.first if after else {}), **aborted.first}
+            self._rewind(consumer, rewind, _ranges(aborted.first, aborted.last))
             return False
+        for _ in settled:
+            self._count(self._unsettled.popleft())
+        return True
+
+    def _count(self, batch: _Batch) -> None:
         m = self.metrics
         m.events_in.inc(batch.n_in)
         m.predictions_out.inc(batch.n_predictions)
@@ -251,7 +263,6 @@ class Scorer:
             self._last_version = batch.model_version
         log.debug("batch %s: %d predictions, %d dead letters, model v%d, %.1f ms", _ranges(batch.first, batch.last),
                   batch.n_predictions, len(batch.dead_letter_classes), batch.model_version, elapsed * 1000)
-        return True
 
     def _rewind(self, consumer: Consumer, to: dict[tuple[str, int], int], what: str) -> None:
         self.metrics.aborted.inc()
@@ -280,11 +291,10 @@ class Scorer:
         log.info("assigned %s", sorted(self._assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Confirm the in-flight batch while its partitions are still ours: its offsets get committed (or
-        # its transaction settled) and the next owner starts right after it, without duplicates.
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self._confirm(pending, consumer, after=None, handover=True)
+        # Settle the batches in flight while their partitions are still ours: their offsets get committed
+        # (or their transaction settled) and the next owner starts right after them, without duplicates.
+        if self._sink is not None:
+            self._settle(consumer, after=None, handover=True)
         self._rebalanced = True
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))

@@ -48,6 +48,10 @@ class ScorerSettings(BaseSettings):
     decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability at or above which delayed=true.")
     delivery_mode: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="at_least_once (commit after delivery) or exactly_once (transactions).")
+    commit_interval_ms: int = Field(
+        500, ge=0, le=60_000,
+        description="at_least_once: commit the offsets of delivered batches at most this often (a crash "
+                    "re-scores up to this much input; 0: after every batch). exactly_once commits each batch.")
     transactional_id: str = Field(
         None, description="exactly_once only: stable per replica, so a restarted replica fences its old self "
                           "(default <group id>-<host name>).")
@@ -61,7 +65,8 @@ class ScorerSettings(BaseSettings):
                                         "takes longer (the first load includes the TensorFlow import).")
     canary_rows: int = Field(64, ge=1, description="Rows of the synthetic warm-up batch a model must pass.")
     liveness_timeout_s: float = Field(60.0, gt=0, description="/healthz fails when the loop stalls this long.")
-    delivery_timeout_s: float = Field(30.0, gt=0, description="Wait at most this long for a batch's delivery.")
+    delivery_timeout_s: float = Field(30.0, gt=0, description="Give up on an unacknowledged record, a commit or "
+                                                              "a transaction after this long (the scorer then stops).")
     model_signing_key: SecretStr = Field(SecretStr(DEV_SIGNING_KEY),
                                          description="HMAC key of model envelopes (env only, never a flag).")
     log_level: str = Field("INFO", description="Python log level.")

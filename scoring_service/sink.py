@@ -1,17 +1,23 @@
-"""Delivery of a batch's outputs together with its input offsets, in the configured mode.
+"""Delivery of the scored batches' outputs together with their input offsets, in the configured mode.
 
-* ``at_least_once``: produce, ``flush``, check every delivery report, and only then commit the input
-  offsets. The commit is asynchronous (the scoring loop never waits on the group coordinator, which may be
-  away during a broker restart) except when partitions are handed over on a revocation; a crash before a
-  commit lands re-scores the batch: duplicates, never loss.
+* ``at_least_once``: batches are produced back to back, without waiting for the broker's acknowledgements
+  (a slow acknowledgement does not pause scoring). Delivery reports are collected as they come; the input
+  offsets of the batches whose every record is acknowledged, in order, are committed every
+  ``commit_interval_ms``, asynchronously (the scoring loop never waits on the group coordinator, which may
+  be away during a broker restart). On a hand-over (revocation or stop) everything is flushed and committed
+  synchronously. A failed record stops the scorer with its batch uncommitted; a crash before a commit lands
+  re-scores what followed the last commit: duplicates, never loss.
 * ``exactly_once``: one transaction per batch holds the predictions, the dead letters and the input offsets
   (``send_offsets_to_transaction`` with the consumer's group metadata); readers with
-  ``isolation.level=read_committed`` see each batch's outputs once or not at all.
+  ``isolation.level=read_committed`` see each batch's outputs once or not at all. A batch's transaction is
+  committed before the next one begins.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -46,38 +52,47 @@ def producer_config(settings: ScorerSettings) -> dict:
     return config
 
 
-@dataclass
+@dataclass(eq=False)
 class InFlight:
-    """A batch whose records are produced but not yet confirmed, and the input offsets it will commit."""
+    """A batch whose records are produced but not yet settled, and the input offsets it will commit."""
 
     offsets: list[TopicPartition]
     records: int
+    unacknowledged: int = 0
     errors: list[KafkaError] = field(default_factory=list)
+
+    def on_delivery(self, err: KafkaError | None, _msg) -> None:
+        self.unacknowledged -= 1
+        if err is not None:
+            self.errors.append(err)
 
 
 class Sink:
-    """Produces a batch's records and commits its input offsets atomically (per the delivery mode).
+    """Produces batches and commits their input offsets once they are durable (per the delivery mode).
 
-    ``send`` hands a batch to the producer and returns at once; ``confirm`` waits for it and commits. The
-    loop scores the next batch in between, so the network round trips overlap with scoring. Only one batch
-    is in flight at a time: ``confirm`` the previous batch before sending the next.
+    ``send`` hands a batch to the producer and returns at once; ``settle`` reports which batches sent so far
+    are settled (delivered, or their transaction committed), in the order they were sent. The loop scores
+    the next batch in between, so network round trips overlap with scoring.
     """
 
     def __init__(self, settings: ScorerSettings) -> None:
         self.settings = settings
         self.transactional = settings.delivery_mode == "exactly_once"
         self.producer = Producer(producer_config(settings))
+        self._unsettled: deque[InFlight] = deque()
+        self._to_commit: dict[tuple[str, int], int] = {}
+        self._committed_at = time.monotonic()
         if self.transactional:
             self.producer.init_transactions(settings.delivery_timeout_s)
 
     def send(self, records: Sequence[Record], offsets: list[TopicPartition], consumer: Consumer) -> InFlight:
-        """Produce ``records`` (in a new transaction that also holds ``offsets``, in exactly_once mode).
-
-        Raises BatchAborted when the transaction had to be aborted, KafkaException on fatal errors.
-        """
-        batch = InFlight(offsets, len(records))
+        """Produce ``records`` (in a new transaction that also holds ``offsets``, in exactly_once mode, which
+        requires the previous batch settled). Raises BatchAborted when the transaction had to be aborted,
+        KafkaException on fatal errors."""
+        batch = InFlight(offsets, len(records), unacknowledged=len(records))
         if not self.transactional:
-            self._produce(records, lambda err, _msg: err is not None and batch.errors.append(err))
+            self._produce(records, batch.on_delivery)
+            self._unsettled.append(batch)
             return batch
         try:
             self.producer.begin_transaction()
@@ -86,34 +101,53 @@ class Sink:
                                                       self.settings.delivery_timeout_s)
         except KafkaException as e:
             self._abort(e, batch)
+        self._unsettled.append(batch)
         return batch
 
-    def confirm(self, batch: InFlight, consumer: Consumer, *, sync_commit: bool = False) -> None:
-        """Wait until ``batch`` is durable, then commit its offsets (in at_least_once mode asynchronously
-        unless ``sync_commit``; failures of an asynchronous commit are logged by the consumer's on_commit).
+    def settle(self, consumer: Consumer, *, handover: bool = False) -> list[InFlight]:
+        """The batches settled since the last call, oldest first.
 
-        Raises DeliveryFailed when a record is not acknowledged (at_least_once: nothing committed),
-        BatchAborted when the transaction was aborted (exactly_once), KafkaException on fatal errors.
+        exactly_once: commits the open transaction. at_least_once: collects delivery reports without
+        waiting, and commits (asynchronously) the offsets of the delivered batches when the commit interval
+        has passed; ``handover`` (partitions revoked, or stopping) waits for every batch and commits
+        synchronously, so the next owner reads the committed offsets after them.
+
+        Raises DeliveryFailed when a record is not acknowledged (its batch and the later ones stay
+        uncommitted), BatchAborted when the transaction was aborted (exactly_once; its input must be read
+        again), KafkaException on fatal errors.
         """
         if self.transactional:
-            try:
-                self._commit_transaction()
-            except KafkaException as e:
-                self._abort(e, batch)
-            return
-        remaining = self.producer.flush(self.settings.delivery_timeout_s)
-        if remaining or batch.errors:
-            raise DeliveryFailed(f"{len(batch.errors)} record(s) failed ({batch.errors[:3]}), {remaining} "
-                                 f"unacknowledged after {self.settings.delivery_timeout_s} s: input offsets "
-                                 f"{batch.offsets} not committed")
-        if batch.offsets:
-            try:
-                consumer.commit(offsets=batch.offsets, asynchronous=not sync_commit)
-            except KafkaException as e:
-                # Partitions revoked while delivering: the new owner re-reads from the last commit. The
-                # outputs are delivered, so this costs duplicates, which at-least-once allows.
-                log.warning("commit of %s failed after delivery (%s): the batch may be scored again",
-                            batch.offsets, e)
+            return self._commit_transaction() if self._unsettled else []
+        if handover:
+            self.producer.flush(self.settings.delivery_timeout_s)
+        else:
+            self.producer.poll(0)
+        failed = [b for b in self._unsettled if b.errors]
+        if failed or (handover and any(b.unacknowledged for b in self._unsettled)):
+            errors = [e for b in failed for e in b.errors]
+            raise DeliveryFailed(f"{len(errors)} record(s) failed ({errors[:3]}), "
+                                 f"{sum(b.unacknowledged for b in self._unsettled)} unacknowledged: input "
+                                 f"offsets from {self._unsettled[0].offsets} on not committed")
+        settled = []
+        while self._unsettled and self._unsettled[0].unacknowledged == 0:
+            batch = self._unsettled.popleft()
+            settled.append(batch)
+            self._to_commit.update({(tp.topic, tp.partition): tp.offset for tp in batch.offsets})
+        if self._to_commit and (handover or time.monotonic() - self._committed_at
+                                >= self.settings.commit_interval_ms / 1000):
+            self._commit(consumer, synchronous=handover)
+        return settled
+
+    def _commit(self, consumer: Consumer, *, synchronous: bool) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._to_commit.items())]
+        self._to_commit.clear()
+        self._committed_at = time.monotonic()
+        try:
+            consumer.commit(offsets=offsets, asynchronous=not synchronous)
+        except KafkaException as e:
+            # Partitions revoked while delivering: the new owner re-reads from the last commit. The outputs
+            # are delivered, so this costs duplicates, which at-least-once allows.
+            log.warning("commit of %s failed after delivery (%s): those records may be scored again", offsets, e)
 
     def _abort(self, exc: KafkaException, batch: InFlight) -> None:
         err: KafkaError = exc.args[0]
@@ -121,6 +155,7 @@ class Sink:
             # Fenced by a newer instance, or an unrecoverable producer: this process must stop.
             raise exc
         log.warning("transaction of %d record(s) for offsets %s aborted: %s", batch.records, batch.offsets, err)
+        self._unsettled.clear()
         self.producer.abort_transaction(self.settings.delivery_timeout_s)
         raise BatchAborted(str(err)) from exc
 
@@ -134,16 +169,17 @@ class Sink:
                     self.producer.poll(0.05)
         self.producer.poll(0)
 
-    def _commit_transaction(self, attempts: int = 3) -> None:
+    def _commit_transaction(self, attempts: int = 3) -> list[InFlight]:
         for attempt in range(1, attempts + 1):
             try:
                 self.producer.commit_transaction(self.settings.delivery_timeout_s)
-                return
+                break
             except KafkaException as e:
-                # A retriable error (e.g. a timeout) leaves the outcome open: committing again settles it.
                 if not e.args[0].retriable() or attempt == attempts:
-                    raise
+                    self._abort(e, self._unsettled[0])
+                # A retriable error (e.g. a timeout) leaves the outcome open: committing again settles it.
                 log.warning("commit_transaction attempt %d failed (%s): retrying", attempt, e.args[0])
+        return [self._unsettled.popleft()]
 
     def close(self) -> None:
         if not self.transactional:

@@ -403,35 +403,35 @@ def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
 
 
 @pytest.mark.slow
-def test_exactly_once_survives_sigkill_with_one_committed_prediction_per_input(
-        settings, events, contract, artifacts, tmp_path):
-    s = settings.model_copy(update={"delivery_mode": "exactly_once", "batch_size": 200})
+@pytest.mark.parametrize("mode", ["exactly_once", "at_least_once"])
+def test_sigkill_mid_stream_then_restart_loses_nothing(settings, events, contract, artifacts, tmp_path, mode):
+    """exactly_once: one committed prediction per input. at_least_once: at least one per input, and the
+    duplicates are only of inputs after the last commit before the kill."""
+    s = settings.model_copy(update={"delivery_mode": mode, "batch_size": 200})
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     stream = events[:6000]
-    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream)
+    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[:1000])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_SIGNING_KEY": KEY,
            **{name.upper(): str(value) for name, value in s.model_dump(exclude={"model_signing_key"}).items()}}
     log1 = open(tmp_path / "scorer-1.log", "wb")
     first = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log1,
                              stderr=subprocess.STDOUT)
+    # The rest arrives as a live stream once the scorer is up, so the kill lands in the middle of it.
+    rest = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled,
+                                                  stream[1000:], 1000.0))
     try:
-        # Kill once some batches are committed, mid-stream (batches of 200, so most of the input remains).
-        seen: dict[str, int] = {}
-
-        def some_committed() -> bool:
-            seen["done"] = sum(max(o, 0) for o in committed(s).values())
-            return seen["done"] >= 600
-
-        wait_for(some_committed, 120, "first commits")
+        wait_for(lambda: sum(max(o, 0) for o in committed(s).values()) >= 600, 120, "first commits")
+        rest.start()
+        time.sleep(1.5)
+        before_kill = committed(s)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        # Measured before the kill: the killed replica's open transaction keeps the group's offsets unstable
-        # (committed() waits) until the restarted replica fences it or the transaction times out.
-        assert seen["done"] < len(stream), "killed too late to test anything"
+        assert sum(max(o, 0) for o in before_kill.values()) < len(stream), "killed too late to test anything"
         log2 = open(tmp_path / "scorer-2.log", "wb")
         second = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log2,
                                   stderr=subprocess.STDOUT)
         try:
+            rest.join(60)
             wait_for(lambda: committed(s) == high_watermarks(s), 180, "restart to finish the stream")
             second.send_signal(signal.SIGTERM)
             assert second.wait(60) == 0
@@ -441,8 +441,32 @@ def test_exactly_once_survives_sigkill_with_one_committed_prediction_per_input(
     finally:
         if first.poll() is None:
             first.kill()
+        if rest.is_alive():
+            rest.join(60)
     predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream), settle=2.0)
-    assert_exactly_once(predictions, s, len(stream))
+    if mode == "exactly_once":
+        assert_exactly_once(predictions, s, len(stream))
+        return
+    positions = Counter((p["source_partition"], p["source_offset"]) for p in predictions)
+    assert len(positions) == len(stream), f"{len(stream) - len(positions)} input(s) without a prediction"
+    duplicated = [(p, o) for (p, o), n in positions.items() if n > 1]
+    assert all(o >= before_kill[p] for p, o in duplicated), "an input committed before the kill was scored again"
+
+
+def test_at_least_once_commits_delivered_batches_on_the_interval_and_all_at_stop(
+        settings, scorers, events, contract, artifacts):
+    s = settings.model_copy(update={"commit_interval_ms": 60_000})
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    running = scorers(s)
+    batch = events[:2000]
+    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, batch)
+    assert_exactly_once(read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(batch)), s, len(batch))
+    # Every prediction is delivered, yet no commit is due for a minute...
+    assert set(committed(s).values()) == {-1001}
+    assert running.metric("scorer_predictions_out_total") == len(batch)
+    # ...and stopping commits everything delivered before the consumer leaves.
+    running.stop()
+    assert committed(s) == high_watermarks(s)
 
 
 @pytest.mark.slow
