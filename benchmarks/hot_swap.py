@@ -50,6 +50,8 @@ from scoring_service.config import ScorerSettings  # noqa: E402
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parents[1]
 LOG = REPO / ".local" / "bench-hot-swap-scorer.log"
+
+
 def paced_produce(s: ScorerSettings, events, rate: float, sent: dict) -> None:
     """Produce at ``rate`` events/s, paced every millisecond and sent at least every 5 ms (a steady stream,
     far finer than a batch interval); records (partition, offset) -> timestamp ms of each delivered input."""

@@ -49,6 +49,8 @@ def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
         # Inputs written by transactional producers count only once committed; also required for EOS chains.
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.session_timeout_ms,
+        # A fetch is answered once 1 MiB is there or half a batch interval has passed, whichever first: a
+        # live stream costs the broker a bounded number of fetches, not one per record batch it receives.
         "fetch.wait.max.ms": max(1, settings.batch_max_wait_ms // 2),
         "fetch.min.bytes": 1 << 20,
         "on_commit": _log_commit_failure,
