@@ -19,6 +19,7 @@ starts a local broker. Last stdout line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -55,7 +56,11 @@ LOG = REPO / ".local" / "bench-hot-swap-scorer.log"
 def paced_produce(s: ScorerSettings, events, rate: float, sent: dict) -> None:
     """Produce at ``rate`` events/s, paced every millisecond and sent at least every 5 ms (a steady stream,
     far finer than a batch interval); records (partition, offset) -> timestamp ms of each delivered input."""
-    p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "enable.idempotence": True, "linger.ms": 5})
+    # Not idempotent: librdkafka's idempotent producer waits for a partition's request to be answered before
+    # sending the next, spinning its broker thread meanwhile (see scoring_service.sink), which took a core
+    # from a broker that was slow for a moment. This one does not wait; a retried input would be a new
+    # offset, scored and counted like any other.
+    p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "linger.ms": 5})
     step = max(1, round(rate / 1000))  # events per millisecond
 
     def on_delivery(err, msg) -> None:
@@ -155,15 +160,19 @@ def main() -> None:
     v1, _ = model_envelope(contract, 1, seed=1)
     v2, _ = model_envelope(contract, 2, seed=2)
     bad = bad_envelope(contract)
+    # Building the models imported TensorFlow here: a full collection over its objects held the GIL for
+    # 50-100 ms and paused the paced producer. Nothing made so far is garbage.
+    gc.freeze()
     with kafka_cluster() as bootstrap:
         s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms,
                            http_port=free_port())
         publish(loop_settings(s), v1)
         LOG.parent.mkdir(parents=True, exist_ok=True)
         with open(LOG, "w") as log_file:
-            # Its own process, as deployed (own container): it shares no GIL with this stream's producer.
+            # Its own process and session, as deployed (own container): it shares no GIL with this stream's
+            # producer, and Linux's scheduler gives its session a share of the CPU of its own (autogroup).
             scorer = subprocess.Popen([sys.executable, "-m", "scoring_service"], env=scorer_env(s), cwd=REPO,
-                                      stdout=log_file, stderr=subprocess.STDOUT)
+                                      stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(s, scorer)
             sent: dict = {}

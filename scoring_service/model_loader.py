@@ -26,7 +26,8 @@ from scoring_service.inference import ForwardPlan, UnsupportedModel, forward_pla
 
 log = logging.getLogger(__name__)
 
-# The child yields the CPU to the scoring process whenever both want it.
+# The child yields the CPU to the scoring process whenever both want it. (The model watcher thread is not
+# niced: preempted while it holds the GIL, it would hold up the scoring thread.)
 CHILD_NICENESS = 10
 
 
@@ -44,6 +45,17 @@ def _serve(conn: Connection) -> None:
     # Ctrl-C reaches the whole process group: the scorer shuts down and closes the pipe, which ends this loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(CHILD_NICENESS)
+    # Started in a session of its own: where Linux groups CPU time by session (autogroup, on a host without
+    # containers), a niced session yields to the scorer's and to every other one, not only within the scorer's.
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(CHILD_NICENESS))
+    except OSError:  # not Linux, or no autogroup: the process niceness above is what counts
+        pass
+    # One thread each: a model this small loads as fast on one core, and TensorFlow's default pools (one
+    # thread per core) took every core from scoring and the broker for the length of a load.
+    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     from ml.model import from_bytes  # TensorFlow is imported here, in the child only
 
     model = None
@@ -101,9 +113,10 @@ class ModelLoader:
         # A socket pair rather than multiprocessing's spawn, which re-imports the parent's __main__ module.
         ours, theirs = socket.socketpair()
         with theirs:
+            # Its own session (see _serve); it still ends with the scorer, whose end of the pipe closes.
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "scoring_service.model_loader", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         self._conn = Connection(ours.detach())
         log.info("model loader process %d started", self._process.pid)
 

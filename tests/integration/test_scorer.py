@@ -1,5 +1,6 @@
 """The scorer against a real broker: first model, steady-load hot swap, refused models, dead letters, no model
-yet, exactly-once delivery across a SIGKILL, two replicas, and a broker restart under the scorer."""
+yet, exactly-once delivery across a SIGKILL, two replicas, a broker restart under the scorer, and a frozen
+broker under the sink."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from ml.replay import build_stream
 from ml.settings import LoopSettings
 from scoring_service.app import Scorer
 from scoring_service.config import ScorerSettings
+from scoring_service.sink import MAX_UNACKNOWLEDGED_BATCHES, Sink
 
 pytestmark = pytest.mark.integration
 
@@ -555,6 +557,46 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
         assert running.http("/healthz")[0] == 200
     finally:
         running.stop()
+
+
+@pytest.mark.slow
+def test_a_frozen_broker_holds_at_least_once_batches_in_a_bounded_window_without_spinning(private_broker):
+    """While the broker does not answer (SIGSTOP), the sink leaves MAX_UNACKNOWLEDGED_BATCHES batches
+    unacknowledged and waits for the oldest asleep: no librdkafka thread spins on records queued behind an
+    unanswered request (which took the CPU a slow broker needed), and every batch is delivered once it
+    answers again."""
+    bootstrap = private_broker.bootstrap_servers
+    topic = f"pred-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+        fut.result(30)
+    sink = Sink(ScorerSettings(kafka_bootstrap_servers=bootstrap, topic_flights_predictions=topic, http_port=0))
+    records = [(topic, str(i).encode(), b"x" * 200) for i in range(30)]  # keys spread them over 3 partitions
+    sent: list = [sink.send(records, [], consumer=None)]
+    sink.producer.flush(30)  # connected, producer id assigned, partitions known
+    pid = broker.running_pid(private_broker)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        def stream() -> None:  # one batch every 20 ms, as the loop does: each is a request of its own
+            for _ in range(MAX_UNACKNOWLEDGED_BATCHES + 3):
+                sent.append(sink.send(records, [], consumer=None))
+                time.sleep(0.02)
+
+        sender = threading.Thread(target=stream)
+        cpu_before = time.process_time()
+        sender.start()
+        time.sleep(2)
+        cpu = time.process_time() - cpu_before
+        assert len(sent) == 1 + MAX_UNACKNOWLEDGED_BATCHES, "the window is not bounded"
+        assert cpu < 0.5, f"{cpu:.2f} s of CPU in 2 s while waiting for a frozen broker"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    sender.join(60)
+    assert not sender.is_alive()
+    sink.producer.flush(30)
+    assert len(sent) == 1 + MAX_UNACKNOWLEDGED_BATCHES + 3
+    assert all(b.unacknowledged == 0 and not b.errors for b in sent)
+    sink.close()
 
 
 def _served(s: ScorerSettings) -> bool:
