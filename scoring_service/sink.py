@@ -1,12 +1,12 @@
 """Delivery of the scored batches' outputs together with their input offsets, in the configured mode.
 
-* ``at_least_once``: a batch is produced once the previous one is acknowledged (``MAX_UNACKNOWLEDGED_BATCHES``)
-  while the loop scores the next one, so the round trip overlaps with scoring. Delivery reports are collected
-  as they come; the input offsets of the batches whose every record is acknowledged, in order, are committed
-  every ``commit_interval_ms``, asynchronously (the scoring loop never waits on the group coordinator, which
-  may be away during a broker restart). On a hand-over (revocation or stop) everything is flushed and
-  committed synchronously. A failed record stops the scorer with its batch uncommitted; a crash before a
-  commit lands re-scores what followed the last commit: duplicates, never loss.
+* ``at_least_once``: batches are produced back to back, without waiting for the broker's acknowledgements
+  (a slow acknowledgement does not pause scoring). Delivery reports are collected as they come; the input
+  offsets of the batches whose every record is acknowledged, in order, are committed every
+  ``commit_interval_ms``, asynchronously (the scoring loop never waits on the group coordinator, which may
+  be away during a broker restart). On a hand-over (revocation or stop) everything is flushed and committed
+  synchronously. A failed record stops the scorer with its batch uncommitted; a crash before a commit lands
+  re-scores what followed the last commit: duplicates, never loss.
 * ``exactly_once``: one transaction per batch holds the predictions, the dead letters and the input offsets
   (``send_offsets_to_transaction`` with the consumer's group metadata); readers with
   ``isolation.level=read_committed`` see each batch's outputs once or not at all. A batch's transaction is
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes]  # topic, key, value
 
-# librdkafka's idempotent producer sends a partition's next request only once its previous one is answered, and
-# a record queued behind an unanswered request makes its broker thread poll without sleeping until the answer
-# comes: measured, a second batch behind a frozen broker cost 1.5 s of CPU in 1.5 s, a single one nothing. On
-# 2 cores such spinning clients took the CPU from a broker that was slow for a moment, which slowed it further:
-# input and predictions stopped for 0.1-2 s. So at_least_once produces a batch only once the previous one is
-# acknowledged, waiting for it asleep in poll(); the loop scores the next batch meanwhile.
-MAX_UNACKNOWLEDGED_BATCHES = 1
-
 
 class BatchAborted(RuntimeError):
     """The batch's transaction was aborted: nothing of it is visible, its input must be read again."""
@@ -46,8 +38,7 @@ class BatchAborted(RuntimeError):
 def producer_config(settings: ScorerSettings) -> dict:
     config = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
-        # Idempotence (acks=all, no duplicates from librdkafka's own retries, order kept per partition).
-        "enable.idempotence": True,
+        "acks": "all",
         # A batch's records are handed over in one burst, so they fill record batches without waiting;
         # every millisecond of lingering is a millisecond of latency on a live stream.
         "linger.ms": 1,
@@ -55,8 +46,15 @@ def producer_config(settings: ScorerSettings) -> dict:
     }
     if settings.delivery_mode == "exactly_once":
         # Stable per replica: a restarted replica with the same id fences its previous incarnation's
-        # transaction (aborting what it left open) before writing.
+        # transaction (aborting what it left open) before writing. Transactions imply idempotence.
         config["transactional.id"] = settings.transactional_id
+    # at_least_once is not idempotent: librdkafka's idempotent producer sends a partition's next request only
+    # once its previous one is answered, and a record queued behind it makes the broker thread poll without
+    # sleeping until the answer comes (measured: 1.5 s of CPU in 1.5 s behind a frozen broker). On 2 cores
+    # such spinning clients took the CPU from a broker that was slow for a moment, which slowed it further:
+    # input and predictions stopped for 0.1-2 s. A request retried after a lost answer may duplicate (or
+    # reorder) its records, which at-least-once allows. exactly_once commits a batch's transaction before it
+    # produces the next batch, so nothing waits behind an unanswered request there.
     return config
 
 
@@ -96,11 +94,9 @@ class Sink:
     def send(self, records: Sequence[Record], offsets: list[TopicPartition], consumer: Consumer) -> InFlight:
         """Produce ``records`` (in a new transaction that also holds ``offsets``, in exactly_once mode, which
         requires the previous batch settled). Raises BatchAborted when the transaction had to be aborted,
-        DeliveryFailed when earlier batches stay unacknowledged (at_least_once), KafkaException on fatal
-        errors."""
+        KafkaException on fatal errors."""
         batch = InFlight(offsets, len(records), unacknowledged=len(records))
         if not self.transactional:
-            self._wait_for_window()
             self._produce(records, batch.on_delivery)
             self._unsettled.append(batch)
             return batch
@@ -147,18 +143,6 @@ class Sink:
                                 >= self.settings.commit_interval_ms / 1000):
             self._commit(consumer, synchronous=handover)
         return settled
-
-    def _wait_for_window(self) -> None:
-        """Serve delivery reports until fewer than MAX_UNACKNOWLEDGED_BATCHES batches wait for theirs.
-
-        Raises DeliveryFailed when the oldest stays unacknowledged for ``delivery_timeout_s``."""
-        deadline = time.monotonic() + self.settings.delivery_timeout_s
-        while sum(1 for b in self._unsettled if b.unacknowledged) >= MAX_UNACKNOWLEDGED_BATCHES:
-            if time.monotonic() > deadline:
-                raise DeliveryFailed(f"{len(self._unsettled)} batches unacknowledged for "
-                                     f"{self.settings.delivery_timeout_s:.0f} s: input offsets from "
-                                     f"{self._unsettled[0].offsets} on not committed")
-            self.producer.poll(0.01)
 
     def _commit(self, consumer: Consumer, *, synchronous: bool) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._to_commit.items())]
