@@ -16,6 +16,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka import broker, distribution
+from ml.settings import LoopSettings
+from ml.topics import wait_until_served
 
 REPO = Path(__file__).resolve().parents[1]
 KEPT_LOGS = REPO / ".local" / "test-logs"
@@ -69,8 +71,10 @@ def high_watermark(kafka_bootstrap: str) -> Callable[[str], int]:
 
 
 @pytest.fixture
-def new_topic(kafka_admin: AdminClient) -> Callable[..., str]:
-    """Create a uniquely named topic (deleted after the test); returns its name."""
+def new_topic(kafka_bootstrap: str, kafka_admin: AdminClient) -> Callable[..., str]:
+    """Create a uniquely named topic (deleted after the test) and wait until the broker serves every
+    partition; returns its name. (CreateTopics answers once the controller has the topic: the broker may
+    not have applied it yet, and then answers UNKNOWN_TOPIC_OR_PART for a moment.)"""
     created: list[str] = []
 
     def make(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
@@ -80,6 +84,7 @@ def new_topic(kafka_admin: AdminClient) -> Callable[..., str]:
         )[name]
         fut.result(timeout=30)
         created.append(name)
+        wait_until_served(LoopSettings(kafka_bootstrap_servers=kafka_bootstrap), {name: partitions}, timeout=30)
         return name
 
     yield make
