@@ -21,16 +21,17 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -53,29 +54,39 @@ REPO = Path(__file__).resolve().parents[1]
 LOG = REPO / ".local" / "bench-hot-swap-scorer.log"
 
 
-def paced_produce(s: ScorerSettings, events, rate: float, sent: dict) -> None:
+def paced_produce(bootstrap: str, topic: str, events, rate: float, conn: Connection) -> None:
     """Produce at ``rate`` events/s, paced every millisecond and sent at least every 5 ms (a steady stream,
-    far finer than a batch interval); records (partition, offset) -> timestamp ms of each delivered input."""
+    far finer than a batch interval); sends "started", then (partition, offset) -> timestamp ms of each
+    delivered input, over ``conn``.
+
+    Runs in a process of its own, as an upstream producer would: in this one, the publications' CPU work
+    (reading and verifying the models topic) held the GIL and paused the stream for up to 56 ms.
+    """
     # Not idempotent: librdkafka's idempotent producer waits for a partition's request to be answered before
     # sending the next, spinning its broker thread meanwhile (see scoring_service.sink), which took a core
     # from a broker that was slow for a moment. This one does not wait; a retried input would be a new
     # offset, scored and counted like any other.
-    p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    # Nothing here makes reference cycles; a collection pass over the events and delivery records would
+    # pause the stream.
+    gc.disable()
     step = max(1, round(rate / 1000))  # events per millisecond
+    sent: dict[tuple[int, int], int] = {}
 
     def on_delivery(err, msg) -> None:
         if err is None:
             sent[(msg.partition(), msg.offset())] = msg.timestamp()[1]
 
+    conn.send("started")
     started = time.monotonic()
     for i, (key, value) in enumerate(events):
         if i % step == 0:
             time.sleep(max(0.0, started + i / rate - time.monotonic()))
-        p.produce(s.topic_flights_scheduled, key=key, value=value, on_delivery=on_delivery)
+        p.produce(topic, key=key, value=value, on_delivery=on_delivery)
         p.poll(0)
     if p.flush(60):
         raise RuntimeError("input not delivered")
-    log.info("produced %d events in %.1f s", len(events), time.monotonic() - started)
+    conn.send(sent)
 
 
 def read_all(s: ScorerSettings, topic: str, until, timeout: float) -> list:
@@ -175,9 +186,16 @@ def main() -> None:
                                       stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(s, scorer)
-            sent: dict = {}
-            producer = threading.Thread(target=paced_produce, args=(s, events, args.rate, sent))
+            # Spawned, not forked: this process has imported TensorFlow.
+            ctx = multiprocessing.get_context("spawn")
+            results, to_us = ctx.Pipe(duplex=False)
+            producer = ctx.Process(target=paced_produce, daemon=True,
+                                   args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled, events, args.rate,
+                                         to_us))
             producer.start()
+            to_us.close()  # the child's copy stays open: a child that dies ends our recv() with EOFError
+            if results.recv() != "started":
+                raise RuntimeError("input producer did not start")
             time.sleep(args.warm_up_seconds)
             measured_from = time.time() * 1000
             log.info("warm-up over: measuring")
@@ -187,6 +205,7 @@ def main() -> None:
             time.sleep(args.seconds / 3)
             published[3] = time.time() * 1000
             publish(loop_settings(s), bad)
+            sent = results.recv()
             producer.join()
             predictions = read_all(s, s.topic_flights_predictions, lambda out: len(out) >= len(events),
                                    timeout=120)

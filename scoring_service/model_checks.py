@@ -1,11 +1,14 @@
-"""Checks a model must pass before it may serve: its feature contract fits the input topic (the use case's
-``parse_contract``) and the model, and it scores a canary batch with fit outputs that match Keras.
+"""Checks a model must pass before it may serve: its archive is within the size limit, its feature contract
+fits the input topic (the use case's ``parse_contract``) and the model, and it scores a canary batch with fit
+outputs that match Keras.
 
 Each failed check raises ``ModelRefused`` with a ``kind`` (the label of the rejected-models counter).
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +30,18 @@ class ModelRefused(ValueError):
         self.kind = kind
         self.reason = reason
         super().__init__(f"{kind}: {reason}")
+
+
+def check_archive(artifact: bytes, limit: int) -> None:
+    """Raises ModelRefused unless ``artifact`` is a zip archive (as ``.keras`` files are) whose size, packed
+    and unpacked, is within ``limit`` bytes (MAX_MODEL_BYTES): a zip bomb is refused before it is read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(artifact)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as e:
+        raise ModelRefused("load", f"artifact is not a .keras archive: {e}") from e
+    if max(len(artifact), unpacked) > limit:
+        raise ModelRefused("oversized", f"artifact unpacks to {unpacked} bytes, limit {limit} (MAX_MODEL_BYTES)")
 
 
 def warm_up(use_case: ScoringUseCase, contract: Any, forward: NumpyForward,

@@ -1,11 +1,15 @@
-"""Keras in a child process: the scorer never imports TensorFlow, and loading a model never stalls scoring.
+"""Model admission in a child process: the scorer never imports TensorFlow, and checking a model never
+stalls scoring.
 
-Loading a ``.keras`` archive and running Keras on the canary batch hold Python's GIL for hundreds of
-milliseconds; in the scorer's own process that would pause the scoring thread. So one child process
-(``python -m scoring_service.model_loader``, started once at a lower CPU priority, and kept) does it: it loads the artifact with ``safe_mode=True``,
-turns the model into a plain ``ForwardPlan`` (configs and weight arrays) and, on request, computes Keras's
-own output for the canary batch. Only arrays cross the pipe, never a pickled Keras object from the topic.
-A child that dies or hangs on an artifact is replaced, and that model is refused.
+Verifying an envelope, loading the ``.keras`` archive and building and running the canary batch take tens
+of milliseconds of Python: in the scorer's own process that work would hold the GIL, which the scoring thread
+then waits for each time it takes it back after I/O. So one child process (``python -m
+scoring_service.model_loader``, started once at a lower CPU priority, and kept) runs every check of
+``admit`` on the raw record: HMAC and SHA-256, the feature contract, the archive's size, the Keras load with
+``safe_mode=True``, the numpy pass derived from the model and the canary batch against Keras's own output.
+It returns an ``Admission``: the contract and a plain ``ForwardPlan`` (configs and weight arrays). Only our
+own plain data crosses the pipe, never a pickled object from the topic. A child that dies or hangs on a
+record is replaced, and that model is refused.
 """
 
 from __future__ import annotations
@@ -17,12 +21,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from scoring_service.inference import ForwardPlan, UnsupportedModel, forward_plan
+from ml.errors import EnvelopeRejected
+from ml.publish import verify_envelope
+from scoring_service import model_checks, use_cases
+from scoring_service.inference import ForwardPlan, NumpyForward, UnsupportedModel, forward_plan
+from scoring_service.model_checks import ModelRefused
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +42,84 @@ CHILD_NICENESS = 10
 
 
 class LoaderFailed(Exception):
-    """The child refused a request; ``kind`` is the rejection kind (load, architecture, canary)."""
+    """A record was refused (``kind``: the rejection kind, e.g. signature, load, canary); ``version`` is
+    the model version of a verified envelope, None when the envelope itself was refused."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, version: int | None = None) -> None:
         self.kind = kind
         self.reason = reason
+        self.version = version
         super().__init__(f"{kind}: {reason}")
 
 
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """What an envelope is checked against; sent with each request."""
+
+    model_name: str
+    use_case: str
+    signing_key: bytes
+    max_model_bytes: int
+    canary_rows: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A verified envelope of our model: ``plan`` is None when it is the version already serving."""
+
+    model_name: str
+    model_version: int
+    artifact_sha256: str
+    contract: Any  # the use case's feature contract
+    plan: ForwardPlan | None
+
+
+def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
+          load: Callable[[bytes], Any]) -> Admission | None:
+    """Every check of one `models` record, with ``load`` (bytes -> Keras model); None when the record is
+    another model's. ``serving`` is the (version, artifact SHA-256) serving now. Raises LoaderFailed."""
+    try:
+        envelope = verify_envelope(raw, policy.signing_key)
+    except EnvelopeRejected as e:
+        raise LoaderFailed(e.kind, e.reason) from e
+    if envelope.model_name != policy.model_name:
+        return None
+    version, sha256 = envelope.model_version, envelope.artifact_sha256
+    try:
+        use_case = use_cases.get(policy.use_case)
+        contract = use_case.parse_contract(envelope.feature_contract)
+        if serving == (version, sha256):
+            return Admission(envelope.model_name, version, sha256, contract, plan=None)
+        artifact = envelope.artifact()
+        model_checks.check_archive(artifact, policy.max_model_bytes)
+        try:
+            model = load(artifact)
+        except Exception as e:  # Keras raises many types for a broken archive; all mean "cannot load"
+            raise ModelRefused("load", f"{type(e).__name__}: {str(e)[:300]}") from e
+        plan = forward_plan(model)
+        model_checks.warm_up(use_case, contract, NumpyForward.from_plan(plan), _keras_output(model),
+                             policy.canary_rows)
+    except ModelRefused as e:
+        raise LoaderFailed(e.kind, e.reason, version) from e
+    except UnsupportedModel as e:
+        raise LoaderFailed("architecture", str(e), version) from e
+    return Admission(envelope.model_name, version, sha256, contract, plan)
+
+
+def _keras_output(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def call(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        try:
+            return np.asarray(model(inputs, training=False))
+        except Exception as e:  # wrong inputs for this model, or a failing layer
+            raise ModelRefused("canary", f"Keras failed on the canary batch: {type(e).__name__}: "
+                                         f"{str(e)[:300]}") from e
+
+    return call
+
+
 def _serve(conn: Connection) -> None:
-    """The child's loop: ("load", bytes) -> plan; ("call", inputs) -> Keras's output of the last model."""
+    """The child's loop: ("admit", (raw, policy, serving)) -> ("ok", Admission | None) or
+    ("error", kind, reason, version)."""
     # Ctrl-C reaches the whole process group: the scorer shuts down and closes the pipe, which ends this loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(CHILD_NICENESS)
@@ -58,7 +136,6 @@ def _serve(conn: Connection) -> None:
         os.environ.setdefault(var, "1")
     from ml.model import from_bytes  # TensorFlow is imported here, in the child only
 
-    model = None
     while True:
         try:
             request = conn.recv()
@@ -68,32 +145,15 @@ def _serve(conn: Connection) -> None:
             return
         op, payload = request
         try:
-            if op == "load":
-                model = None
-                try:
-                    model = from_bytes(payload)
-                except Exception as e:  # Keras raises many types for a broken archive; all mean "cannot load"
-                    raise LoaderFailed("load", f"{type(e).__name__}: {str(e)[:300]}") from e
-                try:
-                    conn.send(("ok", forward_plan(model)))
-                except UnsupportedModel as e:
-                    raise LoaderFailed("architecture", str(e)) from e
-            elif op == "call":
-                if model is None:
-                    raise LoaderFailed("canary", "no model loaded")
-                try:
-                    conn.send(("ok", np.asarray(model(payload, training=False))))
-                except Exception as e:  # wrong inputs for this model, or a failing layer
-                    raise LoaderFailed("canary", f"Keras failed on the canary batch: {type(e).__name__}: "
-                                                 f"{str(e)[:300]}") from e
-            else:
+            if op != "admit":
                 raise LoaderFailed("load", f"unknown request {op!r}")
+            conn.send(("ok", admit(*payload, load=from_bytes)))
         except LoaderFailed as e:
-            conn.send(("error", e.kind, e.reason))
+            conn.send(("error", e.kind, e.reason, e.version))
 
 
 class ModelLoader:
-    """The parent's handle on the loader child: ``load`` then ``keras_output`` for the same model.
+    """The parent's handle on the loader child.
 
     Not thread-safe: the model watcher thread is its only user. ``timeout_s`` bounds each request; the
     first one includes the child's TensorFlow import (7-11 s).
@@ -120,13 +180,9 @@ class ModelLoader:
         self._conn = Connection(ours.detach())
         log.info("model loader process %d started", self._process.pid)
 
-    def load(self, artifact: bytes) -> ForwardPlan:
-        """The plan of the ``.keras`` artifact; raises LoaderFailed (load, architecture)."""
-        return self._request("load", artifact)
-
-    def keras_output(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Keras's own output for ``inputs`` with the model last loaded; raises LoaderFailed (canary)."""
-        return self._request("call", inputs)
+    def admit(self, raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None) -> Admission | None:
+        """``admit`` run in the child on a `models` record value; raises LoaderFailed."""
+        return self._request("admit", (raw, policy, serving))
 
     def _request(self, op: str, payload: Any) -> Any:
         self.start()
@@ -146,7 +202,7 @@ class ModelLoader:
             self._replace(f"died during {op!r} (exit code {code})")
             raise LoaderFailed("load", f"model loader process died (exit code {code})") from e
         if answer[0] == "error":
-            raise LoaderFailed(answer[1], answer[2])
+            raise LoaderFailed(*answer[1:])
         log.debug("model loader %s answered in %.0f ms", op, (time.monotonic() - started) * 1000)
         return answer[1]
 
@@ -174,4 +230,7 @@ class ModelLoader:
 
 
 if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])))
+    # Run as the importable module, not as __main__, so what crosses the pipe pickles under its own name.
+    from scoring_service import model_loader
+
+    model_loader._serve(Connection(int(sys.argv[1])))

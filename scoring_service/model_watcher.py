@@ -2,11 +2,11 @@
 
 At start it reads the topic from the beginning up to the end offsets of that moment; the newest envelope
 (by offset) of our model name that passes every check goes live, so a rollback (an older version published
-again) wins like any other publication. It then follows the topic: each new envelope is verified (HMAC,
+again) wins like any other publication. It then follows the topic: each new record is verified (HMAC,
 SHA-256), its feature contract checked against the input topic, the ``.keras`` bytes loaded with
-``safe_mode=True`` and a numpy pass derived from it (both in the model loader's child process, so Keras never
-holds this process's GIL), warmed up on a canary batch against Keras's own output, and only then swapped
-in, as one reference the scoring loop reads once per batch. None of this runs on the scoring thread.
+``safe_mode=True`` and a numpy pass derived from it, warmed up on a canary batch against Keras's own output
+(all of it in the model loader's child process, so none of that work holds this process's GIL), and only
+then swapped in, as one reference the scoring loop reads once per batch.
 
 A refused envelope leaves the serving model in place; it is logged, counted and reported on the status
 topic, as is each version that goes live (a DAG waits for that record). The watcher is in no consumer
@@ -15,25 +15,19 @@ group: every replica assigns the partitions itself and keeps no offsets, so each
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from ml.errors import EnvelopeRejected
-from ml.publish import ModelEnvelope, verify_envelope
-from scoring_service import model_checks
 from scoring_service.config import ScorerSettings
-from scoring_service.inference import NumpyForward, UnsupportedModel
-from scoring_service.model_loader import LoaderFailed, ModelLoader
-from scoring_service.model_checks import ModelRefused
+from scoring_service.inference import NumpyForward
+from scoring_service.model_loader import AdmissionPolicy, LoaderFailed, ModelLoader
 from scoring_service.ops import Metrics
 from scoring_service.scoring import ServingModel
 from scoring_service.use_cases import ScoringUseCase
@@ -89,7 +83,9 @@ class ModelWatcher(threading.Thread):
         self.scorer_id = scorer_id
         self.error: BaseException | None = None
         self._stopping = threading.Event()
-        self._key = settings.signing_key()
+        self._policy = AdmissionPolicy(model_name=settings.model_name, use_case=use_case.name,
+                                       signing_key=settings.signing_key(), max_model_bytes=settings.max_model_bytes,
+                                       canary_rows=settings.canary_rows)
         self._producer: Producer | None = None
         self.loader = ModelLoader(settings.model_load_timeout_s)
 
@@ -134,24 +130,24 @@ class ModelWatcher(threading.Thread):
                 if high > low:
                     pending.add(p)
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            history: list[tuple[ModelEnvelope, EnvelopeAt]] = []
+            history: list[Message] = []
             while pending and not self._stopping.is_set():
                 for msg in consumer.consume(100, 0.5):
                     if self._is_eof(msg):
                         pending.discard(msg.partition())
-                    elif (envelope := self._verify(msg)) is not None:
-                        history.append((envelope, EnvelopeAt.of(msg)))
-            log.info("read %d valid envelope(s) of %s from %s at start", len(history), self.settings.model_name,
+                    elif self._may_be_ours(msg):
+                        history.append(msg)
+            log.info("read %d record(s) that may be %s from %s at start", len(history), self.settings.model_name,
                      topic)
             # Newest first: an older version serves only when every newer one is refused.
-            for envelope, at in reversed(history):
-                if self._admit(envelope, at):
+            for msg in reversed(history):
+                if self._admit(msg):
                     break
             while not self._stopping.is_set():
                 # poll, not consume(n): it returns on the first record instead of waiting for n of them.
                 msg = consumer.poll(0.5)
-                if msg is not None and not self._is_eof(msg) and (envelope := self._verify(msg)) is not None:
-                    self._admit(envelope, EnvelopeAt.of(msg))
+                if msg is not None and not self._is_eof(msg) and self._may_be_ours(msg):
+                    self._admit(msg)
         finally:
             consumer.close()
             self._producer.flush(10)
@@ -180,37 +176,36 @@ class ModelWatcher(threading.Thread):
         log.warning("reading %s: %s", self.settings.topic_models, err)
         return True  # not an envelope; librdkafka retries transient errors itself
 
-    def _verify(self, msg: Message) -> ModelEnvelope | None:
-        """The envelope of a record, if it is a valid one for our model name; refusals are reported."""
-        at = EnvelopeAt.of(msg)
-        if msg.value() is None:  # a tombstone: compaction's delete marker, not a model
-            return None
+    def _may_be_ours(self, msg: Message) -> bool:
+        """False for a tombstone (compaction's delete marker) and for a record keyed with another model name."""
+        if msg.value() is None:
+            return False
         if msg.key() is not None and msg.key() != self.settings.model_name.encode():
-            log.debug("skipping %s[%d]@%d: key %r is another model", at.topic, at.partition, at.offset, msg.key())
-            return None
-        try:
-            envelope = verify_envelope(msg.value(), self._key)
-        except EnvelopeRejected as e:
-            self._reject(at, e.kind, e.reason, _claimed_version(msg.value()))
-            return None
-        if envelope.model_name != self.settings.model_name:
-            return None
-        return envelope
+            log.debug("skipping %s[%d]@%d: key %r is another model", msg.topic(), msg.partition(), msg.offset(),
+                      msg.key())
+            return False
+        return True
 
-    def _admit(self, envelope: ModelEnvelope, at: EnvelopeAt) -> bool:
-        """Load, check and swap in ``envelope``; False (and reported) when it is refused."""
-        current = self.slot.current
-        if current is not None and (current.version, current.artifact_sha256) == (
-                envelope.model_version, envelope.artifact_sha256):
-            log.info("%s v%d at %s[%d]@%d is already serving", envelope.model_name, envelope.model_version,
-                     at.topic, at.partition, at.offset)
-            return True
+    def _admit(self, msg: Message) -> bool:
+        """Check the record's envelope in the loader child and swap it in; False when it is not a model of
+        ours that serves (refusals are reported)."""
+        at, current = EnvelopeAt.of(msg), self.slot.current
         started = time.perf_counter()
         try:
-            model = self._load(envelope)
-        except ModelRefused as e:
-            self._reject(at, e.kind, e.reason, envelope.model_version)
+            admission = self.loader.admit(msg.value(), self._policy, current and (current.version,
+                                                                                   current.artifact_sha256))
+        except LoaderFailed as e:
+            self._reject(at, e.kind, e.reason, e.version if e.version is not None else _claimed_version(msg.value()))
             return False
+        if admission is None:  # a keyless record of another model
+            return False
+        if admission.plan is None:
+            log.info("%s v%d at %s[%d]@%d is already serving", admission.model_name, admission.model_version,
+                     at.topic, at.partition, at.offset)
+            return True
+        model = ServingModel(name=admission.model_name, version=admission.model_version,
+                             contract=admission.contract, forward=NumpyForward.from_plan(admission.plan),
+                             artifact_sha256=admission.artifact_sha256)
         previous = self.slot.swap(model)
         load_ms = (time.perf_counter() - started) * 1000
         # Publication to live: what a DAG waiting for the status record sees.
@@ -225,30 +220,6 @@ class ModelWatcher(threading.Thread):
             "previous_version": previous.version if previous else None, "load_ms": round(load_ms, 1),
             "swap_ms": round(swap_ms, 1)})
         return True
-
-    def _load(self, envelope: ModelEnvelope) -> ServingModel:
-        """The envelope's model ready to serve; raises ModelRefused naming the check that failed."""
-        contract = self.use_case.parse_contract(envelope.feature_contract)
-        artifact = envelope.artifact()
-        limit = self.settings.max_model_bytes
-        try:
-            with zipfile.ZipFile(io.BytesIO(artifact)) as archive:
-                unpacked = sum(info.file_size for info in archive.infolist())
-        except zipfile.BadZipFile as e:
-            raise ModelRefused("load", f"artifact is not a .keras archive: {e}") from e
-        if max(len(artifact), unpacked) > limit:
-            raise ModelRefused("oversized", f"artifact unpacks to {unpacked} bytes, limit {limit} "
-                                            "(MAX_MODEL_BYTES)")
-        try:
-            forward = NumpyForward.from_plan(self.loader.load(artifact))
-            model_checks.warm_up(self.use_case, contract, forward, self.loader.keras_output,
-                                 self.settings.canary_rows)
-        except LoaderFailed as e:
-            raise ModelRefused(e.kind, e.reason) from e
-        except UnsupportedModel as e:
-            raise ModelRefused("architecture", str(e)) from e
-        return ServingModel(name=envelope.model_name, version=envelope.model_version, contract=contract,
-                            forward=forward, artifact_sha256=envelope.artifact_sha256)
 
     def _reject(self, at: EnvelopeAt, kind: str, reason: str, version: int | None) -> None:
         self.metrics.rejected.labels(kind).inc()

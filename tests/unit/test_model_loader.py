@@ -1,7 +1,9 @@
-"""The model loader child: Keras loads and runs there, arrays come back, and a dead or hung child is replaced."""
+"""Model admission: every check of a `models` record runs in the loader child, a plain plan comes back, and
+a dead or hung child is replaced."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -10,12 +12,17 @@ import pytest
 
 from ml import features
 from ml.flights_source import load_completed
-from scoring_service import model_checks
+from ml.publish import build_envelope
 from scoring_service.inference import NumpyForward
-from scoring_service.model_loader import LoaderFailed, ModelLoader
+from scoring_service.model_checks import ModelRefused
+from scoring_service.model_loader import AdmissionPolicy, LoaderFailed, ModelLoader, _keras_output, admit
 from scoring_service.use_cases.flights import FLIGHT_DELAY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+KEY = b"loader-test-key"
+POLICY = AdmissionPolicy(model_name="flight_delay", use_case="flight_delay", signing_key=KEY,
+                         max_model_bytes=1 << 20, canary_rows=32)
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +31,26 @@ def contract():
 
 
 @pytest.fixture(scope="module")
-def artifact(contract) -> bytes:
+def model(contract):
     import keras
 
     from ml import model as model_lib
 
     keras.utils.set_random_seed(5)
-    return model_lib.to_bytes(model_lib.build(contract))
+    return model_lib.build(contract)
+
+
+@pytest.fixture(scope="module")
+def artifact(model) -> bytes:
+    from ml import model as model_lib
+
+    return model_lib.to_bytes(model)
+
+
+def record(version: int, artifact: bytes, contract, *, name: str = "flight_delay", key: bytes = KEY) -> bytes:
+    return build_envelope(model_name=name, model_version=version, run_id=f"r{version}", model_uri=f"models:/m/{version}",
+                          feature_contract=contract.to_dict(), metrics={"auc": 0.7}, decision_id=f"d{version}",
+                          artifact=artifact, key=key).to_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +61,57 @@ def loader():
     loader.close()
 
 
-def test_plan_from_the_child_scores_like_keras_in_the_child(loader, contract, artifact):
-    forward = NumpyForward.from_plan(loader.load(artifact))
-    p = model_checks.warm_up(FLIGHT_DELAY, contract, forward, loader.keras_output, rows=32)
-    assert p.shape == (32, 1) and np.all(np.isfinite(p))
+def test_the_plan_admitted_in_the_child_scores_like_the_model(loader, contract, model, artifact):
+    admission = loader.admit(record(4, artifact, contract), POLICY, serving=None)
+    assert (admission.model_name, admission.model_version) == ("flight_delay", 4)
+    assert admission.contract.fingerprint == contract.fingerprint
+    x = FLIGHT_DELAY.canary_inputs(contract, 16)
+    expected = np.asarray(model(x, training=False))
+    assert np.max(np.abs(NumpyForward.from_plan(admission.plan)(x) - expected)) <= 1e-5
 
 
-def test_corrupt_bytes_are_refused_and_the_child_keeps_serving(loader, contract, artifact):
+def test_the_serving_version_is_verified_but_not_loaded_again(loader, contract, artifact):
+    first = loader.admit(record(4, artifact, contract), POLICY, serving=None)
+    again = loader.admit(record(4, artifact, contract), POLICY, serving=(4, first.artifact_sha256))
+    assert again.plan is None and again.model_version == 4
+
+
+def test_another_models_record_is_skipped(loader, contract, artifact):
+    assert loader.admit(record(4, artifact, contract, name="other_model"), POLICY, serving=None) is None
+
+
+@pytest.mark.parametrize("case, kind, version", [
+    ("unsigned", "signature", None), ("undecodable", "undecodable", None), ("corrupt", "load", 6),
+    ("oversized", "oversized", 7)])
+def test_each_refusal_names_its_kind_and_the_child_keeps_serving(loader, contract, artifact, case, kind, version):
+    raw = {"unsigned": lambda: record(5, artifact, contract, key=b"another-key"),
+           "undecodable": lambda: b"{not json",
+           "corrupt": lambda: record(6, b"PK\x03\x04 not really a keras archive", contract),
+           "oversized": lambda: record(7, artifact, contract)}[case]()
+    policy = dataclasses.replace(POLICY, max_model_bytes=1000) if case == "oversized" else POLICY
     with pytest.raises(LoaderFailed) as info:
-        loader.load(b"PK\x03\x04 not really a keras archive")
-    assert info.value.kind == "load"
-    assert NumpyForward.from_plan(loader.load(artifact)).inputs  # same child, next model fine
+        loader.admit(raw, policy, serving=None)
+    assert (info.value.kind, info.value.version) == (kind, version)
+    assert loader.admit(record(8, artifact, contract), POLICY, serving=None).plan is not None
 
 
-def test_keras_failure_on_inputs_is_a_canary_refusal(loader, artifact):
-    loader.load(artifact)
+def test_nan_outputs_fail_the_canary(contract):
+    import keras
+
+    from ml import model as model_lib
+
+    keras.utils.set_random_seed(6)
+    broken = model_lib.build(contract)
+    layer = broken.get_layer("p_delayed")
+    layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
     with pytest.raises(LoaderFailed) as info:
-        loader.keras_output({"wrong": np.zeros((2, 3), np.float32)})
+        admit(record(9, model_lib.to_bytes(broken), contract), POLICY, None, load=model_lib.from_bytes)
+    assert (info.value.kind, info.value.version) == ("canary", 9)
+
+
+def test_keras_failing_on_the_inputs_is_a_canary_refusal(model):
+    with pytest.raises(ModelRefused) as info:
+        _keras_output(model)({"wrong": np.zeros((2, 3), np.float32)})
     assert info.value.kind == "canary"
 
 
@@ -68,24 +122,24 @@ class _ExitOnArrival:
         return os._exit, (3,)
 
 
-def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, artifact):
+def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, contract, artifact):
     with pytest.raises(LoaderFailed, match="died") as info:
-        loader._request("load", _ExitOnArrival())
+        loader._request("admit", _ExitOnArrival())
     assert info.value.kind == "load"
-    assert NumpyForward.from_plan(loader.load(artifact)).inputs
+    assert loader.admit(record(4, artifact, contract), POLICY, serving=None).plan is not None
 
 
-def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, artifact):
+def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, contract, artifact):
     os.kill(loader._process.pid, signal.SIGKILL)
     loader._process.wait(10)
-    assert NumpyForward.from_plan(loader.load(artifact)).inputs
+    assert loader.admit(record(4, artifact, contract), POLICY, serving=None).plan is not None
 
 
-def test_a_child_that_does_not_answer_in_time_is_replaced(artifact):
+def test_a_child_that_does_not_answer_in_time_is_replaced(contract, artifact):
     slow = ModelLoader(timeout_s=0.001)  # the child cannot even import TensorFlow in a millisecond
     try:
         with pytest.raises(LoaderFailed, match="no answer"):
-            slow.load(artifact)
+            slow.admit(record(4, artifact, contract), POLICY, serving=None)
         assert slow._process.poll() is None  # a fresh child took its place
     finally:
         slow.close()
