@@ -97,7 +97,7 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
         except Exception as e:  # Keras raises many types for a broken archive; all mean "cannot load"
             raise ModelRefused("load", f"{type(e).__name__}: {str(e)[:300]}") from e
         plan = forward_plan(model)
-        model_checks.warm_up(use_case, contract, NumpyForward.from_plan(plan), _keras_output(model),
+        model_checks.warm_up(use_case, contract, NumpyForward.from_plan(plan), keras_output_of(model),
                              policy.canary_rows)
     except ModelRefused as e:
         raise LoaderFailed(e.kind, e.reason, version) from e
@@ -106,7 +106,8 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
     return Admission(envelope.model_name, version, sha256, contract, plan)
 
 
-def _keras_output(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def keras_output_of(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Keras's own output for a canary batch; a failing call is a canary refusal (ModelRefused)."""
     def call(inputs: dict[str, np.ndarray]) -> np.ndarray:
         try:
             return np.asarray(model(inputs, training=False))

@@ -15,7 +15,7 @@ from ml.flights_source import load_completed
 from ml.publish import build_envelope
 from scoring_service.inference import NumpyForward
 from scoring_service.model_checks import ModelRefused
-from scoring_service.model_loader import AdmissionPolicy, LoaderFailed, ModelLoader, _keras_output, admit
+from scoring_service.model_loader import AdmissionPolicy, LoaderFailed, ModelLoader, keras_output_of, admit
 from scoring_service.use_cases.flights import FLIGHT_DELAY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -111,7 +111,7 @@ def test_nan_outputs_fail_the_canary(contract):
 
 def test_keras_failing_on_the_inputs_is_a_canary_refusal(model):
     with pytest.raises(ModelRefused) as info:
-        _keras_output(model)({"wrong": np.zeros((2, 3), np.float32)})
+        keras_output_of(model)({"wrong": np.zeros((2, 3), np.float32)})
     assert info.value.kind == "canary"
 
 
