@@ -190,23 +190,27 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(settings.kafka_bootstrap_servers,
                                         f"{topic} partitions {sorted(pending)} not read up to {ends}")
-            for msg in consumer.consume(100, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {err}")
-                if msg.partition() not in pending:
-                    continue
-                if msg.offset() >= ends[msg.partition()] - 1:
+            # poll, not consume(n): consume waits out its whole timeout unless n records come, and a models
+            # topic holds a handful (it made every publish take a second longer).
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     pending.discard(msg.partition())
-                if msg.offset() >= ends[msg.partition()]:
                     continue
-                try:
-                    out.append(verify_envelope(msg.value(), key))
-                except EnvelopeRejected as e:
-                    log.warning("skipping envelope at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
+                raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {err}")
+            if msg.partition() not in pending:
+                continue
+            if msg.offset() >= ends[msg.partition()] - 1:
+                pending.discard(msg.partition())
+            if msg.offset() >= ends[msg.partition()]:
+                continue
+            try:
+                out.append(verify_envelope(msg.value(), key))
+            except EnvelopeRejected as e:
+                log.warning("skipping envelope at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
     finally:
         consumer.close()
     log.info("read %d valid envelope(s) from %s up to end offsets %s", len(out), topic, ends)

@@ -34,7 +34,6 @@ from scoring_service.sink import BatchAborted, InFlight, Record, Sink
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 1.0
-SUMMARY_INTERVAL_S = 30.0
 
 
 def consumer_config(settings: ScorerSettings, client_id: str) -> dict:

@@ -132,11 +132,14 @@ class ModelWatcher(threading.Thread):
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             history: list[Message] = []
             while pending and not self._stopping.is_set():
-                for msg in consumer.consume(100, 0.5):
-                    if self._is_eof(msg):
-                        pending.discard(msg.partition())
-                    elif self._may_be_ours(msg):
-                        history.append(msg)
+                # poll, not consume(n), here too: consume waits out its timeout unless n records come.
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if self._is_eof(msg):
+                    pending.discard(msg.partition())
+                elif self._may_be_ours(msg):
+                    history.append(msg)
             log.info("read %d record(s) that may be %s from %s at start", len(history), self.settings.model_name,
                      topic)
             # Newest first: an older version serves only when every newer one is refused.
@@ -144,7 +147,6 @@ class ModelWatcher(threading.Thread):
                 if self._admit(msg):
                     break
             while not self._stopping.is_set():
-                # poll, not consume(n): it returns on the first record instead of waiting for n of them.
                 msg = consumer.poll(0.5)
                 if msg is not None and not self._is_eof(msg) and self._may_be_ours(msg):
                     self._admit(msg)
