@@ -61,9 +61,11 @@ def paced_produce(bootstrap: str, topic: str, events, rate: float, conn: Connect
     far finer than a batch interval); sends "started", then, per partition, the timestamp (ms) of each
     delivered input by offset (0: not delivered), over ``conn``.
 
-    Runs in a process of its own, as an upstream producer would: in this one, the publications' CPU work
-    (reading and verifying the models topic) held the GIL and paused the stream for up to 56 ms.
+    Runs in a process and session of its own, as an upstream producer would: in this one, the publications'
+    CPU work (reading and verifying the models topic) held the GIL and paused the stream for up to 56 ms, and
+    in this process's session it shared the CPU share Linux gives a session (autogroup) with them.
     """
+    os.setsid()
     # Not idempotent: librdkafka's idempotent producer waits for a partition's request to be answered before
     # sending the next, spinning its broker thread meanwhile (see scoring_service.sink), which took a core
     # from a broker that was slow for a moment. This one does not wait; a retried input would be a new

@@ -36,7 +36,7 @@ from ml.publish import build_envelope, publish  # noqa: E402
 from ml.replay import build_stream  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.topics import wait_until_served  # noqa: E402
-from scoring_service.app import Scorer, consumer_config  # noqa: E402
+from scoring_service.app import IDLE_WAIT_S, Scorer, consumer_config  # noqa: E402
 from scoring_service.batching import collect  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
 from scoring_service.sink import Sink  # noqa: E402
@@ -126,7 +126,7 @@ def passthrough(s: ScorerSettings, total: int) -> float:
     done, first_batch, start = 0, 0, None
     try:
         while done < total:
-            msgs = collect(consumer.consume, s.batch_size, s.batch_max_wait_ms / 1000)
+            msgs = collect(consumer.consume, consumer.poll, s.batch_size, s.batch_max_wait_ms / 1000, IDLE_WAIT_S)
             if not msgs:
                 continue
             last = {}

@@ -34,6 +34,9 @@ from scoring_service.sink import BatchAborted, InFlight, Record, Sink
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 1.0
+# With no input, the loop wakes this often (liveness tick, commits, stop requests); the first record to
+# arrive ends the wait at once.
+IDLE_WAIT_S = 0.1
 
 
 def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
@@ -143,8 +146,9 @@ class Scorer:
             while not self._stop.is_set():
                 self._tick()
                 self._rebalanced = False
-                msgs = collect(consumer.consume, s.batch_size, cadence.wait_s())
-                cadence.closed()
+                msgs = collect(consumer.consume, consumer.poll, s.batch_size, cadence.wait_s(), IDLE_WAIT_S)
+                if msgs:
+                    cadence.closed()
                 if self._rebalanced:
                     self._restart_from_committed(consumer, len(msgs))
                     continue

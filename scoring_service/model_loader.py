@@ -131,6 +131,15 @@ def _serve(conn: Connection) -> None:
             autogroup.write(str(CHILD_NICENESS))
     except OSError:  # not Linux, or no autogroup: the process niceness above is what counts
         pass
+    # Linux's idle policy on top (inherited by the threads TensorFlow starts): a task waking up on the child's
+    # CPU takes it at once, and a CPU running only the child counts as free when the kernel places a waking
+    # task. At nice 10 alone, the scoring thread waited 10-20 ms for a CPU while the child loaded a model.
+    # The child's share of a busy CPU is still its session's (above), so it is slowed, never starved.
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
     # One thread each: a model this small loads as fast on one core, and TensorFlow's default pools (one
     # thread per core) took every core from scoring and the broker for the length of a load.
     for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):

@@ -15,7 +15,8 @@ from ml.flights_source import load_completed
 from ml.publish import build_envelope
 from scoring_service.inference import NumpyForward
 from scoring_service.model_checks import ModelRefused
-from scoring_service.model_loader import AdmissionPolicy, LoaderFailed, ModelLoader, keras_output_of, admit
+from scoring_service.model_loader import (CHILD_NICENESS, AdmissionPolicy, LoaderFailed, ModelLoader, admit,
+                                          keras_output_of)
 from scoring_service.use_cases.flights import FLIGHT_DELAY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -143,3 +144,11 @@ def test_a_child_that_does_not_answer_in_time_is_replaced(contract, artifact):
         assert slow._process.poll() is None  # a fresh child took its place
     finally:
         slow.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_the_child_runs_at_idle_priority_below_the_scorer(loader, contract, artifact):
+    loader.admit(record(5, artifact, contract), POLICY, serving=None)  # the child is up and serving
+    pid = loader._process.pid
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert os.getpriority(os.PRIO_PROCESS, pid) == CHILD_NICENESS

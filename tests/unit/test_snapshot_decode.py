@@ -1,4 +1,5 @@
-"""Decoding snapshot batches: the fast (pyarrow) path and the per-record contract agree on every record."""
+"""Decoding batches: both fast paths (msgspec record by record for small batches, pyarrow's reader for large
+ones) and the per-record pydantic contract agree on every record."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from ml import contracts
+from ml import contracts, decode
 from ml.decode import ERROR_RANGE, ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, field_checks
 
 GOOD = {
@@ -32,8 +33,12 @@ def record(i: int = 0, **changes) -> bytes:
     return orjson.dumps(rec)
 
 
-@pytest.fixture(scope="module")
-def decoder() -> ContractDecoder:
+@pytest.fixture(params=["record_by_record", "pyarrow"])
+def decoder(request, monkeypatch) -> ContractDecoder:
+    """A decoder whose fast path is the one named: every batch of these tests is small, so the pyarrow
+    reader is chosen by lowering the size limit of the record-by-record path."""
+    if request.param == "pyarrow":
+        monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 0)
     return ContractDecoder(contracts.FlightCompleted)
 
 
@@ -109,6 +114,26 @@ def test_fast_and_fallback_paths_give_identical_rows(decoder):
     assert slow.equals(fast)
 
 
+def test_both_fast_paths_give_identical_tables(monkeypatch):
+    values = [record(i, temp=float(i % 100) if i % 3 else None, arr_utc=f"2013-01-01T{i % 24:02d}:15:00-05:00",
+                     tailnum=None if i % 5 == 0 else f"N{i}", dep_delay=i - 20) for i in range(300)]
+    values[7] = record(7, month=0)  # flagged on one path, refused on the other: rejected either way
+    by_record = ContractDecoder(contracts.FlightCompleted).decode(values)
+    monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 0)
+    by_pyarrow = ContractDecoder(contracts.FlightCompleted).decode(values)
+    assert by_record.table.equals(by_pyarrow.table)
+    assert by_record.accepted.tolist() == by_pyarrow.accepted.tolist() == [i for i in range(300) if i != 7]
+    assert by_record.rejected == by_pyarrow.rejected
+
+
+def test_the_record_by_record_path_is_taken_up_to_its_limit_and_needs_no_fallback(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ContractDecoder, "_validate_each", lambda self, values, idx: calls.append(idx) or ([], [], []))
+    decoder = ContractDecoder(contracts.FlightCompleted)
+    out = decoder.decode([record(i) for i in range(decode.RECORD_BY_RECORD_MAX)])
+    assert out.table.num_rows == decode.RECORD_BY_RECORD_MAX and calls == [[]]
+
+
 def test_offsets_in_other_zones_are_converted_to_utc(decoder):
     out = decoder.decode([record(0, arr_utc="2013-01-01T09:30:00-05:00")])
     assert out.table.column("arr_utc")[0].as_py().isoformat() == "2013-01-01T14:30:00+00:00"
@@ -124,7 +149,7 @@ def test_checks_are_derived_from_the_contract_metadata():
     assert not checks["flight_id"].nullable
 
 
-def test_scheduled_contract_refuses_completed_fields():
+def test_scheduled_contract_refuses_completed_fields(decoder):
     out = ContractDecoder(contracts.FlightScheduled).decode([record(0)])
     assert out.table.num_rows == 0
     assert out.rejected[0].error_class == ERROR_SCHEMA and "Extra inputs" in out.rejected[0].reason
