@@ -156,10 +156,12 @@ def _topic_max_message_bytes(settings: LoopSettings) -> int:
 def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[ModelEnvelope]:
     """Every valid envelope on the `models` topic, in offset order per partition.
 
-    Reads from the beginning up to the end offsets taken at the start; records that fail verification are
-    logged and skipped.
+    Reads from the beginning up to the end offsets taken at the start (envelopes published meanwhile belong
+    to the next reader); records that fail verification are logged and skipped.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, KafkaException
+
+    from ml.topic_history import TopicHistory
 
     topic = settings.topic_models
     consumer = Consumer({
@@ -176,44 +178,23 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
             metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
             if metadata.error is not None:
                 raise TopicMissing(topic, settings.kafka_bootstrap_servers)
-            # End offsets fixed now: envelopes published while we read belong to the next reader.
-            ends = {}
-            for p in metadata.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-                if high > low:
-                    ends[p] = high
+            history = TopicHistory.open(consumer, topic, sorted(metadata.partitions), timeout_s)
         except KafkaException as e:
             raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading offsets of {topic}: {e}") from e
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending, deadline = set(ends), time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(settings.kafka_bootstrap_servers,
-                                        f"{topic} partitions {sorted(pending)} not read up to {ends}")
-            # poll, not consume(n): consume waits out its whole timeout unless n records come, and a models
-            # topic holds a handful (it made every publish take a second longer).
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {err}")
-            if msg.partition() not in pending:
-                continue
-            if msg.offset() >= ends[msg.partition()] - 1:
-                pending.discard(msg.partition())
-            if msg.offset() >= ends[msg.partition()]:
-                continue
+        deadline = time.monotonic() + timeout_s
+        for msg in history.records(stop=lambda: time.monotonic() > deadline):
+            if msg.error() is not None:
+                raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {msg.error()}")
             try:
                 out.append(verify_envelope(msg.value(), key))
             except EnvelopeRejected as e:
                 log.warning("skipping envelope at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
+        if history.pending:
+            raise BrokerUnavailable(settings.kafka_bootstrap_servers,
+                                    f"{topic} partitions {sorted(history.pending)} not read up to {history.ends}")
     finally:
         consumer.close()
-    log.info("read %d valid envelope(s) from %s up to end offsets %s", len(out), topic, ends)
+    log.info("read %d valid envelope(s) from %s up to end offsets %s", len(out), topic, history.ends)
     return out
 
 

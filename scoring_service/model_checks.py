@@ -24,11 +24,14 @@ MAX_KERAS_DIFF = 1e-5
 
 
 class ModelRefused(ValueError):
-    """A model failed an admission check; ``kind`` names which (contract, architecture, canary, ...)."""
+    """A model was refused; ``kind`` names the check that refused it (signature, contract, architecture,
+    canary, load, ...), ``version`` the model version of a verified envelope (None when the envelope itself
+    was refused, or before it was read)."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, version: int | None = None) -> None:
         self.kind = kind
         self.reason = reason
+        self.version = version
         super().__init__(f"{kind}: {reason}")
 
 

@@ -41,17 +41,6 @@ log = logging.getLogger(__name__)
 CHILD_NICENESS = 10
 
 
-class LoaderFailed(Exception):
-    """A record was refused (``kind``: the rejection kind, e.g. signature, load, canary); ``version`` is
-    the model version of a verified envelope, None when the envelope itself was refused."""
-
-    def __init__(self, kind: str, reason: str, version: int | None = None) -> None:
-        self.kind = kind
-        self.reason = reason
-        self.version = version
-        super().__init__(f"{kind}: {reason}")
-
-
 @dataclass(frozen=True)
 class AdmissionPolicy:
     """What an envelope is checked against; sent with each request."""
@@ -77,11 +66,11 @@ class Admission:
 def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
           load: Callable[[bytes], Any]) -> Admission | None:
     """Every check of one `models` record, with ``load`` (bytes -> Keras model); None when the record is
-    another model's. ``serving`` is the (version, artifact SHA-256) serving now. Raises LoaderFailed."""
+    another model's. ``serving`` is the (version, artifact SHA-256) serving now. Raises ModelRefused."""
     try:
         envelope = verify_envelope(raw, policy.signing_key)
     except EnvelopeRejected as e:
-        raise LoaderFailed(e.kind, e.reason) from e
+        raise ModelRefused(e.kind, e.reason) from e
     if envelope.model_name != policy.model_name:
         return None
     version, sha256 = envelope.model_version, envelope.artifact_sha256
@@ -100,9 +89,9 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
         model_checks.warm_up(use_case, contract, NumpyForward.from_plan(plan), keras_output_of(model),
                              policy.canary_rows)
     except ModelRefused as e:
-        raise LoaderFailed(e.kind, e.reason, version) from e
+        raise ModelRefused(e.kind, e.reason, version) from e
     except UnsupportedModel as e:
-        raise LoaderFailed("architecture", str(e), version) from e
+        raise ModelRefused("architecture", str(e), version) from e
     return Admission(envelope.model_name, version, sha256, contract, plan)
 
 
@@ -156,9 +145,9 @@ def _serve(conn: Connection) -> None:
         op, payload = request
         try:
             if op != "admit":
-                raise LoaderFailed("load", f"unknown request {op!r}")
+                raise ModelRefused("load", f"unknown request {op!r}")
             conn.send(("ok", admit(*payload, load=from_bytes)))
-        except LoaderFailed as e:
+        except ModelRefused as e:
             conn.send(("error", e.kind, e.reason, e.version))
 
 
@@ -191,7 +180,7 @@ class ModelLoader:
         log.info("model loader process %d started", self._process.pid)
 
     def admit(self, raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None) -> Admission | None:
-        """``admit`` run in the child on a `models` record value; raises LoaderFailed."""
+        """``admit`` run in the child on a `models` record value; raises ModelRefused."""
         return self._request("admit", (raw, policy, serving))
 
     def _request(self, op: str, payload: Any) -> Any:
@@ -201,7 +190,7 @@ class ModelLoader:
             self._conn.send((op, payload))
             if not self._conn.poll(self.timeout_s):
                 self._replace(f"no answer to {op!r} within {self.timeout_s:.0f} s")
-                raise LoaderFailed("load", f"model loader gave no answer within {self.timeout_s:.0f} s "
+                raise ModelRefused("load", f"model loader gave no answer within {self.timeout_s:.0f} s "
                                            "(MODEL_LOAD_TIMEOUT_S)")
             answer = self._conn.recv()
         except (EOFError, OSError) as e:
@@ -210,9 +199,9 @@ class ModelLoader:
             except subprocess.TimeoutExpired:  # its end of the pipe closed, yet it runs on: replaced below
                 code = None
             self._replace(f"died during {op!r} (exit code {code})")
-            raise LoaderFailed("load", f"model loader process died (exit code {code})") from e
+            raise ModelRefused("load", f"model loader process died (exit code {code})") from e
         if answer[0] == "error":
-            raise LoaderFailed(*answer[1:])
+            raise ModelRefused(*answer[1:])
         log.debug("model loader %s answered in %.0f ms", op, (time.monotonic() - started) * 1000)
         return answer[1]
 

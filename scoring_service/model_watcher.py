@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from ml.topic_history import TopicHistory
 from scoring_service.config import ScorerSettings
 from scoring_service.inference import NumpyForward
-from scoring_service.model_loader import AdmissionPolicy, LoaderFailed, ModelLoader
+from scoring_service.model_checks import ModelRefused
+from scoring_service.model_loader import AdmissionPolicy, ModelLoader
 from scoring_service.ops import Metrics
 from scoring_service.scoring import ServingModel
 from scoring_service.use_cases import ScoringUseCase
@@ -124,31 +126,21 @@ class ModelWatcher(threading.Thread):
             if partitions is None:
                 return
             # End offsets fixed now: everything before them is the history to choose the current model from.
-            pending = set()
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                if high > low:
-                    pending.add(p)
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            history: list[Message] = []
-            while pending and not self._stopping.is_set():
-                # poll, not consume(n), here too: consume waits out its timeout unless n records come.
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                if self._is_eof(msg):
-                    pending.discard(msg.partition())
-                elif self._may_be_ours(msg):
-                    history.append(msg)
-            log.info("read %d record(s) that may be %s from %s at start", len(history), self.settings.model_name,
-                     topic)
+            history = TopicHistory.open(consumer, topic, partitions, timeout_s=30)
+            candidates = [msg for msg in history.records(stop=self._stopping.is_set)
+                          if not self._is_error(msg) and self._may_be_ours(msg)]
+            if history.pending:  # stopped
+                return
+            log.info("read %d record(s) that may be %s from %s up to end offsets %s at start", len(candidates),
+                     self.settings.model_name, topic, history.ends)
             # Newest first: an older version serves only when every newer one is refused.
-            for msg in reversed(history):
+            for msg in reversed(candidates):
                 if self._admit(msg):
                     break
+            history.follow_from_ends()
             while not self._stopping.is_set():
                 msg = consumer.poll(0.5)
-                if msg is not None and not self._is_eof(msg) and self._may_be_ours(msg):
+                if msg is not None and not self._is_error(msg) and self._may_be_ours(msg):
                     self._admit(msg)
         finally:
             consumer.close()
@@ -167,7 +159,8 @@ class ModelWatcher(threading.Thread):
             self._stopping.wait(1.0)
         return None
 
-    def _is_eof(self, msg: Message) -> bool:
+    def _is_error(self, msg: Message) -> bool:
+        """True for an event rather than a record: a partition's end, or an error (fatal ones raise)."""
         err = msg.error()
         if err is None:
             return False
@@ -196,7 +189,7 @@ class ModelWatcher(threading.Thread):
         try:
             admission = self.loader.admit(msg.value(), self._policy, current and (current.version,
                                                                                    current.artifact_sha256))
-        except LoaderFailed as e:
+        except ModelRefused as e:
             self._reject(at, e.kind, e.reason, e.version if e.version is not None else _claimed_version(msg.value()))
             return False
         if admission is None:  # a keyless record of another model

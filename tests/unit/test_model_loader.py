@@ -15,8 +15,7 @@ from ml.flights_source import load_completed
 from ml.publish import build_envelope
 from scoring_service.inference import NumpyForward
 from scoring_service.model_checks import ModelRefused
-from scoring_service.model_loader import (CHILD_NICENESS, AdmissionPolicy, LoaderFailed, ModelLoader, admit,
-                                          keras_output_of)
+from scoring_service.model_loader import CHILD_NICENESS, AdmissionPolicy, ModelLoader, admit, keras_output_of
 from scoring_service.use_cases.flights import FLIGHT_DELAY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,7 +89,7 @@ def test_each_refusal_names_its_kind_and_the_child_keeps_serving(loader, contrac
            "corrupt": lambda: record(6, b"PK\x03\x04 not really a keras archive", contract),
            "oversized": lambda: record(7, artifact, contract)}[case]()
     policy = dataclasses.replace(POLICY, max_model_bytes=1000) if case == "oversized" else POLICY
-    with pytest.raises(LoaderFailed) as info:
+    with pytest.raises(ModelRefused) as info:
         loader.admit(raw, policy, serving=None)
     assert (info.value.kind, info.value.version) == (kind, version)
     assert loader.admit(record(8, artifact, contract), POLICY, serving=None).plan is not None
@@ -105,7 +104,7 @@ def test_nan_outputs_fail_the_canary(contract):
     broken = model_lib.build(contract)
     layer = broken.get_layer("p_delayed")
     layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
-    with pytest.raises(LoaderFailed) as info:
+    with pytest.raises(ModelRefused) as info:
         admit(record(9, model_lib.to_bytes(broken), contract), POLICY, None, load=model_lib.from_bytes)
     assert (info.value.kind, info.value.version) == ("canary", 9)
 
@@ -124,7 +123,7 @@ class _ExitOnArrival:
 
 
 def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, contract, artifact):
-    with pytest.raises(LoaderFailed, match="died") as info:
+    with pytest.raises(ModelRefused, match="died") as info:
         loader._request("admit", _ExitOnArrival())
     assert info.value.kind == "load"
     assert loader.admit(record(4, artifact, contract), POLICY, serving=None).plan is not None
@@ -139,7 +138,7 @@ def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, con
 def test_a_child_that_does_not_answer_in_time_is_replaced(contract, artifact):
     slow = ModelLoader(timeout_s=0.001)  # the child cannot even import TensorFlow in a millisecond
     try:
-        with pytest.raises(LoaderFailed, match="no answer"):
+        with pytest.raises(ModelRefused, match="no answer"):
             slow.admit(record(4, artifact, contract), POLICY, serving=None)
         assert slow._process.poll() is None  # a fresh child took its place
     finally:
