@@ -126,3 +126,20 @@ def test_a_chunked_table_and_a_rebuilt_contract_give_the_same_output(flights, co
     # The arrays built for a contract are kept for it, and leave it comparable with an equal contract.
     assert features.ContractArrays.of(contract) is features.ContractArrays.of(contract)
     assert contract == rebuilt
+
+
+def test_a_row_transforms_alike_beside_nulls_and_unseen_labels_or_without(flights, contract):
+    """Columns with nulls, and categoricals with unseen labels, take other code paths than clean ones: the
+    clean rows must come out the same either way."""
+    known = flights.dropna(subset=[*features.WEATHER_FIELDS[:2], *features.PLANE_NUMERIC_FIELDS]).iloc[:40]
+    clean = pa.Table.from_pandas(known, preserve_index=False)
+    clean = clean.drop_columns([n for n in clean.column_names if clean.column(n).null_count])
+    clean = clean.cast(pa.schema([pa.field(f.name, pa.timestamp("ms", tz="UTC")) if pa.types.is_timestamp(f.type)
+                                  else f for f in clean.schema]))  # the decoded contract's unit
+    messy = [dict(r, temp=None, plane_seats=None, sched_arr_utc=None, dest="ZZZ", carrier=None)
+             for r in clean.slice(0, 5).to_pylist()]
+    mixed = pa.concat_tables([clean, pa.Table.from_pylist(messy, schema=clean.schema)]).combine_chunks()
+    assert {"temp", "plane_seats", "sched_arr_utc"} <= set(mixed.column_names)
+    x, y = features.transform(contract, clean), features.transform(contract, mixed)
+    _assert_same(x, {key: value[:40] for key, value in y.items()})
+    assert (y["cat_dest"][40:] == features.OOV_INDEX).all() and (y["cat_carrier"][40:] == features.MISSING_INDEX).all()
