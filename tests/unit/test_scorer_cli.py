@@ -1,0 +1,44 @@
+"""The scorer's command line: the console script and `python -m scoring_service` document every setting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from scoring_service.cli import ENV_ONLY
+from scoring_service.config import ScorerSettings
+
+
+@pytest.fixture(scope="module")
+def console_script() -> str:
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "scoring-service"]
+    assert entry.value == "scoring_service.cli:main"
+    path = shutil.which("scoring-service", path=str(Path(sys.executable).parent))
+    assert path, "the scoring-service console script is not installed beside this interpreter"
+    return path
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+def test_help_names_every_setting_its_flag_and_environment_variable(console_script, how):
+    argv = [console_script] if how == "console script" else [sys.executable, "-m", "scoring_service"]
+    env = {**os.environ, "COLUMNS": "250", "TERM": "dumb"}
+    out = subprocess.run([*argv, "--help"], capture_output=True, text=True, check=True, env=env, timeout=60).stdout
+    for name in ScorerSettings.model_fields:
+        if name in ENV_ONLY:
+            assert f"--{name.replace('_', '-')}" not in out  # the signing key is never a flag
+            continue
+        assert f"--{name.replace('_', '-')}" in out, name
+        assert f"env {name.upper()}" in out, name
+
+
+def test_invalid_settings_exit_with_a_clear_error(console_script):
+    result = subprocess.run([console_script, "--batch-size", "0"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 2
+    assert "invalid settings" in result.stderr and "batch_size" in result.stderr
