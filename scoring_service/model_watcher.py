@@ -128,7 +128,7 @@ class ModelWatcher(threading.Thread):
             # End offsets fixed now: everything before them is the history to choose the current model from.
             history = TopicHistory.open(consumer, topic, partitions, timeout_s=30)
             candidates = [msg for msg in history.records(stop=self._stopping.is_set)
-                          if not self._is_error(msg) and self._may_be_ours(msg)]
+                          if not self._is_event(msg) and self._may_be_ours(msg)]
             if history.pending:  # stopped
                 return
             log.info("read %d record(s) that may be %s from %s up to end offsets %s at start", len(candidates),
@@ -140,7 +140,7 @@ class ModelWatcher(threading.Thread):
             history.follow_from_ends()
             while not self._stopping.is_set():
                 msg = consumer.poll(0.5)
-                if msg is not None and not self._is_error(msg) and self._may_be_ours(msg):
+                if msg is not None and not self._is_event(msg) and self._may_be_ours(msg):
                     self._admit(msg)
         finally:
             consumer.close()
@@ -159,7 +159,7 @@ class ModelWatcher(threading.Thread):
             self._stopping.wait(1.0)
         return None
 
-    def _is_error(self, msg: Message) -> bool:
+    def _is_event(self, msg: Message) -> bool:
         """True for an event rather than a record: a partition's end, or an error (fatal ones raise)."""
         err = msg.error()
         if err is None:
