@@ -22,6 +22,7 @@ import typer.main
 import yaml
 from typer.testing import CliRunner
 
+from infra.kafka import broker
 from ml.settings import LoopSettings
 from scoring_service.config import ScorerSettings
 
@@ -258,6 +259,14 @@ def test_official_image_tags_are_pinned(compose: dict) -> None:
         assert tag and tag != "latest", f"{name}: image {svc['image']} is not pinned"
     assert compose["services"]["kafka"]["image"] == "apache/kafka:4.1.1"
     assert compose["services"]["postgres"]["image"] == "postgres:16"
+
+
+def test_the_compose_broker_runs_the_local_brokers_jvm(compose: dict) -> None:
+    """KAFKA_JVM_PERFORMANCE_OPTS replaces the image's JVM flags (G1, C2): the same collector and compiler as
+    the broker the tests and benchmarks start."""
+    opts = compose["services"]["kafka"]["environment"]["KAFKA_JVM_PERFORMANCE_OPTS"].split()
+    assert set(broker.JVM_FLAGS) <= set(opts)
+    assert not [o for o in opts if o.startswith("-XX:") and o not in broker.JVM_FLAGS]
 
 
 # --- (c) Dockerfiles -------------------------------------------------------------------------------------
