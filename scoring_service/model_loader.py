@@ -89,7 +89,8 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
         model_checks.warm_up(use_case, contract, NumpyForward.from_plan(plan), keras_output_of(model),
                              policy.canary_rows)
     except ModelRefused as e:
-        raise ModelRefused(e.kind, e.reason, version) from e
+        e.version = version  # the checks above know the artifact, not the envelope
+        raise
     except UnsupportedModel as e:
         raise ModelRefused("architecture", str(e), version) from e
     return Admission(envelope.model_name, version, sha256, contract, plan)

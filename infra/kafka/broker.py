@@ -24,12 +24,12 @@ log = logging.getLogger(__name__)
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 PID_FILE = "broker.pid"
+LOG_FILE = "broker.log"
 # The broker's collector and compiler, here and in docker-compose.yml (KAFKA_JVM_PERFORMANCE_OPTS). Z: pauses
 # under a millisecond, where G1's young collections stopped the broker for 12-95 ms every 1.5-3 s. C1 only:
 # on a 2-core machine C2's compile bursts (40-50% of a core for the first 35 s of a stream, again after each
 # new kind of request) took the CPU from the clients the broker serves; C1 code was no slower for them.
 JVM_FLAGS = ("-XX:+UseZGC", "-XX:TieredStopAtLevel=1")
-LOG_FILE = "broker.log"
 
 
 @dataclass(frozen=True)
