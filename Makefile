@@ -48,8 +48,8 @@ airflow-down: setup
 airflow-status: setup
 	@$(PY) -m infra.airflow status
 
-scorer: kafka-up  ## Run the streaming scorer in the foreground (Ctrl-C stops it gracefully)
-	@$(PY) -m scoring_service
+scorer: kafka-up  ## Run the streaming scorer of USE_CASE (default flight_delay) in the foreground; Ctrl-C stops it
+	@USE_CASE=$${USE_CASE:-flight_delay} $(PY) -m scoring_service
 
 # A broker that was not running before the demo is stopped after it (also on Ctrl-C): nothing is left behind.
 demo: kafka-fetch  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/

@@ -27,11 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.replay_snapshot import bench_settings, kafka_cluster  # noqa: E402
 from infra.airflow.local import REPO, AirflowConfig, airflow_env  # noqa: E402
-from ml.flights_source import load_completed  # noqa: E402
-from ml.replay import replay_frame  # noqa: E402
+from ml import use_cases  # noqa: E402
+from ml.airflow_tasks import dag_id  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
+from use_cases.flight_delay.replay import replay_frame  # noqa: E402
+from use_cases.flight_delay.source import load_completed  # noqa: E402
 
-DAG_ID = "retrain_flight_delay"
+DAG_ID = dag_id("flight_delay")
 
 
 def loop_env(settings: LoopSettings) -> dict[str, str]:
@@ -41,11 +43,9 @@ def loop_env(settings: LoopSettings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "MLFLOW_ARTIFACT_ROOT": str(settings.mlflow_artifact_root),
-        "TOPIC_FLIGHTS_SCHEDULED": settings.topic_flights_scheduled,
-        "TOPIC_FLIGHTS_COMPLETED": settings.topic_flights_completed,
-        "TOPIC_FLIGHTS_PREDICTIONS": settings.topic_flights_predictions,
-        "TOPIC_FLIGHTS_DLQ": settings.topic_flights_dlq, "TOPIC_MODELS": settings.topic_models,
-        "RETRAIN_SCHEDULE": "none", "RETRAIN_EVERY_N_FLIGHTS": "0", "RETRAIN_TASK_RETRIES": "0",
+        "TOPIC_PREFIX": settings.topic_prefix, "RETRAIN_TASK_RETRIES": "0",
+        **{f"{name.upper()}_{knob}": off for name in use_cases.names()
+           for knob, off in (("RETRAIN_SCHEDULE", "none"), ("RETRAIN_EVERY_N", "0"))},
     }
 
 

@@ -32,7 +32,7 @@ def timed(cmd: list[str], cwd: Path) -> float:
 
 
 def broker_start_to_ready(runs: int) -> list[float]:
-    """Seconds from `broker.start()` on a new data folder (port check, storage format, JVM launch) to the
+    """Seconds from `Broker.start()` on a new data folder (port check, storage format, JVM launch) to the
     first metadata answer."""
     dist = distribution.fetch()
     out = []
@@ -40,9 +40,10 @@ def broker_start_to_ready(runs: int) -> list[float]:
         data = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
         cfg = broker.BrokerConfig(data_dir=data, port=broker.free_port(), controller_port=broker.free_port())
         t0 = time.monotonic()
-        broker.start(cfg, dist)
+        node = broker.Broker(cfg, dist)
+        node.start()
         out.append(time.monotonic() - t0)
-        broker.stop(cfg)
+        node.stop()
         shutil.rmtree(data, ignore_errors=True)
     return out
 

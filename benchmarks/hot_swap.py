@@ -47,9 +47,10 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
 from benchmarks.scorer_throughput import (  # noqa: E402
     KEY, MODEL, PARTITIONS, bench_settings, flight_events, loop_settings, model_envelope)
-from ml import features  # noqa: E402
+from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
+from use_cases.flight_delay import preprocessing as features  # noqa: E402
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parents[1]
@@ -110,19 +111,19 @@ def read_all(s: ScorerSettings, topic: str, until, timeout: float) -> list:
     return out
 
 
-def bad_envelope(contract: features.FeatureContract):
+def bad_envelope(contract: features.FlightPreprocessing):
     """A correctly signed model whose output layer is NaN: it must fail the canary."""
     import keras
 
-    from ml import model as model_lib
+    from use_cases.flight_delay.model import build
 
     keras.utils.set_random_seed(9)
-    model = model_lib.build(contract)
+    model = build(contract)
     layer = model.get_layer("p_delayed")
     layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
     return build_envelope(model_name=MODEL, model_version=3, run_id="bench-bad", model_uri=f"models:/{MODEL}/3",
-                          feature_contract=contract.to_dict(), metrics={"auc": 0.7}, decision_id="bench-bad",
-                          artifact=model_lib.to_bytes(model), key=KEY.encode())
+                          preprocessing=contract.to_dict(), metrics={"auc": 0.7}, decision_id="bench-bad",
+                          artifact=to_bytes(model), key=KEY.encode())
 
 
 def max_gap(stamps: np.ndarray, lo: float, hi: float) -> int | None:
@@ -139,8 +140,8 @@ def free_port() -> int:
 
 def scorer_env(s: ScorerSettings) -> dict[str, str]:
     """The scorer's settings as the environment variables it reads."""
-    env = {k.upper(): v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
-           for k, v in s.model_dump().items() if v is not None}
+    env = {k.upper(): v.get_secret_value() if hasattr(v, "get_secret_value") else
+           orjson.dumps(v).decode() if isinstance(v, dict) else str(v) for k, v in s.model_dump().items() if v is not None}
     return {**os.environ, **env}
 
 
@@ -195,7 +196,7 @@ def main() -> None:
             ctx = multiprocessing.get_context("spawn")
             results, to_us = ctx.Pipe(duplex=False)
             producer = ctx.Process(target=paced_produce, daemon=True,
-                                   args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled, events, args.rate,
+                                   args=(s.kafka_bootstrap_servers, s.input_topic, events, args.rate,
                                          to_us))
             producer.start()
             to_us.close()  # the child's copy stays open: a child that dies ends our recv() with EOFError
@@ -212,9 +213,9 @@ def main() -> None:
             publish(loop_settings(s), bad)
             by_offset = results.recv()
             producer.join()
-            predictions = read_all(s, s.topic_flights_predictions, lambda out: len(out) >= len(events),
+            predictions = read_all(s, s.output_topic, lambda out: len(out) >= len(events),
                                    timeout=120)
-            status = read_all(s, s.topic_models_status, lambda out: len(out) >= 3, timeout=60)
+            status = read_all(s, s.status_topic, lambda out: len(out) >= 3, timeout=60)
         finally:
             scorer.send_signal(signal.SIGTERM)
             scorer.wait(60)

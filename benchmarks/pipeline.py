@@ -25,10 +25,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.replay_snapshot import bench_settings, kafka_cluster  # noqa: E402
-from ml import evaluate, pipeline, snapshot, train  # noqa: E402
-from ml.flights_source import load_completed  # noqa: E402
-from ml.replay import replay_frame  # noqa: E402
+from ml import pipeline, snapshot  # noqa: E402
 from ml.topics import ensure_topics  # noqa: E402
+from use_cases.flight_delay import evaluation, training  # noqa: E402
+from use_cases.flight_delay.contracts import FlightCompleted  # noqa: E402
+from use_cases.flight_delay.replay import replay_frame  # noqa: E402
+from use_cases.flight_delay.source import load_completed  # noqa: E402
+from use_cases.flight_delay.use_case import FlightDelay  # noqa: E402
 
 
 def run(bootstrap: str, data_dir: Path) -> dict:
@@ -36,7 +39,7 @@ def run(bootstrap: str, data_dir: Path) -> dict:
         "mlflow_tracking_uri": f"sqlite:///{data_dir / 'mlflow.db'}",
         "mlflow_artifact_root": data_dir / "artifacts",
     })
-    ensure_topics(settings)
+    ensure_topics(settings, [FlightDelay()])
     summary = replay_frame(settings, load_completed((1, 12)))
 
     t0 = time.perf_counter()
@@ -44,13 +47,14 @@ def run(bootstrap: str, data_dir: Path) -> dict:
     total_s = time.perf_counter() - t0
     if outcome.status != "published":
         raise SystemExit(f"retraining did not publish: {outcome.status}: {outcome.reason}")
-    (manifest,) = snapshot.list_manifests(settings, settings.topic_flights_completed)
+    completed = settings.topic("flights.completed")
+    (manifest,) = snapshot.list_manifests(settings, completed)
 
-    year, _ = snapshot.load_snapshots(settings, settings.topic_flights_completed, [manifest.snapshot_id])
+    year, _ = snapshot.load_snapshots(settings, completed, FlightCompleted, [manifest.snapshot_id])
     jan_jun, july = year[year["month"] <= 6], year[year["month"] == 7]
-    result = train.train(jan_jun, settings)
-    july_metrics = evaluate.metrics(july["delayed"].to_numpy(dtype=bool),
-                                    evaluate.score(result.model, result.contract, july))
+    result = training.train(jan_jun, settings)
+    july_metrics = evaluation.metrics(july["delayed"].to_numpy(dtype=bool),
+                                      evaluation.score(result.model, result.preprocessing, july))
     return {
         "replay_eps": round(summary.events_per_s),
         "snapshot_eps": round(manifest.row_count / manifest.read_seconds),

@@ -26,10 +26,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.flights_source import load_completed  # noqa: E402
-from ml.replay import replay_frame  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.snapshot import take_snapshot  # noqa: E402
+from use_cases.flight_delay.contracts import FlightCompleted  # noqa: E402
+from use_cases.flight_delay.replay import replay_frame  # noqa: E402
+from use_cases.flight_delay.source import load_completed  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -46,11 +47,12 @@ def kafka_cluster() -> Iterator[str]:
     # The broker runs in its own process group: a SIGTERM (e.g. from `timeout`) must unwind this block to
     # stop it, which Python's default SIGTERM does not do.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    broker.start(cfg, distribution.fetch())
+    node = broker.Broker(cfg, distribution.fetch())
+    node.start()
     try:
         yield cfg.bootstrap_servers
     finally:
-        broker.stop(cfg)
+        node.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 
@@ -61,11 +63,8 @@ def _exit_on_sigterm(signum: int, _frame) -> None:
 
 def bench_settings(bootstrap: str, data_dir: Path) -> LoopSettings:
     """Settings with topics unique to this run, so repeated runs against one cluster do not mix."""
-    u = uuid.uuid4().hex[:8]
-    return LoopSettings(kafka_bootstrap_servers=bootstrap, loop_data_dir=data_dir,
-                        topic_flights_scheduled=f"bench-scheduled-{u}", topic_flights_completed=f"bench-completed-{u}",
-                        topic_flights_predictions=f"bench-predictions-{u}", topic_flights_dlq=f"bench-dlq-{u}",
-                        topic_models=f"bench-models-{u}")
+    return LoopSettings(use_case="flight_delay", kafka_bootstrap_servers=bootstrap, loop_data_dir=data_dir,
+                        topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
 
 
 def run(settings: LoopSettings, months: tuple[int, int] = (1, 12)) -> dict:
@@ -73,7 +72,7 @@ def run(settings: LoopSettings, months: tuple[int, int] = (1, 12)) -> dict:
     flights = load_completed(months)
     summary = replay_frame(settings, flights)
     t0 = time.monotonic()
-    manifest = take_snapshot(settings, settings.topic_flights_completed)
+    manifest = take_snapshot(settings, settings.topic("flights.completed"), FlightCompleted)
     snapshot_s = time.monotonic() - t0
     return {
         "replay_eps": round(summary.events_per_s),

@@ -2,7 +2,7 @@
 
 In one run, on the same input topic: (1) pass-through: consume and produce the same bytes through the scorer's
 own batching and delivery code (``collect``, ``Sink``: flush, then synchronous commit, per batch); (2) the scorer (in
-process, default settings but the topics); (3) naive: ``features.transform`` + ``model.predict`` per record
+process, default settings but the topics); (3) naive: the flight preprocessing + ``model.predict`` per record
 on a small sample, no Kafka. Rates are counted from the end of the first batch to the last record, so the
 consumer-group join is not counted. Uses KAFKA_BOOTSTRAP_SERVERS if set, else starts a local broker. Last
 stdout line: JSON with passthrough_eps, scorer_eps, naive_eps, ratio_to_passthrough, events.
@@ -30,16 +30,17 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
-from ml import features  # noqa: E402
-from ml.flights_source import load_completed  # noqa: E402
+from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
-from ml.replay import build_stream  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.topics import wait_until_served  # noqa: E402
 from scoring_service.app import IDLE_WAIT_S, Scorer, consumer_config  # noqa: E402
 from scoring_service.batching import collect  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
 from scoring_service.sink import Sink  # noqa: E402
+from use_cases.flight_delay import preprocessing as features  # noqa: E402
+from use_cases.flight_delay.replay import build_stream  # noqa: E402
+from use_cases.flight_delay.source import load_completed  # noqa: E402
 
 log = logging.getLogger("bench")
 KEY = "bench-signing-key"
@@ -50,52 +51,49 @@ PARTITIONS = 3
 def bench_settings(bootstrap: str, **overrides) -> ScorerSettings:
     """Scorer settings with topics unique to this run (created here), so runs against one cluster do not mix."""
     u = uuid.uuid4().hex[:8]
-    s = ScorerSettings(kafka_bootstrap_servers=bootstrap, topic_flights_scheduled=f"bench-sched-{u}",
-                       topic_flights_predictions=f"bench-pred-{u}", topic_flights_dlq=f"bench-dlq-{u}",
-                       topic_models=f"bench-models-{u}", topic_models_status=f"bench-status-{u}",
+    s = ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=bootstrap, topic_prefix=f"bench-{u}.",
                        group_id=f"bench-scorer-{u}", model_name=MODEL, model_signing_key=KEY,
                        **{"http_port": 0, **overrides})
     admin = AdminClient({"bootstrap.servers": bootstrap})
     # Broker-side timestamps: a latency from them is input appended -> prediction appended, which leaves out
     # the benchmark producer's own client-side queueing.
     topics = [NewTopic(t, PARTITIONS, 1, config={"message.timestamp.type": "LogAppendTime"})
-              for t in (s.topic_flights_scheduled, s.topic_flights_predictions)]
-    topics += [NewTopic(t, 1, 1) for t in (s.topic_flights_dlq, s.topic_models_status)]
-    topics.append(NewTopic(s.topic_models, 1, 1, config={"cleanup.policy": "compact",
+              for t in (s.input_topic, s.output_topic)]
+    topics += [NewTopic(t, 1, 1) for t in (s.dlq_topic, s.status_topic)]
+    topics.append(NewTopic(s.models_topic, 1, 1, config={"cleanup.policy": "compact",
                                                           "max.message.bytes": str(4 << 20)}))
     for fut in admin.create_topics(topics).values():
         fut.result(30)
-    wait_until_served(loop_settings(s), {s.topic_models: 1}, timeout=30)
+    wait_until_served(loop_settings(s), {s.models_topic: 1}, timeout=30)
     return s
 
 
 def flight_events(n: int) -> tuple[list[tuple[bytes, bytes]], object]:
     """(key, value) of ``n`` `flights.scheduled` records (repeating Jan-Feb 2013 if needed), and the flights."""
     flights = load_completed((1, 2), limit=min(n, 50_000))
-    s = LoopSettings()
-    stream = build_stream(s, flights)
+    stream = build_stream(LoopSettings(), flights)
     one = [(k.encode(), v) for t, k, v in zip(stream.topics, stream.keys, stream.values, strict=True)
-           if t == s.topic_flights_scheduled]
+           if t == "flights.scheduled"]
     return [one[i % len(one)] for i in range(n)], flights
 
 
-def model_envelope(contract: features.FeatureContract, version: int, seed: int):
-    """A real model of ml.model.build (untrained: scoring costs the same) as a signed envelope, and the model."""
+def model_envelope(contract: features.FlightPreprocessing, version: int, seed: int):
+    """A real flight delay model (untrained: scoring costs the same) as a signed envelope, and the model."""
     import keras
 
-    from ml import model as model_lib
+    from use_cases.flight_delay.model import build
 
     keras.utils.set_random_seed(seed)
-    model = model_lib.build(contract)
+    model = build(contract)
     envelope = build_envelope(model_name=MODEL, model_version=version, run_id=f"bench-{version}",
-                              model_uri=f"models:/{MODEL}/{version}", feature_contract=contract.to_dict(),
+                              model_uri=f"models:/{MODEL}/{version}", preprocessing=contract.to_dict(),
                               metrics={"auc": 0.7}, decision_id=f"bench-{version}",
-                              artifact=model_lib.to_bytes(model), key=KEY.encode())
+                              artifact=to_bytes(model), key=KEY.encode())
     return envelope, model
 
 
 def loop_settings(s: ScorerSettings) -> LoopSettings:
-    return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_models=s.topic_models,
+    return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_prefix=s.topic_prefix,
                         model_signing_key=KEY, model_name=MODEL)
 
 
@@ -119,10 +117,10 @@ def rate(start: float, end: float, first_batch: int, total: int) -> float:
 def passthrough(s: ScorerSettings, total: int) -> float:
     """Consume + produce the same bytes through the scorer's own consumer settings, batching and delivery
     path (``collect``, ``Sink.send``/``settle``: produce, commit delivered offsets), no scoring; events/s."""
-    out = f"{s.topic_flights_predictions}-passthrough"
+    out = f"{s.output_topic}-passthrough"
     consumer = Consumer({**consumer_config(s, "passthrough"), "group.id": f"{s.group_id}-pt"})
     sink = Sink(s)
-    consumer.subscribe([s.topic_flights_scheduled])
+    consumer.subscribe([s.input_topic])
     done, first_batch, start = 0, 0, None
     try:
         while done < total:
@@ -132,7 +130,7 @@ def passthrough(s: ScorerSettings, total: int) -> float:
             last = {}
             for m in msgs:
                 last[m.partition()] = m.offset()
-            offsets = [TopicPartition(s.topic_flights_scheduled, p, o + 1) for p, o in sorted(last.items())]
+            offsets = [TopicPartition(s.input_topic, p, o + 1) for p, o in sorted(last.items())]
             sink.settle(consumer)
             sink.send([(out, m.key(), m.value()) for m in msgs], offsets, consumer)
             done += len(msgs)
@@ -164,7 +162,7 @@ def scorer_rate(s: ScorerSettings, total: int) -> tuple[float, Scorer]:
         thread.join(60)
 
 
-def naive_rate(contract: features.FeatureContract, model, events: list[tuple[bytes, bytes]]) -> float:
+def naive_rate(contract: features.FlightPreprocessing, model, events: list[tuple[bytes, bytes]]) -> float:
     """Per record: transform one record and call model.predict on it (what the scorer never does)."""
     records = [orjson.loads(v) for _, v in events]
     model.predict(features.transform(contract, records[:1]), verbose=0)  # trace once, like a warm scorer
@@ -189,8 +187,8 @@ def main() -> None:
     envelope, model = model_envelope(contract, 1, seed=1)
     with kafka_cluster() as bootstrap:
         s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms)
-        produce_all(bootstrap, s.topic_flights_scheduled, events)
-        log.info("%d events on %s", len(events), s.topic_flights_scheduled)
+        produce_all(bootstrap, s.input_topic, events)
+        log.info("%d events on %s", len(events), s.input_topic)
         passthrough_eps = passthrough(s, len(events))
         log.info("pass-through: %.0f events/s", passthrough_eps)
         publish(loop_settings(s), envelope)

@@ -9,9 +9,9 @@ import json
 import logging
 import time
 
-from ml import evaluate, train
-from ml.flights_source import load_completed
 from ml.settings import LoopSettings
+from use_cases.flight_delay import evaluation, training
+from use_cases.flight_delay.source import load_completed
 
 
 def main() -> None:
@@ -19,17 +19,17 @@ def main() -> None:
     started = time.perf_counter()
     train_df, july = load_completed((1, 6)), load_completed((7, 7))
     load_s = time.perf_counter() - started
-    result = train.train(train_df, LoopSettings())
+    result = training.train(train_df, LoopSettings(use_case="flight_delay"))
     started = time.perf_counter()
-    p = evaluate.score(result.model, result.contract, july)
+    p = evaluation.score(result.model, result.preprocessing, july)
     score_s = time.perf_counter() - started
-    m = evaluate.metrics(july["delayed"].to_numpy(), p)
+    m = evaluation.metrics(july["delayed"].to_numpy(), p)
     print(json.dumps({
         "train_s": round(result.seconds, 1), "auc_july": round(m["roc_auc"], 4),
         "logloss_july": round(m["log_loss"], 4), "brier_july": round(m["brier"], 4),
         "rows_train": result.rows_train, "rows_val": result.rows_val, "rows_july": m["rows"],
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-        "load_s": round(load_s, 1), "score_s": round(score_s, 2), "contract": result.contract.fingerprint,
+        "load_s": round(load_s, 1), "score_s": round(score_s, 2), "preprocessing": result.preprocessing.fingerprint,
     }))
 
 

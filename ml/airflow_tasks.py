@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,9 +23,15 @@ from ml.settings import LoopSettings
 
 log = logging.getLogger(__name__)
 
+TASKS = ("snapshot", "validate", "train", "evaluate", "register", "publish", "verify_rollout")
 MLFLOW_RUN_LINK = "mlflow_run_url"  # XCom keys read by the plugin's operator extra links
 DATA_DOCS_LINK = "data_docs_url"
 DATA_DOCS_ROUTE = "/retrain-loop/data-docs"  # served by plugins/retrain_loop.py from reports_dir/data_docs
+
+
+def dag_id(use_case: str) -> str:
+    """The id of the retraining DAG of ``use_case``."""
+    return f"retrain_{use_case}"
 
 
 class StopRun(LoopError):
@@ -41,6 +47,9 @@ class RolloutFailed(LoopError):
     """No scorer took the published version live in time, or a scorer rejected it."""
 
 
+GATE_MARGIN_PARAM = "gate_margin_"  # the UI's Param of a criterion's margin: gate_margin_<metric>
+
+
 class RunRequest(BaseModel):
     """What a run may override (the DAG's Params); None keeps the value from the environment/settings."""
 
@@ -48,10 +57,20 @@ class RunRequest(BaseModel):
 
     snapshot_window: int | None = Field(None, ge=1, le=120)
     epochs: int | None = Field(None, ge=1, le=200)
-    gate_auc_margin: float | None = Field(None, ge=0, le=0.5)
+    # metric -> margin of this run's gate (the Params gate_margin_<metric>; empty ones are left out)
+    gate_margins: dict[str, Annotated[float, Field(ge=0)]] = {}
     force_promote: bool = False
     force_reason: str | None = None
     rollout_timeout_s: float = Field(600.0, ge=0, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_margins(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        margins = {k.removeprefix(GATE_MARGIN_PARAM): v for k, v in data.items()
+                   if k.startswith(GATE_MARGIN_PARAM) and v is not None}
+        return {**data, "gate_margins": {**(data.get("gate_margins") or {}), **margins}}
 
     @model_validator(mode="after")
     def _force_needs_reason(self) -> RunRequest:
@@ -72,7 +91,8 @@ def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Ma
                      mlflow_tracking_uri: str | None = None, base: LoopSettings | None = None,
                      use_case: str | None = None) -> LoopSettings:
     """LoopSettings from the environment, then the DAG's use case, the Airflow Kafka connection's config dict
-    and MLflow URI, then the run's overrides. Raises pydantic.ValidationError for an invalid request.
+    and MLflow URI, then the run's overrides (its gate margins go to ``evaluate``). Raises
+    pydantic.ValidationError for an invalid request.
 
     A ``use_case`` other than the environment's also replaces the environment's model name and MLflow
     experiment (they belong to the other use case) with the defaults of ``use_case``.
@@ -86,7 +106,7 @@ def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Ma
         update["kafka_bootstrap_servers"] = kafka_extra["bootstrap.servers"]
     if mlflow_tracking_uri:
         update["mlflow_tracking_uri"] = mlflow_tracking_uri
-    for field in ("snapshot_window", "epochs", "gate_auc_margin"):
+    for field in ("snapshot_window", "epochs"):
         if getattr(req, field) is not None:
             update[field] = getattr(req, field)
     # model_copy skips validation: re-validate so a bad override fails here, not deep in a step.
@@ -153,19 +173,19 @@ def train(settings: LoopSettings, run_id: str, *, mlflow_ui_url: str | None = No
 
 
 def evaluate(settings: LoopSettings, candidate: dict[str, Any], *, force_reason: str | None = None,
-             mlflow_ui_url: str | None = None) -> dict[str, Any]:
+             gate_margins: dict[str, float] | None = None, mlflow_ui_url: str | None = None) -> dict[str, Any]:
     """The gate's decision record (a retry returns the one already logged)."""
     from ml import pipeline
 
     decision = pipeline.evaluate_step(settings, pipeline.Candidate.model_validate(candidate),
-                                      force_reason=force_reason)
+                                      force_reason=force_reason, gate_margins=gate_margins)
     return {**_dump(decision), "links": _mlflow_links(settings, mlflow_ui_url, candidate["mlflow_run_id"])}
 
 
 def register(settings: LoopSettings, candidate: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
     """Register the promoted candidate; StopRun carrying the gate's reasons when it was rejected."""
     from ml import pipeline
-    from ml.evaluate import DecisionRecord
+    from ml.gate import DecisionRecord
 
     record = DecisionRecord.model_validate(decision)
     if not record.promote:
@@ -178,7 +198,7 @@ def publish(settings: LoopSettings, candidate: dict[str, Any], decision: dict[st
             registered: dict[str, Any]) -> dict[str, Any]:
     """Publish the signed envelope and move @champion; a version already on the topic is not produced again."""
     from ml import pipeline
-    from ml.evaluate import DecisionRecord
+    from ml.gate import DecisionRecord
 
     result = pipeline.publish_step(settings, pipeline.Candidate.model_validate(candidate),
                                    DecisionRecord.model_validate(decision), registered["model_version"])
@@ -204,7 +224,7 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-    topic = topic or settings.topic_models_status
+    topic = topic or settings.status_topic
     name = settings.model_name
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap_servers,
@@ -265,9 +285,9 @@ def every_n_records(message, every: int = 5000) -> dict[str, Any] | None:
     """Apply function of the Kafka AssetWatcher: fire on every ``every``-th record of a partition.
 
     Stateless on purpose: the triggerer may restart and re-read from committed offsets, and offset + 1 is
-    the number of records a partition holds up to this one (the training topics are written without
+    the number of records a partition holds up to this one (the labels topics are written without
     transactions, so offsets are contiguous). With P partitions the asset fires about every P * ``every``
-    records (completed flights, sensor readings). Returns the event payload (small JSON) or None.
+    records. Returns the event payload (small JSON) or None.
     """
     if message.value() is None or (message.offset() + 1) % every:
         return None

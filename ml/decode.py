@@ -30,11 +30,9 @@ from ml.contracts import arrow_schema, field_specs
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal",
                           "string_too_short", "string_too_long", "literal_error", "finite_number"})
 
-# Batches of up to this many records take the record-by-record path. pyarrow's JSON reader hands each call
-# to its I/O and CPU thread pools (about four handoffs a call), and on a busy machine every handoff waits
-# for a core: a 50-record batch took 0.6 ms of CPU but up to 25 ms of wall time in the scorer on 2 cores,
-# against 0.26 ms and no handoff record by record. From a few hundred records on, pyarrow's reader costs
-# less CPU per record, and from a few thousand less wall time too.
+# Batches of up to this many records take the record-by-record path: pyarrow's JSON reader hands each call to
+# its thread pools, and on a busy machine every handoff waits for a core, so a small batch costs far more wall
+# time than CPU; from a few hundred records on, the reader costs less per record (docs/performance.md).
 RECORD_BY_RECORD_MAX = 1_000
 
 ERROR_UNDECODABLE = "undecodable"
@@ -47,7 +45,7 @@ class Rejection:
     """One record the contract refused: its position in the batch, error class and a readable reason."""
 
     index: int
-    error_class: str  # undecodable | schema | range (the classes of the `flights.dlq` contract)
+    error_class: str  # undecodable | schema | range (the classes of the DeadLetter contract)
     reason: str
 
 

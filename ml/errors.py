@@ -32,12 +32,12 @@ class InsufficientData(LoopError):
     def __init__(self, rows: int, minimum: int, report: object | None = None) -> None:
         self.rows = rows
         self.minimum = minimum
-        self.report = report  # ml.validate.ValidationReport when the suite ran
+        self.report = report  # ml.validation.ValidationReport when the suite ran
         super().__init__(f"snapshot has {rows} rows, fewer than the minimum of {minimum}: skipping this run")
 
 
 class ValidationFailed(LoopError):
-    """The snapshot failed its data-quality suite; ``report`` (ml.validate.ValidationReport) holds every check."""
+    """The snapshot failed its data-quality suite; ``report`` (ml.validation.ValidationReport) holds every check."""
 
     def __init__(self, report) -> None:
         self.report = report

@@ -41,7 +41,7 @@ def read_status(settings: LoopSettings, topic: str | None = None, timeout_s: flo
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-    topic = topic or settings.topic_models_status
+    topic = topic or settings.status_topic
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.auto.commit": False,
                          "group.id": f"status-reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": True,
                          "log_level": 0})

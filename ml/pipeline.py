@@ -2,8 +2,8 @@
 
     snapshot -> validate -> train -> evaluate -> register -> publish
 
-The steps are the same for every use case: what differs (training topic, contract, suite, holdout, training,
-gate) comes from ``ml.usecases.get(settings.use_case)``.
+The steps are the same for every use case: what differs (labels topic and contract, suite, label, time order,
+training, evaluation, gate criteria) comes from the use case the settings select (``ml.use_cases``).
 
 Every step is safe to retry with the same ``loop_run_id`` (the Airflow run id): the snapshot of that id is
 reused, a finished training run tagged with it is reused, registering a run twice returns its version, and
@@ -20,9 +20,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ml import snapshot as snapshots, usecases
+import pandas as pd
+
+from ml import snapshot as snapshots, use_cases
 from ml.errors import InsufficientData, ValidationFailed
 from ml.settings import LoopSettings
+from ml.split import time_split
+from ml.use_cases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ class Candidate(BaseModel):
     loop_run_id: str
     mlflow_run_id: str
     model_uri: str
-    contract_fingerprint: str
+    preprocessing_fingerprint: str
     snapshot_ids: list[str]
     rows_train: int
     rows_holdout: int
@@ -64,21 +68,38 @@ def snapshot_id_for(loop_run_id: str) -> str:
 
 
 def snapshot_step(settings: LoopSettings, loop_run_id: str):
-    """Snapshot the use case's training topic (`flights.completed`, `sensors.readings`) from the previous
-    snapshot's end to the current end offsets.
+    """Snapshot the use case's labels topic from the previous snapshot's end to the current end offsets.
 
     Returns the ``SnapshotManifest``; a retry of the same run returns the same manifest.
     """
-    topic = usecases.get(settings.use_case).training_topic(settings)
-    return snapshots.take_snapshot(settings, topic, snapshot_id=snapshot_id_for(loop_run_id))
+    uc = use_cases.selected(settings)
+    return snapshots.take_snapshot(settings, settings.topic(uc.topics.labels), uc.label_contract,
+                                   snapshot_id=snapshot_id_for(loop_run_id))
 
 
-def _champion_training_data(settings: LoopSettings, registry):
+def _load(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]):
+    return snapshots.load_snapshots(settings, settings.topic(uc.topics.labels), uc.label_contract, snapshot_ids)
+
+
+def labelled(uc: UseCase, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that carry the use case's label: only they can train or judge a model."""
+    kept = rows[rows[uc.label].notna()]
+    if len(kept) < len(rows):
+        log.info("%s: %d of %d rows have no %s and are left out", uc.name, len(rows) - len(kept), len(rows), uc.label)
+    return kept
+
+
+def split(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(earlier, holdout) of the labelled rows: the holdout is their last ``holdout_days``."""
+    return time_split(labelled(uc, rows), uc.time_order, days=settings.holdout_days)
+
+
+def _champion_training_data(settings: LoopSettings, uc: UseCase, registry):
     """The champion's training rows (its lineage snapshots that are still on disk), or None."""
     champion = registry.champion()
     if champion is None:
         return None
-    topic = usecases.get(settings.use_case).training_topic(settings)
+    topic = settings.topic(uc.topics.labels)
     ids = [m["snapshot_id"] for m in champion.lineage if "snapshot_id" in m]
     available = {m.snapshot_id for m in snapshots.list_manifests(settings, topic)}
     present = [i for i in ids if i in available]
@@ -86,96 +107,112 @@ def _champion_training_data(settings: LoopSettings, registry):
         log.warning("champion v%d was trained on snapshots %s that are not on disk: drift not computed",
                     champion.version, ids)
         return None
-    df, _ = snapshots.load_snapshots(settings, topic, present)
+    df, _ = _load(settings, uc, present)
     return df
 
 
 def validate_step(settings: LoopSettings, loop_run_id: str, manifest):
-    """Validate the new snapshot against its contract suite, with drift against the champion's training data.
+    """Validate the new snapshot against its use case's suite, with drift against the champion's training data.
 
     Returns the ``ValidationReport``. Raises InsufficientData (skip the run) or ValidationFailed (the report
     says which expectation failed on how many rows); Data Docs are written either way.
     """
     from ml.registry import Registry
-    from ml.validate import validate_snapshot
+    from ml.validation import validate_snapshot
 
     if manifest.row_count == 0:
         raise InsufficientData(0, settings.min_training_rows)
-    df, _ = snapshots.load_snapshots(settings, manifest.topic, [manifest.snapshot_id])
-    reference = _champion_training_data(settings, Registry(settings))
+    uc = use_cases.selected(settings)
+    df, _ = _load(settings, uc, [manifest.snapshot_id])
+    reference = _champion_training_data(settings, uc, Registry(settings))
     return validate_snapshot(df, settings, run_id=snapshot_id_for(loop_run_id), reference=reference,
-                             rejected=manifest.rejected_count, suite=usecases.get(settings.use_case).suite())
+                             rejected=manifest.rejected_count, suite=uc.validation_suite())
 
 
 def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None = None) -> Candidate:
     """Train a challenger on the snapshot window minus the most recent ``holdout_days``; log it in MLflow.
 
     The MLflow run holds the parameters, training metrics, the window's snapshot manifests (exact Kafka
-    offsets) and the model with its feature contract. A retry reuses a finished run of the same loop run.
+    offsets) and the model with its fitted preprocessing. A retry reuses a finished run of the same loop run.
     """
     from ml.registry import Registry
 
-    uc = usecases.get(settings.use_case)
-    topic = uc.training_topic(settings)
+    uc = use_cases.selected(settings)
     registry = Registry(settings)
-    window = snapshots.list_manifests(settings, topic)[-settings.snapshot_window:]
+    window = snapshots.list_manifests(settings, settings.topic(uc.topics.labels))[-settings.snapshot_window:]
     existing = registry.find_run(LOOP_RUN_TAG, loop_run_id)
     if existing is not None:
         tags = registry.run_tags(existing)
         log.info("run %s already trained in MLflow run %s: reusing it", loop_run_id, existing)
         return Candidate.model_validate_json(tags["candidate"])
 
-    df, manifests = snapshots.load_snapshots(settings, topic, [m.snapshot_id for m in window])
-    earlier, holdout = uc.holdout_slice(df, settings.holdout_days)
+    df, manifests = _load(settings, uc, [m.snapshot_id for m in window])
+    earlier, holdout = split(settings, uc, df)
     if len(earlier) < settings.min_training_rows:
         raise InsufficientData(len(earlier), settings.min_training_rows)
     result = uc.train(earlier, settings)
     run_params = {"use_case": uc.name, "epochs_max": settings.epochs, "seed": settings.seed,
                   "holdout_days": settings.holdout_days, "snapshot_window": settings.snapshot_window,
                   "rows_train": len(earlier), "rows_holdout": len(holdout), "best_epoch": result.best_epoch,
-                  "contract": result.contract.fingerprint, **(params or {})}
+                  "preprocessing": result.preprocessing.fingerprint, **(params or {})}
     with registry.start_run(run_name=loop_run_id, params=run_params, tags={LOOP_RUN_TAG: loop_run_id}) as run_id:
         registry.log_lineage(run_id, manifests)
         registry.log_metrics(run_id, {"train_seconds": result.seconds,
                                       **{f"train_{k}": v[-1] for k, v in result.history.items()}})
-        model_uri = registry.log_model(run_id, result.model, result.contract.to_dict())
+        model_uri = registry.log_model(run_id, result.model, result.preprocessing.to_dict())
         candidate = Candidate(loop_run_id=loop_run_id, mlflow_run_id=run_id, model_uri=model_uri,
-                              contract_fingerprint=result.contract.fingerprint,
+                              preprocessing_fingerprint=result.preprocessing.fingerprint,
                               snapshot_ids=[m.snapshot_id for m in manifests], rows_train=len(earlier),
                               rows_holdout=len(holdout), train_seconds=result.seconds)
         # Tagged last: a run carrying this tag is complete, so a retry may reuse it.
         registry.client().set_tag(run_id, "candidate", candidate.model_dump_json())
-    log.info("%s candidate %s trained on %d rows (%d held out) in %.1f s, contract %s, snapshots %s",
-             uc.name, run_id, len(earlier), len(holdout), result.seconds, candidate.contract_fingerprint,
+    log.info("%s candidate %s trained on %d rows (%d held out) in %.1f s, preprocessing %s, snapshots %s",
+             uc.name, run_id, len(earlier), len(holdout), result.seconds, candidate.preprocessing_fingerprint,
              candidate.snapshot_ids)
     return candidate
 
 
-def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason: str | None = None):
-    """Score the challenger and the champion on the same most recent held-out slice and gate them.
+def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason: str | None = None,
+                  gate_margins: dict[str, float] | None = None):
+    """Score the challenger and the champion on the same most recent held-out rows and gate them with the use
+    case's criteria (``gate_margins``: this run's margins by metric, over the use case's).
 
     Returns the ``DecisionRecord``, which is logged to the candidate's MLflow run whatever the verdict. A
     retry returns the decision already logged (after a promotion the champion would be the candidate itself).
     """
-    from ml.evaluate import DecisionRecord
+    from ml.gate import DecisionRecord, decide
     from ml.registry import Registry
 
-    uc = usecases.get(settings.use_case)
+    uc = use_cases.selected(settings)
     registry = Registry(settings)
     logged = registry.decision(candidate.mlflow_run_id)
     if logged is not None:
         log.info("candidate %s already judged by decision %s (%s): reusing it", candidate.mlflow_run_id,
                  logged["decision_id"], logged["verdict"])
         return DecisionRecord.model_validate(logged)
-    df, _ = snapshots.load_snapshots(settings, uc.training_topic(settings), candidate.snapshot_ids)
-    _, holdout = uc.holdout_slice(df, settings.holdout_days)
-    challenger = registry.load_model(candidate.model_uri)
-    challenger_contract = uc.load_contract(registry.feature_contract(candidate.mlflow_run_id))
+    criteria = uc.gate_criteria(gate_margins)
+    df, _ = _load(settings, uc, candidate.snapshot_ids)
+    _, holdout = split(settings, uc, df)
+    challenger = uc.load_preprocessing(registry.preprocessing(candidate.mlflow_run_id))
+    challenger_metrics = uc.evaluate(registry.load_model(candidate.model_uri), challenger, holdout)
     champion = registry.champion()
-    champion_model = registry.load_model(champion.version) if champion else None
-    champion_contract = uc.load_contract(champion.feature_contract) if champion else None
-    decision = uc.evaluate(challenger, challenger_contract, champion_model, champion_contract, holdout, settings,
-                           force_reason=force_reason)
+    champion_preprocessing, champion_metrics = None, None
+    start = holdout[uc.time_order[0]].min()
+    if champion is not None:
+        champion_preprocessing = uc.load_preprocessing(champion.preprocessing)
+        champion_metrics = uc.evaluate(registry.load_model(champion.version), champion_preprocessing, holdout)
+        # A champion that trained on holdout rows would look better than it is.
+        if pd.Timestamp(champion_preprocessing.fitted_through) >= start:
+            log.warning("champion v%d was fitted on rows through %s, overlapping the holdout starting %s",
+                        champion.version, champion_preprocessing.fitted_through, start)
+    log.info("scored challenger (preprocessing %s) and champion %s on %d holdout rows", challenger.fingerprint,
+             f"v{champion.version} (preprocessing {champion_preprocessing.fingerprint})" if champion else "none",
+             len(holdout))
+    decision = decide(uc.name, criteria, challenger_metrics, champion_metrics, force_reason=force_reason,
+                      challenger_preprocessing=challenger.fingerprint,
+                      champion_preprocessing=champion_preprocessing.fingerprint if champion else None,
+                      holdout_from=start.to_pydatetime(),
+                      holdout_to=holdout[uc.time_order[0]].max().to_pydatetime())
     registry.log_decision(candidate.mlflow_run_id, decision)
     registry.log_metrics(candidate.mlflow_run_id, {f"holdout_{k}": v for k, v in decision.challenger.items()})
     if decision.champion is not None:
@@ -201,7 +238,7 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
     Returns the ``PublishResult``, or None when there is nothing to publish (gate rejected). Publishing a
     version that is already the latest on the topic is a no-op.
     """
-    from ml import model as model_lib
+    from ml.keras_models import to_bytes
     from ml.publish import build_envelope, publish
     from ml.registry import Registry
 
@@ -210,11 +247,11 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
                  decision.verdict)
         return None
     registry = Registry(settings)
-    artifact = model_lib.to_bytes(registry.load_model(version))
+    artifact = to_bytes(registry.load_model(version))
     envelope = build_envelope(
         model_name=settings.model_name, model_version=version, run_id=candidate.mlflow_run_id,
         model_uri=f"models:/{settings.model_name}/{version}",
-        feature_contract=registry.feature_contract(candidate.mlflow_run_id),
+        preprocessing=registry.preprocessing(candidate.mlflow_run_id),
         metrics=decision.challenger, decision_id=decision.decision_id, artifact=artifact,
         key=settings.signing_key(),
     )
@@ -225,7 +262,8 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
     return result
 
 
-def retrain(settings: LoopSettings, loop_run_id: str, *, force_reason: str | None = None) -> Outcome:
+def retrain(settings: LoopSettings, loop_run_id: str, *, force_reason: str | None = None,
+            gate_margins: dict[str, float] | None = None) -> Outcome:
     """Run every step in this process and say how it ended (published, rejected, skipped, invalid)."""
     seconds: dict[str, float] = {}
 
@@ -248,7 +286,8 @@ def retrain(settings: LoopSettings, loop_run_id: str, *, force_reason: str | Non
         candidate = timed("train", train_step, settings, loop_run_id)
     except InsufficientData as exc:
         return Outcome(status="skipped", reason=str(exc), **base)
-    decision = timed("evaluate", evaluate_step, settings, candidate, force_reason=force_reason)
+    decision = timed("evaluate", evaluate_step, settings, candidate, force_reason=force_reason,
+                     gate_margins=gate_margins)
     version = timed("register", register_step, settings, candidate, decision)
     result = timed("publish", publish_step, settings, candidate, decision, version)
     outcome = Outcome(

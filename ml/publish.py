@@ -40,7 +40,7 @@ class ModelEnvelope(BaseModel):
     model_version: int = Field(ge=1)
     run_id: str = Field(min_length=1)
     model_uri: str = Field(min_length=1)
-    feature_contract: dict[str, Any]
+    preprocessing: dict[str, Any]
     metrics: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
     decision_id: str = Field(min_length=1)
     created_at: AwareDatetime
@@ -81,7 +81,7 @@ def _sign(fields: dict[str, Any], key: bytes) -> str:
 
 
 def build_envelope(*, model_name: str, model_version: int, run_id: str, model_uri: str,
-                   feature_contract: dict[str, Any], metrics: dict[str, float], decision_id: str,
+                   preprocessing: dict[str, Any], metrics: dict[str, float], decision_id: str,
                    artifact: bytes, key: bytes, created_at: datetime | None = None) -> ModelEnvelope:
     """Build and sign the envelope of one registered model version.
 
@@ -89,7 +89,7 @@ def build_envelope(*, model_name: str, model_version: int, run_id: str, model_ur
     """
     fields = dict(
         schema_version=1, model_name=model_name, model_version=model_version, run_id=run_id, model_uri=model_uri,
-        feature_contract=feature_contract, metrics=metrics, decision_id=decision_id,
+        preprocessing=preprocessing, metrics=metrics, decision_id=decision_id,
         created_at=created_at or datetime.now(UTC),
         artifact_b64=base64.b64encode(artifact).decode("ascii"),
         artifact_sha256=hashlib.sha256(artifact).hexdigest(),
@@ -136,7 +136,7 @@ def _topic_max_message_bytes(settings: LoopSettings) -> int:
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    resource = ConfigResource(ResourceType.TOPIC, settings.topic_models)
+    resource = ConfigResource(ResourceType.TOPIC, settings.models_topic)
     # A topic created a moment ago can be unknown to the broker answering for a few hundred ms: retry briefly.
     deadline = time.monotonic() + TOPIC_METADATA_WAIT_S
     while True:
@@ -149,7 +149,7 @@ def _topic_max_message_bytes(settings: LoopSettings) -> int:
                 time.sleep(0.2)
                 continue
             if unknown:
-                raise TopicMissing(settings.topic_models, settings.kafka_bootstrap_servers) from e
+                raise TopicMissing(settings.models_topic, settings.kafka_bootstrap_servers) from e
             raise BrokerUnavailable(settings.kafka_bootstrap_servers, e) from e
 
 
@@ -163,7 +163,7 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
 
     from ml.topic_history import TopicHistory
 
-    topic = settings.topic_models
+    topic = settings.models_topic
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         # Assigned partitions only, nothing committed: the group id is required by the client, not used.
@@ -209,7 +209,7 @@ def publish(settings: LoopSettings, envelope: ModelEnvelope) -> PublishResult:
     """
     from confluent_kafka import Producer
 
-    topic = settings.topic_models
+    topic = settings.models_topic
     key, value = envelope.model_name.encode(), envelope.to_bytes()
     size = len(key) + len(value)
     limit = _topic_max_message_bytes(settings)

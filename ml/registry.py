@@ -2,7 +2,7 @@
 
 Each candidate is one MLflow run holding its params, metrics, the gate's decision record and the snapshot
 manifests it was trained on (exact topic/partition offset ranges), plus one Keras model logged with the keras
-flavour. Registered versions of ``settings.model_name`` are promoted by moving the ``champion`` alias.
+flavour and its fitted preprocessing. Registered versions of ``settings.model_name`` are promoted by moving the ``champion`` alias.
 
 Nothing happens at import: the tracking URI is passed to ``MlflowClient`` and set globally only inside the
 functions that need MLflow's fluent API (logging and loading a model).
@@ -37,7 +37,7 @@ CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT = "model"
 DECISION_FILE = "decision.json"
 LINEAGE_FILE = "lineage/snapshot_manifests.json"
-FEATURE_CONTRACT_FILE = "feature_contract.json"
+PREPROCESSING_FILE = "preprocessing.json"
 PROBE_TIMEOUT_S = 3.0
 MAX_TAG_CHARS = 5000  # MLflow rejects longer tag values on some stores; 8000 is the sqlite limit
 
@@ -50,7 +50,7 @@ class ChampionInfo(BaseModel):
     version: int
     run_id: str
     model_uri: str
-    feature_contract: dict[str, Any]
+    preprocessing: dict[str, Any]
     metrics: dict[str, float]
     lineage: list[dict[str, Any]]
 
@@ -76,7 +76,7 @@ def compact_lineage(manifests: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _pip_requirements() -> list[str]:
-    # Explicit requirements: letting MLflow infer them re-imports TensorFlow in a subprocess (16 s vs 1.8 s).
+    # Explicit requirements: letting MLflow infer them re-imports TensorFlow in a subprocess, many times slower.
     return [f"keras=={installed_version('keras')}", f"tensorflow-cpu=={installed_version('tensorflow-cpu')}"]
 
 
@@ -87,6 +87,8 @@ class Registry:
     """
 
     def __init__(self, settings: LoopSettings) -> None:
+        if settings.model_name is None or settings.mlflow_experiment is None:
+            raise ValueError("no model name or MLflow experiment: set USE_CASE (or MODEL_NAME and MLFLOW_EXPERIMENT)")
         self.settings = settings
         self.uri = settings.mlflow_tracking_uri
         self.name = settings.model_name
@@ -194,14 +196,15 @@ class Registry:
 
     # ------------------------------------------------------------ models
 
-    def log_model(self, run_id: str, keras_model: keras.Model, feature_contract: Mapping[str, Any]) -> str:
+    def log_model(self, run_id: str, keras_model: keras.Model, preprocessing: Mapping[str, Any]) -> str:
         """Log the model with the keras flavour under ``run_id``; returns its ``models:/m-...`` URI.
 
-        The feature contract goes into the model's MLmodel metadata and into the run as ``feature_contract.json``.
+        The fitted preprocessing goes into the model's MLmodel metadata and into the run as
+        ``preprocessing.json``.
         """
         import mlflow
 
-        contract = dict(feature_contract)
+        fitted = dict(preprocessing)
         client = self.client()
         self._use_fluent()
         active = mlflow.active_run()
@@ -211,11 +214,11 @@ class Registry:
             mlflow.start_run(run_id=run_id)
         try:
             info = mlflow.keras.log_model(keras_model, name=MODEL_ARTIFACT, pip_requirements=_pip_requirements(),
-                                          metadata={"feature_contract": contract})
+                                          metadata={"preprocessing": fitted})
         finally:
             if resume:
                 mlflow.end_run()
-        client.log_dict(run_id, contract, FEATURE_CONTRACT_FILE)
+        client.log_dict(run_id, fitted, PREPROCESSING_FILE)
         log.info("run %s: model logged as %s", run_id, info.model_uri)
         return info.model_uri
 
@@ -235,9 +238,9 @@ class Registry:
             return None
         return self._download_json(run_id, DECISION_FILE)
 
-    def feature_contract(self, run_id: str) -> dict[str, Any]:
-        """The feature contract logged with the model of ``run_id``."""
-        return self._download_json(run_id, FEATURE_CONTRACT_FILE)
+    def preprocessing(self, run_id: str) -> dict[str, Any]:
+        """The fitted preprocessing logged with the model of ``run_id``."""
+        return self._download_json(run_id, PREPROCESSING_FILE)
 
     def register(self, run_id: str, model_uri: str) -> int:
         """Register ``model_uri`` as a version of ``settings.model_name``; returns the version number.
@@ -268,7 +271,7 @@ class Registry:
             return json.loads(Path(local).read_text())
 
     def champion(self) -> ChampionInfo | None:
-        """The version behind ``@champion`` with its feature contract, metrics and lineage; None before the first."""
+        """The version behind ``@champion`` with its preprocessing, metrics and lineage; None before the first."""
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -282,7 +285,7 @@ class Registry:
         run = client.get_run(mv.run_id)
         return ChampionInfo(
             version=int(mv.version), run_id=mv.run_id, model_uri=f"models:/{self.name}/{mv.version}",
-            feature_contract=self.feature_contract(mv.run_id),
+            preprocessing=self.preprocessing(mv.run_id),
             metrics=dict(run.data.metrics), lineage=self._download_json(mv.run_id, LINEAGE_FILE),
         )
 

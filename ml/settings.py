@@ -1,62 +1,80 @@
 """Typed settings of the retraining loop, read from environment variables once and passed explicitly.
 
 Every field maps to the upper-case environment variable of the same name (``kafka_bootstrap_servers`` ->
-``KAFKA_BOOTSTRAP_SERVERS``). Defaults fit the local path (`make kafka-up`, SQLite MLflow under ``.local``).
+``KAFKA_BOOTSTRAP_SERVERS``); an empty variable counts as unset. Defaults fit the local path (`make kafka-up`,
+SQLite MLflow under ``.local``). What differs per use case (its topics, its gate, its own knobs) comes from
+the use case (``ml.use_cases``), not from here.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from ml import contracts
 
 log = logging.getLogger(__name__)
 
 DEV_SIGNING_KEY = "local-dev-signing-key-not-for-production"
-
-UseCaseName = Literal["flight_delay", "sensor_anomaly"]
-# What follows the use case unless set explicitly: (model_name, mlflow_experiment). The model name keys the
-# envelopes on the shared `models` topic, so each use case's scorer finds its own model there.
-USE_CASE_NAMES: dict[str, tuple[str, str]] = {
-    "flight_delay": ("flight_delay", "flight-delay"),
-    "sensor_anomaly": ("sensor_anomaly", "sensor-anomaly"),
-}
+# The loop's own topics; a use case's topics are named by the use case.
+MODELS_TOPIC = "models"
+MODELS_STATUS_TOPIC = "models.status"
 
 
-class LoopSettings(BaseSettings):
+class TopicNames(BaseSettings):
+    """How topic names are resolved, shared by the loop's and the scorer's settings: a topic's default name
+    (a use case's or the loop's) is looked up in ``topic_names`` (``{"default": "actual"}``), else prefixed
+    with ``topic_prefix``."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True)
+
+    topic_prefix: str = Field("", description="Prefix of every topic name (a namespace per team or environment).")
+    topic_names: dict[str, str] = Field(default_factory=dict, description="JSON object renaming topics: "
+                                        "default name -> actual name (wins over the prefix).")
+
+    def topic(self, name: str) -> str:
+        """The actual name of the topic whose default name is ``name``."""
+        return self.topic_names.get(name, self.topic_prefix + name)
+
+    @property
+    def models_topic(self) -> str:
+        """The compacted topic of signed model envelopes, shared by every use case (keyed by model name)."""
+        return self.topic(MODELS_TOPIC)
+
+    @property
+    def status_topic(self) -> str:
+        """Where scorers report each model version they take live or reject (the DAG waits for "live")."""
+        return self.topic(MODELS_STATUS_TOPIC)
+
+
+def use_case_defaults(data: Any) -> Any:
+    """Fill ``model_name`` / ``mlflow_experiment`` from ``use_case`` when not given (a before-validator)."""
+    if not isinstance(data, dict) or not data.get("use_case"):
+        return data
+    name = data["use_case"]
+    defaults = {"model_name": name, "mlflow_experiment": name.replace("_", "-")}
+    return {**data, **{k: v for k, v in defaults.items() if not data.get(k)}}
+
+
+class LoopSettings(TopicNames):
     """Settings shared by replay, snapshot, training, registry and publishing."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
-    # Which use case the steps run (ml.usecases); model_name and mlflow_experiment follow it unless set.
-    use_case: UseCaseName = "flight_delay"
+    # Which use case the steps run (a name of ml.use_cases); model_name and mlflow_experiment follow it.
+    use_case: str | None = None
     kafka_bootstrap_servers: str = "localhost:9092"
-    topic_flights_scheduled: str = contracts.FLIGHTS_SCHEDULED
-    topic_flights_completed: str = contracts.FLIGHTS_COMPLETED
-    topic_flights_predictions: str = contracts.FLIGHTS_PREDICTIONS
-    topic_flights_dlq: str = contracts.FLIGHTS_DLQ
-    # Sensor readings carry their labels (the loop snapshots them; the scorer ignores them).
-    topic_sensors_readings: str = contracts.SENSORS_READINGS
-    topic_sensors_scores: str = contracts.SENSORS_SCORES
-    topic_sensors_dlq: str = contracts.SENSORS_DLQ
-    topic_models: str = contracts.MODELS
-    # Scorers report each model version they take live or reject here (the DAG waits for "live").
-    topic_models_status: str = contracts.MODELS_STATUS
     topic_partitions: int = Field(3, ge=1)
 
     loop_data_dir: Path = Path(".local/data")
     mlflow_tracking_uri: str = "sqlite:///.local/mlflow/mlflow.db"
     mlflow_artifact_root: Path = Path(".local/mlflow/artifacts")
-    mlflow_experiment: str = USE_CASE_NAMES["flight_delay"][1]
-    model_name: str = USE_CASE_NAMES["flight_delay"][0]
+    mlflow_experiment: str | None = None
+    # Registered model name, and the key of its envelopes on the shared models topic.
+    model_name: str | None = None
     model_signing_key: SecretStr = SecretStr(DEV_SIGNING_KEY)
 
-    # Training window: the latest N snapshots of flights.completed form the training set.
+    # Training window: the latest N snapshots of the use case's labels topic form the training set.
     snapshot_window: int = Field(12, ge=1)
     min_training_rows: int = Field(1000, ge=1)
     # The most recent days of the window are held out: challenger and champion are both scored on them.
@@ -64,29 +82,19 @@ class LoopSettings(BaseSettings):
     epochs: int = Field(20, ge=1)
     seed: int = 42
 
-    # Gate: the challenger may be worse than the champion by at most the margin, and must clear the floors.
-    gate_auc_margin: float = Field(0.01, ge=0)
-    gate_logloss_margin: float = Field(0.02, ge=0)
-    gate_min_auc: float = Field(0.60, ge=0, le=1)
-    gate_max_logloss: float = Field(0.69, gt=0)
-    decision_threshold: float = Field(0.5, gt=0, lt=1)
-    # Sensor anomaly gate, at each model's own threshold: F1 at most this much below the champion's, and
-    # precision and recall at least these floors.
-    gate_f1_margin: float = Field(0.02, ge=0)
-    gate_min_precision: float = Field(0.5, ge=0, le=1)
-    gate_min_recall: float = Field(0.5, ge=0, le=1)
-
     @model_validator(mode="before")
     @classmethod
     def _names_follow_use_case(cls, data: Any) -> Any:
-        """Fill model_name / mlflow_experiment from the use case when they are not given."""
-        if not isinstance(data, dict):
-            return data
-        names = USE_CASE_NAMES.get(data.get("use_case") or "flight_delay")
-        if names is None:  # an unknown use case: the field's own validation names the allowed values
-            return data
-        defaults = dict(zip(("model_name", "mlflow_experiment"), names, strict=True))
-        return {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
+        return use_case_defaults(data)
+
+    @field_validator("use_case")
+    @classmethod
+    def _known(cls, name: str | None) -> str | None:
+        from ml import use_cases
+
+        if name is not None:
+            use_cases.require_known(name)
+        return name
 
     def signing_key(self) -> bytes:
         """The HMAC key for model envelopes; warns when the built-in development key is in use."""

@@ -2,8 +2,9 @@
 
 A snapshot reads every partition from where the previous snapshot of the topic ended (the beginning if
 there is none) up to the end offsets fixed when it starts, so consecutive snapshots cover each offset exactly
-once. The manifests under ``settings.snapshot_dir/<topic>/<snapshot_id>/`` are the offset record: no consumer
-group offsets are committed. Records that break the topic's contract are written aside with a reason and
+once. The manifests under ``settings.snapshot_dir/<use case>/<topic>/<snapshot_id>/`` are the offset record: no
+consumer group offsets are committed. Each use case keeps its own series, so two use cases reading one topic
+each see all of it. Records that break the topic's contract are written aside with a reason and
 counted; whether that many rejections are acceptable is the validation step's decision.
 """
 
@@ -33,10 +34,9 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException
 from confluent_kafka.admin import OffsetSpec
 from pydantic import BaseModel, Field
 
-from ml import contracts
+from ml.contracts import Contract, arrow_schema
 from ml.decode import ContractDecoder, Decoded
 from ml.errors import LoopError, TopicMissing
-from ml.sensors.contracts import SensorReading, SensorScore
 from ml.settings import LoopSettings
 from ml.topics import admin_client, require_broker
 
@@ -49,17 +49,6 @@ BATCH = 10_000
 ROW_GROUP = 65_536  # fixed row-group size: the file's bytes depend only on the rows
 MAX_IN_FLIGHT = 4  # batches read ahead of the decoder: bounds memory to a few batches of raw values
 _SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}$")
-
-# The column whose value is the Kafka timestamp of each record (see docs/contracts.md).
-EVENT_TIME: dict[type[BaseModel], str] = {
-    contracts.FlightScheduled: "sched_dep_utc",
-    contracts.FlightCompleted: "arr_utc",
-    contracts.Prediction: "scored_at",
-    contracts.DeadLetter: "failed_at",
-    SensorReading: "ts",
-    SensorScore: "scored_at",
-}
-
 
 class PartitionRange(BaseModel):
     """Offsets ``[start, end)`` of one partition read by a snapshot."""
@@ -93,23 +82,6 @@ class SnapshotManifest(BaseModel):
     @property
     def end_offsets(self) -> dict[int, int]:
         return {p.partition: p.end for p in self.partitions}
-
-
-def contract_for(settings: LoopSettings, topic: str) -> type[BaseModel]:
-    """The contract of one of the loop's topics as named in ``settings``; ValueError for other topics."""
-    by_topic = {
-        settings.topic_flights_scheduled: contracts.FlightScheduled,
-        settings.topic_flights_completed: contracts.FlightCompleted,
-        settings.topic_flights_predictions: contracts.Prediction,
-        settings.topic_flights_dlq: contracts.DeadLetter,
-        settings.topic_sensors_readings: SensorReading,
-        settings.topic_sensors_scores: SensorScore,
-        settings.topic_sensors_dlq: contracts.DeadLetter,
-    }
-    try:
-        return by_topic[topic]
-    except KeyError:
-        raise ValueError(f"topic {topic!r} has no snapshot contract; known: {sorted(by_topic)}") from None
 
 
 def snapshot_consumer(settings: LoopSettings) -> Consumer:
@@ -210,7 +182,10 @@ def _read_partition(consumer: Consumer, tp: TopicPartition, end: int, timeout: f
 
 
 def topic_dir(settings: LoopSettings, topic: str) -> Path:
-    return settings.snapshot_dir / topic
+    """Where the snapshots of ``topic`` taken for the settings' use case live; ValueError without one."""
+    if settings.use_case is None:
+        raise ValueError("a snapshot series belongs to a use case: set USE_CASE")
+    return settings.snapshot_dir / settings.use_case / topic
 
 
 def list_manifests(settings: LoopSettings, topic: str) -> list[SnapshotManifest]:
@@ -255,16 +230,16 @@ def _plan(previous: SnapshotManifest | None, offsets: dict[int, tuple[int, int]]
     return ranges
 
 
-def take_snapshot(settings: LoopSettings, topic: str, *, snapshot_id: str | None = None, timeout: float = 30.0,
-                  batch_size: int = BATCH) -> SnapshotManifest:
-    """Snapshot ``topic`` from the last snapshot's end offsets to its end offsets now; return the manifest.
+def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], *, snapshot_id: str | None = None,
+                  timeout: float = 30.0, batch_size: int = BATCH) -> SnapshotManifest:
+    """Snapshot ``topic`` (records of ``contract``) from the last snapshot's end offsets to its end offsets
+    now; return the manifest.
 
     With ``snapshot_id`` (e.g. the Airflow run id) a retry returns the existing manifest of that id without
     reading anything. An empty range gives a manifest with 0 rows. Raises BrokerUnavailable, TopicMissing,
-    LoopError (no progress within ``timeout``, or offsets going backwards), ValueError (unknown topic or a
-    malformed snapshot id).
+    LoopError (no progress within ``timeout``, or offsets going backwards), ValueError (a malformed snapshot
+    id, or no use case in ``settings``).
     """
-    contract = contract_for(settings, topic)
     if snapshot_id is not None and not _SNAPSHOT_ID.match(snapshot_id):
         raise ValueError(f"snapshot id {snapshot_id!r} must match {_SNAPSHOT_ID.pattern}")
     with _topic_lock(settings, topic):
@@ -294,7 +269,7 @@ def take_snapshot(settings: LoopSettings, topic: str, *, snapshot_id: str | None
     return manifest
 
 
-def _read(settings: LoopSettings, topic: str, contract: type[BaseModel], ranges: dict[int, tuple[int, int]],
+def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: dict[int, tuple[int, int]],
           timeout: float, batch_size: int, path: Path) -> tuple[pa.ChunkedArray, list[dict]]:
     """Decode the ranges into the Parquet file ``path``; return the event-time column and the rejects.
 
@@ -303,7 +278,7 @@ def _read(settings: LoopSettings, topic: str, contract: type[BaseModel], ranges:
     fetches happened to be batched.
     """
     decoder = ContractDecoder(contract)
-    column = EVENT_TIME[contract]
+    column = contract.EVENT_TIME
     event_times: list[pa.ChunkedArray] = []
     rejected: list[dict] = []
     pending: list[pa.Table] = []
@@ -352,7 +327,7 @@ def _read(settings: LoopSettings, topic: str, contract: type[BaseModel], ranges:
     return pa.chunked_array(chunks, decoder.schema.field(column).type), rejected
 
 
-def _finish(folder: Path, topic: str, contract: type[BaseModel], snapshot_id: str, sequence: int,
+def _finish(folder: Path, topic: str, contract: type[Contract], snapshot_id: str, sequence: int,
             ranges: dict[int, tuple[int, int]], event_times: pa.ChunkedArray, rejected: list[dict],
             created_at: datetime, seconds: float) -> SnapshotManifest:
     """Hash the data, write the rejects and, last, the manifest: a folder without manifest.json is an
@@ -374,7 +349,7 @@ def _finish(folder: Path, topic: str, contract: type[BaseModel], snapshot_id: st
         schema_version=contract.model_fields["schema_version"].default,
         partitions=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())],
         row_count=rows, rejected_count=len(rejected), rejected_by_class=by_class,
-        content_hash=content_hash, event_time_column=EVENT_TIME[contract],
+        content_hash=content_hash, event_time_column=contract.EVENT_TIME,
         event_time_min=low.as_py() if low is not None else None,
         event_time_max=high.as_py() if high is not None else None,
         created_at=created_at, read_seconds=round(seconds, 3),
@@ -384,9 +359,10 @@ def _finish(folder: Path, topic: str, contract: type[BaseModel], snapshot_id: st
     return manifest
 
 
-def load_snapshots(settings: LoopSettings, topic: str, snapshot_ids: list[str]
+def load_snapshots(settings: LoopSettings, topic: str, contract: type[Contract], snapshot_ids: list[str]
                    ) -> tuple[pd.DataFrame, list[SnapshotManifest]]:
-    """The rows of the named snapshots of ``topic``, in the order given, and their manifests.
+    """The rows of the named snapshots of ``topic`` (as ``contract`` columns), in the order given, and their
+    manifests.
 
     Raises LoopError naming the ids that have no complete snapshot.
     """
@@ -395,7 +371,7 @@ def load_snapshots(settings: LoopSettings, topic: str, snapshot_ids: list[str]
     if missing:
         raise LoopError(f"no complete snapshot of {topic} with id {missing} under {topic_dir(settings, topic)}")
     manifests = [by_id[i] for i in snapshot_ids]
-    schema = contracts.arrow_schema(contract_for(settings, topic))
+    schema = arrow_schema(contract)
     tables = [pq.read_table(topic_dir(settings, topic) / m.snapshot_id / m.data_file, schema=schema)
               for m in manifests]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -404,12 +380,12 @@ def load_snapshots(settings: LoopSettings, topic: str, snapshot_ids: list[str]
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), manifests
 
 
-def load_window(settings: LoopSettings, topic: str, n: int | None = None
+def load_window(settings: LoopSettings, topic: str, contract: type[Contract], n: int | None = None
                 ) -> tuple[pd.DataFrame, list[SnapshotManifest]]:
     """The rows of the last ``n`` snapshots of ``topic`` (default ``settings.snapshot_window``), oldest
     first, and their manifests: the training set window."""
     window = list_manifests(settings, topic)[-(n or settings.snapshot_window):]
-    return load_snapshots(settings, topic, [m.snapshot_id for m in window])
+    return load_snapshots(settings, topic, contract, [m.snapshot_id for m in window])
 
 
 def _fmt(ranges: dict[int, tuple[int, int]] | list[PartitionRange]) -> str:

@@ -1,4 +1,8 @@
-"""The loop's Kafka topics: reachability check and idempotent creation with the documented settings."""
+"""The loop's Kafka topics: reachability check and idempotent creation with the documented settings.
+
+The topics are those of the use cases (input, labels, predictions, DLQ; ``ml.use_cases``) and the loop's own:
+the compacted `models` topic of signed envelopes and the `models.status` topic of scorer reports.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from ml import use_cases
 from ml.errors import BrokerUnavailable
 from ml.settings import LoopSettings
+from ml.use_cases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +36,36 @@ def require_broker(admin: AdminClient, bootstrap_servers: str, timeout: float) -
         raise BrokerUnavailable(bootstrap_servers, exc.args[0] if exc.args else exc) from exc
 
 
-def topic_specs(settings: LoopSettings) -> list[NewTopic]:
-    """The topics of the loop: event topics of both use cases with ``topic_partitions`` partitions, `models`
-    compacted, `models.status` with one partition."""
-    events = [settings.topic_flights_scheduled, settings.topic_flights_completed,
-              settings.topic_flights_predictions, settings.topic_flights_dlq,
-              settings.topic_sensors_readings, settings.topic_sensors_scores, settings.topic_sensors_dlq]
+def topic_specs(settings: LoopSettings, cases: list[UseCase] | None = None) -> list[NewTopic]:
+    """The topics of ``cases`` (default: every registered use case) with ``topic_partitions`` partitions,
+    `models` compacted, `models.status` with one partition."""
+    cases = use_cases.registered() if cases is None else cases
+    events = list(dict.fromkeys(settings.topic(t) for uc in cases for t in uc.topics.distinct()))
     # Record timestamps are event times; replayed history is years old, so time-based retention (7 days by
     # default) would delete it within minutes of the replay. The snapshots are the long-term record.
     specs = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
                       config={"retention.ms": "-1"}) for t in events]
     # One partition keeps every model version in one order; compaction keeps the latest record per key
     # (the model name), so a scorer starting from the beginning finds the current model quickly.
-    specs.append(NewTopic(settings.topic_models, num_partitions=1, replication_factor=-1,
+    specs.append(NewTopic(settings.models_topic, num_partitions=1, replication_factor=-1,
                           config={"cleanup.policy": "compact",
                                   "max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}))
     # One partition: the rollout check and the plugin read every scorer's reports in the order written.
-    specs.append(NewTopic(settings.topic_models_status, num_partitions=1, replication_factor=-1))
+    specs.append(NewTopic(settings.status_topic, num_partitions=1, replication_factor=-1))
     return specs
 
 
-def ensure_topics(settings: LoopSettings, timeout: float = 10.0) -> dict[str, bool]:
-    """Create the loop's topics that do not exist yet; returns topic -> True if created now.
+def ensure_topics(settings: LoopSettings, cases: list[UseCase] | None = None, timeout: float = 10.0
+                  ) -> dict[str, bool]:
+    """Create the topics of ``cases`` (default: every registered use case) and the loop's own that do not
+    exist yet; returns topic -> True if created now.
 
     Existing topics are left as they are (their partition count is logged, not changed).
     Raises BrokerUnavailable if the cluster does not answer within ``timeout`` seconds.
     """
     admin = admin_client(settings)
     meta = require_broker(admin, settings.kafka_bootstrap_servers, timeout)
-    specs = {s.topic: s for s in topic_specs(settings)}
+    specs = {s.topic: s for s in topic_specs(settings, cases)}
     created = {t: False for t in specs}
     for topic in specs.keys() & meta.topics.keys():
         log.info("topic %s exists with %d partitions", topic, len(meta.topics[topic].partitions))

@@ -1,6 +1,5 @@
-"""The scoring loop: consume the use case's input topic (`flights.scheduled`, `sensors.readings`) in batches,
-score each batch with the serving model, deliver outputs and dead letters, commit input offsets; with the
-model watcher and ops server beside it.
+"""The scoring loop: consume the use case's input topic in batches, score each batch with the serving model,
+deliver outputs and dead letters, commit input offsets; with the model watcher and ops server beside it.
 
 No partition is consumed before a model is live: the consumer subscribes only once the first valid model has
 gone live, so nothing is read, dropped or committed without a model.
@@ -22,8 +21,8 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from threadpoolctl import threadpool_limits
 
+from ml import use_cases
 from ml.decode import ContractDecoder
-from scoring_service import use_cases
 from scoring_service.batching import Cadence, collect
 from scoring_service.config import ScorerSettings
 from scoring_service.model_watcher import ModelSlot, ModelWatcher
@@ -120,7 +119,7 @@ class Scorer:
             if self.slot.loaded.wait(0.2):
                 return True
             if not logged:
-                log.info("no valid model on %s yet: not consuming %s", self.settings.topic_models,
+                log.info("no valid model on %s yet: not consuming %s", self.settings.models_topic,
                          self.settings.input_topic)
                 logged = True
         return False
@@ -214,7 +213,7 @@ class Scorer:
             return None
         started = time.perf_counter()
         model = self.slot.current  # read once: this one version scores the whole batch
-        scored = score_batch(inputs, model, self.use_case, self.decoder, self.settings.decision_threshold)
+        scored = score_batch(inputs, model, self.use_case, self.decoder)
         out = [(self.settings.output_topic, k, v) for k, v in scored.predictions]
         out += [(self.settings.dlq_topic, k, v) for k, v in scored.dead_letters]
         first: dict[tuple[str, int], int] = {}

@@ -8,6 +8,7 @@ a process listing.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import signal
 import sys
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from scoring_service.config import ScorerSettings
 
 ENV_ONLY = frozenset({"model_signing_key"})
+JSON_FLAGS = frozenset(name for name, f in ScorerSettings.model_fields.items() if typing.get_origin(f.annotation) is dict)
 
 
 def _flag_type(annotation: object) -> type:
@@ -37,7 +39,8 @@ def _parameters() -> list[inspect.Parameter]:
     for name, field in ScorerSettings.model_fields.items():
         if name in ENV_ONLY:
             continue
-        default = "per use case" if field.default is None else field.default
+        default = ("required" if field.is_required() else "per use case" if field.default is None
+                   else field.get_default(call_default_factory=True))
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
         help_text = f"{field.description} (env {name.upper()}, default {default})"
         if choices:
@@ -52,8 +55,11 @@ def _parameters() -> list[inspect.Parameter]:
 def run(**overrides: Any) -> None:
     """Run one scorer replica (settings: env vars, overridden by flags; MODEL_SIGNING_KEY env only)."""
     try:
-        settings = ScorerSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for name in JSON_FLAGS & given.keys():  # a JSON object on the command line, as in the environment
+            given[name] = json.loads(given[name])
+        settings = ScorerSettings(**given)
+    except (ValidationError, json.JSONDecodeError) as e:
         typer.secho(f"error: invalid settings:\n{e}", fg="red", err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,

@@ -1,8 +1,10 @@
 """The scorer's settings: one typed object, read from environment variables once, overridden by CLI flags.
 
-Every field maps to the upper-case environment variable of the same name (``batch_size`` -> ``BATCH_SIZE``).
-Topic and signing-key variables are the ones ``ml.settings.LoopSettings`` reads, so one environment
-configures the whole loop.
+Every field maps to the upper-case environment variable of the same name (``batch_size`` -> ``BATCH_SIZE``);
+an empty variable counts as unset. The use case (``USE_CASE``) names the topics it reads and writes; topic
+naming and signing-key variables are the ones ``ml.settings.LoopSettings`` reads, so one environment
+configures the whole loop. What only one use case knows (e.g. a decision threshold) is read by the use case
+from its own ``<NAME>_*`` variables.
 """
 
 from __future__ import annotations
@@ -11,32 +13,25 @@ import logging
 import socket
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from ml import contracts
-from ml.settings import DEV_SIGNING_KEY, USE_CASE_NAMES, UseCaseName
+from ml import use_cases
+from ml.settings import DEV_SIGNING_KEY, TopicNames
+from ml.use_cases import UseCaseTopics
 
 log = logging.getLogger(__name__)
 
 
-class ScorerSettings(BaseSettings):
+class ScorerSettings(TopicNames):
     """Settings of one scorer replica."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, protected_namespaces=(), env_ignore_empty=True)
 
-    use_case: UseCaseName = Field("flight_delay", description="What this replica scores: flight_delay "
-                                  "(flights.scheduled -> flights.predictions) or sensor_anomaly (sensors.readings "
-                                  "-> sensors.scores). Model name and group id follow it unless set.")
+    use_case: str = Field(description="The use case this replica scores (`python -m ml use-cases` lists them): "
+                                      "its input topic in, its predictions and DLQ topics out. Model name and "
+                                      "group id follow it unless set.")
     kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
-    topic_flights_scheduled: str = Field(contracts.FLIGHTS_SCHEDULED, description="flight_delay input topic.")
-    topic_flights_predictions: str = Field(contracts.FLIGHTS_PREDICTIONS, description="flight_delay output topic.")
-    topic_flights_dlq: str = Field(contracts.FLIGHTS_DLQ, description="flight_delay dead-letter topic.")
-    topic_sensors_readings: str = Field(contracts.SENSORS_READINGS, description="sensor_anomaly input topic.")
-    topic_sensors_scores: str = Field(contracts.SENSORS_SCORES, description="sensor_anomaly output topic.")
-    topic_sensors_dlq: str = Field(contracts.SENSORS_DLQ, description="sensor_anomaly dead-letter topic.")
-    topic_models: str = Field(contracts.MODELS, description="Compacted topic of signed model envelopes.")
-    topic_models_status: str = Field(contracts.MODELS_STATUS, description="Topic of model live/rejected status records.")
     group_id: str = Field(None, description="Consumer group shared by the replicas (default <use case>-scorer).")
     model_name: str = Field(None, description="Model name (envelope key) this scorer serves (default: the use "
                                               "case's).")
@@ -45,7 +40,6 @@ class ScorerSettings(BaseSettings):
     batch_size: int = Field(10_000, ge=1, le=100_000, description="Score at most this many records per batch.")
     batch_max_wait_ms: int = Field(10, ge=1, le=60_000,
                                    description="Close a batch after this many ms even if not full.")
-    decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability at or above which delayed=true.")
     delivery_mode: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="at_least_once (commit after delivery) or exactly_once (transactions).")
     commit_interval_ms: int = Field(
@@ -75,26 +69,34 @@ class ScorerSettings(BaseSettings):
     @classmethod
     def _follow_use_case(cls, data: Any) -> Any:
         """Model name, group id and transactional id default to the use case's."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not data.get("use_case"):
             return data
-        use_case = data.get("use_case") or "flight_delay"
-        if use_case not in USE_CASE_NAMES:  # the field's own validation names the allowed values
-            return data
-        group = data.get("group_id") or f"{use_case.split('_')[0]}-scorer"
-        return {**data, "model_name": data.get("model_name") or USE_CASE_NAMES[use_case][0], "group_id": group,
+        group = data.get("group_id") or f"{data['use_case'].replace('_', '-')}-scorer"
+        return {**data, "model_name": data.get("model_name") or data["use_case"], "group_id": group,
                 "transactional_id": data.get("transactional_id") or f"{group}-{socket.gethostname()}"}
+
+    @field_validator("use_case")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        use_cases.require_known(name)
+        return name
+
+    @property
+    def topics(self) -> UseCaseTopics:
+        """The use case's topics as these settings name them."""
+        return use_cases.use_case_class(self.use_case).topics.resolved(self)
 
     @property
     def input_topic(self) -> str:
-        return self.topic_flights_scheduled if self.use_case == "flight_delay" else self.topic_sensors_readings
+        return self.topics.input
 
     @property
     def output_topic(self) -> str:
-        return self.topic_flights_predictions if self.use_case == "flight_delay" else self.topic_sensors_scores
+        return self.topics.predictions
 
     @property
     def dlq_topic(self) -> str:
-        return self.topic_flights_dlq if self.use_case == "flight_delay" else self.topic_sensors_dlq
+        return self.topics.dlq
 
     def signing_key(self) -> bytes:
         """The HMAC key for model envelopes; warns when the built-in development key is in use."""

@@ -5,9 +5,9 @@ Verifying an envelope, loading the ``.keras`` archive and building and running t
 of milliseconds of Python: in the scorer's own process that work would hold the GIL, which the scoring thread
 then waits for each time it takes it back after I/O. So one child process (``python -m
 scoring_service.model_loader``, started once at a lower CPU priority, and kept) runs every check of
-``admit`` on the raw record: HMAC and SHA-256, the feature contract, the archive's size, the Keras load with
+``admit`` on the raw record: HMAC and SHA-256, the fitted preprocessing, the archive's size, the Keras load with
 ``safe_mode=True``, the numpy pass derived from the model and the canary batch against Keras's own output.
-It returns an ``Admission``: the contract and a plain ``ForwardPlan`` (configs and weight arrays). Only our
+It returns an ``Admission``: the preprocessing and a plain ``ForwardPlan`` (configs and weight arrays). Only our
 own plain data crosses the pipe, never a pickled object from the topic. A child that dies or hangs on a
 record is replaced, and that model is refused.
 """
@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from ml import use_cases
 from ml.errors import EnvelopeRejected
+from ml.preprocessing import Preprocessing
 from ml.publish import verify_envelope
-from scoring_service import model_checks, use_cases
-from scoring_service.inference import ForwardPlan, NumpyForward, UnsupportedModel, forward_plan
+from scoring_service import model_checks
+from ml.numpy_forward import ForwardPlan, NumpyForward, UnsupportedModel, forward_plan
 from scoring_service.model_checks import ModelRefused
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class Admission:
     model_name: str
     model_version: int
     artifact_sha256: str
-    contract: Any  # the use case's feature contract
+    preprocessing: Preprocessing
     plan: ForwardPlan | None
 
 
@@ -76,9 +78,9 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
     version, sha256 = envelope.model_version, envelope.artifact_sha256
     try:
         use_case = use_cases.get(policy.use_case)
-        contract = use_case.parse_contract(envelope.feature_contract)
+        preprocessing = model_checks.read_preprocessing(use_case, envelope.preprocessing)
         if serving == (version, sha256):
-            return Admission(envelope.model_name, version, sha256, contract, plan=None)
+            return Admission(envelope.model_name, version, sha256, preprocessing, plan=None)
         artifact = envelope.artifact()
         model_checks.check_archive(artifact, policy.max_model_bytes)
         try:
@@ -86,14 +88,14 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
         except Exception as e:  # Keras raises many types for a broken archive; all mean "cannot load"
             raise ModelRefused("load", f"{type(e).__name__}: {str(e)[:300]}") from e
         plan = forward_plan(model)
-        model_checks.warm_up(use_case, contract, NumpyForward.from_plan(plan), keras_output_of(model),
+        model_checks.warm_up(use_case, preprocessing, NumpyForward.from_plan(plan), keras_output_of(model),
                              policy.canary_rows)
     except ModelRefused as e:
         e.version = version  # the checks above know the artifact, not the envelope
         raise
     except UnsupportedModel as e:
         raise ModelRefused("architecture", str(e), version) from e
-    return Admission(envelope.model_name, version, sha256, contract, plan)
+    return Admission(envelope.model_name, version, sha256, preprocessing, plan)
 
 
 def keras_output_of(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -123,7 +125,7 @@ def _serve(conn: Connection) -> None:
         pass
     # Linux's idle policy on top (inherited by the threads TensorFlow starts): a task waking up on the child's
     # CPU takes it at once, and a CPU running only the child counts as free when the kernel places a waking
-    # task. At nice 10 alone, the scoring thread waited 10-20 ms for a CPU while the child loaded a model.
+    # task (at the niceness alone, the scoring thread waited for a CPU while the child loaded a model).
     # The child's share of a busy CPU is still its session's (above), so it is slowed, never starved.
     if hasattr(os, "SCHED_IDLE"):
         try:
@@ -134,7 +136,7 @@ def _serve(conn: Connection) -> None:
     # thread per core) took every core from scoring and the broker for the length of a load.
     for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    from ml.model import from_bytes  # TensorFlow is imported here, in the child only
+    from ml.keras_models import from_bytes  # TensorFlow is imported here, in the child only
 
     while True:
         try:
@@ -156,7 +158,7 @@ class ModelLoader:
     """The parent's handle on the loader child.
 
     Not thread-safe: the model watcher thread is its only user. ``timeout_s`` bounds each request; the
-    first one includes the child's TensorFlow import (7-11 s).
+    first one includes the child's TensorFlow import (seconds).
     """
 
     def __init__(self, timeout_s: float) -> None:

@@ -3,7 +3,7 @@
 At start it reads the topic from the beginning up to the end offsets of that moment; the newest envelope
 (by offset) of our model name that passes every check goes live, so a rollback (an older version published
 again) wins like any other publication. It then follows the topic: each new record is verified (HMAC,
-SHA-256), its feature contract checked against the input topic, the ``.keras`` bytes loaded with
+SHA-256), its fitted preprocessing checked against the input topic, the ``.keras`` bytes loaded with
 ``safe_mode=True`` and a numpy pass derived from it, warmed up on a canary batch against Keras's own output
 (all of it in the model loader's child process, so none of that work holds this process's GIL), and only
 then swapped in, as one reference the scoring loop reads once per batch.
@@ -26,13 +26,13 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from ml.topic_history import TopicHistory
+from ml.use_cases import UseCase
 from scoring_service.config import ScorerSettings
-from scoring_service.inference import NumpyForward
+from ml.numpy_forward import NumpyForward
 from scoring_service.model_checks import ModelRefused
 from scoring_service.model_loader import AdmissionPolicy, ModelLoader
 from scoring_service.ops import Metrics
 from scoring_service.scoring import ServingModel
-from scoring_service.use_cases import ScoringUseCase
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ModelSlot:
 class ModelWatcher(threading.Thread):
     """Follows the models topic and swaps ``slot``; ``error`` holds what stopped it, if anything did."""
 
-    def __init__(self, settings: ScorerSettings, use_case: ScoringUseCase, slot: ModelSlot, metrics: Metrics,
+    def __init__(self, settings: ScorerSettings, use_case: UseCase, slot: ModelSlot, metrics: Metrics,
                  scorer_id: str) -> None:
         super().__init__(name="model-watcher", daemon=True)
         self.settings = settings
@@ -109,7 +109,7 @@ class ModelWatcher(threading.Thread):
             self.loader.close()
 
     def _follow(self) -> None:
-        topic = self.settings.topic_models
+        topic = self.settings.models_topic
         consumer = Consumer({
             "bootstrap.servers": self.settings.kafka_bootstrap_servers,
             # Partitions are assigned, nothing is committed: the client requires a group id, no group is joined.
@@ -148,7 +148,7 @@ class ModelWatcher(threading.Thread):
 
     def _wait_for_topic(self, consumer: Consumer) -> list[int] | None:
         """The partitions of the models topic, waiting for it to be created; None if stopped first."""
-        topic, logged = self.settings.topic_models, 0.0
+        topic, logged = self.settings.models_topic, 0.0
         while not self._stopping.is_set():
             metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
             if metadata is not None and metadata.error is None and metadata.partitions:
@@ -168,7 +168,7 @@ class ModelWatcher(threading.Thread):
             return True
         if err.fatal():
             raise KafkaException(err)
-        log.warning("reading %s: %s", self.settings.topic_models, err)
+        log.warning("reading %s: %s", self.settings.models_topic, err)
         return True  # not an envelope; librdkafka retries transient errors itself
 
     def _may_be_ours(self, msg: Message) -> bool:
@@ -199,7 +199,7 @@ class ModelWatcher(threading.Thread):
                      at.topic, at.partition, at.offset)
             return True
         model = ServingModel(name=admission.model_name, version=admission.model_version,
-                             contract=admission.contract, forward=NumpyForward.from_plan(admission.plan),
+                             preprocessing=admission.preprocessing, forward=NumpyForward.from_plan(admission.plan),
                              artifact_sha256=admission.artifact_sha256)
         previous = self.slot.swap(model)
         load_ms = (time.perf_counter() - started) * 1000
@@ -208,9 +208,9 @@ class ModelWatcher(threading.Thread):
         self.metrics.swaps.inc()
         self.metrics.model_version.labels(model.name).set(model.version)
         log.info("model %s v%d live (was %s) from %s[%d]@%d: loaded and warmed up in %.0f ms, %.0f ms after "
-                 "publication, contract %s", model.name, model.version,
+                 "publication, preprocessing %s", model.name, model.version,
                  f"v{previous.version}" if previous else "none", at.topic, at.partition, at.offset, load_ms,
-                 swap_ms, model.contract.fingerprint)
+                 swap_ms, model.preprocessing.fingerprint)
         self._report(STATUS_LIVE, at, model.version, reason="", kind="", extra={
             "previous_version": previous.version if previous else None, "load_ms": round(load_ms, 1),
             "swap_ms": round(swap_ms, 1)})
@@ -233,11 +233,11 @@ class ModelWatcher(threading.Thread):
             "envelope_topic": at.topic, "envelope_partition": at.partition, "envelope_offset": at.offset,
             "at": datetime.now(UTC).isoformat(), **extra})
         errors: list[KafkaError] = []
-        self._producer.produce(self.settings.topic_models_status, key=self.settings.model_name.encode(),
+        self._producer.produce(self.settings.status_topic, key=self.settings.model_name.encode(),
                                value=value, on_delivery=lambda err, _msg: err and errors.append(err))
         if self._producer.flush(10) or errors:
             log.error("status record %s v%s not delivered to %s: %s", status, version,
-                      self.settings.topic_models_status, errors or "flush timed out")
+                      self.settings.status_topic, errors or "flush timed out")
 
 
 def _claimed_version(raw: bytes) -> int | None:

@@ -1,6 +1,6 @@
 """Score one batch of raw input records: decode against the use case's input contract, isolate dead
-letters, turn the good rows into output columns with one call of the use case's ``score`` (its one
-preprocessing path and the model's numpy pass), and encode the outputs column-wise in Arrow; the (rare)
+letters, turn the good rows into the model's inputs (the use case's one preprocessing path), run the model's
+numpy pass, ask the use case for its output columns, and encode the outputs column-wise in Arrow; the (rare)
 dead letters with orjson.
 
 Pure: no Kafka here; the app hands in the records' values and positions and produces what comes back.
@@ -13,16 +13,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
 from ml.decode import ERROR_SCHEMA, ContractDecoder
-from ml.replay import encode_records, json_column
-from scoring_service.inference import NumpyForward
-from scoring_service.use_cases import ScoringUseCase
+from ml.json_columns import encode_records, json_column, literal
+from ml.numpy_forward import NumpyForward
+from ml.preprocessing import Preprocessing
+from ml.use_cases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ServingModel:
 
     name: str
     version: int
-    contract: Any  # the use case's feature contract
+    preprocessing: Preprocessing  # the use case's, fitted with the model
     forward: NumpyForward
     artifact_sha256: str
 
@@ -77,23 +77,26 @@ def dead_letter(batch: InputBatch, i: int, error_class: str, reason: str, failed
     })
 
 
-def _literal(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-def encode_outputs(use_case: ScoringUseCase, columns: dict[str, pa.Array | str], batch: InputBatch,
+def encode_outputs(use_case: UseCase, columns: dict[str, pa.Array | str], batch: InputBatch,
                    accepted: np.ndarray, model: ServingModel, stamp: str) -> list[bytes]:
     """Output values built column-wise in Arrow (no Python work per row): the use case's columns plus the
-    model and source position of each row."""
-    columns = {**columns, "schema_version": "1", "model_name": _literal(model.name),
-               "model_version": _literal(model.version), "source_topic": _literal(batch.topic),
+    model and source position of each row (the ``ScoredEvent`` fields)."""
+    columns = {**columns, "schema_version": "1", "model_name": literal(model.name),
+               "model_version": literal(model.version), "source_topic": literal(batch.topic),
                "source_partition": json_column(pa.array(batch.partitions[accepted])),
-               "source_offset": json_column(pa.array(batch.offsets[accepted])), "scored_at": _literal(stamp)}
-    return encode_records(columns, list(use_case.output_contract.model_fields)).to_pylist()
+               "source_offset": json_column(pa.array(batch.offsets[accepted])), "scored_at": literal(stamp)}
+    return encode_records(columns, list(use_case.prediction_contract.model_fields)).to_pylist()
 
 
-def score_batch(batch: InputBatch, model: ServingModel, use_case: ScoringUseCase, decoder: ContractDecoder,
-                decision_threshold: float, now: datetime | None = None) -> ScoredBatch:
+def score_table(use_case: UseCase, model: ServingModel, table: pa.Table) -> dict[str, pa.Array | str]:
+    """The use case's output columns for the rows of ``table``: its preprocessing, the model's numpy pass,
+    its outputs. Raises ValueError when a row cannot be transformed."""
+    inputs = use_case.transform(model.preprocessing, table)
+    return use_case.predictions(model.preprocessing, inputs, model.forward(inputs), table)
+
+
+def score_batch(batch: InputBatch, model: ServingModel, use_case: UseCase, decoder: ContractDecoder,
+                now: datetime | None = None) -> ScoredBatch:
     """Outputs for the records that satisfy the input contract, dead letters for the others."""
     stamp = (now or datetime.now(UTC)).isoformat()
     decoded = decoder.decode(batch.values)
@@ -101,7 +104,7 @@ def score_batch(batch: InputBatch, model: ServingModel, use_case: ScoringUseCase
     table, accepted = decoded.table, decoded.accepted
 
     def score(t: pa.Table) -> dict[str, pa.Array | str]:
-        return use_case.score(model.forward, model.contract, t, decision_threshold)
+        return score_table(use_case, model, t)
 
     try:
         columns = score(table)
@@ -117,7 +120,9 @@ def score_batch(batch: InputBatch, model: ServingModel, use_case: ScoringUseCase
                 dead.append((int(accepted[i]), ERROR_SCHEMA, f"features: {err}"))
         table, accepted = table.take(pa.array(keep, pa.int64())), accepted[keep]
         columns = score(table)
-    keys = table.column(use_case.key_field).cast(pa.binary()).to_pylist()
+    # A prediction is keyed like its input: by the contract's key field, else by the input record's key.
+    key = use_case.input_contract.KEY
+    keys = table.column(key).cast(pa.binary()).to_pylist() if key else [batch.keys[i] for i in accepted]
     values = encode_outputs(use_case, columns, batch, accepted, model, stamp) if len(accepted) else []
     dead.sort()
     return ScoredBatch(predictions=list(zip(keys, values, strict=True)),

@@ -50,10 +50,9 @@ def producer_config(settings: ScorerSettings) -> dict:
         config["transactional.id"] = settings.transactional_id
     # at_least_once is not idempotent: librdkafka's idempotent producer sends a partition's next request only
     # once its previous one is answered, and a record queued behind it makes the broker thread poll without
-    # sleeping until the answer comes (measured: 1.5 s of CPU in 1.5 s behind a frozen broker). On 2 cores
-    # such spinning clients took the CPU from a broker that was slow for a moment, which slowed it further:
-    # input and predictions stopped for 0.1-2 s. A request retried after a lost answer may duplicate (or
-    # reorder) its records, which at-least-once allows. exactly_once commits a batch's transaction before it
+    # sleeping until the answer comes; on a small machine such spinning clients take the CPU from a broker that
+    # is slow for a moment, which slows it further (docs/performance.md). A request retried after a lost answer
+    # may duplicate (or reorder) its records, which at-least-once allows. exactly_once commits a batch's transaction before it
     # produces the next batch, so nothing waits behind an unanswered request there.
     return config
 

@@ -35,14 +35,15 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     data_dir = Path(tempfile.mkdtemp(prefix="kafka-test-"))
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
                               heap="512m")
-    broker.start(cfg, dist)
+    node = broker.Broker(cfg, dist)
+    node.start()
     try:
         yield cfg.bootstrap_servers
     finally:
         # Destroy the clients tests left for the garbage collector while the broker still answers; otherwise
         # librdkafka logs "connection refused" from their threads until the interpreter exits.
         gc.collect()
-        broker.stop(cfg)
+        node.stop()
         if request.session.testsfailed:
             KEPT_LOGS.mkdir(parents=True, exist_ok=True)
             kept = KEPT_LOGS / f"kafka-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -91,3 +92,37 @@ def new_topic(kafka_bootstrap: str, kafka_admin: AdminClient) -> Callable[..., s
     if created:
         for fut in kafka_admin.delete_topics(created).values():
             fut.result(timeout=30)
+
+
+@pytest.fixture
+def browser() -> Iterator[Callable[..., str]]:
+    """Opens a page in a real Chromium (Debian's, driven by Playwright), after signing in to Airflow when a login
+    is given; saves a full-page screenshot under .local/test-logs/ and returns the page's text."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "chromium not found: `apt-get install chromium` (README, Prerequisites)"
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+
+        def open_page(url: str, screenshot: str, *, airflow_url: str | None = None,
+                      login: tuple[str, str] | None = None, wait_for: str = "body") -> str:
+            page = chromium.new_page(viewport={"width": 1400, "height": 900})
+            if login is not None:
+                # Airflow 3's login form is rendered by JavaScript: wait for its inputs before filling them.
+                page.goto(f"{airflow_url}/", wait_until="networkidle")
+                page.wait_for_selector("input[name=username]", timeout=60_000)
+                page.fill("input[name=username]", login[0])
+                page.fill("input[type=password]", login[1])
+                page.get_by_role("button", name="Sign in").click()
+                page.wait_for_load_state("networkidle")
+            page.goto(url, wait_until="networkidle")
+            page.wait_for_selector(wait_for, timeout=60_000)
+            KEPT_LOGS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=KEPT_LOGS / screenshot, full_page=True)
+            text = page.inner_text("body")
+            page.close()
+            return text
+
+        yield open_page
+        chromium.close()

@@ -1,30 +1,19 @@
 """`python -m infra.airflow`: start, stop and check the local Airflow (``airflow standalone``) for the demo.
 
-Settings from the environment: AIRFLOW_PORT (8080), AIRFLOW_LOCAL_HOME (.local/airflow),
-KAFKA_BOOTSTRAP_SERVERS (localhost:9092, becomes the ``kafka_default`` connection).
+Settings from the environment (``local.AirflowConfig``): AIRFLOW_PORT (8080), AIRFLOW_LOCAL_HOME
+(.local/airflow), KAFKA_BOOTSTRAP_SERVERS (localhost:9092, becomes the ``kafka_default`` connection).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import time
-from pathlib import Path
 
 import typer
 
 from infra.airflow import local
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def _config() -> local.AirflowConfig:
-    return local.AirflowConfig(
-        home=Path(os.environ.get("AIRFLOW_LOCAL_HOME", local.REPO / ".local" / "airflow")).resolve(),
-        port=int(os.environ.get("AIRFLOW_PORT", "8080")),
-        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-    )
 
 
 def _login(cfg: local.AirflowConfig) -> str:
@@ -37,27 +26,24 @@ def _login(cfg: local.AirflowConfig) -> str:
 @app.command()
 def up() -> None:
     """Start Airflow in the background; return once the API server and scheduler are healthy."""
-    cfg = _config()
-    pid = local.running_pid(cfg)
-    if pid is not None:
-        typer.echo(f"Airflow already running on {cfg.url} (pid {pid}); {_login(cfg)}")
-        return
-    t0 = time.monotonic()
+    cfg = local.AirflowConfig()
     try:
-        proc = local.start(cfg)
+        pid, took = local.Airflow(cfg).up()
     except local.AirflowSetupError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1)
-    typer.echo(f"Airflow ready on {cfg.url} in {time.monotonic() - t0:.0f} s (pid {proc.pid}, home {cfg.home}, "
-               f"log {cfg.log_file}); {_login(cfg)}; loop page {cfg.url}/retrain-loop/; "
-               f"stop it with `python -m infra.airflow down`")
+    if took is None:
+        typer.echo(f"Airflow already running on {cfg.url} (pid {pid}); {_login(cfg)}")
+    else:
+        typer.echo(f"Airflow ready on {cfg.url} in {took:.0f} s (pid {pid}, home {cfg.home}, log {cfg.log_file}); "
+                   f"{_login(cfg)}; loop page {cfg.url}/retrain-loop/; stop it with `python -m infra.airflow down`")
 
 
 @app.command()
 def down() -> None:
     """Stop the Airflow started by `up` (its whole process group)."""
-    cfg = _config()
-    if local.stop(cfg):
+    cfg = local.AirflowConfig()
+    if local.Airflow(cfg).stop():
         typer.echo(f"Airflow on {cfg.url} stopped")
     else:
         typer.echo(f"no Airflow running from {cfg.home}")
@@ -66,8 +52,8 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Say whether Airflow runs, its component health and the admin login; exit 1 when it is down."""
-    cfg = _config()
-    pid, health = local.running_pid(cfg), local.healthy(cfg)
+    cfg = local.AirflowConfig()
+    pid, health = local.Airflow(cfg).running_pid(), local.health(cfg)
     if pid is None and health is None:
         typer.echo(f"Airflow is not running from {cfg.home}")
         raise typer.Exit(1)

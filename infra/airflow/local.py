@@ -1,27 +1,24 @@
 """A local Airflow (``airflow standalone``: API server, scheduler, DAG processor, triggerer) for the demo.
 
-It runs in its own process group with AIRFLOW_HOME under ``.local/airflow``, the repo's ``dags/`` and
-``plugins/``, no example DAGs and parallelism sized for two cores; ``stop`` signals the whole group
-(SIGTERM to standalone alone would orphan its children). The same environment serves ``dag.test()`` in
-the tests (``airflow_env``).
+``Airflow`` (an ``infra.local_service.LocalService``) runs it in its own process group with AIRFLOW_HOME under
+``.local/airflow``, the repo's ``dags/`` and ``plugins/``, no example DAGs and parallelism sized for two cores;
+``stop`` signals the whole group (SIGTERM to standalone alone would orphan its children). The same
+environment serves ``dag.test()`` in the tests (``airflow_env``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from infra import process_group
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-log = logging.getLogger(__name__)
+from infra.local_service import AbsolutePath, LocalService, ServiceError
 
 REPO = Path(__file__).resolve().parents[2]
 PID_FILE = "standalone.pid"
@@ -30,27 +27,27 @@ PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 ADMIN_USER = "admin"
 
 
-class AirflowSetupError(RuntimeError):
+class AirflowSetupError(ServiceError):
     """Local Airflow could not be started or reached."""
 
 
-@dataclass(frozen=True)
-class AirflowConfig:
-    """Where a local Airflow keeps its files and listens, and what it connects to."""
+class AirflowConfig(BaseSettings):
+    """Where a local Airflow keeps its files and listens, and what it connects to; from AIRFLOW_LOCAL_HOME,
+    AIRFLOW_PORT and KAFKA_BOOTSTRAP_SERVERS when not given."""
 
-    home: Path = REPO / ".local" / "airflow"
+    # populate_by_name: callers pass home= and kafka_bootstrap_servers=, the environment the aliases.
+    model_config = SettingsConfigDict(env_prefix="AIRFLOW_", extra="ignore", frozen=True, populate_by_name=True)
+
+    # Not AIRFLOW_HOME: that one belongs to whatever Airflow the calling shell uses.
+    home: AbsolutePath = Field(REPO / ".local" / "airflow", validation_alias="AIRFLOW_LOCAL_HOME")
     port: int = 8080
-    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_bootstrap_servers: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     # Two cores shared with TensorFlow: two task processes at a time, one run of the DAG at a time.
     parallelism: int = 2
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.home / PID_FILE
 
     @property
     def log_file(self) -> Path:
@@ -93,12 +90,7 @@ def airflow_env(cfg: AirflowConfig, loop_env: dict[str, str] | None = None) -> d
     }
 
 
-def running_pid(cfg: AirflowConfig) -> int | None:
-    """The pid of ``airflow standalone`` recorded in ``cfg.home`` if it is still alive."""
-    return process_group.recorded_pid(cfg.pid_file, b"standalone")
-
-
-def healthy(cfg: AirflowConfig, timeout: float = 2.0) -> dict | None:
+def health(cfg: AirflowConfig, timeout: float = 2.0) -> dict | None:
     """``/api/v2/monitor/health`` (no auth needed), or None while the API server does not answer."""
     try:
         with urllib.request.urlopen(f"{cfg.url}/api/v2/monitor/health", timeout=timeout) as r:
@@ -124,50 +116,33 @@ def token(cfg: AirflowConfig) -> str:
         return json.loads(r.read())["access_token"]
 
 
-def start(cfg: AirflowConfig, *, loop_env: dict[str, str] | None = None, timeout: float = 180.0
-          ) -> subprocess.Popen:
-    """Start ``airflow standalone`` in its own process group; return once the scheduler is healthy.
+class Airflow(LocalService):
+    """``airflow standalone`` of ``cfg``; ``loop_env`` adds the loop's settings that its task processes
+    inherit (see ``airflow_env``)."""
 
-    Raises AirflowSetupError when the port is taken or Airflow does not come up (the log tail says why).
-    """
-    if healthy(cfg) is not None:
-        raise AirflowSetupError(f"something already answers on {cfg.url}: stop it or choose another port "
-                                f"(AIRFLOW_PORT)")
-    cfg.home.mkdir(parents=True, exist_ok=True)
-    airflow = Path(sys.executable).with_name("airflow")
-    with open(cfg.log_file, "ab") as out:
-        proc = subprocess.Popen([str(airflow), "standalone"], cwd=REPO, env={**os.environ,
-                                **airflow_env(cfg, loop_env)}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    cfg.pid_file.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        health = healthy(cfg)
-        if health and health.get("scheduler", {}).get("status") == "healthy":
-            log.info("Airflow ready on %s (pid %d, home %s)", cfg.url, proc.pid, cfg.home)
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(1.0)
-    stop(cfg)
-    raise AirflowSetupError(f"Airflow did not become healthy on {cfg.url} within {timeout:.0f} s; "
-                            f"last lines of {cfg.log_file}:\n{log_tail(cfg)}")
+    pid_name, log_name = PID_FILE, LOG_FILE
+    marker = b"standalone"
+    cwd = REPO
+    error = AirflowSetupError
+    start_timeout, poll_s = 180.0, 1.0
 
+    def __init__(self, cfg: AirflowConfig, loop_env: dict[str, str] | None = None) -> None:
+        super().__init__(cfg.home)
+        self.cfg, self.loop_env = cfg, loop_env
 
-def stop(cfg: AirflowConfig, timeout: float = 30.0) -> bool:
-    """SIGTERM the process group of standalone (API server, scheduler, workers), SIGKILL after ``timeout``.
+    @property
+    def name(self) -> str:
+        return f"Airflow on {self.cfg.url}"
 
-    Returns False when nothing was running from ``cfg.home``.
-    """
-    pid = process_group.stop_recorded(cfg.pid_file, b"standalone", f"Airflow on {cfg.url}", timeout)
-    if pid is None:
-        return False
-    log.info("Airflow (process group %d) on %s stopped", pid, cfg.url)
-    return True
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("airflow")), "standalone"]
 
+    def environment(self) -> dict[str, str]:
+        return airflow_env(self.cfg, self.loop_env)
 
-def log_tail(cfg: AirflowConfig, lines: int = 30) -> str:
-    try:
-        return "\n".join(cfg.log_file.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log yet)"
+    def ports(self) -> list[tuple[int, str, str]]:
+        return [(self.cfg.port, "Airflow API server", "AIRFLOW_PORT")]
+
+    def healthy(self) -> bool:
+        """True once the API server answers and reports the scheduler healthy."""
+        return (health(self.cfg) or {}).get("scheduler", {}).get("status") == "healthy"

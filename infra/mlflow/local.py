@@ -1,38 +1,36 @@
 """A local MLflow tracking server (``mlflow server``: SQLite backend, artifacts served) for the demo.
 
-It runs in its own process group (the server forks uvicorn workers) with its files under ``.local/mlflow``
-unless told otherwise; ``stop`` signals the whole group.
+``Mlflow`` (an ``infra.local_service.LocalService``) runs it in its own process group (the server forks
+uvicorn workers) with its files under ``.local/mlflow`` unless told otherwise; ``stop`` signals the whole group.
 """
 
 from __future__ import annotations
 
-import logging
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from infra import process_group
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-log = logging.getLogger(__name__)
+from infra.local_service import AbsolutePath, LocalService, ServiceError, answers
 
 REPO = Path(__file__).resolve().parents[2]
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
 
 
-class MlflowSetupError(RuntimeError):
+class MlflowSetupError(ServiceError):
     """The local MLflow server could not be started or reached."""
 
 
-@dataclass(frozen=True)
-class MlflowConfig:
-    """Where a local MLflow server keeps its store and artifacts, and where it listens."""
+class MlflowConfig(BaseSettings):
+    """Where a local MLflow server keeps its store and artifacts, and where it listens; from MLFLOW_LOCAL_HOME
+    and MLFLOW_PORT when not given."""
 
-    home: Path = REPO / ".local" / "mlflow"
+    # populate_by_name: callers pass home=, the environment MLFLOW_LOCAL_HOME.
+    model_config = SettingsConfigDict(env_prefix="MLFLOW_", extra="ignore", frozen=True, populate_by_name=True)
+
+    home: AbsolutePath = Field(REPO / ".local" / "mlflow", validation_alias="MLFLOW_LOCAL_HOME")
     port: int = 5000
 
     @property
@@ -47,69 +45,38 @@ class MlflowConfig:
     def artifacts(self) -> Path:
         return self.home / "artifacts"
 
-    @property
-    def pid_file(self) -> Path:
-        return self.home / PID_FILE
+
+class Mlflow(LocalService):
+    """``mlflow server`` of ``cfg``."""
+
+    pid_name, log_name = PID_FILE, LOG_FILE
+    cwd = REPO
+    error = MlflowSetupError
+    stop_timeout = 20.0
+
+    def __init__(self, cfg: MlflowConfig) -> None:
+        super().__init__(cfg.home)
+        self.cfg = cfg
 
     @property
-    def log_file(self) -> Path:
-        return self.home / LOG_FILE
+    def name(self) -> str:
+        return f"MLflow on {self.cfg.url}"
 
+    @property
+    def marker(self) -> bytes:
+        # The store is in the command line: another MLflow server is not this one.
+        return self.cfg.backend_store_uri.encode()
 
-def running_pid(cfg: MlflowConfig) -> int | None:
-    """The pid of the server recorded in ``cfg.home`` if it is still alive."""
-    return process_group.recorded_pid(cfg.pid_file, b"mlflow")
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                "--port", str(self.cfg.port), "--workers", "1", "--backend-store-uri", self.cfg.backend_store_uri,
+                "--serve-artifacts", "--artifacts-destination", self.cfg.artifacts.as_uri()]
 
+    def ports(self) -> list[tuple[int, str, str]]:
+        return [(self.cfg.port, "MLflow server", "MLFLOW_PORT")]
 
-def healthy(cfg: MlflowConfig, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{cfg.url}/health", timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    def prepare(self) -> None:
+        self.cfg.artifacts.mkdir(parents=True, exist_ok=True)
 
-
-def start(cfg: MlflowConfig, timeout: float = 120.0) -> subprocess.Popen:
-    """Start ``mlflow server`` in its own process group; return once ``/health`` answers.
-
-    Raises MlflowSetupError when the port is taken or the server does not come up (the log tail says why).
-    """
-    if healthy(cfg):
-        raise MlflowSetupError(f"something already answers on {cfg.url}: stop it or choose another port "
-                               f"(MLFLOW_PORT)")
-    cfg.artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(cfg.port), "--workers", "1",
-           "--backend-store-uri", cfg.backend_store_uri, "--serve-artifacts",
-           "--artifacts-destination", cfg.artifacts.as_uri()]
-    with open(cfg.log_file, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    cfg.pid_file.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if healthy(cfg):
-            log.info("MLflow ready on %s (pid %d, store %s)", cfg.url, proc.pid, cfg.backend_store_uri)
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    stop(cfg)
-    raise MlflowSetupError(f"MLflow did not answer on {cfg.url} within {timeout:.0f} s; last lines of "
-                           f"{cfg.log_file}:\n{log_tail(cfg)}")
-
-
-def stop(cfg: MlflowConfig, timeout: float = 20.0) -> bool:
-    """SIGTERM the server's process group, SIGKILL after ``timeout``; False when nothing ran from ``cfg.home``."""
-    pid = process_group.stop_recorded(cfg.pid_file, b"mlflow", f"MLflow on {cfg.url}", timeout)
-    if pid is None:
-        return False
-    log.info("MLflow (process group %d) on %s stopped", pid, cfg.url)
-    return True
-
-
-def log_tail(cfg: MlflowConfig, lines: int = 30) -> str:
-    try:
-        return "\n".join(cfg.log_file.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log yet)"
+    def healthy(self) -> bool:
+        return answers(f"{self.cfg.url}/health")

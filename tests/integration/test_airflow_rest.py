@@ -17,9 +17,10 @@ import pytest
 
 from infra.airflow import local
 from infra.kafka.broker import free_port
-from ml.flights_source import load_completed
-from ml.replay import replay_frame
+from ml import use_cases
 from ml.settings import LoopSettings
+from use_cases.flight_delay.replay import replay_frame
+from use_cases.flight_delay.source import load_completed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,24 +54,23 @@ def airflow(kafka_bootstrap, tmp_path):
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "LOOP_DATA_DIR": str(tmp_path / "data"),
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        "TOPIC_FLIGHTS_SCHEDULED": f"sched-{u}", "TOPIC_FLIGHTS_COMPLETED": f"done-{u}",
-        "TOPIC_FLIGHTS_PREDICTIONS": f"pred-{u}", "TOPIC_FLIGHTS_DLQ": f"dlq-{u}", "TOPIC_MODELS": f"models-{u}",
-        "TOPIC_MODELS_STATUS": f"status-{u}",
-        "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3", "GATE_MIN_AUC": "0.5",
-        "MODEL_SIGNING_KEY": "test-signing-key",
+        "TOPIC_PREFIX": f"t{u}.", "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3",
+        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', "MODEL_SIGNING_KEY": "test-signing-key",
         # Only the REST call may start a run: no cron, no AssetWatcher, and a failure shows at once.
-        "RETRAIN_SCHEDULE": "none", "RETRAIN_EVERY_N_FLIGHTS": "0", "RETRAIN_TASK_RETRIES": "0",
+        "RETRAIN_TASK_RETRIES": "0",
+        **{f"{name.upper()}_{knob}": off for name in use_cases.names()
+           for knob, off in (("RETRAIN_SCHEDULE", "none"), ("RETRAIN_EVERY_N", "0"))},
     }
     settings = LoopSettings(**{k.lower(): v for k, v in loop_env.items()
                                if k.lower() in LoopSettings.model_fields},
-                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                            use_case="flight_delay", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     replay_frame(settings, load_completed((1, 1), limit=10_000))
     cfg = local.AirflowConfig(home=tmp_path / "airflow", port=free_port(), kafka_bootstrap_servers=kafka_bootstrap)
-    local.start(cfg, loop_env=loop_env)
+    local.Airflow(cfg, loop_env=loop_env).start()
     try:
         yield cfg
     finally:
-        local.stop(cfg)
+        local.Airflow(cfg).stop()
 
 
 def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(airflow):
@@ -92,7 +92,7 @@ def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(
                    ("success", "failed") and r, 600, every=5)
     tis = _call(cfg, "GET", f"{path}/taskInstances", token)[1]["task_instances"]
     states = {ti["task_id"]: ti["state"] for ti in tis}
-    assert final["state"] == "success", (states, local.log_tail(cfg))
+    assert final["state"] == "success", (states, local.Airflow(cfg).log_tail())
     assert states == {"snapshot": "success", "validate": "success", "train": "success", "evaluate": "success",
                       "register": "success", "publish": "success", "verify_rollout": "skipped"}
 
@@ -104,6 +104,7 @@ def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(
 
     with urllib.request.urlopen(f"{cfg.url}/retrain-loop/api/models", timeout=60) as r:
         (model,) = json.loads(r.read())
-    assert (model["model_version"], model["verdict"], model["live_on"]) == (1, "promote", [])
+    assert (model["use_case"], model["model_version"], model["verdict"], model["live_on"]) == (
+        "flight_delay", 1, "promote", [])
     with urllib.request.urlopen(f"{cfg.url}/retrain-loop/", timeout=60) as r:
         assert b"<td>v1</td>" in r.read()

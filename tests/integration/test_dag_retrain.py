@@ -26,17 +26,18 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from infra.airflow.local import AirflowConfig, airflow_env
 from ml import snapshot
-from ml.flights_source import load_completed
+from ml.airflow_tasks import TASKS as TASK_IDS
 from ml.publish import verify_envelope
 from ml.registry import Registry
-from ml.replay import replay_frame
-from ml.sensors.generator import generate, replay_readings
 from ml.settings import LoopSettings
+from use_cases.flight_delay.replay import replay_frame
+from use_cases.flight_delay.source import load_completed
+from use_cases.sensor_anomaly.generator import generate, replay_readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DAG_ID = "retrain_flight_delay"
-TASKS = ["snapshot", "validate", "train", "evaluate", "register", "publish", "verify_rollout"]
+TASKS = list(TASK_IDS)
 SIGNING_KEY = "test-signing-key"
 
 
@@ -90,15 +91,13 @@ def settings(airflow_home, kafka_bootstrap, tmp_path, new_topic, monkeypatch) ->
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        "TOPIC_FLIGHTS_SCHEDULED": f"sched-{u}", "TOPIC_FLIGHTS_COMPLETED": f"done-{u}",
-        "TOPIC_FLIGHTS_PREDICTIONS": f"pred-{u}", "TOPIC_FLIGHTS_DLQ": f"dlq-{u}", "TOPIC_MODELS": f"models-{u}",
-        "TOPIC_MODELS_STATUS": new_topic("status"),
-        "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3", "GATE_MIN_AUC": "0.5",
-        "MODEL_SIGNING_KEY": SIGNING_KEY,
+        "TOPIC_PREFIX": f"t{u}.", "TOPIC_NAMES": f'{{"models.status": "{new_topic("status")}"}}',
+        "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3",
+        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', "MODEL_SIGNING_KEY": SIGNING_KEY,
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    return LoopSettings()
+    return LoopSettings(use_case="flight_delay")
 
 
 class ScorerStandIn(threading.Thread):
@@ -113,14 +112,14 @@ class ScorerStandIn(threading.Thread):
         consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "stand-in",
                              "enable.auto.commit": False})
         producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers})
-        consumer.assign([TopicPartition(s.topic_models, 0, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(s.models_topic, 0, OFFSET_BEGINNING)])
         try:
             while not self.stop.is_set():
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error():
                     continue
                 envelope = verify_envelope(msg.value(), SIGNING_KEY.encode())
-                producer.produce(s.topic_models_status, key=envelope.model_name.encode(), value=orjson.dumps({
+                producer.produce(s.status_topic, key=envelope.model_name.encode(), value=orjson.dumps({
                     "schema_version": 1, "status": "live", "model_name": envelope.model_name,
                     "model_version": envelope.model_version, "reason_kind": "ok", "reason": "stand-in",
                     "scorer_id": "stand-in", "envelope_topic": msg.topic(), "envelope_partition": msg.partition(),
@@ -161,7 +160,9 @@ def _xcom(dag_run, task_id: str, key: str):
 
 def test_dag_bag_imports_the_dag_with_no_errors_or_warnings(dag):
     assert [t.task_id for t in dag.tasks] == TASKS
-    assert dag.max_active_runs == 1 and "every_n_completed_flights" in repr(dag.timetable)
+    assert dag.max_active_runs == 1 and "every_n_flight_delay_records" in repr(dag.timetable)
+    # The gate's margins are Params of the run form, one per criterion with a margin.
+    assert {"gate_margin_roc_auc", "gate_margin_log_loss"} <= set(dag.params)
 
 
 def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(high_watermark, dag, settings, scorer,
@@ -170,13 +171,16 @@ def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(high_water
     scorer.start()
     when = datetime.now(UTC)  # after the DAG's start_date, or the run would hold no task instances
 
-    run = dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120})
+    run = dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120, "gate_margin_roc_auc": 0.05})
     assert _states(run) == dict.fromkeys(TASKS, "success")
     assert run.state == "success"
+    # The run's margin from the form, the floor from the environment, the rest the use case's defaults.
+    criteria = {c["metric"]: (c["floor"], c["margin"]) for c in _xcom(run, "evaluate", "return_value")["criteria"]}
+    assert criteria == {"roc_auc": (0.5, 0.05), "log_loss": (0.69, 0.02)}
     registry = Registry(settings)
     champion = registry.champion()
     assert champion.version == 1 and scorer.live == [1]
-    assert high_watermark(settings.topic_models) == 1
+    assert high_watermark(settings.models_topic) == 1
     # One MLflow run tagged with the Airflow run id: the loop run id is the Airflow run id.
     assert registry.find_run("loop_run_id", run.run_id) == champion.run_id
     assert _xcom(run, "verify_rollout", "return_value")["model_version"] == 1
@@ -187,8 +191,8 @@ def test_dag_run_publishes_a_live_model_and_a_rerun_publishes_nothing(high_water
     rerun = dag.test(logical_date=when, run_after=when, run_conf={"rollout_timeout_s": 120})
     assert rerun.run_id == run.run_id and rerun.state == "success"
     assert _xcom(rerun, "publish", "return_value")["published"] is False
-    assert high_watermark(settings.topic_models) == 1
-    assert len(snapshot.list_manifests(settings, settings.topic_flights_completed)) == 1
+    assert high_watermark(settings.models_topic) == 1
+    assert len(snapshot.list_manifests(settings, settings.topic("flights.completed"))) == 1
     assert registry.champion().version == 1
     assert len(registry.client().search_runs([registry.experiment_id])) == 1
 
@@ -197,19 +201,20 @@ def test_corrupted_snapshot_stops_at_validation_with_publish_skipped(high_waterm
     replay_frame(settings, flights.iloc[:10_000])
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for i in range(300):  # 2.3% undecodable records: above the 1% the suite allows
-        producer.produce(settings.topic_flights_completed, key=f"bad-{i}".encode(), value=b"\x00not json")
+        producer.produce(settings.topic("flights.completed"), key=f"bad-{i}".encode(), value=b"\x00not json")
     assert producer.flush(30) == 0
 
     run = dag.test(logical_date=datetime.now(UTC), run_conf={"rollout_timeout_s": 5})
     assert _states(run) == {"snapshot": "success", **dict.fromkeys(TASKS[1:], "skipped")}
     assert _xcom(run, "validate", "data_docs_url").endswith("/index.html")
-    assert high_watermark(settings.topic_models) == 0
+    assert high_watermark(settings.models_topic) == 0
     assert Registry(settings).champion() is None
 
 
 def test_a_lost_gate_skips_register_and_publish_with_the_decision_recorded(high_watermark, dag, settings, flights,
                                                                           monkeypatch):
-    monkeypatch.setenv("GATE_MIN_AUC", "0.99")  # no model of a few January days reaches this floor
+    # No model of a few January days reaches this floor.
+    monkeypatch.setenv("FLIGHT_DELAY_GATE_FLOORS", '{"roc_auc": 0.99}')
     replay_frame(settings, flights.iloc[:10_000])
 
     run = dag.test(logical_date=datetime.now(UTC), run_conf={"rollout_timeout_s": 5})
@@ -217,7 +222,7 @@ def test_a_lost_gate_skips_register_and_publish_with_the_decision_recorded(high_
     assert _states(run) == {**dict.fromkeys(TASKS[:4], "success"), **dict.fromkeys(TASKS[4:], "skipped")}
     decision = _xcom(run, "evaluate", "return_value")
     assert decision["verdict"] == "reject" and "below the floor 0.9900" in decision["reasons"][0]
-    assert high_watermark(settings.topic_models) == 0
+    assert high_watermark(settings.models_topic) == 0
     assert Registry(settings).champion() is None
 
 
@@ -227,7 +232,7 @@ def test_force_promote_without_a_reason_fails_before_the_snapshot(dag, settings,
     run = dag.test(logical_date=datetime.now(UTC), run_conf={"force_promote": True})
     assert run.state == "failed"
     assert _states(run)["snapshot"] == "failed"
-    assert snapshot.list_manifests(settings, settings.topic_flights_completed) == []
+    assert snapshot.list_manifests(settings, settings.topic("flights.completed")) == []
 
 
 def test_the_asset_watcher_trigger_fires_on_every_nth_real_message(dag, kafka_bootstrap, new_topic):
@@ -260,10 +265,10 @@ def test_the_sensor_dag_runs_the_same_tasks_for_its_own_use_case(high_watermark,
     sensor_dag = dag_bag.get_dag("retrain_sensor_anomaly")
     assert [t.task_id for t in sensor_dag.tasks] == TASKS
     # The environment is the flight DAG's (USE_CASE unset): the DAG itself selects the sensor use case.
-    readings_topic = f"readings-{uuid.uuid4().hex[:8]}"
-    for k, v in {"TOPIC_SENSORS_READINGS": readings_topic, "HOLDOUT_DAYS": "0.25", "EPOCHS": "15"}.items():
+    for k, v in {"HOLDOUT_DAYS": "0.25", "EPOCHS": "15"}.items():
         monkeypatch.setenv(k, v)
     sensors = LoopSettings(use_case="sensor_anomaly")
+    readings_topic = sensors.topic("sensors.readings")
     replay_readings(sensors, generate(4, 2000, seed=1, anomaly_rate=0.08))
     scorer.start()
     when = datetime.now(UTC)
@@ -272,12 +277,12 @@ def test_the_sensor_dag_runs_the_same_tasks_for_its_own_use_case(high_watermark,
     assert _states(run) == dict.fromkeys(TASKS, "success")
     registry = Registry(sensors)
     champion = registry.champion()
-    assert (champion.version, champion.feature_contract["use_case"]) == (1, "sensor_anomaly")
+    assert (champion.version, champion.preprocessing["use_case"]) == (1, "sensor_anomaly")
     assert registry.find_run("loop_run_id", run.run_id) == champion.run_id
     assert _xcom(run, "verify_rollout", "return_value")["model_name"] == "sensor_anomaly"
-    assert scorer.live == [1] and high_watermark(settings.topic_models) == 1
+    assert scorer.live == [1] and high_watermark(settings.models_topic) == 1
     (manifest,) = snapshot.list_manifests(sensors, readings_topic)
     assert manifest.row_count == 8000
     # Nothing of the flight use case was touched.
     assert Registry(settings).champion() is None
-    assert snapshot.list_manifests(settings, settings.topic_flights_completed) == []
+    assert snapshot.list_manifests(settings, settings.topic("flights.completed")) == []

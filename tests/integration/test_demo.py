@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def read_values(bootstrap: str, topic: str) -> list[dict]:
-    """Every committed record of ``topic``, decoded as JSON (an independent reader, not ml.live_metrics)."""
+    """Every committed record of ``topic``, decoded as JSON (an independent reader, not the live metrics code)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
                   "isolation.level": "read_committed", "enable.auto.commit": False})
     try:
@@ -61,16 +61,13 @@ def demo_env(kafka_bootstrap, monkeypatch):
     u = uuid.uuid4().hex[:8]
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "TOPIC_FLIGHTS_SCHEDULED": f"sched-{u}", "TOPIC_FLIGHTS_COMPLETED": f"done-{u}",
-        "TOPIC_FLIGHTS_PREDICTIONS": f"pred-{u}", "TOPIC_FLIGHTS_DLQ": f"dlq-{u}", "TOPIC_MODELS": f"models-{u}",
-        "TOPIC_MODELS_STATUS": f"status-{u}", "TOPIC_SENSORS_READINGS": f"readings-{u}",
-        "TOPIC_SENSORS_SCORES": f"scores-{u}", "TOPIC_SENSORS_DLQ": f"sdlq-{u}",
-        "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "2", "GATE_MIN_AUC": "0.5",
-        "MODEL_SIGNING_KEY": "test-signing-key", "RETRAIN_TASK_RETRIES": "0",
+        "TOPIC_PREFIX": f"t{u}.", "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "2",
+        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', "MODEL_SIGNING_KEY": "test-signing-key",
+        "RETRAIN_TASK_RETRIES": "0",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    return LoopSettings()
+    return LoopSettings(use_case="flight_delay")
 
 
 def test_a_two_month_demo_reports_what_the_topics_hold(demo_env, tmp_path):
@@ -93,9 +90,9 @@ def test_a_two_month_demo_reports_what_the_topics_hold(demo_env, tmp_path):
     assert summary["runs"][0]["verdict"] == "promote" and summary["runs"][0]["model_version"] == 1
 
     # The report's numbers against the topics, read independently.
-    preds = [p for p in read_values(settings.kafka_bootstrap_servers, settings.topic_flights_predictions)]
+    preds = [p for p in read_values(settings.kafka_bootstrap_servers, settings.topic("flights.predictions"))]
     labels = {c["flight_id"]: c for c in read_values(settings.kafka_bootstrap_servers,
-                                                     settings.topic_flights_completed)}
+                                                     settings.topic("flights.completed"))}
     assert len(labels) == 6000 and summary["prediction_records"] == len(preds)
     first: dict[str, dict] = {}
     for p in sorted(preds, key=lambda p: p["scored_at"]):

@@ -8,11 +8,11 @@ import pytest
 from confluent_kafka import Producer
 
 from ml import pipeline, snapshot
-from ml.flights_source import load_completed
 from ml.publish import read_envelopes
 from ml.registry import Registry
-from ml.replay import replay_frame
 from ml.settings import LoopSettings
+from use_cases.flight_delay.replay import replay_frame
+from use_cases.flight_delay.source import load_completed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,16 +24,14 @@ def flights():
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path) -> LoopSettings:
-    u = uuid.uuid4().hex[:8]
+def settings(kafka_bootstrap, tmp_path, monkeypatch) -> LoopSettings:
+    # A few days of January make a weak model; the floor here only has to beat a coin.
+    monkeypatch.setenv("FLIGHT_DELAY_GATE_FLOORS", '{"roc_auc": 0.5}')
     return LoopSettings(
-        kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path / "data",
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow_artifact_root=tmp_path / "artifacts",
-        topic_flights_scheduled=f"sched-{u}", topic_flights_completed=f"done-{u}",
-        topic_flights_predictions=f"pred-{u}", topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}",
-        min_training_rows=500, epochs=3, holdout_days=3, model_signing_key="test-signing-key",
-        # A few days of January make a weak model; the floor here only has to beat a coin.
-        gate_min_auc=0.5,
+        use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        loop_data_dir=tmp_path / "data", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        mlflow_artifact_root=tmp_path / "artifacts", min_training_rows=500, epochs=3, holdout_days=3,
+        model_signing_key="test-signing-key",
     )
 
 
@@ -44,7 +42,7 @@ def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(high_
     first = pipeline.retrain(settings, "scheduled__2013-01-12T00:00:00+00:00")
     assert first.status == "published", first.reason
     assert first.model_version == 1 and first.published_offset == 0
-    (manifest,) = snapshot.list_manifests(settings, settings.topic_flights_completed)
+    (manifest,) = snapshot.list_manifests(settings, settings.topic("flights.completed"))
     assert manifest.row_count == 10_000
     assert manifest.snapshot_id == "scheduled__2013-01-12T00_00_00_00_00"
 
@@ -53,7 +51,10 @@ def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(high_
     assert champion.version == 1 and champion.run_id == first.mlflow_run_id
     # The model version traces back to the exact Kafka offsets it was trained on.
     assert champion.lineage[0]["partitions"] == [p.model_dump() for p in manifest.partitions]
-    assert registry.decision(first.mlflow_run_id)["verdict"] == "promote"
+    decision = registry.decision(first.mlflow_run_id)
+    assert decision["verdict"] == "promote" and decision["use_case"] == "flight_delay"
+    # The use case's criteria with the environment's floor (FLIGHT_DELAY_GATE_FLOORS).
+    assert {c["metric"]: c["floor"] for c in decision["criteria"]} == {"roc_auc": 0.5, "log_loss": 0.69}
     (envelope,) = read_envelopes(settings)
     assert (envelope.model_version, envelope.run_id, envelope.decision_id) == (1, first.mlflow_run_id,
                                                                                first.decision_id)
@@ -62,13 +63,15 @@ def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(high_
     assert (retry.status, retry.model_version, retry.mlflow_run_id, retry.decision_id) == (
         "published", 1, first.mlflow_run_id, first.decision_id)
     assert retry.published_offset is None  # nothing produced the second time
-    assert high_watermark(settings.topic_models) == 1
-    assert len(snapshot.list_manifests(settings, settings.topic_flights_completed)) == 1
+    assert high_watermark(settings.models_topic) == 1
+    assert len(snapshot.list_manifests(settings, settings.topic("flights.completed"))) == 1
 
 
-def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(high_watermark, settings, flights):
+def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(high_watermark, settings, flights,
+                                                                                 monkeypatch):
     replay_frame(settings, flights.iloc[:10_000])
-    strict = settings.model_copy(update={"gate_min_auc": 0.99})
+    monkeypatch.setenv("FLIGHT_DELAY_GATE_FLOORS", '{"roc_auc": 0.99}')
+    strict = settings
 
     outcome = pipeline.retrain(strict, "strict")
     assert outcome.status == "rejected" and outcome.model_version is None
@@ -76,7 +79,7 @@ def test_a_model_below_the_floor_is_logged_but_neither_registered_nor_published(
     registry = Registry(strict)
     assert registry.decision(outcome.mlflow_run_id)["verdict"] == "reject"
     assert registry.champion() is None
-    assert high_watermark(strict.topic_models) == 0
+    assert high_watermark(strict.models_topic) == 0
 
 
 def test_empty_snapshot_is_skipped(high_watermark, settings, flights):
@@ -86,7 +89,7 @@ def test_empty_snapshot_is_skipped(high_watermark, settings, flights):
     skipped = pipeline.retrain(settings, "run-2")
     assert skipped.status == "skipped"
     assert "fewer than the minimum" in skipped.reason
-    assert high_watermark(settings.topic_models) == 1
+    assert high_watermark(settings.models_topic) == 1
 
 
 def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(high_watermark, settings, flights):
@@ -94,14 +97,14 @@ def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(high_water
     # 300 undecodable records among 13,000 good ones: 2.3% rejected, above the 1% the suite allows.
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for i in range(300):
-        producer.produce(settings.topic_flights_completed, key=f"bad-{i}".encode(), value=b"\x00not json")
+        producer.produce(settings.topic("flights.completed"), key=f"bad-{i}".encode(), value=b"\x00not json")
     assert producer.flush(30) == 0
     replay_frame(settings, flights.iloc[10_000:13_000])
 
     outcome = pipeline.retrain(settings, "corrupt")
     assert outcome.status == "invalid"
     assert "rejected" in outcome.reason and "300" in outcome.reason
-    (manifest,) = snapshot.list_manifests(settings, settings.topic_flights_completed)
+    (manifest,) = snapshot.list_manifests(settings, settings.topic("flights.completed"))
     assert (manifest.row_count, manifest.rejected_count) == (13_000, 300)
-    assert high_watermark(settings.topic_models) == 0
+    assert high_watermark(settings.models_topic) == 0
     assert Registry(settings).champion() is None

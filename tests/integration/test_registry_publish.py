@@ -21,7 +21,7 @@ from ml.settings import LoopSettings
 pytestmark = pytest.mark.integration
 
 KEY = b"integration-signing-key"
-FEATURE_CONTRACT = {"numeric": ["distance", "temp", "wind_speed", "dep_hour"], "version": 1}
+PREPROCESSING = {"numeric": ["distance", "temp", "wind_speed", "dep_hour"], "version": 1}
 MANIFESTS = [
     {"topic": "flights.completed", "partitions": [{"partition": 0, "start": 0, "end": 1200},
                                                   {"partition": 1, "start": 0, "end": 1100}],
@@ -81,7 +81,7 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
         registry.log_metrics(run_id, {"auc": 0.71, "logloss": 0.55})
         lineage = registry.log_lineage(run_id, MANIFESTS)
         registry.log_decision(run_id, decision)
-        model_uri = registry.log_model(run_id, keras_model, FEATURE_CONTRACT)
+        model_uri = registry.log_model(run_id, keras_model, PREPROCESSING)
     assert lineage == "flights.completed[0:0-1200,1:0-1100];flights.completed[0:1200-2000,1:1100-1900]"
     assert model_uri.startswith("models:/m-")
 
@@ -99,7 +99,7 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
     assert registry.champion() is None  # registered is not promoted
     registry.promote(1)
     assert registry.champion() == ChampionInfo(
-        version=1, run_id=run_id, model_uri="models:/flight_delay_test/1", feature_contract=FEATURE_CONTRACT,
+        version=1, run_id=run_id, model_uri="models:/flight_delay_test/1", preprocessing=PREPROCESSING,
         metrics={"auc": 0.71, "logloss": 0.55}, lineage=MANIFESTS)
 
     x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
@@ -109,7 +109,7 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
     # Explicit-run-id path (another task, another process): the model goes to the run, not a new one.
     with registry.start_run("candidate-2") as second:
         pass
-    second_uri = registry.log_model(second, keras_model, FEATURE_CONTRACT)
+    second_uri = registry.log_model(second, keras_model, PREPROCESSING)
     registry.log_lineage(second, MANIFESTS[1:])
     assert registry.register(second, second_uri) == 2
     registry.promote(2)
@@ -120,7 +120,7 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
 
 def test_unreachable_mlflow_fails_fast_naming_the_uri(tmp_path):
     uri = f"http://127.0.0.1:{_free_port()}"
-    registry = Registry(LoopSettings(mlflow_tracking_uri=uri, mlflow_artifact_root=tmp_path))
+    registry = Registry(LoopSettings(mlflow_tracking_uri=uri, mlflow_artifact_root=tmp_path, use_case="flight_delay"))
     started = time.monotonic()
     with pytest.raises(RegistryUnavailable, match=f"MLflow tracking server at {uri} is unreachable"):
         registry.champion()
@@ -141,13 +141,13 @@ def _high_watermark(bootstrap: str, topic: str) -> int:
 
 
 def _settings(bootstrap: str, topic: str) -> LoopSettings:
-    return LoopSettings(kafka_bootstrap_servers=bootstrap, topic_models=topic, model_signing_key=KEY.decode(),
-                        model_name="flight_delay_test")
+    return LoopSettings(kafka_bootstrap_servers=bootstrap, topic_names={"models": topic},
+                        model_signing_key=KEY.decode(), model_name="flight_delay_test")
 
 
 def _envelope(version: int, artifact: bytes):
     return build_envelope(model_name="flight_delay_test", model_version=version, run_id=f"run-{version}",
-                          model_uri=f"models:/flight_delay_test/{version}", feature_contract=FEATURE_CONTRACT,
+                          model_uri=f"models:/flight_delay_test/{version}", preprocessing=PREPROCESSING,
                           metrics={"auc": 0.7 + version / 100}, decision_id=f"d-{version}", artifact=artifact,
                           key=KEY)
 

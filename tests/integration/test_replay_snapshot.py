@@ -17,12 +17,16 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from infra.kafka.broker import free_port
 from ml.errors import BrokerUnavailable, LoopError
-from ml.flights_source import load_completed
-from ml.replay import build_stream, duplicate_keys, replay_frame
+from ml.replay import duplicate_keys
 from ml.settings import LoopSettings
 from ml.snapshot import (list_manifests, load_snapshots, load_window, partition_offsets, take_snapshot,
                          topic_dir)
-from ml.topics import ensure_topics
+from ml.topics import ensure_topics, topic_specs
+from use_cases.flight_delay.contracts import FlightCompleted
+from use_cases.flight_delay.replay import build_stream, replay_frame
+from use_cases.flight_delay.source import load_completed
+
+SCHEDULED, COMPLETED = "flights.scheduled", "flights.completed"
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +38,12 @@ def flights() -> pd.DataFrame:
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, kafka_admin: AdminClient, tmp_path) -> Iterator[LoopSettings]:
-    """Settings with this test's own topics (created by ensure_topics, deleted afterwards) and data folder."""
-    u = uuid.uuid4().hex[:8]
-    s = LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path, topic_partitions=3,
-                     topic_flights_scheduled=f"sched-{u}", topic_flights_completed=f"done-{u}",
-                     topic_flights_predictions=f"pred-{u}", topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}",
-                     topic_models_status=f"status-{u}", topic_sensors_readings=f"readings-{u}",
-                     topic_sensors_scores=f"scores-{u}", topic_sensors_dlq=f"sdlq-{u}")
+    """Settings with this test's own topics (a prefix; created by ensure_topics, deleted afterwards) and data
+    folder."""
+    s = LoopSettings(use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path,
+                     topic_partitions=3, topic_prefix=f"t{uuid.uuid4().hex[:8]}.")
     yield s
-    topics = [s.topic_flights_scheduled, s.topic_flights_completed, s.topic_flights_predictions,
-              s.topic_flights_dlq, s.topic_models, s.topic_models_status, s.topic_sensors_readings,
-              s.topic_sensors_scores, s.topic_sensors_dlq]
+    topics = [spec.topic for spec in topic_specs(s)]
     existing = set(kafka_admin.list_topics(timeout=10).topics)
     for fut in kafka_admin.delete_topics([t for t in topics if t in existing]).values():
         fut.result(timeout=30)
@@ -70,12 +69,16 @@ def _read_all(bootstrap: str, topic: str, partitions: int) -> dict[int, list]:
 
 def test_topics_are_created_once_with_their_settings(settings, kafka_admin):
     created = ensure_topics(settings)
-    assert all(created.values()) and len(created) == 9
+    # Every registered use case's topics (each once: a topic two use cases read is created once) and the loop's.
+    assert all(created.values()) and set(created) == {spec.topic for spec in topic_specs(settings)}
+    assert {settings.topic(t) for t in ("flights.scheduled", "flights.completed", "flights.predictions",
+                                        "flights.dlq", "sensors.readings", "sensors.scores", "sensors.dlq",
+                                        "models", "models.status")} <= set(created)
     assert not any(ensure_topics(settings).values())
     meta = kafka_admin.list_topics(timeout=10)
-    assert len(meta.topics[settings.topic_flights_completed].partitions) == 3
-    assert len(meta.topics[settings.topic_models].partitions) == 1
-    res = ConfigResource(ResourceType.TOPIC, settings.topic_models)
+    assert len(meta.topics[settings.topic(COMPLETED)].partitions) == 3
+    assert len(meta.topics[settings.models_topic].partitions) == 1
+    res = ConfigResource(ResourceType.TOPIC, settings.models_topic)
     config = kafka_admin.describe_configs([res])[res].result(timeout=10)
     assert config["cleanup.policy"].value == "compact"
     assert config["max.message.bytes"].value == str(4 * 1024 * 1024)
@@ -83,9 +86,9 @@ def test_topics_are_created_once_with_their_settings(settings, kafka_admin):
 
 def test_replay_writes_each_flight_once_per_topic_in_event_time_order(settings, flights):
     summary = replay_frame(settings, flights)
-    assert summary.counts == {settings.topic_flights_scheduled: 2000, settings.topic_flights_completed: 2000}
+    assert summary.counts == {settings.topic(SCHEDULED): 2000, settings.topic(COMPLETED): 2000}
     assert summary.events == 4000 and summary.events_per_s > 0
-    for topic in (settings.topic_flights_scheduled, settings.topic_flights_completed):
+    for topic in (settings.topic(SCHEDULED), settings.topic(COMPLETED)):
         assert sum(high for _, high in partition_offsets(settings, topic).values()) == 2000
         by_partition = _read_all(settings.kafka_bootstrap_servers, topic, 3)
         keys = []
@@ -94,22 +97,22 @@ def test_replay_writes_each_flight_once_per_topic_in_event_time_order(settings, 
             assert stamps == sorted(stamps)
             keys += [m.key().decode() for m in msgs]
         assert sorted(keys) == sorted(flights["flight_id"])
-    assert duplicate_keys(settings, settings.topic_flights_completed) == {}
+    assert duplicate_keys(settings, settings.topic(COMPLETED)) == {}
 
 
 def test_replaying_the_same_flights_twice_is_detectable(settings, flights):
     replay_frame(settings, flights.head(100))
     replay_frame(settings, flights.head(100))
-    dupes = duplicate_keys(settings, settings.topic_flights_completed)
+    dupes = duplicate_keys(settings, settings.topic(COMPLETED))
     assert dupes == {fid: 2 for fid in flights["flight_id"].head(100)}
 
 
 def test_consecutive_snapshots_read_every_offset_exactly_once(settings, flights):
-    topic = settings.topic_flights_completed
+    topic = settings.topic(COMPLETED)
     manifests = []
     for part in (flights.iloc[:500], flights.iloc[500:1200], flights.iloc[1200:]):
         replay_frame(settings, part)
-        manifests.append(take_snapshot(settings, topic))
+        manifests.append(take_snapshot(settings, topic, FlightCompleted))
     assert [m.row_count for m in manifests] == [500, 700, 800]
     assert [m.sequence for m in manifests] == [1, 2, 3]
     for before, after in zip(manifests, manifests[1:]):
@@ -117,17 +120,17 @@ def test_consecutive_snapshots_read_every_offset_exactly_once(settings, flights)
     assert manifests[-1].end_offsets == {p: high for p, (_, high) in partition_offsets(settings, topic).items()}
     assert list_manifests(settings, topic) == manifests
 
-    frame, window = load_window(settings, topic, 3)
+    frame, window = load_window(settings, topic, FlightCompleted, 3)
     assert window == manifests
     assert len(frame) == 2000 and frame["flight_id"].is_unique
     assert set(frame["flight_id"]) == set(flights["flight_id"])
     assert manifests[0].event_time_min == frame["arr_utc"].iloc[:500].min()
-    later, chosen = load_snapshots(settings, topic, [manifests[2].snapshot_id, manifests[1].snapshot_id])
+    later, chosen = load_snapshots(settings, topic, FlightCompleted, [manifests[2].snapshot_id, manifests[1].snapshot_id])
     assert chosen == [manifests[2], manifests[1]] and len(later) == 1500
     with pytest.raises(LoopError, match="no-such-id"):
-        load_snapshots(settings, topic, ["no-such-id"])
+        load_snapshots(settings, topic, FlightCompleted, ["no-such-id"])
 
-    empty = take_snapshot(settings, topic)  # nothing new: 0 rows, not a crash
+    empty = take_snapshot(settings, topic, FlightCompleted)  # nothing new: 0 rows, not a crash
     assert empty.row_count == 0 and empty.rejected_count == 0
     assert all(p.start == p.end for p in empty.partitions)
     assert empty.event_time_min is None
@@ -135,35 +138,47 @@ def test_consecutive_snapshots_read_every_offset_exactly_once(settings, flights)
 
 
 def test_a_retried_snapshot_returns_the_same_manifest_and_hash(settings, flights):
-    topic = settings.topic_flights_completed
+    topic = settings.topic(COMPLETED)
     replay_frame(settings, flights.head(300))
-    first = take_snapshot(settings, topic, snapshot_id="manual__2013-01-01T00:00:00+00:00")
+    first = take_snapshot(settings, topic, FlightCompleted, snapshot_id="manual__2013-01-01T00:00:00+00:00")
 
     # The task failed after the snapshot was written: the retry re-reads nothing, even with new records.
     replay_frame(settings, flights.iloc[300:400])
-    assert take_snapshot(settings, topic, snapshot_id=first.snapshot_id) == first
+    assert take_snapshot(settings, topic, FlightCompleted, snapshot_id=first.snapshot_id) == first
 
     # The task died before the manifest was written: the retry reads again, up to the end offsets of now.
     shutil.rmtree(topic_dir(settings, topic) / first.snapshot_id)
-    again = take_snapshot(settings, topic, snapshot_id=first.snapshot_id)
+    again = take_snapshot(settings, topic, FlightCompleted, snapshot_id=first.snapshot_id)
     assert again.row_count == 400 and again.sequence == 1
     manifests = list_manifests(settings, topic)
     assert [m.snapshot_id for m in manifests] == [first.snapshot_id]
 
 
-def test_the_same_offset_range_gives_the_same_content_hash(settings, flights):
-    topic = settings.topic_flights_completed
+def test_each_use_case_keeps_its_own_snapshot_series_of_a_topic(settings, flights):
+    # Two use cases learning from one topic each train on all of it: neither takes the other's offsets.
+    topic = settings.topic(COMPLETED)
     replay_frame(settings, flights.head(300))
-    first = take_snapshot(settings, topic, snapshot_id="run-1")
+    other = LoopSettings.model_validate({**settings.model_dump(), "use_case": "sensor_anomaly"})
+    mine = take_snapshot(settings, topic, FlightCompleted)
+    theirs = take_snapshot(other, topic, FlightCompleted)
+    assert mine.row_count == theirs.row_count == 300 and mine.partitions == theirs.partitions
+    assert topic_dir(settings, topic) != topic_dir(other, topic)
+    assert [m.snapshot_id for m in list_manifests(other, topic)] == [theirs.snapshot_id]
+
+
+def test_the_same_offset_range_gives_the_same_content_hash(settings, flights):
+    topic = settings.topic(COMPLETED)
+    replay_frame(settings, flights.head(300))
+    first = take_snapshot(settings, topic, FlightCompleted, snapshot_id="run-1")
     shutil.rmtree(topic_dir(settings, topic) / "run-1")
-    again = take_snapshot(settings, topic, snapshot_id="run-1")
+    again = take_snapshot(settings, topic, FlightCompleted, snapshot_id="run-1")
     assert again.partitions == first.partitions
     assert again.content_hash == first.content_hash and again.row_count == 300
 
 
 def test_malformed_records_are_counted_and_written_aside(settings, flights):
     ensure_topics(settings)
-    topic = settings.topic_flights_completed
+    topic = settings.topic(COMPLETED)
     good = build_stream(settings, flights.head(50))
     completed = [(k, v) for t, k, v in zip(good.topics, good.keys, good.values) if t == topic]
     wrong_type = orjson.loads(completed[0][1]) | {"year": "2013"}
@@ -178,7 +193,7 @@ def test_malformed_records_are_counted_and_written_aside(settings, flights):
             p.produce(topic, value, f"bad-{i}", partition=i % 3)
     assert p.flush(30) == 0
 
-    m = take_snapshot(settings, topic)
+    m = take_snapshot(settings, topic, FlightCompleted)
     assert m.row_count == 50 and m.rejected_count == 5
     assert m.rejected_by_class == {"undecodable": 2, "schema": 2, "range": 1}
     lines = [orjson.loads(line) for line in (topic_dir(settings, topic) / m.snapshot_id / "rejected.jsonl")
@@ -186,13 +201,13 @@ def test_malformed_records_are_counted_and_written_aside(settings, flights):
     assert sorted(base64.b64decode(r["original_b64"]) for r in lines) == sorted(v or b"" for v in bad)
     assert all(r["reason"] and r["key_b64"] for r in lines)
     assert [(r["partition"], r["offset"]) for r in lines] == sorted((r["partition"], r["offset"]) for r in lines)
-    frame, _ = load_window(settings, topic, 1)
+    frame, _ = load_window(settings, topic, FlightCompleted, 1)
     assert sorted(frame["flight_id"]) == sorted(k for k, _ in completed)
 
 
 def test_aborted_transactions_are_not_snapshot(settings, flights):
     ensure_topics(settings)
-    topic = settings.topic_flights_completed
+    topic = settings.topic(COMPLETED)
     stream = build_stream(settings, flights.head(20))
     values = [(k, v) for t, k, v in zip(stream.topics, stream.keys, stream.values) if t == topic]
     p = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "transactional.id": uuid.uuid4().hex})
@@ -205,17 +220,17 @@ def test_aborted_transactions_are_not_snapshot(settings, flights):
             p.commit_transaction(30)
         else:
             p.abort_transaction(30)
-    m = take_snapshot(settings, topic, timeout=10)
+    m = take_snapshot(settings, topic, FlightCompleted, timeout=10)
     assert m.row_count == 10 and m.rejected_count == 0
 
 
 def test_an_unreachable_broker_is_named_in_the_error(tmp_path, flights):
     servers = f"127.0.0.1:{free_port()}"
-    s = LoopSettings(kafka_bootstrap_servers=servers, loop_data_dir=tmp_path)
+    s = LoopSettings(kafka_bootstrap_servers=servers, loop_data_dir=tmp_path, use_case="flight_delay")
     with pytest.raises(BrokerUnavailable, match=servers.replace(".", r"\.")):
         ensure_topics(s, timeout=1)
     with pytest.raises(BrokerUnavailable, match=servers.replace(".", r"\.")):
         replay_frame(s, flights.head(10), timeout=1)
     with pytest.raises(BrokerUnavailable, match=servers.replace(".", r"\.")):
-        take_snapshot(s, s.topic_flights_completed, timeout=1)
-    assert list_manifests(s, s.topic_flights_completed) == []
+        take_snapshot(s, s.topic(COMPLETED), FlightCompleted, timeout=1)
+    assert list_manifests(s, s.topic(COMPLETED)) == []

@@ -29,7 +29,7 @@ def _status(bootstrap: str, topic: str, *records: dict | bytes) -> None:
 
 @pytest.fixture
 def settings(kafka_bootstrap) -> LoopSettings:
-    return LoopSettings(kafka_bootstrap_servers=kafka_bootstrap)
+    return LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, use_case="flight_delay")
 
 
 def test_a_live_record_written_before_the_wait_counts_and_other_models_are_ignored(settings, new_topic):

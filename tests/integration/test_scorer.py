@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gc
 import io
+import json
 import os
 import signal
 import subprocess
@@ -26,11 +27,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka import broker, distribution
 
-from ml import contracts, features
-from ml.flights_source import load_completed
+from ml.contracts import DeadLetter
+from ml.keras_models import to_bytes
 from ml.publish import build_envelope, canonical_json, publish
-from ml.replay import build_stream
 from ml.settings import LoopSettings
+from use_cases.flight_delay import preprocessing
+from use_cases.flight_delay.contracts import FlightPrediction
+from use_cases.flight_delay.replay import build_stream
+from use_cases.flight_delay.source import load_completed
 from scoring_service.app import Scorer
 from scoring_service.config import ScorerSettings
 from scoring_service.sink import Sink
@@ -53,40 +57,39 @@ def flights():
 @pytest.fixture(scope="module")
 def events(flights) -> list[tuple[bytes, bytes]]:
     """(key, value) of each flight's `flights.scheduled` record, as the replay writes them."""
-    s = LoopSettings()
-    stream = build_stream(s, flights)
+    stream = build_stream(LoopSettings(), flights)
     return [(k.encode(), v) for t, k, v in zip(stream.topics, stream.keys, stream.values, strict=True)
-            if t == s.topic_flights_scheduled]
+            if t == "flights.scheduled"]
 
 
 @pytest.fixture(scope="module")
 def contract(flights):
-    return features.fit(flights.head(3000))
+    return preprocessing.fit(flights.head(3000))
 
 
 @pytest.fixture(scope="module")
 def artifacts(contract) -> dict[str, bytes]:
-    """Real .keras bytes from ml.model.build: two good versions and one whose output layer is NaN."""
+    """Real .keras bytes of the flight model: two good versions and one whose output layer is NaN."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
 
-    from ml import model as model_lib
+    from use_cases.flight_delay.model import build
 
     out = {}
     for name, seed in (("a", 1), ("b", 2), ("nan", 3)):
         keras.utils.set_random_seed(seed)
-        m = model_lib.build(contract)
+        m = build(contract)
         if name == "nan":
             layer = m.get_layer("p_delayed")
             layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
-        out[name] = model_lib.to_bytes(m)
+        out[name] = to_bytes(m)
     return out
 
 
 def envelope(version: int, artifact: bytes, contract_dict: dict, key: str = KEY):
     return build_envelope(model_name=MODEL, model_version=version, run_id=f"run-{version}",
-                          model_uri=f"models:/{MODEL}/{version}", feature_contract=contract_dict,
+                          model_uri=f"models:/{MODEL}/{version}", preprocessing=contract_dict,
                           metrics={"auc": 0.7}, decision_id=f"d-{version}", artifact=artifact, key=key.encode())
 
 
@@ -96,17 +99,17 @@ def envelope(version: int, artifact: bytes, contract_dict: dict, key: str = KEY)
 @pytest.fixture
 def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
     return ScorerSettings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_flights_scheduled=new_topic("sched", 3), topic_flights_predictions=new_topic("pred", 3),
-        topic_flights_dlq=new_topic("dlq", 1),
-        topic_models=new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)}),
-        topic_models_status=new_topic("status", 1), group_id=f"scorer-{uuid.uuid4().hex[:8]}",
+        use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, topic_names={
+            "flights.scheduled": new_topic("sched", 3), "flights.predictions": new_topic("pred", 3),
+            "flights.dlq": new_topic("dlq", 1), "models.status": new_topic("status", 1),
+            "models": new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)})},
+        group_id=f"scorer-{uuid.uuid4().hex[:8]}",
         model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0, model_signing_key=KEY,
         session_timeout_ms=6000, transactional_id=f"scorer-tx-{uuid.uuid4().hex[:8]}")
 
 
 def loop_settings(s: ScorerSettings) -> LoopSettings:
-    return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_models=s.topic_models,
+    return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_names={"models": s.models_topic},
                         model_signing_key=KEY, model_name=MODEL)
 
 
@@ -196,7 +199,7 @@ def committed(s: ScorerSettings, partitions: int = 3) -> dict[int, int]:
     the broker answers only once that transaction is fenced or times out)."""
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": s.group_id})
     try:
-        tps = c.committed([TopicPartition(s.topic_flights_scheduled, p) for p in range(partitions)], timeout=10)
+        tps = c.committed([TopicPartition(s.input_topic, p) for p in range(partitions)], timeout=10)
         return {tp.partition: tp.offset for tp in tps}
     except KafkaException as e:
         if e.args[0].code() != KafkaError._TIMED_OUT:
@@ -209,7 +212,7 @@ def committed(s: ScorerSettings, partitions: int = 3) -> dict[int, int]:
 def high_watermarks(s: ScorerSettings, partitions: int = 3) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "watermarks"})
     try:
-        return {p: c.get_watermark_offsets(TopicPartition(s.topic_flights_scheduled, p), timeout=10)[1]
+        return {p: c.get_watermark_offsets(TopicPartition(s.input_topic, p), timeout=10)[1]
                 for p in range(partitions)}
     finally:
         c.close()
@@ -225,14 +228,14 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
 
 
 def status_records(s: ScorerSettings, count: int) -> list[dict]:
-    return read(s.kafka_bootstrap_servers, s.topic_models_status, count, timeout=90, settle=0.5)
+    return read(s.kafka_bootstrap_servers, s.status_topic, count, timeout=90, settle=0.5)
 
 
 def assert_exactly_once(predictions: list[dict], s: ScorerSettings, n_inputs: int) -> None:
     positions = Counter((p["source_partition"], p["source_offset"]) for p in predictions)
     assert len(positions) == n_inputs, f"{n_inputs - len(positions)} input(s) without a prediction"
     assert max(positions.values()) == 1, f"duplicated: {[k for k, v in positions.items() if v > 1][:5]}"
-    assert all(p["source_topic"] == s.topic_flights_scheduled for p in predictions)
+    assert all(p["source_topic"] == s.input_topic for p in predictions)
 
 
 # ---------------------------------------------------------------- tests
@@ -242,22 +245,23 @@ def test_no_model_consumes_nothing_then_first_model_scores_every_input_once(
         settings, scorers, events, contract, artifacts):
     s = settings
     batch = events[:3000]
-    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, batch)
+    produce(s.kafka_bootstrap_servers, s.input_topic, batch)
     running = scorers(s)
     time.sleep(3)
     assert running.http("/healthz")[0] == 200
     assert running.http("/readyz") == (503, "no model loaded\n")
-    assert read(s.kafka_bootstrap_servers, s.topic_flights_predictions, 1, timeout=2) == []
+    assert read(s.kafka_bootstrap_servers, s.output_topic, 1, timeout=2) == []
     assert set(committed(s).values()) == {-1001}  # OFFSET_INVALID: nothing committed
     assert running.metric("scorer_events_in_total") == 0
 
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
-    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(batch))
+    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(batch))
     assert_exactly_once(predictions, s, len(batch))
     assert {(p["model_name"], p["model_version"]) for p in predictions} == {(MODEL, 1)}
     for p in predictions[:50]:
-        contracts.Prediction.model_validate({k: v for k, v in p.items() if not k.startswith("_")})
-        assert p["delayed"] == (p["probability"] >= s.decision_threshold)
+        FlightPrediction.model_validate({k: v for k, v in p.items() if not k.startswith("_")})
+        assert p["threshold"] == 0.5  # FLIGHT_DELAY_DECISION_THRESHOLD's default
+        assert p["delayed"] == (p["probability"] >= 0.5)
     by_position = {(p["source_partition"], p["source_offset"]): p["flight_id"] for p in predictions}
     assert set(by_position.values()) == {k.decode() for k, _ in batch}
     wait_for(lambda: committed(s) == high_watermarks(s), 30, "input offsets committed up to the end")
@@ -280,16 +284,16 @@ def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, score
 
     def produce_around_the_swap() -> None:
         # Steady load before, during and after the swap, however long loading v2 takes on a busy machine.
-        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[:2000], 2000.0)
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[:2000], 2000.0)
         wait_for(lambda: running.metric("scorer_model_swaps_total") == 2, 120, "v2 live")
-        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[2000:], 2000.0)
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[2000:], 2000.0)
 
     producer = threading.Thread(target=produce_around_the_swap)
     producer.start()
     time.sleep(0.5)
     publish(loop_settings(s), envelope(2, artifacts["b"], contract.to_dict()))
     producer.join()
-    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream))
+    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream))
     assert_exactly_once(predictions, s, len(stream))
     for partition in range(3):
         versions = [p["model_version"] for p in sorted(predictions, key=lambda p: p["source_offset"])
@@ -334,7 +338,7 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
         "signature": envelope(3, artifacts["b"], good, key="another-key").to_bytes(),
         "sha256": _tampered_sha(artifacts["b"], good, artifacts["a"]),
         "load": envelope(5, b"PK\x03\x04 this is not a keras archive", good).to_bytes(),
-        "contract": envelope(6, artifacts["b"], misfit).to_bytes(),
+        "preprocessing": envelope(6, artifacts["b"], misfit).to_bytes(),
         "canary": envelope(7, artifacts["nan"], good).to_bytes(),
         "oversized": envelope(8, _zip_bomb(), good).to_bytes(),
         "undecodable": b"{not json",
@@ -342,7 +346,7 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
     publish(loop_settings(s), envelope(1, artifacts["a"], good))
     running = scorers(s)
     wait_for(lambda: running.http("/readyz")[0] == 200, 60, "ready")
-    produce(s.kafka_bootstrap_servers, s.topic_models, [(MODEL.encode(), v) for v in bad.values()])
+    produce(s.kafka_bootstrap_servers, s.models_topic, [(MODEL.encode(), v) for v in bad.values()])
     records = status_records(s, 1 + len(bad))
     rejected = {r["reason_kind"]: r for r in records if r["status"] == "rejected"}
     assert set(rejected) == set(bad), records
@@ -351,8 +355,8 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
         assert running.metric("scorer_models_rejected_total", {"reason": kind}) == 1
     assert running.scorer.slot.current.version == 1
 
-    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, events[:500])
-    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, 500)
+    produce(s.kafka_bootstrap_servers, s.input_topic, events[:500])
+    predictions = read(s.kafka_bootstrap_servers, s.output_topic, 500)
     assert_exactly_once(predictions, s, 500)
     assert {p["model_version"] for p in predictions} == {1}
 
@@ -381,13 +385,13 @@ def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
                (b"bad-empty", b""), *events[200:400]]
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     running = scorers(s)
-    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, records)
-    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, 400)
+    produce(s.kafka_bootstrap_servers, s.input_topic, records)
+    predictions = read(s.kafka_bootstrap_servers, s.output_topic, 400)
     assert len(predictions) == 400
-    dlq = read(s.kafka_bootstrap_servers, s.topic_flights_dlq, 5)
+    dlq = read(s.kafka_bootstrap_servers, s.dlq_topic, 5)
     assert len(dlq) == 5
     for d in dlq:
-        contracts.DeadLetter.model_validate({k: v for k, v in d.items() if not k.startswith("_")})
+        DeadLetter.model_validate({k: v for k, v in d.items() if not k.startswith("_")})
     by_bytes = {base64.b64decode(d["original_b64"]): d for d in dlq}
     assert set(by_bytes) == {*bad.values(), missing, b""}
     for cls, value in bad.items():
@@ -412,14 +416,15 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(settings, events, contrac
     s = settings.model_copy(update={"delivery_mode": mode, "batch_size": 200})
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     stream = events[:6000]
-    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[:1000])
+    produce(s.kafka_bootstrap_servers, s.input_topic, stream[:1000])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_SIGNING_KEY": KEY,
-           **{name.upper(): str(value) for name, value in s.model_dump(exclude={"model_signing_key"}).items()}}
+           **{name.upper(): json.dumps(value) if isinstance(value, dict) else str(value)
+              for name, value in s.model_dump(exclude={"model_signing_key"}).items()}}
     log1 = open(tmp_path / "scorer-1.log", "wb")
     first = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log1,
                              stderr=subprocess.STDOUT)
     # The rest arrives as a live stream once the scorer is up, so the kill lands in the middle of it.
-    rest = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.topic_flights_scheduled,
+    rest = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.input_topic,
                                                   stream[1000:], 1000.0))
     try:
         wait_for(lambda: sum(max(o, 0) for o in committed(s).values()) >= 600, 120, "first commits")
@@ -445,7 +450,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(settings, events, contrac
             first.kill()
         if rest.is_alive():
             rest.join(60)
-    predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream), settle=2.0)
+    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0)
     if mode == "exactly_once":
         assert_exactly_once(predictions, s, len(stream))
         return
@@ -461,8 +466,8 @@ def test_at_least_once_commits_delivered_batches_on_the_interval_and_all_at_stop
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     running = scorers(s)
     batch = events[:2000]
-    produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, batch)
-    assert_exactly_once(read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(batch)), s, len(batch))
+    produce(s.kafka_bootstrap_servers, s.input_topic, batch)
+    assert_exactly_once(read(s.kafka_bootstrap_servers, s.output_topic, len(batch)), s, len(batch))
     # Every prediction is delivered, yet no commit is due for a minute...
     assert set(committed(s).values()) == {-1001}
     assert running.metric("scorer_predictions_out_total") == len(batch)
@@ -484,9 +489,9 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     def produce_around_the_join() -> None:
         # The second replica joins mid-stream (its model loader starts TensorFlow first, which takes
         # seconds): half the stream before it is ready, half after, so both replicas get records.
-        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[:3000], 1000.0)
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[:3000], 1000.0)
         wait_for(lambda: second is not None and second.scorer.ready()[0], 120, "second replica ready")
-        produce(s.kafka_bootstrap_servers, s.topic_flights_scheduled, stream[3000:], 1000.0)
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[3000:], 1000.0)
 
     producer = threading.Thread(target=produce_around_the_join)
     producer.start()
@@ -494,7 +499,7 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     second = Running(s, scorer_id="it-2")  # the group rebalances while the first replica scores
     try:
         producer.join()
-        predictions = read(s.kafka_bootstrap_servers, s.topic_flights_predictions, len(stream))
+        predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream))
         assert_exactly_once(predictions, s, len(stream))
         assert first.metric("scorer_events_in_total") > 0 and second.metric("scorer_events_in_total") > 0
         lives = [(r["scorer_id"], r["model_version"]) for r in status_records(s, 2) if r["status"] == "live"]
@@ -510,10 +515,10 @@ def private_broker(tmp_path) -> broker.BrokerConfig:
     """A broker of this test alone, which it may stop and start again (same ports, same data)."""
     cfg = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=broker.free_port(),
                               controller_port=broker.free_port(), heap="512m")
-    broker.start(cfg, distribution.fetch())
+    broker.Broker(cfg, distribution.fetch()).start()
     yield cfg
     gc.collect()
-    broker.stop(cfg)
+    broker.Broker(cfg).stop()
 
 
 @pytest.mark.slow
@@ -527,8 +532,9 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
     for fut in futures.values():
         fut.result(30)
     s = ScorerSettings(
-        kafka_bootstrap_servers=bootstrap, topic_flights_scheduled=f"sched-{u}", topic_flights_predictions=f"pred-{u}",
-        topic_flights_dlq=f"dlq-{u}", topic_models=f"models-{u}", topic_models_status=f"status-{u}",
+        use_case="flight_delay", kafka_bootstrap_servers=bootstrap, topic_names={
+            "flights.scheduled": f"sched-{u}", "flights.predictions": f"pred-{u}", "flights.dlq": f"dlq-{u}",
+            "models": f"models-{u}", "models.status": f"status-{u}"},
         group_id=f"scorer-{u}", model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0,
         model_signing_key=KEY, session_timeout_ms=6000)
     wait_for(lambda: _served(s), 30, "new topics served")
@@ -537,15 +543,15 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
     wait_for(lambda: running.scorer.ready()[0], 120, "scorer ready")
     stream = events[:5000]
     # The producer keeps going through the outage: librdkafka buffers and retries (idempotent, no duplicates).
-    producer = threading.Thread(target=produce, args=(bootstrap, s.topic_flights_scheduled, stream, 500.0))
+    producer = threading.Thread(target=produce, args=(bootstrap, s.input_topic, stream, 500.0))
     producer.start()
     try:
         time.sleep(3)
-        assert broker.stop(private_broker)
+        assert broker.Broker(private_broker).stop()
         time.sleep(2)
-        broker.start(private_broker, distribution.fetch())
+        broker.Broker(private_broker, distribution.fetch()).start()
         producer.join()
-        predictions = read(bootstrap, s.topic_flights_predictions, len(stream), timeout=180)
+        predictions = read(bootstrap, s.output_topic, len(stream), timeout=180)
         positions = Counter((p["source_partition"], p["source_offset"]) for p in predictions)
         inputs = high_watermarks(s)
         assert sum(inputs.values()) == len(stream)
@@ -569,11 +575,11 @@ def test_a_frozen_broker_costs_the_at_least_once_sink_no_cpu_and_no_record(priva
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
         fut.result(30)
-    sink = Sink(ScorerSettings(kafka_bootstrap_servers=bootstrap, topic_flights_predictions=topic, http_port=0))
+    sink = Sink(ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=bootstrap, http_port=0))
     records = [(topic, str(i).encode(), b"x" * 200) for i in range(30)]  # keys spread them over 3 partitions
     sent = [sink.send(records, [], consumer=None)]
     sink.producer.flush(30)  # connected, partitions known
-    pid = broker.running_pid(private_broker)
+    pid = broker.Broker(private_broker).running_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
         cpu_before = time.process_time()
@@ -595,6 +601,6 @@ def _served(s: ScorerSettings) -> bool:
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "probe"})
     try:
         return all(c.list_topics(t, timeout=5).topics[t].error is None
-                   for t in (s.topic_models, s.topic_flights_scheduled))
+                   for t in (s.models_topic, s.input_topic))
     finally:
         c.close()

@@ -10,12 +10,14 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from ml import model as model_lib, pipeline, snapshot
+from ml import pipeline, snapshot
+from ml.keras_models import from_bytes
 from ml.publish import read_envelopes
 from ml.registry import Registry
-from ml.sensors.features import SensorFeatureContract, anomaly_score, transform
-from ml.sensors.generator import START, generate, replay_readings
 from ml.settings import LoopSettings
+from use_cases.sensor_anomaly.generator import START, generate, replay_readings
+from use_cases.sensor_anomaly.preprocessing import SensorPreprocessing, anomaly_score, transform
+from use_cases.sensor_anomaly.use_case import SensorAnomaly
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,8 +30,7 @@ def settings(kafka_bootstrap, tmp_path) -> LoopSettings:
     return LoopSettings(
         use_case="sensor_anomaly", kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path / "data",
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow_artifact_root=tmp_path / "artifacts",
-        topic_sensors_readings=f"readings-{u}", topic_sensors_scores=f"scores-{u}", topic_sensors_dlq=f"sdlq-{u}",
-        topic_models=f"models-{u}", topic_models_status=f"status-{u}",
+        topic_prefix=f"t{u}.",
         min_training_rows=500, epochs=10, holdout_days=0.25, model_signing_key="test-signing-key",
     )
 
@@ -41,7 +42,7 @@ def test_retrain_publishes_an_autoencoder_whose_envelope_rebuilds_the_scores(hig
     outcome = pipeline.retrain(settings, "sensors-1")
     assert outcome.status == "published", outcome.reason
     assert outcome.model_version == 1
-    (manifest,) = snapshot.list_manifests(settings, settings.topic_sensors_readings)
+    (manifest,) = snapshot.list_manifests(settings, settings.topic("sensors.readings"))
     assert (manifest.row_count, manifest.rejected_count, manifest.contract) == (4 * READINGS, 0, "SensorReading")
     registry = Registry(settings)
     assert registry.champion().lineage[0]["partitions"] == [p.model_dump() for p in manifest.partitions]
@@ -51,14 +52,14 @@ def test_retrain_publishes_an_autoencoder_whose_envelope_rebuilds_the_scores(hig
     # The envelope is keyed by the sensor model's name and carries everything the scorer needs.
     (envelope,) = read_envelopes(settings)
     assert (envelope.model_name, envelope.model_version) == ("sensor_anomaly", 1)
-    contract = SensorFeatureContract.from_dict(envelope.feature_contract)
-    assert contract.use_case == "sensor_anomaly" and contract.threshold > 0
-    assert set(contract.machine_center) == {"m000", "m001", "m002", "m003"}
-    model = model_lib.from_bytes(envelope.artifact())
+    fitted = SensorPreprocessing.from_dict(envelope.preprocessing)
+    assert fitted.use_case == "sensor_anomaly" and fitted.threshold > 0
+    assert set(fitted.machine_center) == {"m000", "m001", "m002", "m003"}
+    model = from_bytes(envelope.artifact())
     holdout = first[first["ts"] > first["ts"].max() - timedelta(days=settings.holdout_days)]
     records = holdout.to_dict("records")
-    x = transform(contract, records)
-    flagged = anomaly_score(model.predict_on_batch(x), x) > contract.threshold
+    x = transform(fitted, records)
+    flagged = anomaly_score(model.predict_on_batch(x), x) > fitted.threshold
     recall = flagged[holdout["is_anomaly"].to_numpy()].mean()
     precision = holdout["is_anomaly"].to_numpy()[flagged].mean()
     assert (precision, recall) == pytest.approx((envelope.metrics["precision"], envelope.metrics["recall"]))
@@ -72,12 +73,13 @@ def test_retrain_publishes_an_autoencoder_whose_envelope_rebuilds_the_scores(hig
     assert decision["champion"] is not None
     challenger, champion = decision["challenger"], decision["champion"]
     assert challenger["rows"] == champion["rows"]
-    promote = (challenger["f1"] >= champion["f1"] - settings.gate_f1_margin
-               and challenger["precision"] >= settings.gate_min_precision
-               and challenger["recall"] >= settings.gate_min_recall)
+    gate = {c.metric: c for c in SensorAnomaly().gate_criteria()}
+    promote = (challenger["f1"] >= champion["f1"] - gate["f1"].margin
+               and challenger["precision"] >= gate["precision"].floor
+               and challenger["recall"] >= gate["recall"].floor)
     assert decision["verdict"] == ("promote" if promote else "reject")
-    assert high_watermark(settings.topic_models) == (2 if promote else 1)
-    assert len(snapshot.list_manifests(settings, settings.topic_sensors_readings)) == 2
+    assert high_watermark(settings.models_topic) == (2 if promote else 1)
+    assert len(snapshot.list_manifests(settings, settings.topic("sensors.readings"))) == 2
 
 
 def test_bad_readings_are_rejected_by_class_and_too_many_stop_the_run(high_watermark, settings):
@@ -90,13 +92,13 @@ def test_bad_readings_are_rejected_by_class_and_too_many_stop_the_run(high_water
     out_of_range = {**good, "ts": good["ts"].isoformat(), "rpm": 99_999.0}
     bad += [orjson.dumps(out_of_range)] * 10
     for value in bad:
-        producer.produce(settings.topic_sensors_readings, key=b"m000", value=value)
+        producer.produce(settings.topic("sensors.readings"), key=b"m000", value=value)
     assert producer.flush(30) == 0
 
     outcome = pipeline.retrain(settings, "corrupt")
-    (manifest,) = snapshot.list_manifests(settings, settings.topic_sensors_readings)
+    (manifest,) = snapshot.list_manifests(settings, settings.topic("sensors.readings"))
     assert (manifest.row_count, manifest.rejected_count) == (2000, 45)
     assert manifest.rejected_by_class == {"undecodable": 20, "schema": 15, "range": 10}
     # 45 of 2045 records (2.2%) rejected: above the 1% the suite allows.
     assert outcome.status == "invalid" and "rejected" in outcome.reason
-    assert high_watermark(settings.topic_models) == 0
+    assert high_watermark(settings.models_topic) == 0

@@ -15,12 +15,12 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from ml import model as model_lib
+from ml.keras_models import to_bytes
 from ml.publish import build_envelope, publish
-from ml.sensors import autoencoder, features
-from ml.sensors.contracts import SensorScore
-from ml.sensors.generator import generate, stream
 from ml.settings import LoopSettings
+from use_cases.sensor_anomaly import model as autoencoder, preprocessing as features
+from use_cases.sensor_anomaly.contracts import SensorScore
+from use_cases.sensor_anomaly.generator import generate, stream
 from scoring_service.app import Scorer
 from scoring_service.config import ScorerSettings
 
@@ -36,14 +36,14 @@ def readings():
 
 @pytest.fixture(scope="module")
 def models(readings):
-    """Two autoencoders (different seeds) with their contracts, each carrying its own threshold."""
+    """Two autoencoders (different seeds) with their preprocessing, each carrying its own threshold."""
     import keras
 
-    contract = features.fit(readings[~readings["is_anomaly"]])
+    fitted = features.fit(readings[~readings["is_anomaly"]])
     out = {}
     for version, (seed, threshold) in {1: (1, 0.8), 2: (2, 1.5)}.items():
         keras.utils.set_random_seed(seed)
-        out[version] = (autoencoder.build(contract), contract.with_threshold(threshold, "test"))
+        out[version] = (autoencoder.build(fitted), fitted.with_threshold(threshold, "test"))
     return out
 
 
@@ -51,20 +51,21 @@ def models(readings):
 def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
     return ScorerSettings(
         use_case="sensor_anomaly", kafka_bootstrap_servers=kafka_bootstrap,
-        topic_sensors_readings=new_topic("readings", 3), topic_sensors_scores=new_topic("scores", 3),
-        topic_sensors_dlq=new_topic("sdlq", 1),
-        topic_models=new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)}),
-        topic_models_status=new_topic("status", 1), batch_size=500, batch_max_wait_ms=20, http_port=0,
+        topic_names={"sensors.readings": new_topic("readings", 3), "sensors.scores": new_topic("scores", 3),
+                     "sensors.dlq": new_topic("sdlq", 1), "models.status": new_topic("status", 1),
+                     "models": new_topic("models", 1, {"cleanup.policy": "compact",
+                                                       "max.message.bytes": str(4 << 20)})},
+        batch_size=500, batch_max_wait_ms=20, http_port=0,
         model_signing_key=KEY, session_timeout_ms=6000)
 
 
-def _publish(s: ScorerSettings, version: int, model, contract) -> None:
-    loop = LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_models=s.topic_models,
+def _publish(s: ScorerSettings, version: int, model, fitted) -> None:
+    loop = LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_names=s.topic_names,
                         model_signing_key=KEY, use_case="sensor_anomaly")
     publish(loop, build_envelope(
         model_name=s.model_name, model_version=version, run_id=f"run-{version}",
-        model_uri=f"models:/{s.model_name}/{version}", feature_contract=contract.to_dict(), metrics={"f1": 0.8},
-        decision_id=f"d-{version}", artifact=model_lib.to_bytes(model), key=KEY.encode()))
+        model_uri=f"models:/{s.model_name}/{version}", preprocessing=fitted.to_dict(), metrics={"f1": 0.8},
+        decision_id=f"d-{version}", artifact=to_bytes(model), key=KEY.encode()))
 
 
 def _read(s: ScorerSettings, topic: str, count: int, timeout: float = 90.0) -> list[dict]:
@@ -92,7 +93,7 @@ def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, 
         deadline = time.monotonic() + 120
         while not scorer.ready()[0] and time.monotonic() < deadline:
             time.sleep(0.1)
-        events = stream(LoopSettings(topic_sensors_readings=s.input_topic), readings)
+        events = stream(LoopSettings(topic_names=s.topic_names), readings)
         good = list(zip(events.keys, events.values, strict=True))
         first = orjson.loads(good[0][1])
         bad = [b"\xffnot json", orjson.dumps({k: v for k, v in first.items() if k != "vibration"}),
@@ -125,15 +126,15 @@ def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, 
     # Each score is the autoencoder's reconstruction error of its version, judged at that version's threshold.
     sample = readings.set_index("reading_id").loc[[r["reading_id"] for r in scores[:300]]].reset_index()
     for version in (1, 2):
-        model, contract = models[version]
+        model, fitted = models[version]
         mine = [(i, r) for i, r in enumerate(scores[:300]) if r["model_version"] == version]
         if not mine:
             continue
-        x = features.transform(contract, sample.iloc[[i for i, _ in mine]])
+        x = features.transform(fitted, sample.iloc[[i for i, _ in mine]])
         expected = features.anomaly_score(np.asarray(model(x, training=False)), x)
         np.testing.assert_allclose([r["score"] for _, r in mine], expected, rtol=1e-4, atol=1e-6)
-        assert all(r["threshold"] == contract.threshold for _, r in mine)
-        assert all(r["is_anomaly"] == (r["score"] > contract.threshold) for _, r in mine)
+        assert all(r["threshold"] == fitted.threshold for _, r in mine)
+        assert all(r["is_anomaly"] == (r["score"] > fitted.threshold) for _, r in mine)
     assert sorted(d["error_class"] for d in dead) == ["range", "schema", "undecodable"]
     assert {base64.b64decode(d["original_b64"]) for d in dead} == set(bad)
     assert all(d["source_topic"] == s.input_topic for d in dead)

@@ -15,19 +15,35 @@ def test_force_promote_needs_a_reason_and_a_reason_needs_force_promote():
     with pytest.raises(ValidationError, match="force_promote needs a force_reason"):
         RunRequest(force_promote=True, force_reason="   ")
     with pytest.raises(ValidationError, match="force_promote is false"):
-        RunRequest(force_reason="feature contract v2")
-    assert RunRequest(force_promote=True, force_reason=" feature contract v2 ").forced_reason() == "feature contract v2"
+        RunRequest(force_reason="preprocessing v2")
+    assert RunRequest(force_promote=True, force_reason=" preprocessing v2 ").forced_reason() == "preprocessing v2"
     assert RunRequest().forced_reason() is None
 
 
 def test_the_connection_the_variable_and_the_request_override_the_environment_defaults():
-    base = LoopSettings(epochs=20, snapshot_window=12, gate_auc_margin=0.01)
-    s = settings_for_run({"epochs": 5, "snapshot_window": None, "gate_auc_margin": 0.05, "unknown": 1},
+    base = LoopSettings(epochs=20, snapshot_window=12, use_case="flight_delay")
+    s = settings_for_run({"epochs": 5, "snapshot_window": None, "unknown": 1},
                          kafka_extra={"bootstrap.servers": "broker:29092", "group.id": "g"},
                          mlflow_tracking_uri="http://mlflow:5000", base=base)
     assert (s.kafka_bootstrap_servers, s.mlflow_tracking_uri) == ("broker:29092", "http://mlflow:5000")
-    assert (s.epochs, s.snapshot_window, s.gate_auc_margin) == (5, 12, 0.05)
+    assert (s.epochs, s.snapshot_window) == (5, 12)
     assert settings_for_run({}, base=base) == base  # no connection, no Variable: the environment's settings
+
+
+def test_a_dag_of_another_use_case_takes_that_use_cases_model_name_and_experiment():
+    base = LoopSettings(use_case="flight_delay")
+    s = settings_for_run({}, base=base, use_case="sensor_anomaly")
+    assert (s.use_case, s.model_name, s.mlflow_experiment) == ("sensor_anomaly", "sensor_anomaly", "sensor-anomaly")
+    with pytest.raises(ValidationError, match="unknown use case 'nope'"):
+        settings_for_run({}, base=base, use_case="nope")
+
+
+def test_the_gate_margin_params_become_the_runs_margins_by_metric():
+    request = RunRequest.model_validate({"gate_margin_roc_auc": 0.05, "gate_margin_log_loss": None, "epochs": 3})
+    assert request.gate_margins == {"roc_auc": 0.05}
+    assert RunRequest.model_validate({}).gate_margins == {}
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        RunRequest.model_validate({"gate_margin_roc_auc": -0.1})
 
 
 def test_out_of_range_overrides_are_refused_before_any_work():

@@ -23,6 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.kafka import broker
+from ml import use_cases
 from ml.settings import LoopSettings
 from scoring_service.config import ScorerSettings
 
@@ -196,10 +197,11 @@ def check_python_m(argv: list[str]) -> None:
     module = argv[2]
     spec = importlib.util.find_spec(f"{module}.__main__")
     assert spec and Path(spec.origin).is_relative_to(REPO), f"{module}.__main__ not in this repository"
-    cli = {"ml": "ml.cli", "scoring_service": "scoring_service.cli"}[module]
-    command = typer.main.get_command(importlib.import_module(cli).app)
+    app = {"ml": lambda: importlib.import_module("ml.cli").with_use_case_commands(),
+           "scoring_service": lambda: importlib.import_module("scoring_service.cli").app}[module]()
+    command = typer.main.get_command(app)
     rest = argv[3:]
-    if hasattr(command, "commands"):  # a group (typer's click classes need not be click's own)
+    while hasattr(command, "commands"):  # a group (typer's click classes need not be click's own)
         assert rest and rest[0] in command.commands, f"`python -m {module} {rest[:1]}`: no such command"
         command, rest = command.commands[rest[0]], rest[1:]
     opts = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
@@ -326,15 +328,27 @@ def test_airflow_dockerfile_extends_the_pinned_airflow_with_the_lock() -> None:
     assert pins["apache-airflow"] == "3.3.2"  # the lock and the base image agree
 
 
+@pytest.mark.parametrize("name", ["scorer", "airflow"])
+def test_project_images_copy_every_package_the_project_installs(name: str) -> None:
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    copied = {a.split()[-2] for i, a in instructions(DOCKERFILES[name]) if i == "COPY"}
+    assert {p.rstrip("*") for p in packages["include"]} <= copied
+
+
 # --- (d) environment ------------------------------------------------------------------------------------
 
 def settings_env() -> set[str]:
-    return {f.upper() for f in (*LoopSettings.model_fields, *ScorerSettings.model_fields)}
+    """The loop's and the scorer's variables, and each registered use case's own (<NAME>_<field>)."""
+    own = {uc.env_prefix() + f.upper() for uc in use_cases.registered() for f in uc.Settings.model_fields}
+    return {f.upper() for f in (*LoopSettings.model_fields, *ScorerSettings.model_fields)} | own
 
 
 def dag_env_and_variables() -> tuple[set[str], set[str]]:
-    """Variables the DAG reads with os.environ and the Airflow Variables the DAG and plugins read."""
-    src = "\n".join(p.read_text() for p in (*(REPO / "dags").glob("*.py"), *(REPO / "plugins").glob("*.py")))
+    """Variables the DAG factory reads with os.environ and the Airflow Variables the DAGs and plugins read."""
+    sources = (*(REPO / "dags").glob("*.py"), *(REPO / "plugins").glob("*.py"), REPO / "ml" / "airflow_dag.py")
+    src = "\n".join(p.read_text() for p in sources)
     env = set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', src))
     variables = set(re.findall(r'Variable\.get\("([a-z0-9_]+)"', src))
     return env, variables
@@ -371,23 +385,33 @@ def test_every_variable_a_service_sets_is_read(compose: dict) -> None:
 
 
 def test_required_settings_are_set(compose: dict) -> None:
-    required = {f.upper() for f, info in (*LoopSettings.model_fields.items(), *ScorerSettings.model_fields.items())
-                if info.is_required()}
+    def required(settings: type) -> set[str]:
+        return {f.upper() for f, info in settings.model_fields.items() if info.is_required()}
+
     for name, svc in compose["services"].items():
         if image_of(svc) in PROJECT_DOCKERFILES:
             env = service_env(svc)
-            assert required <= set(env), f"{name} misses {required - set(env)}"
+            needed = required(LoopSettings) | (required(ScorerSettings) if "scoring_service" in svc["command"] else set())
+            assert needed <= set(env), f"{name} misses {needed - set(env)}"
+            if "USE_CASE" in env:
+                use_cases.require_known(env["USE_CASE"])
             # Each loop process gets the deployment's signing key, never the built-in development key.
             assert env.get("MODEL_SIGNING_KEY", "").startswith("${MODEL_SIGNING_KEY:?"), name
             assert env["KAFKA_BOOTSTRAP_SERVERS"] == "${KAFKA_BOOTSTRAP_SERVERS:-kafka:9092}", name
 
 
-def test_topic_defaults_match_the_code(compose: dict) -> None:
+def test_topic_and_trigger_defaults_match_the_code(compose: dict) -> None:
     env = interpolate(service_env(compose["services"]["scorer"]), example_env())
     defaults = LoopSettings()
     for var, value in env.items():
         if var.startswith("TOPIC_"):
             assert str(getattr(defaults, var.lower())) == value, var
+    airflow = interpolate(service_env(compose["services"]["airflow-scheduler"]), example_env())
+    for uc in use_cases.registered():
+        for field in ("retrain_schedule", "retrain_every_n"):
+            var = uc.env_prefix() + field.upper()
+            if var in airflow:
+                assert airflow[var] == str(uc.Settings.model_fields[field].default), var
 
 
 @pytest.mark.parametrize("secret", SECRETS)

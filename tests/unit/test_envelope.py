@@ -20,7 +20,7 @@ CREATED = datetime(2026, 11, 24, 8, 30, 15, 123456, tzinfo=UTC)
 
 def _envelope(**overrides) -> ModelEnvelope:
     fields = dict(model_name="flight_delay", model_version=3, run_id="a1b2c3", model_uri="models:/flight_delay/3",
-                  feature_contract={"numeric": ["distance", "temp"], "categorical": {"carrier": ["AA", "UA"]}},
+                  preprocessing={"numeric": ["distance", "temp"], "categorical": {"carrier": ["AA", "UA"]}},
                   metrics={"auc": 0.71, "logloss": 0.52}, decision_id="d-42", artifact=ARTIFACT, key=KEY,
                   created_at=CREATED)
     return build_envelope(**(fields | overrides))
@@ -81,7 +81,7 @@ def test_missing_field_is_a_schema_violation():
 
 
 @pytest.mark.parametrize("changes", [{"model_version": 4}, {"metrics": {"auc": 0.99, "logloss": 0.52}},
-                                     {"feature_contract": {}}, {"created_at": "2026-11-24T08:30:16Z"}])
+                                     {"preprocessing": {}}, {"created_at": "2026-11-24T08:30:16Z"}])
 def test_any_changed_field_breaks_the_signature(changes):
     with pytest.raises(EnvelopeRejected, match=r"^bad signature for flight_delay v"):
         verify_envelope(_tampered(_envelope(), **changes), KEY)

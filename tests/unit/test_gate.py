@@ -1,21 +1,29 @@
-"""The promotion gate: margins against the champion, absolute floors, explicit force promotion."""
+"""The gate engine: floors, margins against the champion in each metric's direction, explicit force promotion,
+overrides of a use case's criteria, and the one time-ordered split of labelled rows."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from ml.evaluate import DecisionRecord, gate
-from ml.settings import LoopSettings
+from ml.gate import Criterion, DecisionRecord, decide, with_overrides
+from ml.split import time_split
 
-SETTINGS = LoopSettings(gate_auc_margin=0.01, gate_logloss_margin=0.02, gate_min_auc=0.60,
-                        gate_max_logloss=0.69)
+AUC = Criterion(metric="roc_auc", higher_is_better=True, floor=0.60, margin=0.01)
+LOSS = Criterion(metric="log_loss", higher_is_better=False, floor=0.69, margin=0.02)
+CRITERIA = (AUC, LOSS)
 
 
 def m(auc: float, loss: float) -> dict[str, float]:
     return {"roc_auc": auc, "log_loss": loss, "brier": 0.2, "positive_rate": 0.3, "rows": 1000}
+
+
+def gate(challenger, champion, **kwargs) -> DecisionRecord:
+    return decide("flight_delay", CRITERIA, challenger, champion, **kwargs)
 
 
 @pytest.mark.parametrize("challenger, champion, verdict", [
@@ -26,49 +34,122 @@ def m(auc: float, loss: float) -> dict[str, float]:
     (m(0.59, 0.60), m(0.58, 0.62), "reject"),    # beats the champion but below the AUC floor
     (m(0.75, 0.70), m(0.74, 0.72), "reject"),    # beats the champion but above the log-loss ceiling
 ])
-def test_margins_and_floors(challenger, champion, verdict):
-    record = gate(challenger, champion, SETTINGS)
+def test_margins_and_floors_in_each_metrics_direction(challenger, champion, verdict):
+    record = gate(challenger, champion)
     assert record.verdict == verdict
     assert record.promote is (verdict == "promote")
     assert record.challenger == challenger and record.champion == champion
-    assert (record.auc_margin, record.logloss_margin, record.min_auc, record.max_logloss) == (0.01, 0.02, 0.6, 0.69)
+    assert record.criteria == list(CRITERIA) and record.use_case == "flight_delay"
     assert not record.force_promote and record.force_reason is None
+
+
+def test_the_reasons_name_each_metric_its_bound_and_the_champion_delta():
+    record = gate(m(0.725, 0.70), m(0.74, 0.56))
+    assert "challenger log_loss 0.7000 is above the ceiling 0.6900" in record.reasons
+    assert "roc_auc 0.7250 vs champion 0.7400 (delta -0.0150, margin 0.0100): worse than allowed" in record.reasons
+    below = gate(m(0.5, 0.6), None)
+    assert below.reasons[0] == "challenger roc_auc 0.5000 is below the floor 0.6000"
 
 
 @pytest.mark.parametrize("challenger, verdict", [(m(0.65, 0.60), "promote"), (m(0.55, 0.60), "reject"),
                                                  (m(0.65, 0.75), "reject")])
 def test_no_champion_checks_floors_only(challenger, verdict):
-    record = gate(challenger, None, SETTINGS)
+    record = gate(challenger, None)
     assert record.verdict == verdict
     assert record.champion is None
     assert any("no champion" in r for r in record.reasons)
 
 
+def test_a_criterion_with_a_margin_only_compares_and_one_with_a_floor_only_bounds():
+    f1 = Criterion(metric="f1", higher_is_better=True, margin=0.02)
+    precision = Criterion(metric="precision", higher_is_better=True, floor=0.5)
+    ok = decide("sensor_anomaly", (precision, f1), {"precision": 0.9, "f1": 0.1}, None)
+    assert ok.promote  # no champion: f1 has nothing to be compared with
+    worse = decide("sensor_anomaly", (precision, f1), {"precision": 0.9, "f1": 0.70}, {"precision": 0.1, "f1": 0.73})
+    assert not worse.promote
+    lower = decide("x", (Criterion(metric="mae", higher_is_better=False, margin=0.5),),
+                   {"mae": 10.4}, {"mae": 10.0})
+    assert lower.promote  # 0.4 minutes worse, within the margin of 0.5
+
+
+def test_no_criteria_means_no_promotion():
+    record = decide("x", (), {"roc_auc": 0.99}, None)
+    assert not record.promote and "no gate criteria" in record.reasons[0]
+
+
+def test_a_criterion_judges_something_and_a_metric_must_be_measured():
+    with pytest.raises(ValidationError, match="neither a floor nor a margin"):
+        Criterion(metric="roc_auc", higher_is_better=True)
+    with pytest.raises(ValueError, match=r"the challenger's metrics lack \['log_loss'\]"):
+        gate({"roc_auc": 0.7}, None)
+
+
+def test_overrides_replace_margins_and_floors_and_refuse_a_metric_the_gate_does_not_judge():
+    looser = with_overrides(CRITERIA, margins={"roc_auc": 0.05}, floors={"log_loss": 0.8})
+    assert looser == (AUC.model_copy(update={"margin": 0.05}), LOSS.model_copy(update={"floor": 0.8}))
+    assert gate(m(0.70, 0.56), m(0.74, 0.56)).verdict == "reject"
+    assert decide("flight_delay", looser, m(0.70, 0.56), m(0.74, 0.56)).verdict == "promote"
+    with pytest.raises(ValueError, match=r"gate overrides name metrics \['auc'\]"):
+        with_overrides(CRITERIA, margins={"auc": 0.05})
+
+
 def test_force_promote_skips_the_comparison_and_is_recorded(caplog):
-    with caplog.at_level(logging.WARNING, logger="ml.evaluate"):
-        record = gate(m(0.65, 0.60), m(0.80, 0.50), SETTINGS, force_reason="  feature contract v2  ")
+    with caplog.at_level(logging.WARNING, logger="ml.gate"):
+        record = gate(m(0.65, 0.60), m(0.80, 0.50), force_reason="  preprocessing v2  ")
     assert record.verdict == "promote"
-    assert record.force_promote and record.force_reason == "feature contract v2"
+    assert record.force_promote and record.force_reason == "preprocessing v2"
     assert record.champion == m(0.80, 0.50)
-    assert any("feature contract v2" in r for r in record.reasons)
+    assert any("preprocessing v2" in r for r in record.reasons)
     assert any(r.levelno == logging.WARNING and "FORCE" in r.message for r in caplog.records)
 
 
 def test_force_promote_still_enforces_the_floors():
-    record = gate(m(0.55, 0.60), m(0.80, 0.50), SETTINGS, force_reason="feature contract v2")
+    record = gate(m(0.55, 0.60), m(0.80, 0.50), force_reason="preprocessing v2")
     assert record.verdict == "reject" and record.force_promote
 
 
 @pytest.mark.parametrize("reason", ["", "   "])
 def test_force_promote_requires_a_reason(reason):
     with pytest.raises(ValueError, match="non-empty reason"):
-        gate(m(0.75, 0.55), m(0.74, 0.56), SETTINGS, force_reason=reason)
+        gate(m(0.75, 0.55), m(0.74, 0.56), force_reason=reason)
 
 
 def test_record_round_trips_through_json_with_a_unique_id():
-    a = gate(m(0.75, 0.55), m(0.74, 0.56), SETTINGS)
-    b = gate(m(0.75, 0.55), m(0.74, 0.56), SETTINGS)
+    a = gate(m(0.75, 0.55), m(0.74, 0.56))
+    b = gate(m(0.75, 0.55), m(0.74, 0.56))
     assert a.decision_id != b.decision_id
     assert a.created_at.tzinfo is not None
     restored = DecisionRecord.model_validate(json.loads(a.model_dump_json()))
     assert restored == a
+
+
+# ---------------------------------------------------------------- the time-ordered split
+
+
+@pytest.fixture
+def rows() -> pd.DataFrame:
+    t = pd.date_range("2013-01-01", periods=240, freq="h", tz="UTC")
+    # Two keys per hour, shuffled: the split orders them by time, then key.
+    frame = pd.DataFrame({"t": t.repeat(2), "key": ["b", "a"] * 240, "v": range(480)})
+    return frame.sample(frac=1, random_state=0)
+
+
+def test_split_by_days_keeps_the_last_days_second(rows):
+    earlier, latest = time_split(rows, ("t", "key"), days=1)
+    assert len(latest) == 48 and len(earlier) == 432
+    assert earlier["t"].max() < latest["t"].min()
+    assert latest["t"].min() > rows["t"].max() - pd.Timedelta(days=1)
+    assert list(latest["key"][:2]) == ["a", "b"]  # ties broken by the second column
+
+
+def test_split_by_fraction_keeps_the_latest_rows_second(rows):
+    earlier, latest = time_split(rows, ("t", "key"), fraction=0.1)
+    assert len(latest) == 48 and earlier["t"].max() <= latest["t"].min()
+    again, _ = time_split(rows.sample(frac=1, random_state=1), ("t", "key"), fraction=0.1)
+    pd.testing.assert_frame_equal(earlier, again)  # the order of the input does not matter
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"fraction": 0.1, "days": 1}, {"fraction": 1.0}, {"days": 0}])
+def test_split_takes_exactly_one_valid_bound(rows, kwargs):
+    with pytest.raises(ValueError):
+        time_split(rows, ("t",), **kwargs)

@@ -18,7 +18,7 @@ def test_start_names_the_port_that_is_taken(tmp_path):
         cfg = broker.BrokerConfig(data_dir=tmp_path, port=taken, controller_port=broker.free_port())
         dist = distribution.Distribution("0", tmp_path)
         with pytest.raises(KafkaSetupError, match=f"port {taken} on 127.0.0.1 .*already in use"):
-            broker.start(cfg, dist)
+            broker.Broker(cfg, dist).start()
     assert not cfg.pid_file.exists()
 
 

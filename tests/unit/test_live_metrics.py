@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from infra.demo.report import swap_gaps, throughput
-from ml.live_metrics import label_predictions, metrics_by
+from use_cases.flight_delay.live_metrics import label_predictions, metrics_by
 
 
 def at(ms: int) -> pd.Timestamp:

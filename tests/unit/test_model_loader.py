@@ -10,13 +10,14 @@ import signal
 import numpy as np
 import pytest
 
-from ml import features
-from ml.flights_source import load_completed
+from ml.keras_models import from_bytes, to_bytes
+from ml.numpy_forward import NumpyForward
 from ml.publish import build_envelope
-from scoring_service.inference import NumpyForward
-from scoring_service.model_checks import ModelRefused
+from scoring_service.model_checks import ModelRefused, canary_inputs
 from scoring_service.model_loader import CHILD_NICENESS, AdmissionPolicy, ModelLoader, admit, keras_output_of
-from scoring_service.use_cases.flights import FLIGHT_DELAY
+from use_cases.flight_delay import preprocessing
+from use_cases.flight_delay.source import load_completed
+from use_cases.flight_delay.use_case import FlightDelay
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,30 +27,28 @@ POLICY = AdmissionPolicy(model_name="flight_delay", use_case="flight_delay", sig
 
 
 @pytest.fixture(scope="module")
-def contract():
-    return features.fit(load_completed((1, 1), limit=1000))
+def fitted():
+    return preprocessing.fit(load_completed((1, 1), limit=1000))
 
 
 @pytest.fixture(scope="module")
-def model(contract):
+def model(fitted):
     import keras
 
-    from ml import model as model_lib
+    from use_cases.flight_delay.model import build
 
     keras.utils.set_random_seed(5)
-    return model_lib.build(contract)
+    return build(fitted)
 
 
 @pytest.fixture(scope="module")
 def artifact(model) -> bytes:
-    from ml import model as model_lib
-
-    return model_lib.to_bytes(model)
+    return to_bytes(model)
 
 
-def record(version: int, artifact: bytes, contract, *, name: str = "flight_delay", key: bytes = KEY) -> bytes:
+def record(version: int, artifact: bytes, fitted, *, name: str = "flight_delay", key: bytes = KEY) -> bytes:
     return build_envelope(model_name=name, model_version=version, run_id=f"r{version}", model_uri=f"models:/m/{version}",
-                          feature_contract=contract.to_dict(), metrics={"auc": 0.7}, decision_id=f"d{version}",
+                          preprocessing=fitted.to_dict(), metrics={"auc": 0.7}, decision_id=f"d{version}",
                           artifact=artifact, key=key).to_bytes()
 
 
@@ -61,51 +60,51 @@ def loader():
     loader.close()
 
 
-def test_the_plan_admitted_in_the_child_scores_like_the_model(loader, contract, model, artifact):
-    admission = loader.admit(record(4, artifact, contract), POLICY, serving=None)
+def test_the_plan_admitted_in_the_child_scores_like_the_model(loader, fitted, model, artifact):
+    admission = loader.admit(record(4, artifact, fitted), POLICY, serving=None)
     assert (admission.model_name, admission.model_version) == ("flight_delay", 4)
-    assert admission.contract.fingerprint == contract.fingerprint
-    x = FLIGHT_DELAY.canary_inputs(contract, 16)
+    assert admission.preprocessing.fingerprint == fitted.fingerprint
+    x = canary_inputs(FlightDelay(), fitted, 16)
     expected = np.asarray(model(x, training=False))
     assert np.max(np.abs(NumpyForward.from_plan(admission.plan)(x) - expected)) <= 1e-5
 
 
-def test_the_serving_version_is_verified_but_not_loaded_again(loader, contract, artifact):
-    first = loader.admit(record(4, artifact, contract), POLICY, serving=None)
-    again = loader.admit(record(4, artifact, contract), POLICY, serving=(4, first.artifact_sha256))
+def test_the_serving_version_is_verified_but_not_loaded_again(loader, fitted, artifact):
+    first = loader.admit(record(4, artifact, fitted), POLICY, serving=None)
+    again = loader.admit(record(4, artifact, fitted), POLICY, serving=(4, first.artifact_sha256))
     assert again.plan is None and again.model_version == 4
 
 
-def test_another_models_record_is_skipped(loader, contract, artifact):
-    assert loader.admit(record(4, artifact, contract, name="other_model"), POLICY, serving=None) is None
+def test_another_models_record_is_skipped(loader, fitted, artifact):
+    assert loader.admit(record(4, artifact, fitted, name="other_model"), POLICY, serving=None) is None
 
 
 @pytest.mark.parametrize("case, kind, version", [
     ("unsigned", "signature", None), ("undecodable", "undecodable", None), ("corrupt", "load", 6),
     ("oversized", "oversized", 7)])
-def test_each_refusal_names_its_kind_and_the_child_keeps_serving(loader, contract, artifact, case, kind, version):
-    raw = {"unsigned": lambda: record(5, artifact, contract, key=b"another-key"),
+def test_each_refusal_names_its_kind_and_the_child_keeps_serving(loader, fitted, artifact, case, kind, version):
+    raw = {"unsigned": lambda: record(5, artifact, fitted, key=b"another-key"),
            "undecodable": lambda: b"{not json",
-           "corrupt": lambda: record(6, b"PK\x03\x04 not really a keras archive", contract),
-           "oversized": lambda: record(7, artifact, contract)}[case]()
+           "corrupt": lambda: record(6, b"PK\x03\x04 not really a keras archive", fitted),
+           "oversized": lambda: record(7, artifact, fitted)}[case]()
     policy = dataclasses.replace(POLICY, max_model_bytes=1000) if case == "oversized" else POLICY
     with pytest.raises(ModelRefused) as info:
         loader.admit(raw, policy, serving=None)
     assert (info.value.kind, info.value.version) == (kind, version)
-    assert loader.admit(record(8, artifact, contract), POLICY, serving=None).plan is not None
+    assert loader.admit(record(8, artifact, fitted), POLICY, serving=None).plan is not None
 
 
-def test_nan_outputs_fail_the_canary(contract):
+def test_nan_outputs_fail_the_canary(fitted):
     import keras
 
-    from ml import model as model_lib
+    from use_cases.flight_delay.model import build
 
     keras.utils.set_random_seed(6)
-    broken = model_lib.build(contract)
+    broken = build(fitted)
     layer = broken.get_layer("p_delayed")
     layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
     with pytest.raises(ModelRefused) as info:
-        admit(record(9, model_lib.to_bytes(broken), contract), POLICY, None, load=model_lib.from_bytes)
+        admit(record(9, to_bytes(broken), fitted), POLICY, None, load=from_bytes)
     assert (info.value.kind, info.value.version) == ("canary", 9)
 
 
@@ -122,32 +121,32 @@ class _ExitOnArrival:
         return os._exit, (3,)
 
 
-def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, contract, artifact):
+def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, fitted, artifact):
     with pytest.raises(ModelRefused, match="died") as info:
         loader._request("admit", _ExitOnArrival())
     assert info.value.kind == "load"
-    assert loader.admit(record(4, artifact, contract), POLICY, serving=None).plan is not None
+    assert loader.admit(record(4, artifact, fitted), POLICY, serving=None).plan is not None
 
 
-def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, contract, artifact):
+def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, fitted, artifact):
     os.kill(loader._process.pid, signal.SIGKILL)
     loader._process.wait(10)
-    assert loader.admit(record(4, artifact, contract), POLICY, serving=None).plan is not None
+    assert loader.admit(record(4, artifact, fitted), POLICY, serving=None).plan is not None
 
 
-def test_a_child_that_does_not_answer_in_time_is_replaced(contract, artifact):
+def test_a_child_that_does_not_answer_in_time_is_replaced(fitted, artifact):
     slow = ModelLoader(timeout_s=0.001)  # the child cannot even import TensorFlow in a millisecond
     try:
         with pytest.raises(ModelRefused, match="no answer"):
-            slow.admit(record(4, artifact, contract), POLICY, serving=None)
+            slow.admit(record(4, artifact, fitted), POLICY, serving=None)
         assert slow._process.poll() is None  # a fresh child took its place
     finally:
         slow.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-def test_the_child_runs_at_idle_priority_below_the_scorer(loader, contract, artifact):
-    loader.admit(record(5, artifact, contract), POLICY, serving=None)  # the child is up and serving
+def test_the_child_runs_at_idle_priority_below_the_scorer(loader, fitted, artifact):
+    loader.admit(record(5, artifact, fitted), POLICY, serving=None)  # the child is up and serving
     pid = loader._process.pid
     assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert os.getpriority(os.PRIO_PROCESS, pid) == CHILD_NICENESS

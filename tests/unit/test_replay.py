@@ -10,12 +10,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ml import contracts
-from ml.flights_source import load_completed
-from ml.replay import EventStream, _due_times, build_stream, json_column, replay, stream_chunks
+from ml.json_columns import json_column
+from ml.replay import EventStream, due_times as _due_times
 from ml.settings import LoopSettings
+from use_cases.flight_delay import contracts
+from use_cases.flight_delay.replay import build_stream, replay, stream_chunks
+from use_cases.flight_delay.source import load_completed
 
-SETTINGS = LoopSettings(topic_flights_scheduled="sched", topic_flights_completed="done")
+SETTINGS = LoopSettings(topic_names={"flights.scheduled": "sched", "flights.completed": "done"})
 
 
 @pytest.fixture(scope="module")

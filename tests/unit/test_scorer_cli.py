@@ -42,3 +42,24 @@ def test_invalid_settings_exit_with_a_clear_error(console_script):
                             env={**os.environ, "COLUMNS": "250"})
     assert result.returncode == 2
     assert "invalid settings" in result.stderr and "batch_size" in result.stderr
+
+
+def test_an_unknown_use_case_and_a_bad_topic_map_are_named(console_script):
+    env = {**os.environ, "COLUMNS": "250"}
+    unknown = subprocess.run([console_script, "--use-case", "churn"], capture_output=True, text=True, timeout=60,
+                             env=env)
+    assert unknown.returncode == 2 and "unknown use case 'churn'" in unknown.stderr
+    assert "flight_delay" in unknown.stderr  # the registered ones are listed
+    bad_json = subprocess.run([console_script, "--use-case", "flight_delay", "--topic-names", "{not json"],
+                              capture_output=True, text=True, timeout=60, env=env)
+    assert bad_json.returncode == 2 and "invalid settings" in bad_json.stderr
+
+
+def test_the_use_case_names_the_topics_group_and_model_and_a_map_renames_topics():
+    s = ScorerSettings(use_case="sensor_anomaly", topic_prefix="team-a.",
+                       topic_names={"sensors.dlq": "quarantine"})
+    assert (s.input_topic, s.output_topic, s.dlq_topic) == ("team-a.sensors.readings", "team-a.sensors.scores",
+                                                            "quarantine")
+    assert (s.models_topic, s.status_topic) == ("team-a.models", "team-a.models.status")
+    assert (s.group_id, s.model_name) == ("sensor-anomaly-scorer", "sensor_anomaly")
+    assert s.transactional_id.startswith("sensor-anomaly-scorer-")

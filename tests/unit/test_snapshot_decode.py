@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from ml import contracts, decode
+from use_cases.flight_delay.contracts import FlightCompleted, FlightScheduled
 from ml.decode import ERROR_RANGE, ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, field_checks
 
 GOOD = {
@@ -39,7 +40,7 @@ def decoder(request, monkeypatch) -> ContractDecoder:
     reader is chosen by lowering the size limit of the record-by-record path."""
     if request.param == "pyarrow":
         monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 0)
-    return ContractDecoder(contracts.FlightCompleted)
+    return ContractDecoder(FlightCompleted)
 
 
 def test_valid_batch_is_decoded_in_order_with_the_contract_schema(decoder):
@@ -47,7 +48,7 @@ def test_valid_batch_is_decoded_in_order_with_the_contract_schema(decoder):
     out = decoder.decode(values)
     assert out.rejected == []
     assert out.accepted.tolist() == list(range(500))
-    assert out.table.schema == contracts.arrow_schema(contracts.FlightCompleted)
+    assert out.table.schema == contracts.arrow_schema(FlightCompleted)
     assert out.table.column("flight_id").to_pylist() == [f"20130101-UA{1000 + i}-EWR-0515" for i in range(500)]
     first = out.table.slice(0, 1).to_pylist()[0]
     assert first["arr_utc"].isoformat() == "2013-01-01T14:30:00+00:00"
@@ -118,9 +119,9 @@ def test_both_fast_paths_give_identical_tables(monkeypatch):
     values = [record(i, temp=float(i % 100) if i % 3 else None, arr_utc=f"2013-01-01T{i % 24:02d}:15:00-05:00",
                      tailnum=None if i % 5 == 0 else f"N{i}", dep_delay=i - 20) for i in range(300)]
     values[7] = record(7, month=0)  # flagged on one path, refused on the other: rejected either way
-    by_record = ContractDecoder(contracts.FlightCompleted).decode(values)
+    by_record = ContractDecoder(FlightCompleted).decode(values)
     monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 0)
-    by_pyarrow = ContractDecoder(contracts.FlightCompleted).decode(values)
+    by_pyarrow = ContractDecoder(FlightCompleted).decode(values)
     assert by_record.table.equals(by_pyarrow.table)
     assert by_record.accepted.tolist() == by_pyarrow.accepted.tolist() == [i for i in range(300) if i != 7]
     assert by_record.rejected == by_pyarrow.rejected
@@ -129,7 +130,7 @@ def test_both_fast_paths_give_identical_tables(monkeypatch):
 def test_the_record_by_record_path_is_taken_up_to_its_limit_and_needs_no_fallback(monkeypatch):
     calls = []
     monkeypatch.setattr(ContractDecoder, "_validate_each", lambda self, values, idx: calls.append(idx) or ([], [], []))
-    decoder = ContractDecoder(contracts.FlightCompleted)
+    decoder = ContractDecoder(FlightCompleted)
     out = decoder.decode([record(i) for i in range(decode.RECORD_BY_RECORD_MAX)])
     assert out.table.num_rows == decode.RECORD_BY_RECORD_MAX and calls == [[]]
 
@@ -140,7 +141,7 @@ def test_offsets_in_other_zones_are_converted_to_utc(decoder):
 
 
 def test_checks_are_derived_from_the_contract_metadata():
-    checks = {c.name: c for c in field_checks(contracts.FlightCompleted)}
+    checks = {c.name: c for c in field_checks(FlightCompleted)}
     assert checks["month"].bounds == (("less", 1), ("greater", 12))
     assert checks["distance"].bounds == (("less_equal", 0), ("greater", 6000))
     assert checks["dep_delay"].bounds == (("less", -1440), ("greater", 2880)) and checks["dep_delay"].nullable
@@ -150,7 +151,7 @@ def test_checks_are_derived_from_the_contract_metadata():
 
 
 def test_scheduled_contract_refuses_completed_fields(decoder):
-    out = ContractDecoder(contracts.FlightScheduled).decode([record(0)])
+    out = ContractDecoder(FlightScheduled).decode([record(0)])
     assert out.table.num_rows == 0
     assert out.rejected[0].error_class == ERROR_SCHEMA and "Extra inputs" in out.rejected[0].reason
     assert isinstance(out.table, pa.Table)

@@ -1,4 +1,5 @@
-"""Training on a real slice of flights: it learns, it is reproducible, and its bytes load back safely."""
+"""Training on a real slice of flights: it learns, it is reproducible, its bytes load back safely, and the
+use case judges challenger and champion on the same rows, each through its own preprocessing."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import evaluate, model as model_lib, train
-from ml.flights_source import load_completed
+from ml.keras_models import from_bytes, to_bytes
 from ml.settings import LoopSettings
+from ml.training import TrainResult
+from use_cases.flight_delay import evaluation, training
+from use_cases.flight_delay.source import load_completed
+from use_cases.flight_delay.use_case import FlightDelay
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = LoopSettings(epochs=4, seed=7)
+SETTINGS = LoopSettings(epochs=4, seed=7, use_case="flight_delay")
 TRAIN_ROWS = 20_000
 
 
@@ -24,12 +28,12 @@ def data() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def result(data) -> train.TrainResult:
-    return train.train(data[0], SETTINGS)
+def result(data) -> TrainResult:
+    return training.train(data[0], SETTINGS)
 
 
 def test_learns_something_that_holds_on_the_next_days(data, result):
-    m = evaluate.metrics(data[1]["delayed"].to_numpy(), evaluate.score(result.model, result.contract, data[1]))
+    m = FlightDelay().evaluate(result.model, result.preprocessing, data[1])
     assert m["roc_auc"] > 0.6
     assert m["rows"] == 5_000
     assert result.rows_train + result.rows_val == TRAIN_ROWS
@@ -38,34 +42,32 @@ def test_learns_something_that_holds_on_the_next_days(data, result):
 
 
 def test_bytes_round_trip_gives_identical_predictions(data, result):
-    restored = model_lib.from_bytes(model_lib.to_bytes(result.model))
-    np.testing.assert_array_equal(evaluate.score(result.model, result.contract, data[1]),
-                                  evaluate.score(restored, result.contract, data[1]))
+    restored = from_bytes(to_bytes(result.model))
+    np.testing.assert_array_equal(evaluation.score(result.model, result.preprocessing, data[1]),
+                                  evaluation.score(restored, result.preprocessing, data[1]))
 
 
-def test_same_seed_gives_the_same_model(data, result):
-    again = train.train(data[0], SETTINGS)
-    assert again.contract == result.contract
-    np.testing.assert_array_equal(evaluate.score(result.model, result.contract, data[1]),
-                                  evaluate.score(again.model, again.contract, data[1]))
+def test_same_seed_gives_the_same_model_whatever_the_row_order(data, result):
+    again = training.train(data[0].sample(frac=1, random_state=3), SETTINGS)
+    assert again.preprocessing == result.preprocessing
+    np.testing.assert_array_equal(evaluation.score(result.model, result.preprocessing, data[1]),
+                                  evaluation.score(again.model, again.preprocessing, data[1]))
 
 
-def test_candidates_are_scored_on_the_same_rows_with_their_own_contracts(data, result):
-    # The champion reads its own (older, smaller) contract: both are scored on the same holdout rows.
-    champion = train.train(data[0].iloc[:10_000], SETTINGS)
-    record = evaluate.evaluate_candidates(result.model, result.contract, champion.model, champion.contract,
-                                          data[1], SETTINGS)
-    assert record.challenger["rows"] == record.champion["rows"] == len(data[1])
-    assert record.challenger_contract == result.contract.fingerprint
-    assert record.champion_contract == champion.contract.fingerprint
-    assert record.holdout_from == data[1]["sched_dep_utc"].min()
-    assert record.verdict in ("promote", "reject") and record.reasons
+def test_candidates_are_scored_on_the_same_rows_with_their_own_preprocessing(data, result):
+    # The champion reads its own (older, smaller) preprocessing: both are scored on the same holdout rows.
+    uc = FlightDelay()
+    champion = training.train(data[0].iloc[:10_000], SETTINGS)
+    assert champion.preprocessing != result.preprocessing
+    mine = uc.evaluate(result.model, result.preprocessing, data[1])
+    theirs = uc.evaluate(champion.model, champion.preprocessing, data[1])
+    assert mine["rows"] == theirs["rows"] == len(data[1])
+    assert set(mine) >= {c.metric for c in uc.gate_criteria()} | set(uc.ui_metrics)
 
 
-def test_holdout_slice_is_the_most_recent_rows(data):
-    earlier, holdout = evaluate.holdout_slice(data[0], fraction=0.1)
-    assert len(holdout) == 2_000 and len(earlier) == TRAIN_ROWS - 2_000
-    assert earlier["sched_dep_utc"].max() <= holdout["sched_dep_utc"].min()
-    earlier, holdout = evaluate.holdout_slice(data[0], days=1)
-    assert holdout["sched_dep_utc"].min() > data[0]["sched_dep_utc"].max() - pd.Timedelta(days=1)
-    assert len(earlier) + len(holdout) == TRAIN_ROWS
+def test_a_single_class_cannot_train_or_judge(data, result):
+    one_class = data[0].assign(delayed=False)
+    with pytest.raises(ValueError, match="single class"):
+        training.train(one_class, SETTINGS)
+    with pytest.raises(ValueError, match="single class"):
+        FlightDelay().evaluate(result.model, result.preprocessing, one_class.head(100))

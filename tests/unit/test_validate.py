@@ -11,10 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import validate
+from ml import validation as validate
 from ml.errors import InsufficientData, ValidationFailed
-from ml.flights_source import load_completed
 from ml.settings import LoopSettings
+from use_cases.flight_delay import validation as flight_validation
+from use_cases.flight_delay.contracts import FlightCompleted
+from use_cases.flight_delay.source import load_completed
+
+SUITE = flight_validation.SUITE
 
 REPO = Path(__file__).resolve().parents[2]
 slow = pytest.mark.slow
@@ -39,8 +43,9 @@ def _docs_dir(settings: LoopSettings, run_id: str) -> Path:
     return settings.reports_dir.resolve() / "data_docs" / run_id
 
 
-def test_importing_validate_does_not_import_great_expectations():
-    code = "import sys, ml.validate; assert 'great_expectations' not in sys.modules"
+def test_importing_the_engine_and_a_suite_does_not_import_great_expectations():
+    code = ("import sys, ml.validation, use_cases.flight_delay.validation; "
+            "assert 'great_expectations' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -58,7 +63,7 @@ def test_psi_is_zero_for_identical_samples_and_grows_with_the_shift():
 
 @slow
 def test_suite_bounds_come_from_the_contract_field_metadata():
-    expectations = {(e.expectation_type, getattr(e, "column", None)): e for e in validate.contract_expectations()}
+    expectations = {(e.expectation_type, getattr(e, "column", None)): e for e in validate.contract_expectations(FlightCompleted)}
     distance = expectations[("expect_column_values_to_be_between", "distance")]
     assert (distance.min_value, distance.strict_min, distance.max_value, distance.strict_max) == (0, True, 6000, False)
     dep_delay = expectations[("expect_column_values_to_be_between", "dep_delay")]  # Annotated alias, optional
@@ -74,12 +79,12 @@ def test_suite_bounds_come_from_the_contract_field_metadata():
 @slow
 def test_real_flights_pass_and_every_run_writes_docs_and_report(flights, settings):
     snapshot, reference = flights
-    report = validate.validate_snapshot(snapshot, settings, run_id="manual__2026-11-24T08:00:00+00:00",
-                                        reference=reference)
+    report = validate.validate_snapshot(snapshot, settings, suite=SUITE, reference=reference,
+                                        run_id="manual__2026-11-24T08:00:00+00:00")
     assert report.success is True
     assert report.rows == 5000 and report.reference_rows == 5000 and report.rejected == 0
     assert [r.describe() for r in report.failures()] == []
-    assert set(report.drift) == {*validate.NUMERIC_DRIFT_FEATURES, *validate.CATEGORICAL_DRIFT_FEATURES}
+    assert set(report.drift) == {*flight_validation.NUMERIC_DRIFT_FEATURES, *flight_validation.CATEGORICAL_DRIFT_FEATURES}
     assert max(report.drift.values()) < 0.05 and report.warnings == []
     docs = _docs_dir(settings, "manual__2026-11-24T08_00_00_00_00")
     assert report.data_docs_path == str(docs / "index.html")
@@ -91,7 +96,7 @@ def test_real_flights_pass_and_every_run_writes_docs_and_report(flights, setting
 
 @slow
 def test_first_model_has_no_reference_so_no_drift(flights, settings):
-    report = validate.validate_snapshot(flights[0], settings, run_id="first")
+    report = validate.validate_snapshot(flights[0], settings, suite=SUITE, run_id="first")
     assert report.success is True
     assert report.drift == {} and report.reference_rows is None and report.warnings == []
 
@@ -123,7 +128,7 @@ def _all_delayed(df):
 def test_corrupted_snapshot_fails_naming_the_expectation_and_rows(flights, settings, corrupt, failed, message):
     bad = corrupt(flights[0].copy())
     with pytest.raises(ValidationFailed) as e:
-        validate.validate_snapshot(bad, settings, run_id="bad")
+        validate.validate_snapshot(bad, settings, suite=SUITE, run_id="bad")
     report = e.value.report
     assert report.success is False
     assert [(r.expectation, r.column, r.unexpected_count) for r in report.failures()] == [failed]
@@ -136,21 +141,21 @@ def test_corrupted_snapshot_fails_naming_the_expectation_and_rows(flights, setti
 @slow
 def test_rejected_record_rate_above_threshold_fails(flights, settings):
     with pytest.raises(ValidationFailed, match=r"rejected_record_rate_to_be_at_most failed on 100 rows \(1\.96"):
-        validate.validate_snapshot(flights[0], settings, run_id="rejects", rejected=100)
-    report = validate.validate_snapshot(flights[0], settings, run_id="few-rejects", rejected=50)
+        validate.validate_snapshot(flights[0], settings, suite=SUITE, run_id="rejects", rejected=100)
+    report = validate.validate_snapshot(flights[0], settings, suite=SUITE, run_id="few-rejects", rejected=50)
     assert report.rejected_rate == pytest.approx(50 / 5050)
 
 
 def test_empty_snapshot_is_insufficient_data(settings):
     with pytest.raises(InsufficientData, match="snapshot has 0 rows, fewer than the minimum of 1000") as e:
-        validate.validate_snapshot(load_completed((1, 1), limit=0), settings, run_id="empty")
+        validate.validate_snapshot(load_completed((1, 1), limit=0), settings, suite=SUITE, run_id="empty")
     assert e.value.report is None
 
 
 @slow
 def test_below_minimum_rows_is_insufficient_data_with_docs(flights, settings):
     with pytest.raises(InsufficientData, match="snapshot has 999 rows, fewer than the minimum of 1000") as e:
-        validate.validate_snapshot(flights[0].head(999), settings, run_id="small")
+        validate.validate_snapshot(flights[0].head(999), settings, suite=SUITE, run_id="small")
     failed = [(r.expectation, r.observed_value) for r in e.value.report.failures()]
     assert failed == [("expect_table_row_count_to_be_between", 999)]
     assert (_docs_dir(settings, "small") / "index.html").is_file()
@@ -160,8 +165,8 @@ def test_below_minimum_rows_is_insufficient_data_with_docs(flights, settings):
 def test_shifted_feature_drifts_more_and_warns_without_failing_by_default(flights, settings):
     snapshot, reference = flights
     shifted = snapshot.assign(distance=snapshot["distance"] + 500)
-    base = validate.validate_snapshot(snapshot, settings, run_id="same", reference=reference)
-    moved = validate.validate_snapshot(shifted, settings, run_id="shifted", reference=reference)
+    base = validate.validate_snapshot(snapshot, settings, suite=SUITE, run_id="same", reference=reference)
+    moved = validate.validate_snapshot(shifted, settings, suite=SUITE, run_id="shifted", reference=reference)
     assert moved.success is True
     assert moved.drift["distance"] > 1.0 > 0.05 > base.drift["distance"]
     assert moved.drift["carrier"] == base.drift["carrier"]
@@ -175,5 +180,6 @@ def test_drift_fails_when_configured(flights, settings):
     policy = validate.ValidationPolicy(fail_on_drift=True, psi_alert=0.5)
     shifted = snapshot.assign(distance=snapshot["distance"] + 500)
     with pytest.raises(ValidationFailed, match=r"feature_psi_to_be_at_most\(distance\) failed: observed") as e:
-        validate.validate_snapshot(shifted, settings, run_id="drift-fail", reference=reference, policy=policy)
+        validate.validate_snapshot(shifted, settings, suite=SUITE, run_id="drift-fail", reference=reference,
+                                   policy=policy)
     assert [r.column for r in e.value.report.failures()] == ["distance"]

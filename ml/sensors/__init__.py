@@ -1,1 +1,0 @@
-"""Second use case: anomaly detection on machine sensor readings with a Keras autoencoder."""

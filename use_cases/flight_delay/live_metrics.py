@@ -1,0 +1,54 @@
+"""Live metrics: the scorer's predictions joined with the labels that arrive later on flights.completed.
+
+``label_predictions`` and ``metrics_by`` are pure (frames in, frames out) and serve any grouping: per model
+version, per month, per day; ``ml.topic_reader.read_topic`` loads the topics into frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from use_cases.flight_delay.evaluation import metrics
+
+
+def label_predictions(predictions: pd.DataFrame, completed: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per predicted flight that has a label: the prediction's columns plus ``delayed`` (bool) and
+    ``month`` from flights.completed; and how many duplicate predictions were dropped.
+
+    A flight scored twice (at-least-once delivery after a restart or rebalance) keeps its first prediction
+    by ``scored_at``: that is the one a consumer acted on. Flights without a completed record yet (labels
+    arrive late) are left out.
+    """
+    ordered = predictions.sort_values(["scored_at", "flight_id"], kind="stable")
+    first = ordered.drop_duplicates("flight_id", keep="first")
+    labels = completed[["flight_id", "delayed", "month"]].drop_duplicates("flight_id", keep="last")
+    # The prediction's own ``delayed`` is the scorer's decision at its threshold; the label replaces it.
+    joined = first.rename(columns={"delayed": "decision"}).drop(columns=["month"], errors="ignore").merge(
+        labels, on="flight_id", how="inner", validate="one_to_one")
+    return joined.reset_index(drop=True), len(predictions) - len(first)
+
+
+def metrics_by(labelled: pd.DataFrame, keys: str | Sequence[str], probability: str = "probability"
+               ) -> pd.DataFrame:
+    """Per group of ``keys``: predictions, positive_rate, roc_auc, log_loss, brier, mean_prediction, and the
+    first/last ``scored_at`` when present. AUC and log loss are NaN for a group holding one class only."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    rows = []
+    for key, group in labelled.groupby(keys, sort=True):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        y, p = group["delayed"].to_numpy(dtype="int64"), group[probability].to_numpy(dtype="float64")
+        try:
+            m = metrics(y, p)
+        except ValueError:  # a single class: ranking metrics are undefined
+            m = {"roc_auc": np.nan, "log_loss": np.nan, "brier": np.nan, "positive_rate": float(y.mean()),
+                 "mean_prediction": float(p.mean()), "rows": len(y)}
+        row.update(predictions=m.pop("rows"), **m)
+        if "scored_at" in group:
+            row.update(first_scored_at=group["scored_at"].min(), last_scored_at=group["scored_at"].max())
+        rows.append(row)
+    columns = [*keys, "predictions", "roc_auc", "log_loss", "brier", "positive_rate", "mean_prediction"]
+    return pd.DataFrame(rows, columns=columns + (["first_scored_at", "last_scored_at"]
+                                                 if "scored_at" in labelled else []))

@@ -1,0 +1,354 @@
+"""The flight features: the one preprocessing path shared by training, evaluation and the scorer.
+
+``fit`` learns a :class:`FlightPreprocessing` (vocabularies, imputation values, normalisation statistics) from
+training rows; ``transform`` turns an Arrow table, a DataFrame or a list of `flights.scheduled` records into the
+model's named input arrays. Only fields of ``FlightScheduled`` are read: nothing known after departure
+(delays, cancellation, diversion, actual arrival) can reach a feature. The fitted preprocessing travels with
+the model, so a champion is always scored with the preprocessing it was trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ml.contracts import field_types
+from ml.preprocessing import Preprocessing
+from use_cases.flight_delay.contracts import FlightScheduled
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever the meaning of a feature changes: a preprocessing fitted by other code is refused.
+VERSION = 1
+
+NUMERIC_INPUT = "numeric"
+CATEGORICAL_PREFIX = "cat_"
+
+# Reserved categorical indices; vocabulary entries start at VOCAB_OFFSET.
+MISSING_INDEX = 0
+OOV_INDEX = 1
+VOCAB_OFFSET = 2
+
+# Categoricals, with the minimum training frequency that earns a vocabulary entry (rarer -> OOV).
+# Tail numbers, flight numbers, routes and manufacturers were tried and left out: their embeddings
+# memorise the training months and lowered the AUC on the following month.
+MIN_FREQUENCY: dict[str, int] = {
+    "carrier": 1, "origin": 1, "dest": 5, "plane_type": 1, "plane_engine": 1, "dow": 1, "dep_hour": 1,
+}
+WEATHER_FIELDS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib")
+PLANE_NUMERIC_FIELDS = ("plane_year", "plane_seats", "plane_engines")
+# Optional numeric source fields get a 0/1 missing indicator besides imputation: a missing registry entry
+# or weather reading is itself informative.
+INDICATOR_FIELDS = (*WEATHER_FIELDS, *PLANE_NUMERIC_FIELDS)
+REQUIRED_FIELDS = ("sched_dep_utc", "sched_arr_utc", "year", "month", "day", "sched_dep_time",
+                   "sched_arr_time", "carrier", "origin", "dest", "distance")
+OPTIONAL_FIELDS = (*WEATHER_FIELDS, *PLANE_NUMERIC_FIELDS, "plane_type", "plane_engine")
+# Never read: known only after departure (the label and its ingredients).
+LEAKAGE_FIELDS = frozenset({"dep_delay", "arr_delay", "cancelled", "diverted", "arr_utc", "delayed"})
+# Numeric values are clipped to these training quantiles: a network extrapolates linearly, so a July heat
+# wave after a spring training window (or a sensor glitch at serving time) would otherwise drive it far off.
+CLIP_QUANTILES = (0.001, 0.999)
+# Besides its standardised value, each non-indicator numeric is given a piecewise-linear encoding over
+# training quantile bins: it lets the network fit thresholds (visibility under a mile, any rain) the way a
+# tree would, and it is bounded, so it cannot extrapolate.
+QUANTILE_BINS = 8
+
+
+def _input_schema() -> dict[str, str]:
+    """Name -> Arrow type of every FlightScheduled field read ("?" marks an optional field)."""
+    types = field_types(FlightScheduled)
+    return {name: types[name] for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)}
+
+
+class FlightPreprocessing(Preprocessing):
+    """What a model expects and how to build it from `flights.scheduled` fields; JSON round-trips."""
+
+    VERSION = VERSION
+
+    use_case: Literal["flight_delay"] = "flight_delay"
+    vocabularies: dict[str, list[str]]
+    numeric_features: list[str]
+    fill: list[float]
+    lower: list[float]
+    upper: list[float]
+    center: list[float]
+    scale: list[float]
+    bin_edges: dict[str, list[float]]
+
+    @property
+    def numeric_width(self) -> int:
+        """Columns of the ``numeric`` input: standardised values, then the bin encodings."""
+        return len(self.numeric_features) + sum(len(e) - 1 for e in self.bin_edges.values())
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        """Embedding input size per categorical, reserved indices included."""
+        return {name: len(vocab) + VOCAB_OFFSET for name, vocab in self.vocabularies.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class FittedArrays:
+    """A FlightPreprocessing's statistics as numpy arrays and its vocabularies as Arrow value sets, built once
+    per preprocessing (``of``): a scorer transforms small batches often."""
+
+    fill: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    # One entry per bin-encoding column: the numeric feature it reads, its bin's lower edge and width.
+    bin_source: np.ndarray
+    bin_low: np.ndarray
+    bin_width: np.ndarray
+    vocabularies: dict[str, pa.Array]
+
+    @classmethod
+    def of(cls, fitted: FlightPreprocessing) -> FittedArrays:
+        """The arrays of ``fitted``, from a small cache of the preprocessings seen last."""
+        hit = _ARRAYS.get(id(fitted))
+        if hit is not None and hit[0] is fitted:  # the object itself is held, so its id is not reused
+            return hit[1]
+        position = {name: i for i, name in enumerate(fitted.numeric_features)}
+        edges = [(position[name], np.asarray(e)) for name, e in fitted.bin_edges.items()]
+        arrays = cls(
+            fill=np.asarray(fitted.fill), lower=np.asarray(fitted.lower), upper=np.asarray(fitted.upper),
+            center=np.asarray(fitted.center), scale=np.asarray(fitted.scale),
+            bin_source=np.asarray([p for p, e in edges for _ in e[:-1]], dtype=np.intp),
+            bin_low=np.concatenate([e[:-1] for _, e in edges]) if edges else np.empty(0),
+            bin_width=np.concatenate([np.diff(e) for _, e in edges]) if edges else np.empty(0),
+            vocabularies={name: pa.array(vocab, pa.string()) for name, vocab in fitted.vocabularies.items()})
+        with _ARRAYS_LOCK:  # the scorer's loop and its model watcher (canary) both transform
+            _ARRAYS[id(fitted)] = (fitted, arrays)
+            while len(_ARRAYS) > ARRAYS_CACHED:
+                _ARRAYS.pop(next(iter(_ARRAYS)))
+        return arrays
+
+
+# Preprocessings in use at once: the serving model's and a candidate's in the scorer, a few in a training run.
+ARRAYS_CACHED = 8
+_ARRAYS: dict[int, tuple[FlightPreprocessing, FittedArrays]] = {}
+_ARRAYS_LOCK = threading.Lock()
+
+
+def input_shapes(fitted: FlightPreprocessing) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of one row of each model input ``transform`` yields."""
+    return {NUMERIC_INPUT: (fitted.numeric_width,), **{CATEGORICAL_PREFIX + name: () for name in fitted.vocabularies}}
+
+
+def index_ranges(fitted: FlightPreprocessing) -> dict[str, int]:
+    """Name -> number of distinct codes of each categorical input (reserved indices included)."""
+    return {CATEGORICAL_PREFIX + name: size for name, size in fitted.vocab_sizes.items()}
+
+
+def _table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """The input as an Arrow table; raises ValueError naming the required fields it lacks."""
+    if isinstance(data, pa.Table):
+        table = data
+    else:
+        df = data if isinstance(data, pd.DataFrame) else pd.DataFrame.from_records(list(data))
+        if len(df) == 0:  # an empty batch (no records, hence no columns) transforms to empty arrays
+            return pa.table({name: pa.nulls(0) for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)})
+        wanted = [name for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if name in df.columns]
+        try:
+            table = pa.table({name: _arrow(df[name]) for name in wanted})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(f"input does not convert to Arrow: {e}") from e
+    names = set(table.column_names)
+    absent = [name for name in REQUIRED_FIELDS if name not in names]
+    if absent:
+        raise ValueError(f"input lacks required flights.scheduled fields: {absent}")
+    return table
+
+
+def _arrow(series: pd.Series) -> pa.Array:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):  # as UTC instants (pandas' .values drops the zone)
+        return pa.array(series.dt.tz_convert(None).to_numpy(), type=pa.timestamp("ns", tz="UTC"))
+    return pa.array(series, from_pandas=True)
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """One field as a single array; an absent optional field is all null."""
+    i = table.schema.get_field_index(name)
+    if i < 0:
+        return pa.nulls(table.num_rows)
+    col = table.column(i)
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _num(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric field as float64, NaN where null; raises ValueError for a non-numeric type."""
+    col = _column(table, name)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)
+            or pa.types.is_boolean(col.type)):
+        raise ValueError(f"field {name} has type {col.type}, expected a number")
+    if col.null_count == 0 and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        # Without an Arrow kernel call: the scorer transforms small batches a hundred times a second.
+        return col.to_numpy().astype(np.float64)
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _epoch_seconds(table: pa.Table, name: str) -> np.ndarray:
+    """A timestamp field (Arrow timestamp or ISO 8601 string with a zone) as UTC epoch seconds, NaN if null."""
+    col = _column(table, name)
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            col = pc.cast(col, pa.timestamp("ns", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"field {name}: {e}") from e
+    if not pa.types.is_timestamp(col.type):
+        raise ValueError(f"field {name} has type {col.type}, expected a timestamp")
+    # Milliseconds since the epoch are exact in float64 (nanoseconds are not).
+    if col.type.unit == "ms" and col.null_count == 0:  # the contract's own type, as decoded
+        return col.to_numpy().view(np.int64).astype(np.float64) / 1e3
+    ms = pc.cast(pc.cast(col, pa.timestamp("ms", tz=col.type.tz), safe=False), pa.int64())
+    return pc.cast(ms, pa.float64()).to_numpy(zero_copy_only=False) / 1e3
+
+
+def _strings(table: pa.Table, name: str) -> pa.Array:
+    col = _column(table, name)
+    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+
+
+def _integer_labels(values: np.ndarray) -> pa.Array:
+    """Whole numbers as strings ("5"), null where NaN: categories such as the day of week."""
+    known = np.isfinite(values)
+    return pc.cast(pa.array(np.where(known, values, 0).astype("int64"), mask=~known), pa.string())
+
+
+def _day_of_week(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Monday = 0 ... Sunday = 6 of the calendar date; NaN where a part is missing or the date invalid."""
+    valid = np.isfinite(year) & np.isfinite(month) & np.isfinite(day) & (month >= 1) & (month <= 12) & (day >= 1)
+    y, m, d = (np.where(valid, v, 1).astype("int64") for v in (year, month, day))
+    first = (y - 1970).astype("datetime64[Y]").astype("datetime64[M]") + (m - 1)
+    date = first.astype("datetime64[D]") + (d - 1)
+    valid &= date.astype("datetime64[M]") == first  # 30 February rolls into March: not a date
+    # 1970-01-01 was a Thursday (3).
+    return np.where(valid, (date.astype("int64") + 3) % 7, np.nan)
+
+
+def _cyclic(out: dict[str, np.ndarray], name: str, value: np.ndarray, period: float) -> None:
+    angle = 2 * np.pi * value / period
+    out[f"{name}_sin"] = np.sin(angle)
+    out[f"{name}_cos"] = np.cos(angle)
+
+
+def _raw_features(table: pa.Table) -> tuple[dict[str, np.ndarray], dict[str, pa.Array]]:
+    """Unscaled numeric features (float64, NaN where unknown) and categorical strings (null where unknown)."""
+    dep_hhmm, arr_hhmm = _num(table, "sched_dep_time"), _num(table, "sched_arr_time")
+    # Local (New York) clock time of departure: delays build up through the day as aircraft rotate.
+    dep_hour = dep_hhmm // 100 + dep_hhmm % 100 / 60
+    arr_hour = arr_hhmm // 100 + arr_hhmm % 100 / 60
+    year = _num(table, "year")
+    block = (_epoch_seconds(table, "sched_arr_utc") - _epoch_seconds(table, "sched_dep_utc")) / 60
+    distance = _num(table, "distance")
+    w = {name: _num(table, name) for name in WEATHER_FIELDS}
+
+    num: dict[str, np.ndarray] = {"dep_hour": dep_hour}
+    _cyclic(num, "dep_hour", dep_hour, 24)
+    _cyclic(num, "arr_hour", arr_hour, 24)
+    num["block_minutes"] = block
+    with np.errstate(divide="ignore", invalid="ignore"):
+        num["log_distance"] = np.log(distance)
+        # Scheduled speed: a padded (slow) schedule marks routes the airline expects to be congested.
+        num["sched_mph"] = distance / np.where(block > 0, block, np.nan) * 60
+    for name in ("temp", "dewp", "humid", "wind_speed", "wind_gust", "pressure", "visib"):
+        num[name] = w[name]
+    # Dew-point spread near zero means saturated air: fog, low ceilings, thunderstorms.
+    num["dewpoint_spread"] = w["temp"] - w["dewp"]
+    num["log_precip"] = np.log1p(w["precip"])
+    _cyclic(num, "wind_dir", w["wind_dir"], 360)
+    plane = {name: _num(table, name) for name in PLANE_NUMERIC_FIELDS}
+    num["plane_age"] = year - plane["plane_year"]
+    num["plane_seats"] = plane["plane_seats"]
+    num["plane_engines"] = plane["plane_engines"]
+    # Null (or NaN) in the source is NaN here, so the indicators read the arrays already built.
+    source = {**w, **plane}
+    for name in INDICATOR_FIELDS:
+        num[f"{name}_missing"] = np.isnan(source[name]).astype("float64")
+
+    cat = {name: _strings(table, name) for name in ("carrier", "origin", "dest", "plane_type", "plane_engine")}
+    cat["dow"] = _integer_labels(_day_of_week(year, _num(table, "month"), _num(table, "day")))
+    cat["dep_hour"] = _integer_labels(dep_hhmm // 100)
+    return num, cat
+
+
+def fit(df: pd.DataFrame) -> FlightPreprocessing:
+    """Learn vocabularies, imputation values and normalisation statistics from training rows."""
+    if len(df) == 0:
+        raise ValueError("cannot fit the flight preprocessing on zero rows")
+    table = _table(df)
+    raw, cat = _raw_features(table)
+    num = pd.DataFrame(raw)
+    vocabularies = {}
+    for name, values in cat.items():
+        counts = pc.value_counts(values.drop_null())
+        frequent = pc.greater_equal(counts.field("counts"), MIN_FREQUENCY[name])
+        vocabularies[name] = sorted(counts.field("values").filter(frequent).to_pylist())
+    fill = num.median().fillna(0.0)
+    # Indicators keep their full 0/1 range: a rare one (0.1% missing) would otherwise be clipped to 0.
+    indicators = num.columns.str.endswith("_missing")
+    lower = num.quantile(CLIP_QUANTILES[0]).fillna(fill).where(~indicators, 0.0)
+    upper = num.quantile(CLIP_QUANTILES[1]).fillna(fill).where(~indicators, 1.0)
+    filled = num.fillna(fill).clip(lower, upper, axis=1)
+    center = filled.mean()
+    # A constant column (e.g. an indicator never set in training) keeps scale 1 rather than dividing by 0.
+    scale = filled.std(ddof=0).where(lambda s: s > 1e-9, 1.0)
+    bin_edges = {}
+    for name in num.columns:
+        edges = np.unique(np.quantile(filled[name], np.linspace(0, 1, QUANTILE_BINS + 1)))
+        # Indicators and near-constant columns (two edges or fewer) gain nothing from an encoding.
+        if not indicators[num.columns.get_loc(name)] and len(edges) > 2:
+            bin_edges[name] = edges.tolist()
+    fitted_through = pd.Timestamp(np.nanmax(_epoch_seconds(table, "sched_dep_utc")), unit="s", tz="UTC")
+    fitted = FlightPreprocessing(
+        version=VERSION, input_schema=_input_schema(), vocabularies=vocabularies,
+        numeric_features=list(num.columns), fill=fill.tolist(), lower=lower.tolist(), upper=upper.tolist(),
+        center=center.tolist(), scale=scale.tolist(), bin_edges=bin_edges,
+        rows_fitted=len(df), fitted_through=fitted_through.isoformat(),
+    )
+    log.info("fitted flight preprocessing v%d %s on %d rows: %d numeric features, vocab sizes %s",
+             VERSION, fitted.fingerprint, len(df), len(fitted.numeric_features), fitted.vocab_sizes)
+    return fitted
+
+
+def transform(fitted: FlightPreprocessing,
+              data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Model inputs for rows of an Arrow table, a DataFrame or a list of records.
+
+    Returns ``{"numeric": float32 (n, k)}`` plus ``{"cat_<name>": int32 (n,)}`` per categorical. Missing
+    values (None, NaN, or an absent optional field) are imputed; an unseen category maps to ``OOV_INDEX``.
+    Raises ValueError when a required field is absent or has the wrong type.
+    """
+    num, cat = _raw_features(_table(data))
+    a = FittedArrays.of(fitted)
+    values = np.column_stack([num[name] for name in fitted.numeric_features]) if len(num["dep_hour"]) \
+        else np.empty((0, len(fitted.numeric_features)))
+    values = np.clip(np.where(np.isnan(values), a.fill, values), a.lower, a.upper)
+    numeric = np.empty((len(values), fitted.numeric_width), dtype="float32")
+    k = len(fitted.numeric_features)
+    numeric[:, :k] = (values - a.center) / a.scale
+    # Bin t reads 0 below its lower edge, 1 above its upper edge, and the fraction in between.
+    numeric[:, k:] = np.clip((values[:, a.bin_source] - a.bin_low) / a.bin_width, 0.0, 1.0)
+    out = {NUMERIC_INPUT: numeric}
+    for name, vocab in a.vocabularies.items():
+        labels = cat[name]
+        index = pc.index_in(labels, value_set=vocab)  # null where unseen or null
+        if index.null_count == 0:
+            codes = index.to_numpy() + VOCAB_OFFSET
+        else:
+            found = index.to_numpy(zero_copy_only=False)
+            codes = np.where(np.isnan(found), OOV_INDEX, found + VOCAB_OFFSET)
+            if labels.null_count:
+                codes[pc.is_null(labels).to_numpy(zero_copy_only=False)] = MISSING_INDEX
+        out[CATEGORICAL_PREFIX + name] = codes.astype("int32")
+    return out
