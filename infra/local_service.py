@@ -15,9 +15,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import typer
 from pydantic import AfterValidator
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,10 @@ class LocalService:
     def healthy(self) -> bool:
         """True once the service answers as it should."""
         raise NotImplementedError
+
+    def describe(self) -> str:
+        """What a user needs once it runs (a store, a login), for the CLI's messages; empty by default."""
+        return ""
 
     # ------------------------------------------------------------ files
 
@@ -236,3 +242,39 @@ def _stop_group(pgid: int, name: str, timeout: float) -> None:
         os.waitpid(pgid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def add_commands(app: typer.Typer, service: Callable[[], LocalService], *, what: str, stop_hint: str) -> None:
+    """Add ``up``, ``down`` and ``status`` of the service ``service()`` builds (from the environment) to ``app``:
+    what ``make <service>-up`` and its siblings run. ``what`` names it in the help ("the broker")."""
+
+    def up() -> None:
+        svc = service()
+        try:
+            pid, took = svc.up()
+        except ServiceError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        state = "already running" if took is None else f"ready in {took:.1f} s"
+        typer.echo(f"{svc.name} {state} (pid {pid}, log {svc.log_file}){svc.describe()}; stop it with "
+                   f"`{stop_hint}`")
+
+    def down() -> None:
+        svc = service()
+        typer.echo(f"{svc.name} stopped" if svc.stop() else f"nothing of {svc.name} runs from {svc.home}")
+
+    def status() -> None:
+        svc = service()
+        pid, ok = svc.running_pid(), svc.healthy()
+        if pid is None and not ok:
+            typer.echo(f"{svc.name} is not running from {svc.home}")
+            raise typer.Exit(1)
+        typer.echo(f"{svc.name}: pid {pid}, {'healthy' if ok else 'not answering'}{svc.describe()}")
+        if not ok:
+            raise typer.Exit(1)
+
+    up.__doc__ = f"Start {what} in the background; return once it is healthy (a no-op when it already runs)."
+    down.__doc__ = f"Stop {what} started by `up`: its whole process group."
+    status.__doc__ = f"Say whether {what} runs and answers; exit 1 when it does not."
+    for command in (up, down, status):
+        app.command()(command)

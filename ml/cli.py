@@ -37,8 +37,11 @@ def _settings(use_case: str | None) -> LoopSettings:
 
 @app.command("use-cases")
 def list_use_cases() -> None:
-    """The registered use cases: name, topics (as the settings name them), where each comes from, and what is
-    inconsistent in it (exit 1 when anything is, or a package does not load)."""
+    """List the registered use cases and check each (exit 1 on a problem).
+
+    Each with its topics as the settings name them, where it comes from, and what is inconsistent in it; a
+    package that does not load is reported too.
+    """
     settings = LoopSettings()
     failed = False
     for name in use_cases.names():
@@ -61,8 +64,10 @@ def list_use_cases() -> None:
 @app.command()
 def topics(use_case: str = typer.Option(None, "--use-case", help="Only this use case's topics (default: all).")
            ) -> None:
-    """Create the topics of the use cases and the loop's own that are missing (existing ones are left as they
-    are)."""
+    """Create the missing topics of the use cases and the loop's own.
+
+    Existing topics are left as they are.
+    """
     from ml.topics import ensure_topics
 
     settings = LoopSettings()
@@ -107,8 +112,7 @@ def retrain(
     force_reason: str = typer.Option(None, help="Force-promote past the champion comparison (for a changed "
                                                 "preprocessing); the reason is logged and recorded."),
 ) -> None:
-    """Snapshot, validate, train, evaluate, register and publish the use case in this process; prints the
-    outcome.
+    """Snapshot, validate, train, evaluate, register and publish in this process; prints the outcome.
 
     Exit status: 0 published or rejected by the gate, 2 skipped (too little data), 3 validation failed.
     """

@@ -18,9 +18,8 @@ import re
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from ml import snapshot as snapshots, use_cases
 from ml.errors import InsufficientData, ValidationFailed

@@ -296,11 +296,3 @@ def problems(uc: UseCase) -> list[str]:
     except ValueError as e:  # the environment's overrides of its gate
         found.append(str(e))
     return found
-
-
-def for_preprocessing(data: Mapping[str, Any]) -> UseCase:
-    """The use case a fitted preprocessing (from MLflow or an envelope) belongs to."""
-    name = data.get("use_case")
-    if not isinstance(name, str):
-        raise UnknownUseCase(f"the preprocessing names no use case: {sorted(data)}")
-    return get(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -81,9 +82,9 @@ class ScorerSettings(TopicNames):
         use_cases.require_known(name)
         return name
 
-    @property
+    @cached_property
     def topics(self) -> UseCaseTopics:
-        """The use case's topics as these settings name them."""
+        """The use case's topics as these settings name them (read per batch: computed once)."""
         return use_cases.use_case_class(self.use_case).topics.resolved(self)
 
     @property

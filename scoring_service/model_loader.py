@@ -30,10 +30,10 @@ import numpy as np
 
 from ml import use_cases
 from ml.errors import EnvelopeRejected
+from ml.numpy_forward import ForwardPlan, NumpyForward, UnsupportedModel, forward_plan
 from ml.preprocessing import Preprocessing
 from ml.publish import verify_envelope
 from scoring_service import model_checks
-from ml.numpy_forward import ForwardPlan, NumpyForward, UnsupportedModel, forward_plan
 from scoring_service.model_checks import ModelRefused
 
 log = logging.getLogger(__name__)

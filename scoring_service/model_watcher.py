@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from ml.numpy_forward import NumpyForward
 from ml.topic_history import TopicHistory
 from ml.use_cases import UseCase
 from scoring_service.config import ScorerSettings
-from ml.numpy_forward import NumpyForward
 from scoring_service.model_checks import ModelRefused
 from scoring_service.model_loader import AdmissionPolicy, ModelLoader
 from scoring_service.ops import Metrics

@@ -143,6 +143,13 @@ class Airflow(LocalService):
     def ports(self) -> list[tuple[int, str, str]]:
         return [(self.cfg.port, "Airflow API server", "AIRFLOW_PORT")]
 
+    def describe(self) -> str:
+        try:
+            login = f"login {ADMIN_USER} / {admin_password(self.cfg)}"
+        except AirflowSetupError as exc:  # not started yet from this home
+            login = str(exc)
+        return f"; {login}; loop page {self.cfg.url}/retrain-loop/"
+
     def healthy(self) -> bool:
         """True once the API server answers and reports the scheduler healthy."""
         return (health(self.cfg) or {}).get("scheduler", {}).get("status") == "healthy"

@@ -14,8 +14,11 @@ import typer
 
 from infra.kafka import broker, distribution
 from infra.kafka.errors import KafkaSetupError
+from infra.local_service import add_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+add_commands(app, lambda: broker.Broker(broker.BrokerConfig()), what="the broker",
+             stop_hint="make kafka-down")
 
 
 def _fail(exc: Exception) -> None:
@@ -32,48 +35,6 @@ def fetch() -> None:
     except KafkaSetupError as exc:
         _fail(exc)
     typer.echo(f"Apache Kafka {dist.version} jars in {dist.lib_dir}")
-
-
-@app.command()
-def up() -> None:
-    """Start the broker in the background and return once it answers."""
-    cfg = broker.BrokerConfig()
-    node = broker.Broker(cfg)
-    try:
-        pid, took = node.up()
-    except KafkaSetupError as exc:
-        _fail(exc)
-    if took is None:
-        typer.echo(f"Kafka already running on {cfg.bootstrap_servers} (pid {pid}, data {cfg.data_dir})")
-    else:
-        typer.echo(f"Kafka {node.dist.version} ready on {cfg.bootstrap_servers} in {took:.1f} s (pid {pid}; data and "
-                   f"broker.log in {cfg.data_dir}); stop it with `make kafka-down`")
-
-
-@app.command()
-def down() -> None:
-    """Stop the broker started by `up` (same KAFKA_DATA_DIR)."""
-    cfg = broker.BrokerConfig()
-    if broker.Broker(cfg).stop():
-        typer.echo(f"Kafka on {cfg.bootstrap_servers} stopped")
-    else:
-        typer.echo(f"no Kafka broker running from {cfg.data_dir}")
-
-
-@app.command()
-def status() -> None:
-    """Say whether the broker is running and answering; exit 1 if not."""
-    cfg = broker.BrokerConfig()
-    node = broker.Broker(cfg)
-    pid = node.running_pid()
-    if pid is None:
-        typer.echo(f"no Kafka broker running from {cfg.data_dir}")
-        raise typer.Exit(1)
-    try:
-        node.wait_healthy(timeout=5)
-    except KafkaSetupError as exc:
-        _fail(exc)
-    typer.echo(f"Kafka running on {cfg.bootstrap_servers} (pid {pid})")
 
 
 @app.command()

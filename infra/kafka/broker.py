@@ -176,6 +176,9 @@ class Broker(LocalService):
     def command(self) -> list[str]:
         return _java_cmd(self.java, self.dist, self.cfg, "kafka.Kafka", str(self.cfg.props_file))
 
+    def describe(self) -> str:
+        return f"; data in {self.cfg.data_dir}"
+
     def healthy(self) -> bool:
         """True once the broker answers a metadata request."""
         from confluent_kafka.admin import AdminClient

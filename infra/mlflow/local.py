@@ -78,5 +78,8 @@ class Mlflow(LocalService):
     def prepare(self) -> None:
         self.cfg.artifacts.mkdir(parents=True, exist_ok=True)
 
+    def describe(self) -> str:
+        return f"; store {self.cfg.backend_store_uri}"
+
     def healthy(self) -> bool:
         return answers(f"{self.cfg.url}/health")

@@ -26,18 +26,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka import broker, distribution
-
 from ml.contracts import DeadLetter
 from ml.keras_models import to_bytes
 from ml.publish import build_envelope, canonical_json, publish
 from ml.settings import LoopSettings
+from scoring_service.app import Scorer
+from scoring_service.config import ScorerSettings
+from scoring_service.sink import Sink
 from use_cases.flight_delay import preprocessing
 from use_cases.flight_delay.contracts import FlightPrediction
 from use_cases.flight_delay.replay import build_stream
 from use_cases.flight_delay.source import load_completed
-from scoring_service.app import Scorer
-from scoring_service.config import ScorerSettings
-from scoring_service.sink import Sink
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from confluent_kafka import Consumer, Producer
 from ml.keras_models import to_bytes
 from ml.publish import build_envelope, publish
 from ml.settings import LoopSettings
+from scoring_service.app import Scorer
+from scoring_service.config import ScorerSettings
 from use_cases.sensor_anomaly import model as autoencoder, preprocessing as features
 from use_cases.sensor_anomaly.contracts import SensorScore
 from use_cases.sensor_anomaly.generator import generate, stream
-from scoring_service.app import Scorer
-from scoring_service.config import ScorerSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -172,3 +172,24 @@ def test_a_service_that_never_gets_healthy_is_stopped_with_its_children(make):
     assert "tiny service starting" in str(failure.value)
     assert not _alive(service.child_pid)
     assert not service.pid_file.exists()
+
+
+def test_the_up_down_status_commands_of_a_service(make):
+    import typer
+    from typer.testing import CliRunner
+
+    from infra.local_service import add_commands
+
+    service = make()
+    app = typer.Typer()
+    add_commands(app, lambda: Tiny(service.home, service.port), what="the tiny service", stop_hint="tiny down")
+    cli = CliRunner()
+    assert cli.invoke(app, ["status"]).exit_code == 1
+    up = cli.invoke(app, ["up"])
+    assert up.exit_code == 0 and "tiny service ready in" in up.output and "`tiny down`" in up.output
+    assert "already running" in cli.invoke(app, ["up"]).output
+    status = cli.invoke(app, ["status"])
+    assert status.exit_code == 0 and f"pid {service.running_pid()}, healthy" in status.output
+    assert cli.invoke(app, ["down"]).output.strip() == "tiny service stopped"
+    assert cli.invoke(app, ["status"]).exit_code == 1
+    assert "Start the tiny service in the background" in cli.invoke(app, ["--help"]).output

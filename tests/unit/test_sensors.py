@@ -181,6 +181,5 @@ def test_the_use_case_names_its_topics_and_contracts():
         "sensors.readings", "sensors.scores", "sensors.dlq")
     assert uc.topics.distinct() == ["sensors.readings", "sensors.scores", "sensors.dlq"]
     assert (uc.input_contract, uc.label_contract) == (SensorReading, SensorReading)
-    assert use_cases.for_preprocessing({"use_case": "sensor_anomaly"}).name == "sensor_anomaly"
     with pytest.raises(ValueError, match="registered"):
         use_cases.get("churn")

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from ml import contracts, decode
-from use_cases.flight_delay.contracts import FlightCompleted, FlightScheduled
 from ml.decode import ERROR_RANGE, ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, field_checks
+from use_cases.flight_delay.contracts import FlightCompleted, FlightScheduled
 
 GOOD = {
     "schema_version": 1, "flight_id": "20130101-UA1545-EWR-0515", "sched_dep_utc": "2013-01-01T10:15:00Z",

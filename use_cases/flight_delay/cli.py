@@ -37,8 +37,10 @@ def replay(
     limit: int = typer.Option(None, min=1, help="Replay only the first N flights by departure."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Replay flights into flights.scheduled / flights.completed in event-time order (as fast as possible
-    unless --speed or --rate is given); prints the summary as JSON."""
+    """Replay flights into flights.scheduled and flights.completed; prints the summary as JSON.
+
+    In event-time order, as fast as possible unless --speed or --rate is given.
+    """
     from use_cases.flight_delay.replay import replay as run
 
     try:
@@ -53,9 +55,9 @@ def loop(
     months: str = typer.Option("1-3", help="Month range to replay, e.g. 1-3."),
     progress: bool = typer.Option(True, help="Show a progress bar per month."),
 ) -> None:
-    """Replay month by month and retrain after each month (run id ``monthly-2013-MM``); one line per month.
+    """Replay month by month and retrain after each month; one line per month.
 
-    Months whose run already has a snapshot are not replayed again, so a second call only repeats the
+    Run ids are ``monthly-2013-MM``. Months whose run already has a snapshot are not replayed again, so a second call only repeats the
     (reused) outcomes.
     """
     from ml import snapshot

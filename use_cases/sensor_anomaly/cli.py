@@ -22,8 +22,10 @@ def replay(
     rate: float = typer.Option(None, min=0, help="Target readings per second."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Generate labelled machine sensor readings (spikes, drift, stuck values, correlated failures) and
-    replay them into sensors.readings in event-time order; prints the summary as JSON."""
+    """Generate labelled machine readings and replay them into sensors.readings; prints the summary as JSON.
+
+    Anomaly episodes: spikes, drift, stuck values, correlated failures; readings in event-time order.
+    """
     from use_cases.sensor_anomaly.generator import generate, replay_readings
 
     try:
