@@ -47,7 +47,7 @@ DATA = "data.parquet"
 REJECTED = "rejected.jsonl"
 BATCH = 10_000
 ROW_GROUP = 65_536  # fixed row-group size: the file's bytes depend only on the rows
-MAX_IN_FLIGHT = 4  # batches read ahead of the decoder: bounds memory to a few batches of raw values
+READ_AHEAD = 4  # batches read ahead of the decoder: bounds memory to a few batches of raw values
 _SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}$")
 
 class PartitionRange(BaseModel):
@@ -313,7 +313,7 @@ def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: 
         try:
             for batch in read_ranges(consumer, topic, ranges, timeout, batch_size):
                 in_flight.append((batch, pool.submit(decode_and_write, batch.values)))
-                while len(in_flight) > MAX_IN_FLIGHT or (in_flight and in_flight[0][1].done()):
+                while len(in_flight) > READ_AHEAD or (in_flight and in_flight[0][1].done()):
                     done_batch, fut = in_flight.popleft()
                     collect(done_batch, fut.result())
             while in_flight:

@@ -141,7 +141,7 @@ def test_no_shared_module_names_a_use_case():
     assert named == set()
 
 
-def test_the_naming_check_finds_a_use_case_named_in_shared_code(tmp_path):
+def test_the_naming_check_finds_the_names_where_they_are_used():
     # The check above can fail: the same search finds the names where a use case's own code uses them.
     words = forbidden_names()
     own = (REPO / "use_cases" / "flight_delay" / "replay.py").read_text()
