@@ -1,8 +1,8 @@
 """Benchmark: hot swap under a steady stream. Produces `flights.scheduled` at a fixed rate while the scorer
 runs (``python -m scoring_service`` in its own process, as deployed; its log in .local/). The stream first runs
 for a warm-up (default 40 s, not measured: a freshly started broker JVM compiles its hot paths and an idle
-consumer and producer wake up; after 10 s of it, the largest gaps were 18-31 ms, after 40 s 14-19 ms), then
-for the measured part, a third of the way into which a new model version is published, and a bad one (a NaN
+consumer and producer wake up; docs/performance.md has the gaps after shorter warm-ups), then for the measured
+part, a third of the way into which a new model version is published, and a bad one (a NaN
 output layer) two thirds in.
 
 Fields: events_in, predictions_out, lost and duplicated (input positions with zero / several predictions,
@@ -63,8 +63,8 @@ def paced_produce(bootstrap: str, topic: str, events, rate: float, conn: Connect
     delivered input by offset (0: not delivered), over ``conn``.
 
     Runs in a process and session of its own, as an upstream producer would: in this one, the publications'
-    CPU work (reading and verifying the models topic) held the GIL and paused the stream for up to 56 ms, and
-    in this process's session it shared the CPU share Linux gives a session (autogroup) with them.
+    CPU work (reading and verifying the models topic) held the GIL and paused the stream, and in this
+    process's session it shared the CPU share Linux gives a session (autogroup) with them.
     """
     os.setsid()
     # Not idempotent: librdkafka's idempotent producer waits for a partition's request to be answered before
@@ -73,8 +73,8 @@ def paced_produce(bootstrap: str, topic: str, events, rate: float, conn: Connect
     # offset, scored and counted like any other.
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     # Nothing here makes reference cycles; a collection pass over the events and delivery records would
-    # pause the stream. The delivery timestamps go to arrays sized up front: a dict growing past 175k
-    # entries paused the stream for 60 ms while it resized.
+    # pause the stream. The delivery timestamps go to arrays sized up front: a dict growing to a few hundred
+    # thousand entries pauses the stream while it resizes.
     gc.disable()
     step = max(1, round(rate / 1000))  # events per millisecond
     sent = np.zeros((PARTITIONS, len(events)), dtype=np.int64)  # a fresh topic: offsets count from 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -36,10 +35,12 @@ LAG_INTERVAL_S = 1.0
 # With no input, the loop wakes this often (liveness tick, commits, stop requests); the first record to
 # arrive ends the wait at once.
 IDLE_WAIT_S = 0.1
+# How long a stopping replica waits for its LeaveGroup to be sent before it closes anyway.
+LEAVE_TIMEOUT_S = 5.0
 
 
 def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
-    return {
+    config = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": settings.group_id,
         "client.id": client_id,
@@ -49,13 +50,23 @@ def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
         "auto.offset.reset": "earliest",
         # Inputs written by transactional producers count only once committed; also required for EOS chains.
         "isolation.level": "read_committed",
+        # The classic group protocol: its session timeout is the client's to choose (the consumer protocol's is
+        # the broker's, 45 s at the least by default). A replica that dies for good is replaced this soon.
         "session.timeout.ms": settings.session_timeout_ms,
+        # Members learn of a rebalance from a heartbeat's answer: the interval bounds a hand-over's pause (see
+        # _pace_heartbeats). A heartbeat is a small request: 20 a second per replica at 50 ms.
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         # A fetch is answered once 1 MiB is there or half a batch interval has passed, whichever first: a
         # live stream costs the broker a bounded number of fetches, not one per record batch it receives.
         "fetch.wait.max.ms": max(1, settings.batch_max_wait_ms // 2),
         "fetch.min.bytes": 1 << 20,
         "on_commit": _log_commit_failure,
     }
+    if settings.group_instance_id is not None:
+        # A static member: a replica restarted under the same name gets its partitions back at once, without a
+        # rebalance, and fences the member it replaces (a zombie of it can commit nothing).
+        config["group.instance.id"] = settings.group_instance_id
+    return config
 
 
 def _log_commit_failure(err, partitions: list[TopicPartition]) -> None:
@@ -70,7 +81,7 @@ class Scorer:
 
     def __init__(self, settings: ScorerSettings, scorer_id: str | None = None) -> None:
         self.settings = settings
-        self.scorer_id = scorer_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.scorer_id = scorer_id or f"{settings.replica_name}-{os.getpid()}"
         self.metrics = Metrics()
         self.use_case = use_cases.get(settings.use_case)
         self.slot = ModelSlot()
@@ -81,6 +92,7 @@ class Scorer:
         self._assigned: set[tuple[str, int]] = set()
         self._last_tick = time.monotonic()
         self._last_lag = 0.0
+        self._last_heartbeat_poke = 0.0
         self._last_version: int | None = None
         self._totals = {"in": 0, "out": 0, "dlq": 0, "batches": 0}
         # Owned by the scoring thread (rebalance callbacks run on it too, inside consume()).
@@ -157,8 +169,10 @@ class Scorer:
                 if batch is not None:
                     self._send(batch, consumer)
                 self._update_lag(consumer)
-            # Stopping: the commit lands before the consumer leaves.
+                self._pace_heartbeats(consumer)
+            # Stopping: the commit lands before the consumer leaves the group.
             self._settle(consumer, after=None, handover=True)
+            self._leave_group(consumer)
         except BaseException:
             # The unsettled batches stay uncommitted and are read again by whoever owns their partitions
             # next: the revocation inside close() must not try to settle them again.
@@ -168,6 +182,29 @@ class Scorer:
         finally:
             consumer.close()
             sink.close()
+
+    def _leave_group(self, consumer: Consumer) -> None:
+        """Leave the group so the others take our partitions now. A static member's close() alone does not (its
+        partitions wait for its session to time out); unsubscribe() does once the revocation has been served,
+        which these polls do, until librdkafka forgets the member id."""
+        consumer.unsubscribe()
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        while consumer.memberid() and time.monotonic() < deadline:
+            consumer.poll(0.01)  # records still buffered are dropped: uncommitted, their next owner reads them
+        if consumer.memberid():
+            log.warning("group %s: no leave within %.0f s; partitions move when the session times out",
+                        self.settings.group_id, LEAVE_TIMEOUT_S)
+        else:
+            log.info("left group %s as %s", self.settings.group_id, self.settings.group_instance_id or "a member")
+
+    def _pace_heartbeats(self, consumer: Consumer) -> None:
+        """Keep heartbeats at ``heartbeat.interval.ms``: librdkafka checks whether one is due only when its main
+        thread wakes, about every 500 ms unless the application calls in; a cheap call wakes it. A rebalance is
+        learnt from a heartbeat's answer, so this bounds how long a hand-over leaves partitions unread."""
+        now = time.monotonic()
+        if now - self._last_heartbeat_poke >= self.settings.heartbeat_interval_ms / 2000:
+            self._last_heartbeat_poke = now
+            consumer.assignment()
 
     def _restart_from_committed(self, consumer: Consumer, dropped: int) -> None:
         """After a rebalance inside ``collect`` the batch may hold records fetched before a revocation

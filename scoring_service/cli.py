@@ -46,6 +46,8 @@ def _parameters() -> list[inspect.Parameter]:
         if choices:
             help_text += f" One of: {', '.join(choices)}."
         flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:  # both ways: --static-membership / --no-static-membership
+            flag = f"{flag}/--no-{name.replace('_', '-')}"
         option = typer.Option(None, flag, help=help_text, show_default=False)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=_flag_type(field.annotation) | None))

@@ -29,11 +29,14 @@ class ScorerSettings(TopicNames):
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True, protected_namespaces=(), env_ignore_empty=True)
 
-    use_case: str = Field(description="The use case this replica scores (`python -m ml use-cases` lists them): "
-                                      "its input topic in, its predictions and DLQ topics out. Model name and "
-                                      "group id follow it unless set.")
+    use_case: str = Field(description="The use case it scores (`python -m ml use-cases`): its input topic in, "
+                                      "its predictions and DLQ out; model name and group id follow it.")
     kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
     group_id: str = Field(None, description="Consumer group shared by the replicas (default <use case>-scorer).")
+    replica_name: str = Field(default_factory=socket.gethostname, description="Stable, unique name of this "
+                              "replica (pod or container name): a replacement under it resumes at once.")
+    static_membership: bool = Field(True, description="Join as the static member <group id>-<replica name>: a "
+                                    "restart under the same name causes no rebalance.")
     model_name: str = Field(None, description="Model name (envelope key) this scorer serves (default: the use "
                                               "case's).")
     # Large: a backlog is scored in few big batches, amortising the fixed cost of each call and commit;
@@ -45,14 +48,17 @@ class ScorerSettings(TopicNames):
         "at_least_once", description="at_least_once (commit after delivery) or exactly_once (transactions).")
     commit_interval_ms: int = Field(
         500, ge=0, le=60_000,
-        description="at_least_once: commit the offsets of delivered batches at most this often (a crash "
-                    "re-scores up to this much input; 0: after every batch). exactly_once commits each batch.")
-    transactional_id: str = Field(
+        description="at_least_once: commit delivered batches' offsets at most this often (a crash re-scores up "
+                    "to this much; 0: every batch). exactly_once commits each batch.")
+    transactional_id: str | None = Field(
         None, description="exactly_once only: stable per replica, so a restarted replica fences its old self "
-                          "(default <group id>-<host name>).")
-    session_timeout_ms: int = Field(45_000, ge=6_000, le=300_000,
-                                    description="Consumer group session timeout: how soon a dead replica's "
-                                                "partitions move to the others.")
+                          "(default <group id>-<replica name>).")
+    session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000,
+                                    description="Consumer group session timeout: how soon the partitions of a "
+                                                "replica that died for good move to the others.")
+    heartbeat_interval_ms: int = Field(50, ge=10, le=10_000,
+                                       description="Consumer group heartbeat interval: how soon a replica learns "
+                                                   "that partitions move to it (a hand-over's pause).")
     http_port: int = Field(8000, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (0: any free).")
     max_model_bytes: int = Field(64 * 1024 * 1024, ge=1,
                                  description="Largest uncompressed .keras archive accepted (zip-bomb guard).")
@@ -73,14 +79,29 @@ class ScorerSettings(TopicNames):
         if not isinstance(data, dict) or not data.get("use_case"):
             return data
         group = data.get("group_id") or f"{data['use_case'].replace('_', '-')}-scorer"
-        return {**data, "model_name": data.get("model_name") or data["use_case"], "group_id": group,
-                "transactional_id": data.get("transactional_id") or f"{group}-{socket.gethostname()}"}
+        return {**data, "model_name": data.get("model_name") or data["use_case"], "group_id": group}
 
     @field_validator("use_case")
     @classmethod
     def _known(cls, name: str) -> str:
         use_cases.require_known(name)
         return name
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> ScorerSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+    @property
+    def producer_transactional_id(self) -> str:
+        """exactly_once's transactional id: computed when read, so a copy under another replica name has its own."""
+        return self.transactional_id or f"{self.group_id}-{self.replica_name}"
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """The static group member id of this replica, or None with static membership off."""
+        return f"{self.group_id}-{self.replica_name}" if self.static_membership else None
 
     @cached_property
     def topics(self) -> UseCaseTopics:

@@ -47,7 +47,7 @@ def producer_config(settings: ScorerSettings) -> dict:
     if settings.delivery_mode == "exactly_once":
         # Stable per replica: a restarted replica with the same id fences its previous incarnation's
         # transaction (aborting what it left open) before writing. Transactions imply idempotence.
-        config["transactional.id"] = settings.transactional_id
+        config["transactional.id"] = settings.producer_transactional_id
     # at_least_once is not idempotent: librdkafka's idempotent producer sends a partition's next request only
     # once its previous one is answered, and a record queued behind it makes the broker thread poll without
     # sleeping until the answer comes; on a small machine such spinning clients take the CPU from a broker that

@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
             "models": new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)})},
         group_id=f"scorer-{uuid.uuid4().hex[:8]}",
         model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0, model_signing_key=KEY,
-        session_timeout_ms=6000, transactional_id=f"scorer-tx-{uuid.uuid4().hex[:8]}")
+        session_timeout_ms=6000)  # transactional id <group id>-<replica name>: the group is the test's own
 
 
 def loop_settings(s: ScorerSettings) -> LoopSettings:
@@ -407,21 +408,48 @@ def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
     running.stop()
 
 
+def spawn(s: ScorerSettings, log_path) -> subprocess.Popen:
+    """The scorer as deployed, ``python -m scoring_service`` in a process of its own, configured by ``s``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_SIGNING_KEY": KEY,
+           **{name.upper(): json.dumps(value) if isinstance(value, dict) else str(value)
+              for name, value in s.model_dump(exclude={"model_signing_key"}).items() if value is not None}}
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM: the replica finishes its batch, commits, leaves the group and exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, f"exit code {proc.returncode} after SIGTERM"
+
+
+def end(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+# Far longer than any wait below: partitions that reach another replica within a wait got there by a
+# hand-over (a static member's return, a leave), not by a dead member's session running out.
+LONG_SESSION_MS = 300_000
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exactly_once", "at_least_once"])
-def test_sigkill_mid_stream_then_restart_loses_nothing(settings, events, contract, artifacts, tmp_path, mode):
+def test_sigkill_then_restart_under_the_same_name_resumes_at_once_and_loses_nothing(
+        settings, events, contract, artifacts, tmp_path, mode):
     """exactly_once: one committed prediction per input. at_least_once: at least one per input, and the
-    duplicates are only of inputs after the last commit before the kill."""
-    s = settings.model_copy(update={"delivery_mode": mode, "batch_size": 200})
+    duplicates are only of inputs after the last commit before the kill. The replacement is the same static
+    member: it gets the dead replica's partitions back without waiting for its session to time out."""
+    s = settings.model_copy(update={"delivery_mode": mode, "batch_size": 200, "replica_name": "crashing",
+                                    "session_timeout_ms": LONG_SESSION_MS})
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     stream = events[:6000]
     produce(s.kafka_bootstrap_servers, s.input_topic, stream[:1000])
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_SIGNING_KEY": KEY,
-           **{name.upper(): json.dumps(value) if isinstance(value, dict) else str(value)
-              for name, value in s.model_dump(exclude={"model_signing_key"}).items()}}
-    log1 = open(tmp_path / "scorer-1.log", "wb")
-    first = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log1,
-                             stderr=subprocess.STDOUT)
+    first = spawn(s, tmp_path / "scorer-1.log")
+    second = None
     # The rest arrives as a live stream once the scorer is up, so the kill lands in the middle of it.
     rest = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.input_topic,
                                                   stream[1000:], 1000.0))
@@ -433,22 +461,15 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(settings, events, contrac
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert sum(max(o, 0) for o in before_kill.values()) < len(stream), "killed too late to test anything"
-        log2 = open(tmp_path / "scorer-2.log", "wb")
-        second = subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=log2,
-                                  stderr=subprocess.STDOUT)
-        try:
-            rest.join(60)
-            wait_for(lambda: committed(s) == high_watermarks(s), 180, "restart to finish the stream")
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(60) == 0
-        finally:
-            if second.poll() is None:
-                second.kill()
+        second = spawn(s, tmp_path / "scorer-2.log")
+        rest.join(60)
+        wait_for(lambda: committed(s) == high_watermarks(s), 120, "the replacement to finish the stream")
+        terminate(second)
     finally:
-        if first.poll() is None:
-            first.kill()
+        end(first, second)
         if rest.is_alive():
             rest.join(60)
+    assert _assignments(tmp_path / "scorer-2.log") == [{0, 1, 2}], "the replacement's partitions moved"
     predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0)
     if mode == "exactly_once":
         assert_exactly_once(predictions, s, len(stream))
@@ -457,6 +478,82 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(settings, events, contrac
     assert len(positions) == len(stream), f"{len(stream) - len(positions)} input(s) without a prediction"
     duplicated = [(p, o) for (p, o), n in positions.items() if n > 1]
     assert all(o >= before_kill[p] for p, o in duplicated), "an input committed before the kill was scored again"
+
+
+@pytest.mark.slow
+def test_a_frozen_replica_replaced_under_its_name_is_fenced_and_writes_nothing(
+        settings, events, contract, artifacts, tmp_path):
+    """exactly_once: a replica frozen mid-stream (SIGSTOP) is replaced under the same name, which takes its
+    partitions and its transactional id. Thawed, the zombie must not commit a record or an offset: it stops."""
+    s = settings.model_copy(update={"delivery_mode": "exactly_once", "batch_size": 200, "replica_name": "zombie",
+                                    "session_timeout_ms": LONG_SESSION_MS})
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    stream = events[:6000]
+    zombie = spawn(s, tmp_path / "zombie.log")
+    replacement = None
+    try:
+        wait_for(lambda: _owned(tmp_path / "zombie.log") == {0, 1, 2}, 120, "the first replica to consume")
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[:3000], 1000.0)
+        zombie.send_signal(signal.SIGSTOP)  # frozen with fetched, scored, maybe uncommitted batches
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[3000:4500])
+        replacement = spawn(s, tmp_path / "replacement.log")
+        wait_for(lambda: committed(s) == high_watermarks(s), 120, "the replacement to catch up")
+        zombie.send_signal(signal.SIGCONT)
+        produce(s.kafka_bootstrap_servers, s.input_topic, stream[4500:], 1000.0)  # while the zombie wakes up
+        assert zombie.wait(60) != 0, "the zombie went on serving"
+        wait_for(lambda: committed(s) == high_watermarks(s), 60, "the replacement to finish the stream")
+        assert replacement.poll() is None, "the replacement stopped"
+        terminate(replacement)
+    finally:
+        end(zombie, replacement)
+    assert "fenced" in (tmp_path / "zombie.log").read_text().lower()
+    assert_exactly_once(read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0), s, len(stream))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exactly_once", "at_least_once"])
+def test_sigterm_of_one_of_two_replicas_under_load_hands_its_partitions_over(
+        settings, events, contract, artifacts, tmp_path, mode):
+    """The stopped replica commits, leaves the group and exits 0; the other takes every partition at once (not
+    after a session timeout) and every input has exactly one prediction (a handover re-scores nothing)."""
+    s = settings.model_copy(update={"delivery_mode": mode, "batch_size": 200,
+                                    "session_timeout_ms": LONG_SESSION_MS})
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    stream = events[:9000]
+    a = spawn(s.model_copy(update={"replica_name": "a"}), tmp_path / "a.log")
+    b = spawn(s.model_copy(update={"replica_name": "b"}), tmp_path / "b.log")
+    load = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.input_topic, stream, 1000.0))
+    try:
+        wait_for(lambda: _shared(tmp_path / "a.log", tmp_path / "b.log"), 120, "both replicas to consume")
+        load.start()
+        time.sleep(3)
+        terminate(a)
+        load.join(60)
+        wait_for(lambda: committed(s) == high_watermarks(s), 60, "the other replica to finish the stream")
+        assert _owned(tmp_path / "b.log") == {0, 1, 2}
+        terminate(b)
+    finally:
+        end(a, b)
+        if load.is_alive():
+            load.join(60)
+    assert "left group" in (tmp_path / "a.log").read_text()
+    assert_exactly_once(read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0), s, len(stream))
+
+
+def _assignments(log_path) -> list[set[int]]:
+    """The input partitions a subprocess replica logged as assigned to it, assignment after assignment."""
+    return [{int(p) for p in re.findall(r", (\d+)\)", line)}
+            for line in log_path.read_text().splitlines() if " assigned [" in line]
+
+
+def _owned(log_path) -> set[int]:
+    return (_assignments(log_path) or [set()])[-1]
+
+
+def _shared(*logs) -> bool:
+    """Each replica owns partitions of its own and together all three."""
+    owned = [_owned(log) for log in logs]
+    return all(owned) and sum(map(len, owned)) == 3 and set().union(*owned) == {0, 1, 2}
 
 
 def test_at_least_once_commits_delivered_batches_on_the_interval_and_all_at_stop(
@@ -495,7 +592,8 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     producer = threading.Thread(target=produce_around_the_join)
     producer.start()
     time.sleep(0.5)
-    second = Running(s, scorer_id="it-2")  # the group rebalances while the first replica scores
+    # The group rebalances while the first replica scores; a replica of another name is another member.
+    second = Running(s.model_copy(update={"replica_name": "it-2"}), scorer_id="it-2")
     try:
         producer.join()
         predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from scoring_service.app import consumer_config
 from scoring_service.cli import ENV_ONLY
 from scoring_service.config import ScorerSettings
 
@@ -62,4 +65,25 @@ def test_the_use_case_names_the_topics_group_and_model_and_a_map_renames_topics(
                                                             "quarantine")
     assert (s.models_topic, s.status_topic) == ("team-a.models", "team-a.models.status")
     assert (s.group_id, s.model_name) == ("sensor-anomaly-scorer", "sensor_anomaly")
-    assert s.transactional_id.startswith("sensor-anomaly-scorer-")
+    assert s.producer_transactional_id.startswith("sensor-anomaly-scorer-")
+
+
+def test_the_replica_name_makes_the_static_member_and_the_transactional_id():
+    s = ScorerSettings(use_case="flight_delay", replica_name="scorer-7")
+    assert s.group_instance_id == s.producer_transactional_id == "flight-delay-scorer-scorer-7"
+    assert s.model_copy(update={"replica_name": "b"}).producer_transactional_id == "flight-delay-scorer-b"
+    assert ScorerSettings(use_case="flight_delay").replica_name == socket.gethostname()
+    assert ScorerSettings(use_case="flight_delay", static_membership=False).group_instance_id is None
+    config = consumer_config(s, "client")
+    assert config["group.instance.id"] == "flight-delay-scorer-scorer-7"
+    assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (10_000, 50)
+    assert "group.instance.id" not in consumer_config(s.model_copy(update={"static_membership": False}), "client")
+
+
+def test_a_heartbeat_longer_than_a_third_of_the_session_is_refused(console_script):
+    with pytest.raises(ValidationError, match="heartbeat_interval_ms"):
+        ScorerSettings(use_case="flight_delay", session_timeout_ms=6000, heartbeat_interval_ms=3000)
+    off = subprocess.run([console_script, "--use-case", "flight_delay", "--no-static-membership",
+                          "--heartbeat-interval-ms", "5000"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert off.returncode == 2 and "heartbeat_interval_ms" in off.stderr
