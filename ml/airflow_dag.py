@@ -4,10 +4,11 @@ one ``retrain_<name>`` per use case; only that file imports this module).
 snapshot -> validate -> train -> evaluate -> register -> publish -> verify rollout, each task calling one
 function of ``ml.airflow_tasks`` with the settings of the DAG's use case. Triggers: the use case's cron schedule
 (``<NAME>_RETRAIN_SCHEDULE``), manual runs with Params (one ``gate_margin_<metric>`` per criterion of its gate
-that has a margin), and a Kafka AssetWatcher firing every ``<NAME>_RETRAIN_EVERY_N`` records per partition of
-its labels topic. Kafka comes from the ``kafka_default`` connection, MLflow from the Variables
-``mlflow_tracking_uri`` / ``mlflow_ui_url``; unset, the loop's env defaults apply. The Airflow run id is the loop
-run id, so a retried task (``RETRAIN_TASK_RETRIES``, default 2) reuses its snapshot, MLflow run and version.
+that has a margin), and an AssetWatcher firing once ``<NAME>_RETRAIN_EVERY_N`` records of its labels topic are
+in no snapshot yet (``ml.airflow_trigger``: offsets compared every ``<NAME>_RETRAIN_POLL_INTERVAL_S``). Kafka
+comes from the ``kafka_default`` connection, MLflow from the Variables ``mlflow_tracking_uri`` /
+``mlflow_ui_url``; unset, the loop's env defaults apply. The Airflow run id is the loop run id, so a retried
+task (``RETRAIN_TASK_RETRIES``, default 2) reuses its snapshot, MLflow run and version.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import logging
 import os
 from datetime import datetime, timedelta
 
-from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
 from airflow.sdk import (DAG, Asset, AssetOrTimeSchedule, AssetWatcher, Connection, CronTriggerTimetable, Param,
                          Variable, dag, get_current_context, task)
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
 from pydantic import ValidationError
 
 from ml import airflow_tasks as steps, use_cases
+from ml.airflow_trigger import NewRecordsTrigger
 from ml.settings import LoopSettings
 from ml.use_cases import UseCase
 
@@ -70,10 +71,9 @@ def retrain_dag(name: str) -> DAG:
     every_n = uc.settings.retrain_every_n
     asset = Asset(
         f"kafka_{name}_labels", uri=f"kafka://{loop.kafka_bootstrap_servers.split(',')[0]}/{topic}",
-        # poll_interval 0: the trigger sleeps that long after every non-matching record, not only when idle.
-        watchers=[AssetWatcher(name=f"every_n_{name}_records", trigger=AwaitMessageTrigger(
-            topics=[topic], kafka_config_id=KAFKA_CONN_ID, poll_interval=0,
-            apply_function="ml.airflow_tasks.every_n_records", apply_function_kwargs={"every": every_n}))]
+        watchers=[AssetWatcher(name=f"every_n_{name}_records", trigger=NewRecordsTrigger(
+            use_case=name, min_records=every_n, poll_interval_s=uc.settings.retrain_poll_interval_s,
+            kafka_config_id=KAFKA_CONN_ID))]
         if every_n > 0 else [],
     )
 
@@ -127,7 +127,9 @@ def retrain_dag(name: str) -> DAG:
     def retrain():
         @task
         def snapshot() -> dict:
-            return run(steps.snapshot, settings(), get_current_context()["run_id"])
+            context = get_current_context()
+            events = [e for evs in context["triggering_asset_events"].values() for e in evs]
+            return run(steps.snapshot, settings(), context["run_id"], announced=steps.announced_by(events))
 
         @task
         def validate(manifest: dict) -> dict:

@@ -1,5 +1,5 @@
 """The Airflow glue of the loop, testable without a scheduler: run requests, settings from connections, one
-function per DAG task, rollout verification on the status topic and the Kafka AssetWatcher filter.
+function per DAG task, rollout verification on the status topic and the asset event that started a run.
 
 Every task function takes the settings and small JSON references (dicts) and returns one, so XCom carries
 manifests, candidates and decisions, never data. A run that must stop without failing (too little data, a
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -137,11 +137,14 @@ def _docs_links(settings: LoopSettings, data_docs_path: str | None) -> dict[str,
     return {DATA_DOCS_LINK: f"{DATA_DOCS_ROUTE}/{relative.as_posix()}"}
 
 
-def snapshot(settings: LoopSettings, run_id: str) -> dict[str, Any]:
-    """Snapshot the use case's training topic for this run (a retry returns the same manifest)."""
+def snapshot(settings: LoopSettings, run_id: str, announced: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Snapshot the use case's training topic for this run (a retry returns the same manifest); ``announced``:
+    the new records whose announcement started the run, which the snapshot must cover."""
     from ml import pipeline
+    from ml.new_records import Announcement
 
-    return _dump(pipeline.snapshot_step(settings, run_id))
+    return _dump(pipeline.snapshot_step(settings, run_id, Announcement.model_validate(announced) if announced
+                                        else None))
 
 
 def validate(settings: LoopSettings, run_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -279,17 +282,14 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
                         f"({seen} status records read){'' if assigned else '; the topic does not exist'}")
 
 
-# ---------------------------------------------------------------- AssetWatcher filter
+# ---------------------------------------------------------------- the event that started a run
 
-def every_n_records(message, every: int = 5000) -> dict[str, Any] | None:
-    """Apply function of the Kafka AssetWatcher: fire on every ``every``-th record of a partition.
-
-    Stateless on purpose: the triggerer may restart and re-read from committed offsets, and offset + 1 is
-    the number of records a partition holds up to this one (the labels topics are written without
-    transactions, so offsets are contiguous). With P partitions the asset fires about every P * ``every``
-    records. Returns the event payload (small JSON) or None.
-    """
-    if message.value() is None or (message.offset() + 1) % every:
-        return None
-    return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
-            "every": every}
+def announced_by(events: Iterable[Any]) -> dict[str, Any] | None:
+    """The announcement (``ml.new_records``) carried by the newest of a run's triggering asset events (their
+    ``extra["payload"]``, as the triggerer stores a trigger's event), or None: a scheduled or manual run."""
+    found = None
+    for event in events:
+        payload = (getattr(event, "extra", None) or {}).get("payload")
+        if isinstance(payload, dict) and "announcement_id" in payload:
+            found = payload
+    return found

@@ -22,7 +22,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ml import snapshot as snapshots, use_cases
-from ml.errors import InsufficientData, ValidationFailed
+from ml.errors import InsufficientData, LoopError, ValidationFailed
+from ml.new_records import Announcement
 from ml.settings import LoopSettings
 from ml.split import time_split
 from ml.use_cases import UseCase
@@ -66,14 +67,23 @@ def snapshot_id_for(loop_run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", loop_run_id)
 
 
-def snapshot_step(settings: LoopSettings, loop_run_id: str):
+def snapshot_step(settings: LoopSettings, loop_run_id: str, announced: Announcement | None = None):
     """Snapshot the use case's labels topic from the previous snapshot's end to the current end offsets.
 
-    Returns the ``SnapshotManifest``; a retry of the same run returns the same manifest.
+    Returns the ``SnapshotManifest``; a retry of the same run returns the same manifest. ``announced``: the new
+    records whose announcement started the run; the snapshot records it, and covers them or raises LoopError.
     """
     uc = use_cases.selected(settings)
-    return snapshots.take_snapshot(settings, settings.topic(uc.topics.labels), uc.label_contract,
-                                   snapshot_id=snapshot_id_for(loop_run_id))
+    topic = settings.topic(uc.topics.labels)
+    manifest = snapshots.take_snapshot(settings, topic, uc.label_contract, snapshot_id=snapshot_id_for(loop_run_id),
+                                       triggered_by=announced.announcement_id if announced else None)
+    if announced is not None:
+        if not announced.covered_by(manifest.end_offsets):
+            raise LoopError(f"snapshot {manifest.snapshot_id} of {topic} ends at {manifest.end_offsets}, before "
+                            f"the records announced by {announced.announcement_id} ({announced.ranges})")
+        log.info("run %s started by announcement %s: %d new records of %s, all in snapshot %s", loop_run_id,
+                 announced.announcement_id, announced.records, topic, manifest.snapshot_id)
+    return manifest
 
 
 def _load(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]):

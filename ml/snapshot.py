@@ -78,6 +78,9 @@ class SnapshotManifest(BaseModel):
     read_seconds: float
     data_file: str = DATA
     rejected_file: str | None = None
+    triggered_by: str | None = Field(None, description="the announcement (ml.new_records) whose asset event "
+                                                       "started the run that took it; None: a scheduled or "
+                                                       "manual run")
 
     @property
     def end_offsets(self) -> dict[int, int]:
@@ -231,7 +234,7 @@ def _plan(previous: SnapshotManifest | None, offsets: dict[int, tuple[int, int]]
 
 
 def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], *, snapshot_id: str | None = None,
-                  timeout: float = 30.0, batch_size: int = BATCH) -> SnapshotManifest:
+                  timeout: float = 30.0, batch_size: int = BATCH, triggered_by: str | None = None) -> SnapshotManifest:
     """Snapshot ``topic`` (records of ``contract``) from the last snapshot's end offsets to its end offsets
     now; return the manifest.
 
@@ -261,7 +264,7 @@ def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], 
         event_times, rejected = _read(settings, topic, contract, ranges, timeout, batch_size,
                                       folder / (DATA + ".tmp"))
         manifest = _finish(folder, topic, contract, snapshot_id, sequence, ranges, event_times, rejected,
-                           created_at, time.monotonic() - started)
+                           created_at, time.monotonic() - started, triggered_by)
     log.info("snapshot %s of %s: %d rows, %d rejected, offsets %s, event time %s to %s, %.2f s (%.0f rows/s)",
              manifest.snapshot_id, topic, manifest.row_count, manifest.rejected_count, _fmt(manifest.partitions),
              manifest.event_time_min, manifest.event_time_max, manifest.read_seconds,
@@ -329,7 +332,7 @@ def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: 
 
 def _finish(folder: Path, topic: str, contract: type[Contract], snapshot_id: str, sequence: int,
             ranges: dict[int, tuple[int, int]], event_times: pa.ChunkedArray, rejected: list[dict],
-            created_at: datetime, seconds: float) -> SnapshotManifest:
+            created_at: datetime, seconds: float, triggered_by: str | None) -> SnapshotManifest:
     """Hash the data, write the rejects and, last, the manifest: a folder without manifest.json is an
     unfinished attempt."""
     tmp = folder / (DATA + ".tmp")
@@ -353,7 +356,7 @@ def _finish(folder: Path, topic: str, contract: type[Contract], snapshot_id: str
         event_time_min=low.as_py() if low is not None else None,
         event_time_max=high.as_py() if high is not None else None,
         created_at=created_at, read_seconds=round(seconds, 3),
-        rejected_file=REJECTED if rejected else None,
+        rejected_file=REJECTED if rejected else None, triggered_by=triggered_by,
     )
     _atomic_write(folder / MANIFEST, manifest.model_dump_json(indent=2).encode())
     return manifest

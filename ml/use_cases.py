@@ -74,8 +74,11 @@ class UseCaseSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True)
 
     retrain_schedule: str = Field("@daily", description="Cron schedule of its retraining DAG ('none': off).")
-    retrain_every_n: int = Field(0, ge=0, description="Retrain after this many records per partition of the "
-                                                      "labels topic (a Kafka AssetWatcher; 0: off).")
+    retrain_every_n: int = Field(0, ge=0, description="Retrain once this many records of the labels topic (all "
+                                                      "partitions) are in no snapshot (0: off).")
+    retrain_poll_interval_s: float = Field(5.0, gt=0, le=3600,
+                                           description="How often the triggerer compares the labels topic's end "
+                                                       "offsets with the last snapshot's.")
     gate_margins: dict[str, float] = Field(default_factory=dict,
                                            description="JSON: metric -> margin, replacing the gate's default.")
     gate_floors: dict[str, float] = Field(default_factory=dict,

@@ -23,6 +23,23 @@ REPO = Path(__file__).resolve().parents[1]
 KEPT_LOGS = REPO / ".local" / "test-logs"
 
 
+def _until(what: str, check: Callable[[], object], timeout: float, every: float = 2.0):
+    """``check()``'s first truthy value, polled every ``every`` s; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def until() -> Callable[..., object]:
+    """Wait for a condition of a real service (a run to finish, a DAG to be parsed): ``until(what, check,
+    timeout, every=2.0)``."""
+    return _until
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     """Bootstrap servers of a real broker: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh local broker

@@ -59,10 +59,8 @@ def airflow_env(cfg: AirflowConfig, loop_env: dict[str, str] | None = None) -> d
 
     ``loop_env`` adds LoopSettings variables (topics, data dir, ...) that the task processes inherit.
     """
-    kafka = {"conn_type": "kafka", "extra": {
-        "bootstrap.servers": cfg.kafka_bootstrap_servers,
-        # The AssetWatcher's consumer group: its committed offsets are where the trigger resumes.
-        "group.id": "airflow-retrain-watcher", "auto.offset.reset": "earliest"}}
+    # The tasks and the AssetWatcher's trigger take the bootstrap servers from it.
+    kafka = {"conn_type": "kafka", "extra": {"bootstrap.servers": cfg.kafka_bootstrap_servers}}
     return {
         "AIRFLOW_HOME": str(cfg.home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -114,6 +112,19 @@ def token(cfg: AirflowConfig) -> str:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())["access_token"]
+
+
+def api(cfg: AirflowConfig, method: str, path: str, jwt: str | None = None,
+        body: dict | None = None) -> tuple[int, dict]:
+    """One REST API call as the UI makes it (a JWT from ``token`` unless given): the status and the JSON body."""
+    req = urllib.request.Request(f"{cfg.url}{path}", method=method, data=json.dumps(body).encode() if body else None,
+                                 headers={"Authorization": f"Bearer {jwt or token(cfg)}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
 
 
 class Airflow(LocalService):

@@ -7,7 +7,6 @@ plugin's extra links and page answer for that run. No scorer here: the run asks 
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,26 +24,6 @@ from use_cases.flight_delay.source import load_completed
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DAG_ID = "retrain_flight_delay"
-
-
-def _call(cfg: local.AirflowConfig, method: str, path: str, token: str, body: dict | None = None):
-    req = urllib.request.Request(f"{cfg.url}{path}", method=method, data=json.dumps(body).encode() if body else None,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-def _until(what: str, fn, timeout: float, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
@@ -73,32 +52,32 @@ def airflow(kafka_bootstrap, tmp_path):
         local.Airflow(cfg).stop()
 
 
-def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(airflow):
+def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(airflow, until):
     cfg = airflow
     token = local.token(cfg)
-    _until("the DAG to be parsed", lambda: _call(cfg, "GET", f"/api/v2/dags/{DAG_ID}", token)[0] == 200, 120)
-    assert _call(cfg, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": False})[0] == 200
+    until("the DAG to be parsed", lambda: local.api(cfg, "GET", f"/api/v2/dags/{DAG_ID}", token)[0] == 200, 120)
+    assert local.api(cfg, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": False})[0] == 200
 
     # The form's validation: a Param out of its schema is refused before a run exists.
-    status, body = _call(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
+    status, body = local.api(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
                          {"logical_date": datetime.now(UTC).isoformat(), "conf": {"epochs": 0}})
     assert status == 400, body
 
-    status, run = _call(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
+    status, run = local.api(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
                         {"logical_date": datetime.now(UTC).isoformat(), "conf": {"rollout_timeout_s": 0}})
     assert status == 200, run
     path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
-    final = _until("the run to finish", lambda: (r := _call(cfg, "GET", path, token)[1])["state"] in
+    final = until("the run to finish", lambda: (r := local.api(cfg, "GET", path, token)[1])["state"] in
                    ("success", "failed") and r, 600, every=5)
-    tis = _call(cfg, "GET", f"{path}/taskInstances", token)[1]["task_instances"]
+    tis = local.api(cfg, "GET", f"{path}/taskInstances", token)[1]["task_instances"]
     states = {ti["task_id"]: ti["state"] for ti in tis}
     assert final["state"] == "success", (states, local.Airflow(cfg).log_tail())
     assert states == {"snapshot": "success", "validate": "success", "train": "success", "evaluate": "success",
                       "register": "success", "publish": "success", "verify_rollout": "skipped"}
 
-    links = _call(cfg, "GET", f"{path}/taskInstances/train/links", token)[1]["extra_links"]
+    links = local.api(cfg, "GET", f"{path}/taskInstances/train/links", token)[1]["extra_links"]
     assert "/#/experiments/" in links["MLflow run"]
-    docs = _call(cfg, "GET", f"{path}/taskInstances/validate/links", token)[1]["extra_links"]["Data Docs"]
+    docs = local.api(cfg, "GET", f"{path}/taskInstances/validate/links", token)[1]["extra_links"]["Data Docs"]
     with urllib.request.urlopen(f"{cfg.url}{docs}", timeout=30) as r:
         assert r.status == 200 and b"<html" in r.read().lower()
 

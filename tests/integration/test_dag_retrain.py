@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from infra.airflow.local import AirflowConfig, airflow_env
-from ml import snapshot
+from ml import new_records, pipeline, snapshot
 from ml.airflow_tasks import TASKS as TASK_IDS
 from ml.publish import verify_envelope
 from ml.registry import Registry
@@ -235,29 +235,41 @@ def test_force_promote_without_a_reason_fails_before_the_snapshot(dag, settings,
     assert snapshot.list_manifests(settings, settings.topic("flights.completed")) == []
 
 
-def test_the_asset_watcher_trigger_fires_on_every_nth_real_message(dag, kafka_bootstrap, new_topic):
-    from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
+def test_the_asset_watcher_counts_new_records_from_offsets_and_announces_each_range_once(dag, settings, flights):
+    from ml.airflow_trigger import NewRecordsTrigger
 
-    topic = new_topic("completed")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    for i in range(7):
-        producer.produce(topic, key=f"f{i}".encode(), value=orjson.dumps({"i": i}))
-    assert producer.flush(10) == 0
-    # The DAG's own trigger, pointed at this topic: same apply function and arguments.
+    # The DAG's own trigger as the triggerer rebuilds it, with a smaller N and a fast poll.
     (watcher,) = dag.timetable.asset_condition.watchers
-    _, kwargs = watcher.trigger.serialize()
-    kwargs = {**kwargs, "topics": [topic], "apply_function_kwargs": {"every": 3}}
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "ml.airflow_trigger.NewRecordsTrigger" and kwargs["use_case"] == "flight_delay"
+    kwargs = {**kwargs, "min_records": 1000, "poll_interval_s": 0.2}
+    topic = settings.topic("flights.completed")
 
-    async def first_event():
-        trigger = AwaitMessageTrigger(**kwargs)
+    def event(within: float = 20.0) -> dict | None:
+        async def first():
+            return (await anext(NewRecordsTrigger(**kwargs).run())).payload
         try:
-            return await asyncio.wait_for(anext(trigger.run()), 30)
-        finally:
-            await trigger.cleanup()
+            return asyncio.run(asyncio.wait_for(first(), within))
+        except TimeoutError:
+            return None
 
-    # Offsets 2 and 5 are the 3rd and 6th records; the second trigger resumes from the committed offset.
-    assert asyncio.run(first_event()).payload == {"topic": topic, "partition": 0, "offset": 2, "every": 3}
-    assert asyncio.run(first_event()).payload["offset"] == 5
+    replay_frame(settings, flights.iloc[:900])
+    assert event(within=2) is None  # 900 new records: fewer than N
+    replay_frame(settings, flights.iloc[900:1500])
+    announced = event()
+    assert announced["records"] == 1500 and announced["topic"] == topic
+    assert sum(end - start for start, end in announced["ranges"].values()) == 1500
+    # Announced and not yet snapshotted: a restarted trigger does not announce it again, even with more records.
+    replay_frame(settings, flights.iloc[1500:2600])
+    assert event(within=2) is None
+
+    manifest = pipeline.snapshot_step(settings, "run-1", new_records.Announcement.model_validate(announced))
+    assert manifest.triggered_by == announced["announcement_id"] and manifest.row_count == 2600
+    assert event(within=2) is None  # everything is in a snapshot: nothing to announce
+    replay_frame(settings, flights.iloc[2600:3700])
+    again = event()
+    assert again["records"] == 1100 and again["announcement_id"] != announced["announcement_id"]
+    assert all(start == manifest.end_offsets[int(p)] for p, (start, _) in again["ranges"].items())
 
 
 def test_the_sensor_dag_runs_the_same_tasks_for_its_own_use_case(high_watermark, dag_bag, settings, scorer,

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -97,17 +96,8 @@ def _scored_up_to_the_end(bootstrap: str, topic: str, group: str) -> bool:
         c.close()
 
 
-def _until(what: str, check, timeout: float, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_a_use_case_package_runs_the_whole_loop_without_an_edit_to_the_platform(
-        registered, kafka_bootstrap, tmp_path, browser):
+        registered, kafka_bootstrap, tmp_path, browser, until):
     u = uuid.uuid4().hex[:8]
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     loop_env = {
@@ -167,7 +157,7 @@ def test_a_use_case_package_runs_the_whole_loop_without_an_edit_to_the_platform(
         streaming.join(120)
         replay_frame(settings, flights.iloc[11_500:])  # scored by v2 only
 
-        _until("the scorer to commit every input", lambda: _scored_up_to_the_end(
+        until("the scorer to commit every input", lambda: _scored_up_to_the_end(
             kafka_bootstrap, topics.input, group), 180)
         predictions = _committed_predictions(kafka_bootstrap, topics.predictions)
         per_input = Counter((p["source_partition"], p["source_offset"]) for p in predictions)

@@ -39,8 +39,8 @@ CANARY_RECORD: dict[str, Any] = {
 class FlightDelaySettings(UseCaseSettings):
     """FLIGHT_DELAY_* variables."""
 
-    retrain_every_n: int = Field(5000, ge=0, description="Retrain after this many completed flights per "
-                                                         "partition of flights.completed (0: off).")
+    retrain_every_n: int = Field(15000, ge=0, description="Retrain once this many completed flights are in no "
+                                                          "snapshot (all partitions of flights.completed; 0: off).")
     decision_threshold: float = Field(0.5, gt=0, lt=1,
                                       description="Probability at or above which a prediction says delayed.")
 

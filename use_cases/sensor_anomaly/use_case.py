@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 class SensorAnomalySettings(UseCaseSettings):
     """SENSOR_ANOMALY_* variables."""
 
-    retrain_every_n: int = Field(20000, ge=0, description="Retrain after this many readings per partition of "
-                                                          "sensors.readings (0: off).")
+    retrain_every_n: int = Field(60000, ge=0, description="Retrain once this many readings are in no snapshot "
+                                                          "(all partitions of sensors.readings; 0: off).")
 
 
 class SensorAnomaly(UseCase):

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 class ArrivalDelaySettings(UseCaseSettings):
     """ARRIVAL_DELAY_MINUTES_* variables."""
 
-    retrain_every_n: int = Field(5000, ge=0, description="Retrain after this many completed flights per "
-                                                         "partition (0: off).")
+    retrain_every_n: int = Field(15000, ge=0, description="Retrain once this many completed flights are in no "
+                                                          "snapshot (0: off).")
 
 
 class ArrivalDelayMinutes(UseCase):
