@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ml.errors import BrokerUnavailable, InsufficientData, LoopError, ValidationFailed
+from ml.errors import AlreadySnapshotted, BrokerUnavailable, InsufficientData, LoopError, ValidationFailed
 from ml.settings import LoopSettings
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,11 @@ def snapshot(settings: LoopSettings, run_id: str, announced: dict[str, Any] | No
     from ml import pipeline
     from ml.new_records import Announcement
 
-    return _dump(pipeline.snapshot_step(settings, run_id, Announcement.model_validate(announced) if announced
-                                        else None))
+    try:
+        return _dump(pipeline.snapshot_step(settings, run_id, Announcement.model_validate(announced) if announced
+                                            else None))
+    except AlreadySnapshotted as e:
+        raise StopRun("already_snapshotted", str(e)) from e
 
 
 def validate(settings: LoopSettings, run_id: str, manifest: dict[str, Any]) -> dict[str, Any]:

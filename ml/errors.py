@@ -26,6 +26,11 @@ class DeliveryFailed(LoopError):
     """Records were not acknowledged by the broker (delivery report error or flush timeout)."""
 
 
+class AlreadySnapshotted(LoopError):
+    """The records whose announcement started a run were read by another run's snapshot meanwhile (a scheduled
+    or manual run ahead of it): nothing new to train on, the run is skipped."""
+
+
 class InsufficientData(LoopError):
     """The snapshot has too few rows to validate or train on: the run is skipped, not failed."""
 

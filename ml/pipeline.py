@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ml import snapshot as snapshots, use_cases
-from ml.errors import InsufficientData, LoopError, ValidationFailed
+from ml.errors import AlreadySnapshotted, InsufficientData, LoopError, ValidationFailed
 from ml.new_records import Announcement
 from ml.settings import LoopSettings
 from ml.split import time_split
@@ -71,11 +71,18 @@ def snapshot_step(settings: LoopSettings, loop_run_id: str, announced: Announcem
     """Snapshot the use case's labels topic from the previous snapshot's end to the current end offsets.
 
     Returns the ``SnapshotManifest``; a retry of the same run returns the same manifest. ``announced``: the new
-    records whose announcement started the run; the snapshot records it, and covers them or raises LoopError.
+    records whose announcement started the run; the snapshot records it and covers them (else LoopError), unless
+    another run's snapshot read them first (AlreadySnapshotted: nothing new to train on).
     """
     uc = use_cases.selected(settings)
     topic = settings.topic(uc.topics.labels)
-    manifest = snapshots.take_snapshot(settings, topic, uc.label_contract, snapshot_id=snapshot_id_for(loop_run_id),
+    snapshot_id = snapshot_id_for(loop_run_id)
+    done = snapshots.list_manifests(settings, topic)
+    if announced is not None and done and all(m.snapshot_id != snapshot_id for m in done) \
+            and announced.covered_by(done[-1].end_offsets):
+        raise AlreadySnapshotted(f"the records announced by {announced.announcement_id} ({announced.records}) are "
+                                 f"in snapshot {done[-1].snapshot_id} already: nothing new for run {loop_run_id}")
+    manifest = snapshots.take_snapshot(settings, topic, uc.label_contract, snapshot_id=snapshot_id,
                                        triggered_by=announced.announcement_id if announced else None)
     if announced is not None:
         if not announced.covered_by(manifest.end_offsets):

@@ -27,6 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from infra.airflow.local import AirflowConfig, airflow_env
 from ml import new_records, pipeline, snapshot
 from ml.airflow_tasks import TASKS as TASK_IDS
+from ml.errors import AlreadySnapshotted
 from ml.publish import verify_envelope
 from ml.registry import Registry
 from ml.settings import LoopSettings
@@ -263,8 +264,12 @@ def test_the_asset_watcher_counts_new_records_from_offsets_and_announces_each_ra
     replay_frame(settings, flights.iloc[1500:2600])
     assert event(within=2) is None
 
-    manifest = pipeline.snapshot_step(settings, "run-1", new_records.Announcement.model_validate(announced))
+    announcement = new_records.Announcement.model_validate(announced)
+    manifest = pipeline.snapshot_step(settings, "run-1", announcement)
     assert manifest.triggered_by == announced["announcement_id"] and manifest.row_count == 2600
+    assert pipeline.snapshot_step(settings, "run-1", announcement) == manifest  # a retry of the task
+    with pytest.raises(AlreadySnapshotted):  # another run started by the same event finds its records read
+        pipeline.snapshot_step(settings, "run-2", announcement)
     assert event(within=2) is None  # everything is in a snapshot: nothing to announce
     replay_frame(settings, flights.iloc[2600:3700])
     again = event()
