@@ -68,7 +68,7 @@ test-fast: setup  ## Unit tests only
 
 bench: kafka-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
 	@mkdir -p reports/bench
-	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap crash_recovery event_trigger dag_run; do \
+	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap crash_recovery event_trigger model_quality dag_run; do \
 		echo "benchmarks/$$b.py"; $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
 	done
 

@@ -96,10 +96,14 @@ class Stack:
         for pid in self.triggerer_pids():
             os.kill(pid, signal.SIGKILL)
         self.until("the triggerer to die", lambda: not self.triggerer_pids(), 30)
-        log = open(self.cfg.home / "triggerer-restarted.log", "ab")
-        self.triggerer = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "triggerer"],
-                                          env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+        log = self.cfg.home / "triggerer-restarted.log"
+        with open(log, "ab") as out:
+            self.triggerer = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "triggerer"],
+                                              env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+        # It takes the dead triggerer's trigger once that one's heartbeat is older than the health threshold.
+        self.until("the new triggerer to run the watcher",
+                   lambda: f"counting new records on {self.topic}" in log.read_text(errors="replace"), 120)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +132,8 @@ def stack(kafka_bootstrap, tmp_path_factory, until):
     try:
         until("the DAG to be parsed", lambda: local.api(cfg, "GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, 180)
         assert local.api(cfg, "PATCH", f"/api/v2/dags/{DAG_ID}", body={"is_paused": False})[0] == 200
-        until("the triggerer to run the watcher", lambda: s.triggerer_pids(), 60)
+        until("the triggerer to run the watcher", lambda: s.triggerer_pids() and f"counting new records on {s.topic}"
+              in cfg.log_file.read_text(errors="replace"), 120)
         yield s
     finally:
         if s.triggerer is not None and s.triggerer.poll() is None:
