@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from threadpoolctl import threadpool_limits
 
 from ml import use_cases
@@ -35,6 +35,8 @@ LAG_INTERVAL_S = 1.0
 # With no input, the loop wakes this often (liveness tick, commits, stop requests); the first record to
 # arrive ends the wait at once.
 IDLE_WAIT_S = 0.1
+# How long one request for committed offsets may wait (it is repeated while they are unstable).
+COMMITTED_WAIT_S = 5.0
 # How long a stopping replica waits for its LeaveGroup to be sent before it closes anyway.
 LEAVE_TIMEOUT_S = 5.0
 
@@ -213,10 +215,24 @@ class Scorer:
         brought up to date (the batches in flight are settled in ``_on_revoke``)."""
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
         if assigned:
-            for tp in consumer.committed(assigned, timeout=self.settings.delivery_timeout_s):
+            for tp in self._committed(consumer, assigned):
                 consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
         log.info("rebalance during a batch: dropped %d fetched record(s), resuming %s from committed offsets",
                  dropped, sorted(self._assigned))
+
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets of ``partitions``. A replica that died for good inside a transaction leaves its
+        offsets unstable until the broker aborts that transaction (after its transaction timeout): ask again
+        until then, ticking meanwhile, as long as the scorer is not stopping."""
+        while True:
+            try:
+                return consumer.committed(partitions, timeout=COMMITTED_WAIT_S)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError._TIMED_OUT or self._stop.is_set():
+                    raise
+            log.warning("committed offsets of %s not readable yet (a dead replica's open transaction holds them "
+                        "until the broker aborts it): asking again", _names(partitions))
+            self._tick()
 
     def _tick(self) -> None:
         self._last_tick = time.monotonic()
@@ -379,6 +395,10 @@ class _Batch:
     model_version: int
     started: float
     in_flight: InFlight | None = None
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
 
 
 def _ranges(first: dict[tuple[str, int], int], last: dict[tuple[str, int], int]) -> str:

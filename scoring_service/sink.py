@@ -48,6 +48,10 @@ def producer_config(settings: ScorerSettings) -> dict:
         # Stable per replica: a restarted replica with the same id fences its previous incarnation's
         # transaction (aborting what it left open) before writing. Transactions imply idempotence.
         config["transactional.id"] = settings.producer_transactional_id
+        # A replica that dies for good leaves its open transaction to the broker, which aborts it after this
+        # long; until then read_committed readers of the outputs it touched see nothing past it. librdkafka's
+        # default is 60 s; a batch's transaction lasts no longer than its delivery timeout, the floor allowed.
+        config["transaction.timeout.ms"] = int(settings.delivery_timeout_s * 1000)
     # at_least_once is not idempotent: librdkafka's idempotent producer sends a partition's next request only
     # once its previous one is answered, and a record queued behind it makes the broker thread poll without
     # sleeping until the answer comes; on a small machine such spinning clients take the CPU from a broker that

@@ -511,13 +511,15 @@ def test_a_frozen_replica_replaced_under_its_name_is_fenced_and_writes_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["exactly_once", "at_least_once"])
-def test_sigterm_of_one_of_two_replicas_under_load_hands_its_partitions_over(
-        settings, events, contract, artifacts, tmp_path, mode):
-    """The stopped replica commits, leaves the group and exits 0; the other takes every partition at once (not
-    after a session timeout) and every input has exactly one prediction (a handover re-scores nothing)."""
+@pytest.mark.parametrize(("mode", "how"), [("exactly_once", "sigterm"), ("at_least_once", "sigterm"),
+                                           ("exactly_once", "sigkill")])
+def test_one_of_two_replicas_stopping_under_load_hands_its_partitions_to_the_other(
+        settings, events, contract, artifacts, tmp_path, mode, how):
+    """SIGTERM: the stopped replica commits, leaves the group and exits 0; the other takes every partition at once
+    (the session timeout is far longer than the wait). SIGKILL, never restarted: the other takes them once the
+    dead one's session (6 s here) has timed out. Either way every input has exactly one prediction."""
     s = settings.model_copy(update={"delivery_mode": mode, "batch_size": 200,
-                                    "session_timeout_ms": LONG_SESSION_MS})
+                                    "session_timeout_ms": LONG_SESSION_MS if how == "sigterm" else 6000})
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     stream = events[:9000]
     a = spawn(s.model_copy(update={"replica_name": "a"}), tmp_path / "a.log")
@@ -527,17 +529,24 @@ def test_sigterm_of_one_of_two_replicas_under_load_hands_its_partitions_over(
         wait_for(lambda: _shared(tmp_path / "a.log", tmp_path / "b.log"), 120, "both replicas to consume")
         load.start()
         time.sleep(3)
-        terminate(a)
+        if how == "sigterm":
+            terminate(a)
+        else:
+            a.send_signal(signal.SIGKILL)
+            a.wait(10)
         load.join(60)
-        wait_for(lambda: committed(s) == high_watermarks(s), 60, "the other replica to finish the stream")
+        wait_for(lambda: committed(s) == high_watermarks(s), 90, "the other replica to finish the stream")
         assert _owned(tmp_path / "b.log") == {0, 1, 2}
         terminate(b)
     finally:
         end(a, b)
         if load.is_alive():
             load.join(60)
-    assert "left group" in (tmp_path / "a.log").read_text()
-    assert_exactly_once(read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0), s, len(stream))
+    assert ("left group" in (tmp_path / "a.log").read_text()) == (how == "sigterm")
+    # After a SIGKILL, the outputs past the dead replica's open transaction are readable once the broker has
+    # aborted it: after the transaction timeout (DELIVERY_TIMEOUT_S, 30 s) and its next check (10 s at most).
+    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream), timeout=120, settle=2.0)
+    assert_exactly_once(predictions, s, len(stream))
 
 
 def _assignments(log_path) -> list[set[int]]:
