@@ -115,7 +115,7 @@ def new_topic(kafka_bootstrap: str, kafka_admin: AdminClient) -> Callable[..., s
 def browser() -> Iterator[Callable[..., str]]:
     """Opens a page in a real Chromium (Debian's, driven by Playwright), after signing in to Airflow when a login
     is given; saves a full-page screenshot under .local/test-logs/ and returns the page's text."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
     executable = shutil.which("chromium")
     assert executable, "chromium not found: `apt-get install chromium` (README, Prerequisites)"
@@ -133,7 +133,15 @@ def browser() -> Iterator[Callable[..., str]]:
                 page.fill("input[type=password]", login[1])
                 page.get_by_role("button", name="Sign in").click()
                 page.wait_for_load_state("networkidle")
-            page.goto(url, wait_until="networkidle")
+            for attempt in range(3):
+                try:
+                    page.goto(url, wait_until="networkidle")
+                    break
+                except PlaywrightError as e:
+                    # The sign-in's own redirect may still be under way and abort this navigation: go again.
+                    if "ERR_ABORTED" not in str(e) or attempt == 2:
+                        raise
+                    page.wait_for_load_state("networkidle")
             page.wait_for_selector(wait_for, timeout=60_000)
             KEPT_LOGS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=KEPT_LOGS / screenshot, full_page=True)
