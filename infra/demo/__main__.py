@@ -45,14 +45,17 @@ def _on_sigterm(signum: int, _frame) -> None:
 def run(
     months: str = typer.Option(None, help="Months of 2013, e.g. 1-12 or 1-2 (env DEMO_MONTHS, default 1-12)."),
     limit: int = typer.Option(None, min=1, help="Only the first N flights of each month (env DEMO_LIMIT)."),
-    rate: float = typer.Option(None, min=0, help="Events/s of months 2.. (env DEMO_RATE; 0: full speed; default: "
-                                                 "spread a month over about one DAG run)."),
+    head_share: float = typer.Option(None, min=0, max=0.99, help="Share of each month's events streamed while the "
+                                     "previous month's run trains (env DEMO_HEAD_SHARE, default 0.05)."),
+    rate: float = typer.Option(None, min=0, help="Events/s of the rest of each month, once the run before it has "
+                                                 "finished (env DEMO_RATE; default and 0: full speed)."),
     report_dir: Path = typer.Option(None, help="Report folder (env DEMO_REPORT_DIR, default reports/demo)."),
     home: Path = typer.Option(None, help="State folder, wiped at the start (env DEMO_HOME, .local/demo)."),
     hold: bool = typer.Option(True, envvar="DEMO_HOLD", help="Keep the services up after the report until Ctrl-C."),
 ) -> None:
     """Run the demo end to end; Ctrl-C stops everything it started."""
-    overrides = {k: v for k, v in {"months": months, "limit": limit, "rate": rate, "report_dir": report_dir,
+    overrides = {k: v for k, v in {"months": months, "limit": limit, "head_share": head_share, "rate": rate,
+                                   "report_dir": report_dir,
                                    "home": home}.items() if v is not None}
     demo = demo_run.DemoSettings(**overrides)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -1,8 +1,10 @@
-"""The demo's report: live ROC AUC per month of the loop's predictions next to a frozen January model, swaps,
-gate decisions, throughput and swap gaps; written as summary.json, a PNG figure and a Markdown page.
+"""The demo's report: live ROC AUC per month of the loop's predictions next to a frozen January model and a
+gradient-boosted tree retrained monthly, the share of each month scored by each version, swaps, gate decisions,
+throughput and swap gaps; written as summary.json, a PNG figure and a Markdown page.
 
 Every number comes from the topics (``use_cases.flight_delay.live_metrics``: flights.predictions joined with
-flights.completed, models, models.status) and the DAG runs the orchestrator recorded, so the report can be rebuilt after the run.
+flights.completed, models, models.status) and the DAG runs the orchestrator recorded, so the report can be
+rebuilt after the run; the tree's figures are computed from flights.completed.
 """
 
 from __future__ import annotations
@@ -61,6 +63,38 @@ def frozen_probabilities(settings: LoopSettings, completed: pd.DataFrame, flight
     return pd.Series(p, index=flight_ids.to_numpy()), first.model_version
 
 
+def version_probabilities(settings: LoopSettings, version: int, rows: pd.DataFrame) -> np.ndarray:
+    """P(delayed) of ``rows`` by published ``version``, with its own preprocessing (the scoring code path)."""
+    from ml.keras_models import from_bytes
+    from ml.publish import read_envelopes
+    from use_cases.flight_delay.evaluation import score
+    from use_cases.flight_delay.preprocessing import FlightPreprocessing
+
+    envelope = next(e for e in read_envelopes(settings)
+                    if e.model_name == settings.model_name and e.model_version == version)
+    return score(from_bytes(envelope.artifact()), FlightPreprocessing.from_dict(envelope.preprocessing), rows)
+
+
+def tree_auc(settings: LoopSettings, completed: pd.DataFrame, month: int) -> float | None:
+    """ROC AUC on ``month`` of the baseline tree trained as the loop's run before it trains its network: on
+    every earlier month's flights but the last ``holdout_days`` (its own preprocessing fitted on them)."""
+    from ml.split import time_split
+    from use_cases.flight_delay import baseline, preprocessing as prep
+    from use_cases.flight_delay.evaluation import metrics
+
+    uc = FlightDelay
+    labelled = completed.drop_duplicates("flight_id", keep="last")
+    before, rows = labelled[labelled["month"] < month], labelled[labelled["month"] == month]
+    if before.empty or rows.empty:
+        return None
+    earlier, _ = time_split(before, uc.time_order, days=settings.holdout_days)
+    if earlier.empty or earlier[uc.label].nunique() < 2:
+        return None
+    fitted = prep.fit(earlier)
+    tree = baseline.train_tree(fitted, earlier, earlier[uc.label].to_numpy(dtype=bool), seed=settings.seed)
+    return metrics(rows[uc.label].to_numpy(dtype=bool), baseline.tree_probabilities(tree, fitted, rows))["roc_auc"]
+
+
 def swap_gaps(predictions: pd.DataFrame) -> list[dict[str, Any]]:
     """For each version after the first (by first prediction): the pause between the last prediction before
     its first one and that first one (``gap_ms``), and the median interval between prediction batches in
@@ -102,6 +136,7 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
     orchestrator collected them. Returns the summary.
     """
     from ml.loop_view import read_status
+    from use_cases.flight_delay.evaluation import metrics
 
     topics = FlightDelay.topics.resolved(settings)
     predictions = read_topic(settings, topics.predictions, FlightPrediction)
@@ -127,9 +162,21 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
         in_sample = any(trained_through.get(v, 0) >= month for v in [*versions, frozen_version])
         compared = not in_sample and versions != [frozen_version]
         auc_loop, auc_frozen = _num(row["roc_auc"]), _num(still.loc[month, "roc_auc"])
+        # The version trained on every earlier month (the run of the month before): what production would serve.
+        previous = max((v for v, m in trained_through.items() if m == month - 1), default=None)
+        rows = completed.drop_duplicates("flight_id", keep="last").set_index("flight_id").loc[group["flight_id"]]
+        auc_previous = None if previous is None else metrics(
+            group["delayed"].to_numpy(dtype=bool), version_probabilities(settings, previous, rows.reset_index())
+        )["roc_auc"]
         months.append({
             "month": int(month), "predictions": int(row["predictions"]),
             "model_versions": versions, "predictions_by_version": {str(v): int(n) for v, n in counts.items()},
+            "share_by_version": {str(v): round(n / counts.sum(), 4) for v, n in counts.items()},
+            "previous_month_version": previous,
+            "share_previous_month_version": None if previous is None
+            else round(counts.get(previous, 0) / counts.sum(), 4),
+            "auc_previous_month_version": _num(auc_previous),
+            "auc_tree": _num(tree_auc(settings, completed, int(month))),
             "auc_loop": auc_loop, "auc_frozen": auc_frozen,
             "log_loss_loop": _num(row["log_loss"]), "log_loss_frozen": _num(still.loc[month, "log_loss"]),
             "positive_rate": _num(row["positive_rate"]), "in_sample": in_sample,
@@ -193,13 +240,23 @@ def _figure(summary: dict[str, Any], predictions: pd.DataFrame, path: Path) -> N
     top.plot(x, [m["auc_loop"] for m in months], "o-", label="continuous retraining (live predictions)")
     top.plot(x, [m["auc_frozen"] for m in months], "s--",
              label=f"frozen January model (v{summary['frozen_model_version']})")
+    top.plot(x, [np.nan if m["auc_tree"] is None else m["auc_tree"] for m in months], "^:", color="0.4",
+             label="gradient-boosted tree retrained monthly (offline, same rows and inputs)")
     for m in months:
         if m["in_sample"]:
             top.axvspan(m["month"] - 0.5, m["month"] + 0.5, color="0.9", zorder=0)
-        top.annotate(",".join(f"v{v}" for v in m["model_versions"]), (m["month"], m["auc_loop"] or 0.5),
+        share = m["share_previous_month_version"]
+        label = ",".join(f"v{v}" for v in m["model_versions"])
+        if share is not None:
+            label += f"\n{share:.0%}"
+        elif not m["in_sample"]:  # the run of the month before was not promoted: an older version served
+            label += "\n(gate kept)"
+        top.annotate(label, (m["month"], m["auc_loop"] or 0.5),
                      textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
-    top.set(title="Live ROC AUC per month (predictions joined with late labels; grey: in-sample)",
+    top.set(title="Live ROC AUC per month (predictions joined with late labels; grey: in-sample)\n"
+                  "%: share of the month scored by the version trained on every earlier month",
             xlabel="month of 2013", ylabel="ROC AUC", xticks=x)
+    top.margins(y=0.15)  # room for the labels above the points
     top.legend(loc="best")
     top.grid(alpha=0.3)
     if not predictions.empty:
@@ -241,14 +298,22 @@ def _page(s: dict[str, Any]) -> str:
         "trained on them (in-sample: January's backlog waits for the January model) or only by the frozen "
         "version itself are shown, not compared.",
         "", f"![live AUC and throughput]({FIGURE})", "",
-        "| month | predictions | versions | AUC loop | AUC frozen | log loss loop | log loss frozen | in-sample | "
-        "loop better | scored/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "The tree is scikit-learn's `HistGradientBoostingClassifier` trained, offline, on the rows and inputs of the "
+        "loop's run before each month (`use_cases/flight_delay/baseline.py`). \"Share\" is the part of the month "
+        "scored by the version trained on every earlier month (the month before's run; the rest, the head of the "
+        "month streamed while that run trained, by the version before it); \"AUC previous-month version\" is "
+        "that version's AUC over the whole month.", "",
+        "| month | predictions | versions (share) | share | AUC loop | AUC previous-month version | AUC tree | "
+        "AUC frozen | log loss loop | log loss frozen | in-sample | loop better | scored/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in s["months"]:
         better = {True: "yes", False: "no", None: "-"}[m["loop_beats_frozen"]]
-        lines.append(f"| {m['month']} | {m['predictions']} | {', '.join(f'v{v}' for v in m['model_versions'])} | "
-                     f"{_fmt(m['auc_loop'])} | {_fmt(m['auc_frozen'])} | {_fmt(m['log_loss_loop'])} | "
+        shares = ", ".join(f"v{v} {share:.1%}" for v, share in m["share_by_version"].items())
+        lines.append(f"| {m['month']} | {m['predictions']} | {shares} | "
+                     f"{_fmt(m['share_previous_month_version'], '.1%')} | {_fmt(m['auc_loop'])} | "
+                     f"{_fmt(m['auc_previous_month_version'])} | {_fmt(m['auc_tree'])} | "
+                     f"{_fmt(m['auc_frozen'])} | {_fmt(m['log_loss_loop'])} | "
                      f"{_fmt(m['log_loss_frozen'])} | {'yes' if m['in_sample'] else 'no'} | {better} | "
                      f"{_fmt(m['per_s'], '.0f')} |")
     lines += ["", "## Gate decisions (one DAG run per month)", "",

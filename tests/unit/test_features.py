@@ -115,6 +115,40 @@ def test_no_post_departure_field_is_read(flights, fitted):
     _assert_same(features.transform(fitted, flights.head(300)), features.transform(fitted, scrambled))
 
 
+def test_delay_rates_are_the_training_rows_smoothed_share_and_the_prior_elsewhere(flights, fitted):
+    y = flights["delayed"].to_numpy(dtype=float)
+    assert fitted.rate_prior == pytest.approx(y.mean())
+    origin, dest = flights["origin"], flights["dest"]
+    busiest = (origin + " " + dest).value_counts().index[0].split(" ")
+    seen = y[((origin == busiest[0]) & (dest == busiest[1])).to_numpy()]
+    w = features.RATE_PRIOR_WEIGHT
+    o = fitted.vocabularies["origin"].index(busiest[0]) + features.VOCAB_OFFSET
+    d = fitted.vocabularies["dest"].index(busiest[1]) + features.VOCAB_OFFSET
+    table = fitted.rates["route"]
+    assert table[o][d] == pytest.approx((seen.sum() + w * y.mean()) / (len(seen) + w))
+    # A key no training flight had (a dest never seen, or unknown) gets the prior.
+    assert table[o][features.MISSING_INDEX] == pytest.approx(y.mean())
+    rows = flights[(origin == busiest[0]) & (dest == busiest[1])].head(3).copy()
+    rows["dest"] = [busiest[1], "ZZZ", None]  # seen, unseen (pooled with rare ones), unknown
+    x = features.transform(fitted, rows)[features.NUMERIC_INPUT]
+    i = fitted.numeric_features.index("rate_route")
+    raw = x[:, i] * fitted.scale[i] + fitted.center[i]
+    expected = np.clip([table[o][d], table[o][features.OOV_INDEX], fitted.rate_prior], fitted.lower[i],
+                       fitted.upper[i])
+    np.testing.assert_allclose(raw, expected, rtol=1e-5)
+
+
+def test_fitting_needs_a_label_on_every_row_and_scoring_none(flights, fitted):
+    with pytest.raises(ValueError, match="label 'delayed'"):
+        features.fit(flights.drop(columns=["delayed"]))
+    unlabelled = flights.head(5).astype({"delayed": "object"})
+    unlabelled.loc[unlabelled.index[0], "delayed"] = None
+    with pytest.raises(ValueError, match="label 'delayed'"):
+        features.fit(unlabelled)
+    # A scheduled flight has no label: scoring reads none (test_no_post_departure_field_is_read).
+    assert "delayed" not in fitted.input_schema
+
+
 def test_empty_batch_gives_empty_arrays(fitted):
     x = features.transform(fitted, [])
     assert x[features.NUMERIC_INPUT].shape == (0, fitted.numeric_width)

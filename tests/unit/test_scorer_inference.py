@@ -33,17 +33,35 @@ def fitted(flights):
 
 
 @pytest.fixture(scope="module")
-def trained(flights, fitted):
-    """A flight delay model with a few epochs of real training (non-trivial weights)."""
+def members(flights, fitted):
+    """Members of the flight delay model, a few epochs of real training each (non-trivial weights)."""
     import keras
 
-    from use_cases.flight_delay.model import build
+    from use_cases.flight_delay.model import MEMBERS, build
 
-    keras.utils.set_random_seed(3)
-    model = build(fitted)
-    model.fit(features.transform(fitted, flights), flights["delayed"].to_numpy("float32"), epochs=3,
-              batch_size=256, verbose=0)
-    return model
+    members = []
+    for seed in range(MEMBERS):
+        keras.utils.set_random_seed(seed)
+        member = build(fitted)
+        member.fit(features.transform(fitted, flights), flights["delayed"].to_numpy("float32"), epochs=3,
+                   batch_size=256, verbose=0)
+        members.append(member)
+    return members
+
+
+@pytest.fixture(scope="module")
+def trained(fitted, members):
+    """The served model: the members assembled into one."""
+    from use_cases.flight_delay.model import assemble
+
+    return assemble(fitted, members)
+
+
+def test_the_served_model_is_the_mean_of_its_members(flights, fitted, members, trained):
+    x = features.transform(fitted, flights)
+    each = np.stack([np.asarray(m(x, training=False)).reshape(-1) for m in members])
+    assert len(members) >= 2 and np.abs(each[0] - each[1]).max() > 1e-3  # members that differ
+    np.testing.assert_allclose(np.asarray(trained(x, training=False)).reshape(-1), each.mean(axis=0), atol=1e-6)
 
 
 def _keras(model):
@@ -51,12 +69,13 @@ def _keras(model):
     return lambda x: model(x, training=False)
 
 
-def test_numpy_pass_matches_keras_within_1e5(flights, fitted, trained):
-    x = features.transform(fitted, flights)
+def test_numpy_pass_matches_keras_within_1e6_on_a_month_of_flights(fitted, trained):
+    month = load_completed((1, 1))
+    x = features.transform(fitted, month)
     expected = np.asarray(trained(x, training=False)).reshape(-1)
     got = NumpyForward.from_keras(trained)(x).reshape(-1)
-    assert got.shape == (len(flights),) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert got.shape == (len(month),) == (27_004,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     assert expected.std() > 0.01  # the comparison means something: the outputs are not constant
 
 

@@ -1,10 +1,12 @@
 """The flight features: the one preprocessing path shared by training, evaluation and the scorer.
 
-``fit`` learns a :class:`FlightPreprocessing` (vocabularies, imputation values, normalisation statistics) from
-training rows; ``transform`` turns an Arrow table, a DataFrame or a list of `flights.scheduled` records into the
-model's named input arrays. Only fields of ``FlightScheduled`` are read: nothing known after departure
-(delays, cancellation, diversion, actual arrival) can reach a feature. The fitted preprocessing travels with
-the model, so a champion is always scored with the preprocessing it was trained with.
+``fit`` learns a :class:`FlightPreprocessing` (vocabularies, imputation values, normalisation statistics, and
+the smoothed share of delayed flights per route, carrier and origin hour) from training rows; ``transform``
+turns an Arrow table, a DataFrame or a list of `flights.scheduled` records into the model's named input arrays.
+Only fields of ``FlightScheduled`` are read: nothing known after departure (delays, cancellation, diversion,
+actual arrival) can reach a feature; the label reaches one only through the rates of the training rows. The
+fitted preprocessing travels with the model, so a champion is always scored with the preprocessing it was
+trained with.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from use_cases.flight_delay.contracts import FlightScheduled
 log = logging.getLogger(__name__)
 
 # Bumped whenever the meaning of a feature changes: a preprocessing fitted by other code is refused.
-VERSION = 1
+VERSION = 2
 
 NUMERIC_INPUT = "numeric"
 CATEGORICAL_PREFIX = "cat_"
@@ -51,6 +53,18 @@ INDICATOR_FIELDS = (*WEATHER_FIELDS, *PLANE_NUMERIC_FIELDS)
 REQUIRED_FIELDS = ("sched_dep_utc", "sched_arr_utc", "year", "month", "day", "sched_dep_time",
                    "sched_arr_time", "carrier", "origin", "dest", "distance")
 OPTIONAL_FIELDS = (*WEATHER_FIELDS, *PLANE_NUMERIC_FIELDS, "plane_type", "plane_engine")
+LABEL = "delayed"
+# History-derived features: the share of delayed flights per key (one or two categoricals, by their vocabulary
+# codes) in the training rows, smoothed towards the overall share by RATE_PRIOR_WEIGHT pseudo-flights, so an
+# unseen key gets the overall share. Fitted on the training window only and carried in the fitted
+# preprocessing. Only keys with hundreds of flights each: a rate of a rare key (a tail number, a flight
+# number) mostly repeats its own training labels, and models that read them, the network and a gradient-boosted
+# tree alike, scored 0.01-0.03 AUC lower on the next month.
+RATE_KEYS: dict[str, tuple[str, ...]] = {
+    "route": ("origin", "dest"), "carrier": ("carrier",), "origin_hour": ("origin", "dep_hour"),
+    "carrier_origin": ("carrier", "origin"),
+}
+RATE_PRIOR_WEIGHT = 100.0
 # Never read: known only after departure (the label and its ingredients).
 LEAKAGE_FIELDS = frozenset({"dep_delay", "arr_delay", "cancelled", "diverted", "arr_utc", "delayed"})
 # Numeric values are clipped to these training quantiles: a network extrapolates linearly, so a July heat
@@ -82,6 +96,9 @@ class FlightPreprocessing(Preprocessing):
     center: list[float]
     scale: list[float]
     bin_edges: dict[str, list[float]]
+    rate_prior: float
+    # name -> smoothed delayed share by the codes of RATE_KEYS[name]: a list, or a list of lists for two parts
+    rates: dict[str, list[float] | list[list[float]]]
 
     @property
     def numeric_width(self) -> int:
@@ -106,9 +123,11 @@ class FittedArrays:
     scale: np.ndarray
     # One entry per bin-encoding column: the numeric feature it reads, its bin's lower edge and width.
     bin_source: np.ndarray
-    bin_low: np.ndarray
-    bin_width: np.ndarray
+    # Bin t's value is clip(x * bin_scale - bin_shift, 0, 1) = (x - lower edge) / width, in float32.
+    bin_scale: np.ndarray
+    bin_shift: np.ndarray
     vocabularies: dict[str, pa.Array]
+    rates: dict[str, np.ndarray]
 
     @classmethod
     def of(cls, fitted: FlightPreprocessing) -> FittedArrays:
@@ -122,9 +141,12 @@ class FittedArrays:
             fill=np.asarray(fitted.fill), lower=np.asarray(fitted.lower), upper=np.asarray(fitted.upper),
             center=np.asarray(fitted.center), scale=np.asarray(fitted.scale),
             bin_source=np.asarray([p for p, e in edges for _ in e[:-1]], dtype=np.intp),
-            bin_low=np.concatenate([e[:-1] for _, e in edges]) if edges else np.empty(0),
-            bin_width=np.concatenate([np.diff(e) for _, e in edges]) if edges else np.empty(0),
-            vocabularies={name: pa.array(vocab, pa.string()) for name, vocab in fitted.vocabularies.items()})
+            bin_scale=(1 / np.concatenate([np.diff(e) for _, e in edges])).astype("float32") if edges
+            else np.empty(0, "float32"),
+            bin_shift=(np.concatenate([e[:-1] / np.diff(e) for _, e in edges])).astype("float32") if edges
+            else np.empty(0, "float32"),
+            vocabularies={name: pa.array(vocab, pa.string()) for name, vocab in fitted.vocabularies.items()},
+            rates={name: np.asarray(table) for name, table in fitted.rates.items()})
         with _ARRAYS_LOCK:  # the scorer's loop and its model watcher (canary) both transform
             _ARRAYS[id(fitted)] = (fitted, arrays)
             while len(_ARRAYS) > ARRAYS_CACHED:
@@ -282,18 +304,63 @@ def _raw_features(table: pa.Table) -> tuple[dict[str, np.ndarray], dict[str, pa.
     return num, cat
 
 
+def _codes(vocabularies: Mapping[str, pa.Array], cat: dict[str, pa.Array]) -> dict[str, np.ndarray]:
+    """Each categorical's vocabulary code (int32): MISSING_INDEX where null, OOV_INDEX where unseen."""
+    out = {}
+    for name, vocab in vocabularies.items():
+        labels = cat[name]
+        index = pc.index_in(labels, value_set=vocab)  # null where unseen or null
+        if index.null_count == 0:
+            codes = index.to_numpy() + VOCAB_OFFSET
+        else:
+            found = index.to_numpy(zero_copy_only=False)
+            codes = np.where(np.isnan(found), OOV_INDEX, found + VOCAB_OFFSET)
+            if labels.null_count:
+                codes[pc.is_null(labels).to_numpy(zero_copy_only=False)] = MISSING_INDEX
+        out[name] = codes.astype("int32")
+    return out
+
+
+def _fit_rates(codes: dict[str, np.ndarray], sizes: dict[str, int], y: np.ndarray
+               ) -> tuple[float, dict[str, list[float] | list[list[float]]]]:
+    """The overall delayed share and, per RATE_KEYS entry, the smoothed share of every code (pair)."""
+    prior = float(y.mean())
+    rates = {}
+    for name, parts in RATE_KEYS.items():
+        shape = tuple(sizes[part] for part in parts)
+        flat = np.ravel_multi_index(tuple(codes[part] for part in parts), shape)
+        n = np.bincount(flat, minlength=int(np.prod(shape)))
+        delayed = np.bincount(flat, weights=y, minlength=len(n))
+        rates[name] = ((delayed + RATE_PRIOR_WEIGHT * prior) / (n + RATE_PRIOR_WEIGHT)).reshape(shape).tolist()
+    return prior, rates
+
+
+def _rate_features(num: dict[str, np.ndarray], codes: dict[str, np.ndarray], rates: Mapping[str, np.ndarray]
+                   ) -> None:
+    """Add ``rate_<name>`` to ``num``: the fitted rate of each row's key."""
+    for name, table in rates.items():
+        num[f"rate_{name}"] = table[tuple(codes[part] for part in RATE_KEYS[name])]
+
+
 def fit(df: pd.DataFrame) -> FlightPreprocessing:
-    """Learn vocabularies, imputation values and normalisation statistics from training rows."""
+    """Learn vocabularies, imputation values, normalisation statistics and delay rates from training rows
+    (labelled: the rates read ``delayed``)."""
     if len(df) == 0:
         raise ValueError("cannot fit the flight preprocessing on zero rows")
+    if LABEL not in df.columns or df[LABEL].isna().any():
+        raise ValueError(f"fitting the flight preprocessing needs the label {LABEL!r} on every row")
     table = _table(df)
     raw, cat = _raw_features(table)
-    num = pd.DataFrame(raw)
     vocabularies = {}
     for name, values in cat.items():
         counts = pc.value_counts(values.drop_null())
         frequent = pc.greater_equal(counts.field("counts"), MIN_FREQUENCY[name])
         vocabularies[name] = sorted(counts.field("values").filter(frequent).to_pylist())
+    codes = _codes({name: pa.array(vocab, pa.string()) for name, vocab in vocabularies.items()}, cat)
+    rate_prior, rates = _fit_rates(codes, {name: len(vocab) + VOCAB_OFFSET for name, vocab in vocabularies.items()},
+                                   df[LABEL].to_numpy(dtype="float64"))
+    _rate_features(raw, codes, {name: np.asarray(table) for name, table in rates.items()})
+    num = pd.DataFrame(raw)
     fill = num.median().fillna(0.0)
     # Indicators keep their full 0/1 range: a rare one (0.1% missing) would otherwise be clipped to 0.
     indicators = num.columns.str.endswith("_missing")
@@ -306,14 +373,15 @@ def fit(df: pd.DataFrame) -> FlightPreprocessing:
     bin_edges = {}
     for name in num.columns:
         edges = np.unique(np.quantile(filled[name], np.linspace(0, 1, QUANTILE_BINS + 1)))
-        # Indicators and near-constant columns (two edges or fewer) gain nothing from an encoding.
-        if not indicators[num.columns.get_loc(name)] and len(edges) > 2:
+        # Indicators, near-constant columns (two edges or fewer) and the delay rates (already a delay share per
+        # key, which the network reads as it is) gain nothing from an encoding.
+        if not indicators[num.columns.get_loc(name)] and not name.startswith("rate_") and len(edges) > 2:
             bin_edges[name] = edges.tolist()
     fitted_through = pd.Timestamp(np.nanmax(_epoch_seconds(table, "sched_dep_utc")), unit="s", tz="UTC")
     fitted = FlightPreprocessing(
         version=VERSION, input_schema=_input_schema(), vocabularies=vocabularies,
         numeric_features=list(num.columns), fill=fill.tolist(), lower=lower.tolist(), upper=upper.tolist(),
-        center=center.tolist(), scale=scale.tolist(), bin_edges=bin_edges,
+        center=center.tolist(), scale=scale.tolist(), bin_edges=bin_edges, rate_prior=rate_prior, rates=rates,
         rows_fitted=len(df), fitted_through=fitted_through.isoformat(),
     )
     log.info("fitted flight preprocessing v%d %s on %d rows: %d numeric features, vocab sizes %s",
@@ -331,24 +399,20 @@ def transform(fitted: FlightPreprocessing,
     """
     num, cat = _raw_features(_table(data))
     a = FittedArrays.of(fitted)
+    codes = _codes(a.vocabularies, cat)
+    _rate_features(num, codes, a.rates)
     values = np.column_stack([num[name] for name in fitted.numeric_features]) if len(num["dep_hour"]) \
         else np.empty((0, len(fitted.numeric_features)))
-    values = np.clip(np.where(np.isnan(values), a.fill, values), a.lower, a.upper)
+    np.copyto(values, np.broadcast_to(a.fill, values.shape), where=np.isnan(values))
+    np.clip(values, a.lower, a.upper, out=values)
     numeric = np.empty((len(values), fitted.numeric_width), dtype="float32")
     k = len(fitted.numeric_features)
     numeric[:, :k] = (values - a.center) / a.scale
-    # Bin t reads 0 below its lower edge, 1 above its upper edge, and the fraction in between.
-    numeric[:, k:] = np.clip((values[:, a.bin_source] - a.bin_low) / a.bin_width, 0.0, 1.0)
-    out = {NUMERIC_INPUT: numeric}
-    for name, vocab in a.vocabularies.items():
-        labels = cat[name]
-        index = pc.index_in(labels, value_set=vocab)  # null where unseen or null
-        if index.null_count == 0:
-            codes = index.to_numpy() + VOCAB_OFFSET
-        else:
-            found = index.to_numpy(zero_copy_only=False)
-            codes = np.where(np.isnan(found), OOV_INDEX, found + VOCAB_OFFSET)
-            if labels.null_count:
-                codes[pc.is_null(labels).to_numpy(zero_copy_only=False)] = MISSING_INDEX
-        out[CATEGORICAL_PREFIX + name] = codes.astype("int32")
-    return out
+    # Bin t reads 0 below its lower edge, 1 above its upper edge, and the fraction in between; in float32 and
+    # in place, as this block is most of the numeric input's columns.
+    bins = numeric[:, k:]
+    np.take(values.astype("float32"), a.bin_source, axis=1, out=bins)
+    bins *= a.bin_scale
+    bins -= a.bin_shift
+    np.clip(bins, 0.0, 1.0, out=bins)
+    return {NUMERIC_INPUT: numeric, **{CATEGORICAL_PREFIX + name: c for name, c in codes.items()}}
