@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ from ml.topic_reader import read_topic
 from use_cases.flight_delay.contracts import FlightCompleted, FlightPrediction
 from use_cases.flight_delay.live_metrics import label_predictions, metrics_by
 from use_cases.flight_delay.use_case import FlightDelay
+
+if TYPE_CHECKING:
+    from ml.publish import ModelEnvelope
 
 log = logging.getLogger(__name__)
 
@@ -43,47 +46,35 @@ def _num(x: Any) -> float | None:
     return None if x is None or pd.isna(x) else round(float(x), 4)
 
 
-def frozen_probabilities(settings: LoopSettings, completed: pd.DataFrame, flight_ids: pd.Series
-                         ) -> tuple[pd.Series, int]:
-    """P(delayed) of the first published model version (the loop's January model, never replaced here) for
-    ``flight_ids``, scored from their flights.completed records with the training/scoring code path
-    (the use case's preprocessing via ``evaluation.score``); and that version."""
-    from ml.keras_models import from_bytes
+def published(settings: LoopSettings) -> dict[int, ModelEnvelope]:
+    """The loop's model versions on the model topic, read once for the whole report."""
     from ml.publish import read_envelopes
-    from use_cases.flight_delay.evaluation import score
-    from use_cases.flight_delay.preprocessing import FlightPreprocessing
 
-    envelopes = [e for e in read_envelopes(settings) if e.model_name == settings.model_name]
+    envelopes = {e.model_version: e for e in read_envelopes(settings) if e.model_name == settings.model_name}
     if not envelopes:
         raise RuntimeError(f"no model on {settings.models_topic}: the loop published nothing to compare with")
-    first = min(envelopes, key=lambda e: e.model_version)
-    rows = completed.drop_duplicates("flight_id", keep="last").set_index("flight_id").loc[flight_ids]
-    p = score(from_bytes(first.artifact()), FlightPreprocessing.from_dict(first.preprocessing),
-              rows.reset_index())
-    return pd.Series(p, index=flight_ids.to_numpy()), first.model_version
+    return envelopes
 
 
-def version_probabilities(settings: LoopSettings, version: int, rows: pd.DataFrame) -> np.ndarray:
-    """P(delayed) of ``rows`` by published ``version``, with its own preprocessing (the scoring code path)."""
+def version_probabilities(envelope: ModelEnvelope, rows: pd.DataFrame) -> np.ndarray:
+    """P(delayed) of ``rows`` (flights.completed records) by a published version, with its own preprocessing
+    through the training/scoring code path (``evaluation.score``)."""
     from ml.keras_models import from_bytes
-    from ml.publish import read_envelopes
     from use_cases.flight_delay.evaluation import score
     from use_cases.flight_delay.preprocessing import FlightPreprocessing
 
-    envelope = next(e for e in read_envelopes(settings)
-                    if e.model_name == settings.model_name and e.model_version == version)
     return score(from_bytes(envelope.artifact()), FlightPreprocessing.from_dict(envelope.preprocessing), rows)
 
 
-def tree_auc(settings: LoopSettings, completed: pd.DataFrame, month: int) -> float | None:
+def tree_auc(settings: LoopSettings, labelled: pd.DataFrame, month: int) -> float | None:
     """ROC AUC on ``month`` of the baseline tree trained as the loop's run before it trains its network: on
-    every earlier month's flights but the last ``holdout_days`` (its own preprocessing fitted on them)."""
+    every earlier month's flights (``labelled``: one flights.completed record per flight) but the last
+    ``holdout_days``, its own preprocessing fitted on them."""
     from ml.split import time_split
     from use_cases.flight_delay import baseline, preprocessing as prep
     from use_cases.flight_delay.evaluation import metrics
 
     uc = FlightDelay
-    labelled = completed.drop_duplicates("flight_id", keep="last")
     before, rows = labelled[labelled["month"] < month], labelled[labelled["month"] == month]
     if before.empty or rows.empty:
         return None
@@ -143,8 +134,13 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
     predictions = predictions[predictions["model_name"] == settings.model_name]
     completed = read_topic(settings, topics.labels, FlightCompleted)
     labelled, duplicates = label_predictions(predictions, completed)
-    frozen, frozen_version = frozen_probabilities(settings, completed, labelled["flight_id"])
-    labelled["probability_frozen"] = labelled["flight_id"].map(frozen).to_numpy()
+    flights = completed.drop_duplicates("flight_id", keep="last")
+    by_id = flights.set_index("flight_id")
+    envelopes = published(settings)
+    # The first published version (the loop's January model, never replaced here) scores every flight.
+    frozen_version = min(envelopes)
+    labelled["probability_frozen"] = version_probabilities(envelopes[frozen_version],
+                                                           by_id.loc[labelled["flight_id"]].reset_index())
 
     trained_through = {r["model_version"]: r["month"] for r in runs if r.get("model_version")}
     loop = metrics_by(labelled, "month").set_index("month")
@@ -164,10 +160,9 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
         auc_loop, auc_frozen = _num(row["roc_auc"]), _num(still.loc[month, "roc_auc"])
         # The version trained on every earlier month (the run of the month before): what production would serve.
         previous = max((v for v, m in trained_through.items() if m == month - 1), default=None)
-        rows = completed.drop_duplicates("flight_id", keep="last").set_index("flight_id").loc[group["flight_id"]]
         auc_previous = None if previous is None else metrics(
-            group["delayed"].to_numpy(dtype=bool), version_probabilities(settings, previous, rows.reset_index())
-        )["roc_auc"]
+            group["delayed"].to_numpy(dtype=bool),
+            version_probabilities(envelopes[previous], by_id.loc[group["flight_id"]].reset_index()))["roc_auc"]
         months.append({
             "month": int(month), "predictions": int(row["predictions"]),
             "model_versions": versions, "predictions_by_version": {str(v): int(n) for v, n in counts.items()},
@@ -176,7 +171,7 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
             "share_previous_month_version": None if previous is None
             else round(counts.get(previous, 0) / counts.sum(), 4),
             "auc_previous_month_version": _num(auc_previous),
-            "auc_tree": _num(tree_auc(settings, completed, int(month))),
+            "auc_tree": _num(tree_auc(settings, flights, int(month))),
             "auc_loop": auc_loop, "auc_frozen": auc_frozen,
             "log_loss_loop": _num(row["log_loss"]), "log_loss_frozen": _num(still.loc[month, "log_loss"]),
             "positive_rate": _num(row["positive_rate"]), "in_sample": in_sample,

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from use_cases.flight_delay import preprocessing as prep
 from use_cases.flight_delay.preprocessing import FlightPreprocessing
@@ -71,8 +72,6 @@ def assemble(fitted: FlightPreprocessing, members: Sequence[keras.Model]) -> ker
     side by side with zero blocks between them (a member reads only its own embeddings and units), the output
     layer yields every member's P(delayed) and a fixed Dense averages them: the arithmetic of one network of
     ``MEMBERS`` times the width, not ``MEMBERS`` networks. A single member is served as it is."""
-    import numpy as np
-
     if len(members) == 1:
         return members[0]
     k, sizes = len(members), fitted.vocab_sizes
@@ -89,7 +88,7 @@ def assemble(fitted: FlightPreprocessing, members: Sequence[keras.Model]) -> ker
                              kernel_initializer=keras.initializers.Constant(1 / k))(x)
     model = _compile(keras.Model(inputs, out, name="flight_delay"))
 
-    for name, size in sizes.items():
+    for name in sizes:
         model.get_layer(f"emb_{name}").set_weights(
             [np.concatenate([m.get_layer(f"emb_{name}").get_weights()[0] for m in members], axis=1)])
     # The first hidden layer: member j's kernel rows go to its numeric rows and its own slice of each

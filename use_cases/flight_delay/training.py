@@ -14,7 +14,7 @@ from use_cases.flight_delay import model as model_lib, preprocessing as prep
 
 log = logging.getLogger(__name__)
 
-LABEL = "delayed"
+LABEL = prep.LABEL
 TIME_ORDER = ("sched_dep_utc", "flight_id")
 VALIDATION_FRACTION = 0.12
 # With large batches (4096) a network trained on two or three months took a dozen steps per epoch and early
