@@ -6,11 +6,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KAFKA_PORT ?= 9092
 export KAFKA_DATA_DIR ?= .local/kafka
+export REGISTRY_PORT ?= 8081
+export REGISTRY_DATA_DIR ?= .local/registry
+# Where every client (the loop, the scorer, the DAGs) registers and reads the topics' schemas: the local registry's
+# Confluent-compatible API unless set to another Confluent-compatible registry.
+export SCHEMA_REGISTRY_URL ?= http://localhost:$(REGISTRY_PORT)/apis/ccompat/v7
+# The tests and the benchmarks start a registry of their own unless SCHEMA_REGISTRY_URL names one (tests/conftest.py):
+# not this default.
+OWN_REGISTRY := $(if $(filter file,$(origin SCHEMA_REGISTRY_URL)),env -u SCHEMA_REGISTRY_URL)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DEMO_MONTHS ?= 1-12
 
-.PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status airflow-up airflow-down airflow-status \
-	scorer demo demo-down test test-fast bench clean
+.PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status registry-fetch registry-up registry-down \
+	registry-status airflow-up airflow-down airflow-status scorer demo demo-down test test-fast bench clean
 
 setup: $(STAMP)  ## Create or update .venv from constraints.txt (no-op when nothing changed)
 
@@ -39,7 +47,21 @@ kafka-down: setup  ## Stop the local broker
 kafka-status: setup
 	@$(PY) -m infra.kafka status
 
-airflow-up: kafka-up  ## Start local Airflow (standalone) with the repo's dags/ and plugins/; prints the login
+registry-fetch: setup  ## Fetch Apicurio Registry from Maven Central (cached); names the Java 21+ it runs on
+	@$(PY) -m infra.registry fetch
+
+# kafkasql storage: the schemas live in topics of the local broker, which must run first.
+REGISTRY_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)}
+registry-up: registry-fetch kafka-up  ## Start the local schema registry on localhost:$(REGISTRY_PORT); returns once it answers
+	@$(REGISTRY_ENV) $(PY) -m infra.registry up
+
+registry-down: setup  ## Stop the local schema registry
+	@$(PY) -m infra.registry down
+
+registry-status: setup
+	@$(REGISTRY_ENV) $(PY) -m infra.registry status
+
+airflow-up: registry-up  ## Start local Airflow (standalone) with the repo's dags/ and plugins/; prints the login
 	@$(PY) -m infra.airflow up
 
 airflow-down: setup
@@ -48,29 +70,35 @@ airflow-down: setup
 airflow-status: setup
 	@$(PY) -m infra.airflow status
 
-scorer: kafka-up  ## Run the streaming scorer of USE_CASE (default flight_delay) in the foreground; Ctrl-C stops it
+scorer: registry-up  ## Run the streaming scorer of USE_CASE (default flight_delay) in the foreground; Ctrl-C stops it
 	@USE_CASE=$${USE_CASE:-flight_delay} $(PY) -m scoring_service
 
-# A broker that was not running before the demo is stopped after it (also on Ctrl-C): nothing is left behind.
-demo: kafka-fetch  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/
-	@$(PY) -m infra.kafka status >/dev/null 2>&1 || trap '$(PY) -m infra.kafka down' EXIT; \
-	$(PY) -m infra.kafka up && $(PY) -m infra.kafka check && \
-	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)} $(PY) -m infra.demo run
+# A broker or registry that was not running before the demo is stopped after it (also on Ctrl-C): nothing is left
+# behind. The registry stops first: it keeps its schemas in the broker.
+demo: kafka-fetch registry-fetch  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/
+	@export KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)}; stop=; \
+	$(PY) -m infra.kafka status >/dev/null 2>&1 || stop='$(PY) -m infra.kafka down'; \
+	$(PY) -m infra.registry status >/dev/null 2>&1 || stop="$(PY) -m infra.registry down; $$stop"; \
+	trap "$$stop" EXIT; \
+	$(PY) -m infra.kafka up && $(PY) -m infra.kafka check && $(PY) -m infra.registry up && \
+	$(PY) -m infra.demo run
 
 demo-down: setup  ## Stop what an interrupted demo left running (scorer, Airflow, MLflow)
 	@$(PY) -m infra.demo down
 
-test: kafka-fetch  ## Everything: unit and integration tests against a real broker
-	$(PY) -m pytest
+test: kafka-fetch registry-fetch  ## Everything: unit and integration tests against a real broker and registry
+	$(OWN_REGISTRY) $(PY) -m pytest
 
 test-fast: setup  ## Unit tests only
-	$(PY) -m pytest -m "not integration and not slow"
+	$(OWN_REGISTRY) $(PY) -m pytest -m "not integration and not slow"
 
-bench: kafka-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
+bench: kafka-fetch registry-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
 	@mkdir -p reports/bench
-	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap crash_recovery event_trigger model_quality dag_run; do \
-		echo "benchmarks/$$b.py"; $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
+	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap crash_recovery event_trigger model_quality dag_run registry_start \
+		wire_format; do \
+		echo "benchmarks/$$b.py"; $(OWN_REGISTRY) $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
 	done
 
-clean: demo-down airflow-down kafka-down
+# The registry before the broker it keeps its schemas in.
+clean: demo-down airflow-down registry-down kafka-down
 	rm -rf .local

@@ -49,6 +49,7 @@ from benchmarks.scorer_throughput import (  # noqa: E402
     KEY, MODEL, PARTITIONS, bench_settings, flight_events, loop_settings, model_envelope)
 from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
+from ml.wire import Framing, TopicReader  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
 from use_cases.flight_delay import preprocessing as features  # noqa: E402
 
@@ -100,12 +101,13 @@ def read_all(s: ScorerSettings, topic: str, until, timeout: float) -> list:
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "isolation.level": "read_committed"})
     c.subscribe([topic])
+    reader = TopicReader(s, topic)
     out, deadline = [], time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not until(out):
             for m in c.consume(5000, 0.2):
                 if m.error() is None:
-                    out.append((orjson.loads(m.value()), m.timestamp()[1]))
+                    out.append((reader.loads(m.value()), m.timestamp()[1]))
     finally:
         c.close()
     return out
@@ -192,11 +194,13 @@ def main() -> None:
                                       stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(s, scorer)
+            head = Framing(s).header(s.input_topic)
+            framed = [(key, head + value) for key, value in events]
             # Spawned, not forked: this process has imported TensorFlow.
             ctx = multiprocessing.get_context("spawn")
             results, to_us = ctx.Pipe(duplex=False)
             producer = ctx.Process(target=paced_produce, daemon=True,
-                                   args=(s.kafka_bootstrap_servers, s.input_topic, events, args.rate,
+                                   args=(s.kafka_bootstrap_servers, s.input_topic, framed, args.rate,
                                          to_us))
             producer.start()
             to_us.close()  # the child's copy stays open: a child that dies ends our recv() with EOFError

@@ -35,10 +35,12 @@ from use_cases.flight_delay.source import load_completed  # noqa: E402
 
 @contextlib.contextmanager
 def kafka_cluster() -> Iterator[str]:
-    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, or a local broker started for the duration."""
+    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, or a local broker started for the duration; with a schema
+    registry (``schema_registry``) beside it."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
-        yield external
+        with schema_registry(external):
+            yield external
         return
     from infra.kafka import broker, distribution
 
@@ -50,11 +52,36 @@ def kafka_cluster() -> Iterator[str]:
     node = broker.Broker(cfg, distribution.fetch())
     node.start()
     try:
-        yield cfg.bootstrap_servers
+        with schema_registry(cfg.bootstrap_servers):
+            yield cfg.bootstrap_servers
     finally:
         node.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def schema_registry(bootstrap: str) -> Iterator[str]:
+    """$SCHEMA_REGISTRY_URL, or a local Apicurio Registry on free ports storing in ``bootstrap``'s cluster,
+    started for the duration with SCHEMA_REGISTRY_URL pointing every client of this process at it."""
+    external = os.environ.get("SCHEMA_REGISTRY_URL")
+    if external:
+        yield external
+        return
+    from infra.kafka.broker import free_port
+    from infra.registry.server import Registry, RegistryConfig
+
+    data_dir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
+    registry = Registry(RegistryConfig(data_dir=data_dir, port=free_port(), management_port=free_port(),
+                                       kafka_bootstrap_servers=bootstrap))
+    registry.start()
+    os.environ["SCHEMA_REGISTRY_URL"] = registry.cfg.ccompat_url
+    try:
+        yield registry.cfg.ccompat_url
+    finally:
+        del os.environ["SCHEMA_REGISTRY_URL"]
+        registry.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:

@@ -34,6 +34,7 @@ from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.topics import wait_until_served  # noqa: E402
+from ml.wire import Framing  # noqa: E402
 from scoring_service.app import IDLE_WAIT_S, Scorer, consumer_config  # noqa: E402
 from scoring_service.batching import collect  # noqa: E402
 from scoring_service.config import ScorerSettings  # noqa: E402
@@ -98,12 +99,15 @@ def loop_settings(s: ScorerSettings) -> LoopSettings:
                         model_signing_key=KEY, model_name=MODEL)
 
 
-def produce_all(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+def produce_all(s: ScorerSettings, events: list[tuple[bytes, bytes]]) -> None:
+    """The events on ``s``'s input topic, framed with its schema id as a replay writes them."""
+    topic = s.input_topic
+    head = Framing(s).header(topic)
+    p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "enable.idempotence": True, "linger.ms": 20})
     for key, value in events:
         while True:
             try:
-                p.produce(topic, key=key, value=value)
+                p.produce(topic, key=key, value=head + value)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -188,7 +192,7 @@ def main() -> None:
     envelope, model = model_envelope(contract, 1, seed=1)
     with kafka_cluster() as bootstrap:
         s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms)
-        produce_all(bootstrap, s.input_topic, events)
+        produce_all(s, events)
         log.info("%d events on %s", len(events), s.input_topic)
         passthrough_eps = passthrough(s, len(events))
         log.info("pass-through: %.0f events/s", passthrough_eps)

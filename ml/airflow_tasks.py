@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ml.errors import AlreadySnapshotted, BrokerUnavailable, InsufficientData, LoopError, ValidationFailed
@@ -230,7 +229,10 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+    from ml.wire import TopicReader, WireError
+
     topic = topic or settings.status_topic
+    reader = TopicReader(settings, topic)
     name = settings.model_name
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap_servers,
@@ -265,9 +267,9 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
                 raise BrokerUnavailable(settings.kafka_bootstrap_servers, msg.error())
             seen += 1
             try:
-                record = orjson.loads(msg.value())
+                record = reader.loads(msg.value())
                 status, v = record["status"], record["model_version"]
-            except (orjson.JSONDecodeError, TypeError, KeyError) as e:
+            except (WireError, TypeError, KeyError) as e:
                 log.warning("unreadable status record at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
                 continue
             if record.get("model_name") != name or not isinstance(v, int):

@@ -1,5 +1,5 @@
-"""`python -m ml`: list the use cases, create their topics, snapshot a topic, retrain; each use case adds its own
-commands (`python -m ml <use case> --help`, e.g. a replay of its source data).
+"""`python -m ml`: list the use cases, create their topics, register and check their schemas, snapshot a topic,
+retrain; each use case adds its own commands (`python -m ml <use case> --help`, e.g. a replay of its source data).
 
 Settings come from the environment (``ml.settings.LoopSettings``: KAFKA_BOOTSTRAP_SERVERS, USE_CASE,
 TOPIC_PREFIX, ...); ``--use-case`` overrides USE_CASE.
@@ -77,6 +77,65 @@ def topics(use_case: str = typer.Option(None, "--use-case", help="Only this use 
         _fail(exc)
     for topic, new in created.items():
         typer.echo(f"{topic}: {'created' if new else 'exists'}")
+
+
+schemas_app = typer.Typer(no_args_is_help=True, help="Each topic's value schema in the schema registry at "
+                                                      "SCHEMA_REGISTRY_URL (subject <topic>-value).")
+app.add_typer(schemas_app, name="schemas")
+
+
+def _each_schema(use_case: str | None, act) -> None:
+    """``act(registry, topic_schema) -> (ok, lines)`` for the schema of every topic (of ``use_case`` and the
+    loop's own, or of every use case); prints the lines, red when not ok; exit 1 when one was not ok."""
+    from ml.schema_registry import SchemaRegistry
+    from ml.schemas import topic_schemas
+
+    settings = LoopSettings()
+    try:
+        schemas = topic_schemas(settings, [use_cases.get(use_case)] if use_case else None)
+    except ValueError as exc:
+        _fail(exc)
+    registry, failed = SchemaRegistry(settings.schema_registry_url), False
+    for ts in schemas:
+        try:
+            ok, lines = act(registry, ts)
+        except LoopError as exc:
+            ok, lines = False, [f"{ts.subject}: {exc}"]
+        for line in lines:
+            typer.secho(line, fg=None if ok else "red")
+        failed |= not ok
+    if failed:
+        raise typer.Exit(1)
+
+
+SCHEMAS_USE_CASE = typer.Option(None, "--use-case", help="Only this use case's topics (and the loop's own).")
+
+
+@schemas_app.command("register")
+def schemas_register(use_case: str = SCHEMAS_USE_CASE) -> None:
+    """Register the schema of every topic from its contract; a subject's compatibility is set to BACKWARD unless it
+    is already as strict. Exit 1 when the registry refuses one (the fields that break it are named)."""
+
+    def register(registry, ts) -> tuple[bool, list[str]]:
+        done = registry.register(ts)
+        return True, [f"{done.subject}: {ts.contract.__name__} is version {done.version} (id {done.schema_id}), "
+                      f"compatibility {done.compatibility}"]
+
+    _each_schema(use_case, register)
+
+
+@schemas_app.command("check")
+def schemas_check(use_case: str = SCHEMAS_USE_CASE) -> None:
+    """Check the code's contracts against the registered schemas, each by its subject's compatibility level;
+    exit 1 when one is incompatible, naming each field that breaks it. Registers nothing."""
+
+    def check(registry, ts) -> tuple[bool, list[str]]:
+        found = registry.check(ts)
+        where = f" (version {found.version})" if found.version else ""
+        return found.ok, [f"{found.subject}: {ts.contract.__name__} {found.state}{where}, compatibility "
+                          f"{found.compatibility}", *(f"  {p}" for p in found.problems)]
+
+    _each_schema(use_case, check)
 
 
 @app.command()

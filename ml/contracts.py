@@ -3,7 +3,8 @@
 A contract is a pydantic model, one per topic and version, enforced when producing, snapshotting and scoring;
 ``arrow_schema`` derives the Parquet schema of a snapshot from it, so each field is defined once. Each use case
 defines the contracts of its topics (``Contract`` for events, ``ScoredEvent`` for its predictions); the loop
-defines the dead-letter record shared by every use case. ``docs/contracts.md`` documents them for people.
+defines the dead-letter record shared by every use case and the scorers' status reports. ``ml.schemas`` registers
+each as a JSON Schema in the schema registry. ``docs/contracts.md`` documents them for people.
 """
 
 from __future__ import annotations
@@ -60,6 +61,29 @@ class DeadLetter(Contract):
     error_class: Literal["undecodable", "schema", "range"]
     original_b64: str
     failed_at: AwareDatetime
+
+
+class ModelStatus(Contract):
+    """`models.status` v1: a scorer took a model version live or refused it; key = model name. The DAG's rollout
+    check waits for "live", the loop's page shows both."""
+
+    EVENT_TIME: ClassVar[str] = "at"
+
+    schema_version: Literal[1] = 1
+    status: Literal["live", "rejected"]
+    model_name: str
+    model_version: int | None  # None when a refused envelope does not say which version it claims to be
+    reason_kind: str
+    reason: str
+    scorer_id: str
+    envelope_topic: str
+    envelope_partition: int = Field(ge=0)
+    envelope_offset: int = Field(ge=0)
+    at: AwareDatetime
+    previous_version: int | None = None  # live: the version it replaced
+    load_ms: float | None = None  # live: load and warm-up time
+    swap_ms: float | None = None  # live: publication to live
+    serving_version: int | None = None  # rejected: the version that keeps serving
 
 
 _ARROW_TYPES: dict[type, pa.DataType] = {

@@ -15,10 +15,11 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -88,10 +89,11 @@ def field_checks(contract: type[BaseModel]) -> list[_FieldCheck]:
     return checks
 
 
-def record_struct(contract: type[BaseModel]) -> type[msgspec.Struct]:
+def record_struct(contract: type[BaseModel], ignore: frozenset[str] = frozenset()) -> type[msgspec.Struct]:
     """A msgspec Struct at least as strict as ``contract``: its types (strict: no coercion), nullability,
-    bounds, string lengths, literal values and defaults, no unknown fields. Timestamps stay strings: the
-    decoder casts them column-wise, as on the pyarrow path."""
+    bounds, string lengths, literal values and defaults, no unknown fields but those in ``ignore`` (any value,
+    after the contract's fields). Timestamps stay strings: the decoder casts them column-wise, as on the
+    pyarrow path."""
     fields: list[tuple] = []
     for spec in field_specs(contract):
         typ = Literal[spec.literals] if spec.literals else str if spec.base is datetime else spec.base
@@ -106,14 +108,20 @@ def record_struct(contract: type[BaseModel]) -> type[msgspec.Struct]:
         # A default made by a factory is left to pydantic: the record goes the per-record path.
         required = info.is_required() or info.default_factory is not None
         fields.append((spec.name, typ) if required else (spec.name, typ, info.default))
+    fields += [(name, Any, None) for name in sorted(ignore)]
     return msgspec.defstruct(contract.__name__, fields, kw_only=True, forbid_unknown_fields=True)
 
 
 class ContractDecoder:
-    """Decodes JSON record values of one contract; build once per topic, call ``decode`` per batch."""
+    """Decodes JSON record values of one contract; build once per topic, call ``decode`` per batch.
 
-    def __init__(self, contract: type[BaseModel]) -> None:
+    ``ignore`` names fields records may carry that the contract does not know (a newer compatible schema's):
+    they are left out; any other unknown field is refused as before.
+    """
+
+    def __init__(self, contract: type[BaseModel], ignore: frozenset[str] = frozenset()) -> None:
         self.contract = contract
+        self.ignore = ignore
         self.schema = arrow_schema(contract)
         self.checks = field_checks(contract)
         self._empty = self.schema.empty_table()
@@ -124,9 +132,10 @@ class ContractDecoder:
         parse_fields = [pa.field(f.name, pa.string() if f.name in self._timestamps else f.type)
                         for f in self.schema]
         self._parse = pj.ParseOptions(explicit_schema=pa.schema(parse_fields),
-                                      unexpected_field_behavior="error")
+                                      unexpected_field_behavior="infer" if ignore else "error")
         self._parse_types = [f.type for f in parse_fields]
-        self._record = msgspec.json.Decoder(record_struct(contract))
+        self._record = msgspec.json.Decoder(record_struct(contract, ignore))
+        self._known = frozenset(self.schema.names) | ignore
 
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Decode one batch of record values; never raises for bad records, it rejects them."""
@@ -162,9 +171,11 @@ class ContractDecoder:
                 bad[i] = True
         if not rows:
             return self._empty, bad
+        n = len(self._parse_types)
+        tuples = map(msgspec.structs.astuple, rows) if not self.ignore else \
+            (msgspec.structs.astuple(r)[:n] for r in rows)
         try:
-            columns = [pa.array(column, typ) for column, typ in
-                       zip(zip(*map(msgspec.structs.astuple, rows)), self._parse_types, strict=True)]
+            columns = [pa.array(column, typ) for column, typ in zip(zip(*tuples), self._parse_types, strict=True)]
         except (pa.ArrowException, OverflowError):
             return None
         table = self._typed(columns)
@@ -180,6 +191,8 @@ class ContractDecoder:
         # A value holding a raw newline splits into two lines (or an empty one vanishes): not one row each.
         if table.num_rows != len(values):
             return None
+        if self.ignore and not self._known.issuperset(table.column_names):
+            return None  # a field no schema knows: the record-by-record path refuses those records
         table = self._typed([table.column(f.name) for f in self.schema])
         if table is None:
             return None
@@ -230,6 +243,8 @@ class ContractDecoder:
             if not value:
                 rejected.append(Rejection(i, ERROR_UNDECODABLE, "empty value (null or zero bytes)"))
                 continue
+            if self.ignore:
+                value = _without(value, self.ignore)
             try:
                 # Strict: JSON types must match the field types ("2013" is not an int, 1.0 not an int, "yes"
                 # not a bool), the same rule pyarrow's parser applies on the fast path.
@@ -240,6 +255,17 @@ class ContractDecoder:
             rows.append(record.model_dump())
             accepted.append(i)
         return rows, accepted, rejected
+
+
+def _without(value: bytes, fields: frozenset[str]) -> bytes:
+    """The JSON object ``value`` without ``fields``; ``value`` itself when it is not a JSON object."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if not isinstance(doc, dict):
+        return value
+    return orjson.dumps({k: v for k, v in doc.items() if k not in fields})
 
 
 def classify(exc: ValidationError) -> str:

@@ -67,3 +67,21 @@ class EnvelopeRejected(LoopError):
 
 class ModelTooLarge(LoopError):
     """A model envelope exceeds the `models` topic's ``max.message.bytes``."""
+
+
+class SchemaRegistryUnavailable(LoopError):
+    """The schema registry at ``SCHEMA_REGISTRY_URL`` did not answer (records cannot be framed or resolved)."""
+
+    def __init__(self, url: str, detail: object) -> None:
+        self.url = url
+        super().__init__(f"schema registry at {url} is not reachable: {detail} (start one with `make registry-up` "
+                         "or point SCHEMA_REGISTRY_URL at yours)")
+
+
+class SchemaIncompatible(LoopError):
+    """A topic's schema in this code is not compatible with what the registry holds for its subject."""
+
+    def __init__(self, subject: str, level: str, problems: list[str]) -> None:
+        self.subject = subject
+        self.problems = problems
+        super().__init__(f"{subject}: not {level}-compatible with the registered schema: " + "; ".join(problems))

@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict
 
 from ml.errors import BrokerUnavailable, LoopError
@@ -41,7 +40,10 @@ def read_status(settings: LoopSettings, topic: str | None = None, timeout_s: flo
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+    from ml.wire import TopicReader, WireError
+
     topic = topic or settings.status_topic
+    reader = TopicReader(settings, topic)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.auto.commit": False,
                          "group.id": f"status-reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": True,
                          "log_level": 0})
@@ -72,9 +74,9 @@ def read_status(settings: LoopSettings, topic: str | None = None, timeout_s: flo
             if msg.offset() + 1 >= ends[msg.partition()]:
                 pending.discard(msg.partition())
             try:
-                out.append(orjson.loads(msg.value()))
-            except orjson.JSONDecodeError:
-                log.warning("unreadable status record at %s[%d]@%d", topic, msg.partition(), msg.offset())
+                out.append(reader.loads(msg.value()))
+            except WireError as e:
+                log.warning("unreadable status record at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
     finally:
         consumer.close()
     return out

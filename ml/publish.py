@@ -2,7 +2,8 @@
 
 An envelope carries the ``.keras`` bytes (base64) with their SHA-256 and an HMAC-SHA256 signature over the
 canonical JSON of every other field (sorted keys, no whitespace). The scorer accepts a model only through
-``verify_envelope``; the topic is keyed by model name, so compaction keeps the latest version per model.
+``verify_envelope``; the topic is keyed by model name, so compaction keeps the latest version per model. On the
+topic the envelope's JSON is framed with its schema id (``ml.wire``).
 """
 
 from __future__ import annotations
@@ -162,8 +163,10 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
     from confluent_kafka import Consumer, KafkaException
 
     from ml.topic_history import TopicHistory
+    from ml.wire import TopicReader, WireError
 
     topic = settings.models_topic
+    reader = TopicReader(settings, topic)
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         # Assigned partitions only, nothing committed: the group id is required by the client, not used.
@@ -186,8 +189,8 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
             if msg.error() is not None:
                 raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {msg.error()}")
             try:
-                out.append(verify_envelope(msg.value(), key))
-            except EnvelopeRejected as e:
+                out.append(verify_envelope(reader.payload(msg.value()), key))
+            except (EnvelopeRejected, WireError) as e:
                 log.warning("skipping envelope at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
         if history.pending:
             raise BrokerUnavailable(settings.kafka_bootstrap_servers,
@@ -209,8 +212,10 @@ def publish(settings: LoopSettings, envelope: ModelEnvelope) -> PublishResult:
     """
     from confluent_kafka import Producer
 
+    from ml.wire import Framing
+
     topic = settings.models_topic
-    key, value = envelope.model_name.encode(), envelope.to_bytes()
+    key, value = envelope.model_name.encode(), Framing(settings).frame(topic, envelope.to_bytes())
     size = len(key) + len(value)
     limit = _topic_max_message_bytes(settings)
     if size + BATCH_OVERHEAD_BYTES > limit:

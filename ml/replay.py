@@ -2,7 +2,8 @@
 fast as the broker takes them, every record acknowledged before the replay returns.
 
 A use case turns its source data into ``EventStream`` runs (keys, JSON values, timestamps); ``replay`` produces
-them. The Kafka timestamp of a record is its event time, so a replayed history keeps its time line.
+them, each value framed with its topic's schema id (``ml.wire``). The Kafka timestamp of a record is its event
+time, so a replayed history keeps its time line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 from ml.errors import DeliveryFailed
 from ml.settings import LoopSettings
 from ml.snapshot import partition_offsets, read_ranges, snapshot_consumer
+from ml.wire import Framing
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ def produce_stream(settings: LoopSettings, runs: Iterable[EventStream], *, speed
     Raises DeliveryFailed if any record was refused or not acknowledged within ``flush_timeout``.
     """
     failures: list[KafkaError] = []
+    framing = Framing(settings)
     producer = _producer(settings, failures)
     produce, poll = producer.produce, producer.poll
     counts: Counter[str] = Counter()
@@ -134,7 +137,9 @@ def produce_stream(settings: LoopSettings, runs: Iterable[EventStream], *, speed
     with _progress(progress, total) as bar:
         for run in runs:
             due = due_times(run, speed, rate)
-            topics, keys, values, stamps = run.topics, run.keys, run.values, run.timestamps.tolist()
+            topics, keys, stamps = run.topics, run.keys, run.timestamps.tolist()
+            heads = {t: framing.header(t) for t in set(topics)}
+            values = [heads[t] + v for t, v in zip(topics, run.values, strict=True)]
             n, i = len(values), 0
             while i < n and not failures:
                 if due is None:

@@ -21,18 +21,25 @@ DEV_SIGNING_KEY = "local-dev-signing-key-not-for-production"
 # The loop's own topics; a use case's topics are named by the use case.
 MODELS_TOPIC = "models"
 MODELS_STATUS_TOPIC = "models.status"
+DEFAULT_SCHEMA_REGISTRY_URL = "http://localhost:8081/apis/ccompat/v7"
 
 
 class TopicNames(BaseSettings):
-    """How topic names are resolved, shared by the loop's and the scorer's settings: a topic's default name
-    (a use case's or the loop's) is looked up in ``topic_names`` (``{"default": "actual"}``), else prefixed
-    with ``topic_prefix``."""
+    """How topics are named and where their schemas live, shared by the loop's and the scorer's settings: a
+    topic's default name (a use case's or the loop's) is looked up in ``topic_names`` (``{"default": "actual"}``),
+    else prefixed with ``topic_prefix``; its value schema is the subject ``<topic>-value`` of the registry at
+    ``schema_registry_url``."""
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True)
 
     topic_prefix: str = Field("", description="Prefix of every topic name (a namespace per team or environment).")
     topic_names: dict[str, str] = Field(default_factory=dict, description="JSON object renaming topics: "
                                         "default name -> actual name (wins over the prefix).")
+    schema_registry_url: str = Field(DEFAULT_SCHEMA_REGISTRY_URL, description="Confluent-compatible schema "
+                                     "registry API every client registers and resolves topic schemas at (local: "
+                                     "`make registry-up`, Apicurio's /apis/ccompat/v7).")
+    schema_auto_register: bool = Field(True, description="Register a topic's schema on first use when the "
+                                       "registry lacks it (off: `python -m ml schemas register` must run first).")
 
     def topic(self, name: str) -> str:
         """The actual name of the topic whose default name is ``name``."""

@@ -35,10 +35,11 @@ from confluent_kafka.admin import OffsetSpec
 from pydantic import BaseModel, Field
 
 from ml.contracts import Contract, arrow_schema
-from ml.decode import ContractDecoder, Decoded
+from ml.decode import Decoded
 from ml.errors import LoopError, TopicMissing
 from ml.settings import LoopSettings
 from ml.topics import admin_client, require_broker
+from ml.wire import TopicDecoder
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: 
     decoded in order) and row groups have a fixed size, so the file, and its hash, do not depend on how the
     fetches happened to be batched.
     """
-    decoder = ContractDecoder(contract)
+    decoder = TopicDecoder(settings, topic, contract)
     column = contract.EVENT_TIME
     event_times: list[pa.ChunkedArray] = []
     rejected: list[dict] = []

@@ -1,5 +1,6 @@
 """A whole topic as a data frame: every committed record up to the end offsets of one moment, decoded with its
-contract, with each record's Kafka timestamp, partition and offset (reports and live metrics read topics so)."""
+contract (through its frame's schema id), with each record's Kafka timestamp, partition and offset (reports and
+live metrics read topics so)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel
 
-from ml.decode import ContractDecoder
 from ml.settings import LoopSettings
 from ml.snapshot import partition_offsets, read_ranges, snapshot_consumer
+from ml.wire import TopicDecoder
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def read_topic(settings: LoopSettings, topic: str, contract: type[BaseModel], ti
     the Kafka timestamp (ms), partition and offset of each. Records the contract refuses are logged and
     left out. Raises BrokerUnavailable or TopicMissing."""
     ranges = partition_offsets(settings, topic, timeout)
-    decoder = ContractDecoder(contract)
+    decoder = TopicDecoder(settings, topic, contract)
     tables, refused = [], 0
     consumer = snapshot_consumer(settings)
     try:
@@ -50,7 +51,7 @@ def read_topic(settings: LoopSettings, topic: str, contract: type[BaseModel], ti
     return frame
 
 
-def contract_frame(decoder: ContractDecoder) -> pd.DataFrame:
+def contract_frame(decoder: TopicDecoder) -> pd.DataFrame:
     """An empty frame with the contract's columns and the Kafka position columns."""
     schema = decoder.schema.append(pa.field(KAFKA_TS, pa.int64())).append(pa.field(PARTITION, pa.int32())) \
         .append(pa.field(OFFSET, pa.int64()))

@@ -21,12 +21,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from threadpoolctl import threadpool_limits
 
 from ml import use_cases
-from ml.decode import ContractDecoder
+from ml.wire import Framing, TopicDecoder
 from scoring_service.batching import Cadence, collect
 from scoring_service.config import ScorerSettings
 from scoring_service.model_watcher import ModelSlot, ModelWatcher
 from scoring_service.ops import Metrics, OpsServer
-from scoring_service.scoring import InputBatch, score_batch
+from scoring_service.scoring import InputBatch, OutputFrames, score_batch
 from scoring_service.sink import BatchAborted, InFlight, Record, Sink
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ class Scorer:
         self.slot = ModelSlot()
         self.watcher = ModelWatcher(settings, self.use_case, self.slot, self.metrics, self.scorer_id)
         self.ops = OpsServer(settings.http_port, self.metrics, self.live, self.ready)
-        self.decoder = ContractDecoder(self.use_case.input_contract)
+        self.decoder = TopicDecoder(settings, settings.input_topic, self.use_case.input_contract)
+        framing = Framing(settings)  # registers the output schemas if needed: a registry problem stops the start
+        self.frames = OutputFrames(framing.header(settings.output_topic), framing.header(settings.dlq_topic))
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._last_tick = time.monotonic()
@@ -266,7 +268,7 @@ class Scorer:
             return None
         started = time.perf_counter()
         model = self.slot.current  # read once: this one version scores the whole batch
-        scored = score_batch(inputs, model, self.use_case, self.decoder)
+        scored = score_batch(inputs, model, self.use_case, self.decoder, self.frames)
         out = [(self.settings.output_topic, k, v) for k, v in scored.predictions]
         out += [(self.settings.dlq_topic, k, v) for k, v in scored.dead_letters]
         first: dict[tuple[str, int], int] = {}

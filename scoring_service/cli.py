@@ -66,9 +66,14 @@ def run(**overrides: Any) -> None:
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    from ml.errors import SchemaRegistryUnavailable
     from scoring_service.app import Scorer
 
-    scorer = Scorer(settings)
+    try:
+        scorer = Scorer(settings)
+    except SchemaRegistryUnavailable as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
     def on_signal(signum: int, _frame) -> None:
         logging.getLogger(__name__).info("%s: finishing the current batch, then stopping",

@@ -2,11 +2,12 @@
 
 At start it reads the topic from the beginning up to the end offsets of that moment; the newest envelope
 (by offset) of our model name that passes every check goes live, so a rollback (an older version published
-again) wins like any other publication. It then follows the topic: each new record is verified (HMAC,
-SHA-256), its fitted preprocessing checked against the input topic, the ``.keras`` bytes loaded with
-``safe_mode=True`` and a numpy pass derived from it, warmed up on a canary batch against Keras's own output
-(all of it in the model loader's child process, so none of that work holds this process's GIL), and only
-then swapped in, as one reference the scoring loop reads once per batch.
+again) wins like any other publication. It then follows the topic: each new record's frame is checked (a schema
+id of the topic's subject, ``ml.wire``), its envelope verified (HMAC, SHA-256), its fitted preprocessing
+checked against the input topic, the ``.keras`` bytes loaded with ``safe_mode=True`` and a numpy pass derived
+from it, warmed up on a canary batch against Keras's own output (all of it in the model loader's child process,
+so none of that work holds this process's GIL), and only then swapped in, as one reference the scoring loop
+reads once per batch.
 
 A refused envelope leaves the serving model in place; it is logged, counted and reported on the status
 topic, as is each version that goes live (a DAG waits for that record). The watcher is in no consumer
@@ -25,9 +26,12 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from ml.contracts import ModelStatus
+from ml.errors import SchemaRegistryUnavailable
 from ml.numpy_forward import NumpyForward
 from ml.topic_history import TopicHistory
 from ml.use_cases import UseCase
+from ml.wire import Framing, TopicReader, WireError
 from scoring_service.config import ScorerSettings
 from scoring_service.model_checks import ModelRefused
 from scoring_service.model_loader import AdmissionPolicy, ModelLoader
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 STATUS_LIVE = "live"
 STATUS_REJECTED = "rejected"
 TOPIC_WAIT_LOG_S = 30.0
+REGISTRY_RETRY_S = 2.0
 
 @dataclass(frozen=True)
 class EnvelopeAt:
@@ -90,6 +95,8 @@ class ModelWatcher(threading.Thread):
                                        canary_rows=settings.canary_rows)
         self._producer: Producer | None = None
         self.loader = ModelLoader(settings.model_load_timeout_s)
+        self._envelopes = TopicReader(settings, settings.models_topic)
+        self._status_frame = Framing(settings).header(settings.status_topic)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -181,16 +188,34 @@ class ModelWatcher(threading.Thread):
             return False
         return True
 
+    def _payload(self, msg: Message) -> bytes | None:
+        """The envelope in the record's frame, None when stopped; raises WireError for a bad frame. Waits out a
+        registry that does not answer: a valid model must not be refused for that."""
+        while not self._stopping.is_set():
+            try:
+                return self._envelopes.payload(msg.value())
+            except SchemaRegistryUnavailable as e:
+                log.warning("cannot check the frame of %s[%d]@%d yet: %s", msg.topic(), msg.partition(),
+                            msg.offset(), e)
+                self._stopping.wait(REGISTRY_RETRY_S)
+        return None
+
     def _admit(self, msg: Message) -> bool:
-        """Check the record's envelope in the loader child and swap it in; False when it is not a model of
-        ours that serves (refusals are reported)."""
+        """Check the record's frame, then its envelope in the loader child, and swap it in; False when it is
+        not a model of ours that serves (refusals are reported)."""
         at, current = EnvelopeAt.of(msg), self.slot.current
         started = time.perf_counter()
         try:
-            admission = self.loader.admit(msg.value(), self._policy, current and (current.version,
-                                                                                   current.artifact_sha256))
+            raw = self._payload(msg)
+        except WireError as e:
+            self._reject(at, e.kind, e.reason, None)
+            return False
+        if raw is None:
+            return False
+        try:
+            admission = self.loader.admit(raw, self._policy, current and (current.version, current.artifact_sha256))
         except ModelRefused as e:
-            self._reject(at, e.kind, e.reason, e.version if e.version is not None else _claimed_version(msg.value()))
+            self._reject(at, e.kind, e.reason, e.version if e.version is not None else _claimed_version(raw))
             return False
         if admission is None:  # a keyless record of another model
             return False
@@ -227,11 +252,11 @@ class ModelWatcher(threading.Thread):
     def _report(self, status: str, at: EnvelopeAt, version: int | None, *, reason: str, kind: str,
                 extra: dict) -> None:
         """One record on the status topic (key = model name); a failure to report is logged, not fatal."""
-        value = orjson.dumps({
-            "schema_version": 1, "status": status, "model_name": self.settings.model_name,
-            "model_version": version, "reason_kind": kind, "reason": reason, "scorer_id": self.scorer_id,
-            "envelope_topic": at.topic, "envelope_partition": at.partition, "envelope_offset": at.offset,
-            "at": datetime.now(UTC).isoformat(), **extra})
+        record = ModelStatus(
+            status=status, model_name=self.settings.model_name, model_version=version, reason_kind=kind,
+            reason=reason, scorer_id=self.scorer_id, envelope_topic=at.topic, envelope_partition=at.partition,
+            envelope_offset=at.offset, at=datetime.now(UTC), **extra)
+        value = self._status_frame + record.model_dump_json().encode()
         errors: list[KafkaError] = []
         self._producer.produce(self.settings.status_topic, key=self.settings.model_name.encode(),
                                value=value, on_delivery=lambda err, _msg: err and errors.append(err))

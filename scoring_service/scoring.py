@@ -12,13 +12,14 @@ import base64
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from datetime import UTC, datetime
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from ml.decode import ERROR_SCHEMA, ContractDecoder
+from ml.decode import ERROR_SCHEMA, Decoded
 from ml.json_columns import encode_records, json_column, literal
 from ml.numpy_forward import NumpyForward
 from ml.preprocessing import Preprocessing
@@ -59,6 +60,20 @@ class ServingModel:
     artifact_sha256: str
 
 
+class Decoder(Protocol):
+    """What decodes a batch of input values (``ml.wire.TopicDecoder``; a ``ContractDecoder`` for bare JSON)."""
+
+    def decode(self, values: list[bytes | None]) -> Decoded: ...
+
+
+@dataclass(frozen=True)
+class OutputFrames:
+    """The frames (``ml.wire``: magic byte, schema id) put in front of prediction and dead-letter values."""
+
+    predictions: bytes
+    dead_letters: bytes
+
+
 @dataclass(frozen=True)
 class ScoredBatch:
     """Output records (key, value) of one batch; every input is in exactly one of the two lists."""
@@ -95,9 +110,9 @@ def score_table(use_case: UseCase, model: ServingModel, table: pa.Table) -> dict
     return use_case.predictions(model.preprocessing, inputs, model.forward(inputs), table)
 
 
-def score_batch(batch: InputBatch, model: ServingModel, use_case: UseCase, decoder: ContractDecoder,
+def score_batch(batch: InputBatch, model: ServingModel, use_case: UseCase, decoder: Decoder, frames: OutputFrames,
                 now: datetime | None = None) -> ScoredBatch:
-    """Outputs for the records that satisfy the input contract, dead letters for the others."""
+    """Outputs for the records that satisfy the input contract, dead letters for the others, each framed."""
     stamp = (now or datetime.now(UTC)).isoformat()
     decoded = decoder.decode(batch.values)
     dead = [(int(r.index), r.error_class, r.reason) for r in decoded.rejected]
@@ -124,8 +139,9 @@ def score_batch(batch: InputBatch, model: ServingModel, use_case: UseCase, decod
     key = use_case.input_contract.KEY
     keys = table.column(key).cast(pa.binary()).to_pylist() if key else [batch.keys[i] for i in accepted]
     values = encode_outputs(use_case, columns, batch, accepted, model, stamp) if len(accepted) else []
+    head = frames.predictions
     dead.sort()
-    return ScoredBatch(predictions=list(zip(keys, values, strict=True)),
-                       dead_letters=[(batch.keys[i], dead_letter(batch, i, cls, reason, stamp))
+    return ScoredBatch(predictions=[(k, head + v) for k, v in zip(keys, values, strict=True)],
+                       dead_letters=[(batch.keys[i], frames.dead_letters + dead_letter(batch, i, cls, reason, stamp))
                                      for i, cls, reason in dead],
                        dead_letter_classes=[cls for _, cls, _ in dead])

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Kafka broker per test session (or the cluster named by KAFKA_BOOTSTRAP_SERVERS)."""
+"""Shared fixtures: one real Kafka broker per test session (or the cluster named by KAFKA_BOOTSTRAP_SERVERS) and one
+real schema registry keeping its schemas in it (or the registry named by SCHEMA_REGISTRY_URL)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka import broker, distribution
+from infra.registry import distribution as registry_distribution, server as registry_server
 from ml.settings import LoopSettings
 from ml.topics import wait_until_served
 
@@ -40,6 +43,15 @@ def until() -> Callable[..., object]:
     return _until
 
 
+def _keep_log(request: pytest.FixtureRequest, log_file: Path, name: str) -> None:
+    """Copy a service's log under .local/test-logs when a test of the session failed."""
+    if request.session.testsfailed and log_file.exists():
+        KEPT_LOGS.mkdir(parents=True, exist_ok=True)
+        kept = KEPT_LOGS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        shutil.copy(log_file, kept)
+        print(f"\n{name} log kept at {kept}")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     """Bootstrap servers of a real broker: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh local broker
@@ -61,12 +73,50 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         # librdkafka logs "connection refused" from their threads until the interpreter exits.
         gc.collect()
         node.stop()
-        if request.session.testsfailed:
-            KEPT_LOGS.mkdir(parents=True, exist_ok=True)
-            kept = KEPT_LOGS / f"kafka-{time.strftime('%Y%m%d-%H%M%S')}.log"
-            shutil.copy(cfg.log_file, kept)
-            print(f"\nbroker log kept at {kept}")
+        _keep_log(request, cfg.log_file, "kafka")
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def new_registry(request: pytest.FixtureRequest,
+                 kafka_bootstrap: str) -> Iterator[Callable[[], registry_server.Registry]]:
+    """Makes local Apicurio Registries (not started), each on free loopback ports with its own folder and its own
+    Kafka topics on the session's broker; at the end of the session each is stopped (its log kept if a test
+    failed), its folder and topics removed."""
+    made: list[registry_server.Registry] = []
+
+    def make() -> registry_server.Registry:
+        # Topics of its own: registries sharing topics share schemas, and on a shared cluster another registry
+        # (`make registry-up`) may use the default ones.
+        cfg = registry_server.RegistryConfig(
+            data_dir=Path(tempfile.mkdtemp(prefix="registry-test-")), port=broker.free_port(),
+            management_port=broker.free_port(), kafka_bootstrap_servers=kafka_bootstrap,
+            overrides=registry_server.own_topics(f"test-{uuid.uuid4().hex[:8]}-"))
+        made.append(registry_server.Registry(cfg, registry_distribution.fetch(cfg.dist_cache, cfg.version)))
+        return made[-1]
+
+    yield make
+    for registry in made:
+        registry.stop()  # before the broker it keeps its schemas in
+        _keep_log(request, registry.log_file, f"registry-{registry.cfg.port}")
+        shutil.rmtree(registry.cfg.data_dir, ignore_errors=True)
+    topics = [topic for registry in made for topic in registry.cfg.overrides.values()]
+    if topics:
+        futures.wait(AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics(topics).values(), timeout=30)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(new_registry: Callable[[], registry_server.Registry]) -> Iterator[str]:
+    """The Confluent-compatible API of a real schema registry (``http://127.0.0.1:<port>/apis/ccompat/v7``):
+    ``$SCHEMA_REGISTRY_URL`` if set, else a fresh local Apicurio Registry (``new_registry``) keeping its schemas
+    in the session's broker (kafkasql), stopped at the end."""
+    external = os.environ.get("SCHEMA_REGISTRY_URL")
+    if external:
+        yield external
+        return
+    registry = new_registry()
+    registry.start()
+    yield registry.cfg.ccompat_url
 
 
 @pytest.fixture

@@ -118,6 +118,7 @@ def loop_env(demo: DemoSettings, settings: LoopSettings) -> dict[str, str]:
         **quiet,
         # Topic names as this process resolved them, so every process uses the same topics.
         "TOPIC_PREFIX": settings.topic_prefix, "TOPIC_NAMES": json.dumps(settings.topic_names),
+        "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
     }
 
 

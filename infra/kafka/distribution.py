@@ -1,29 +1,27 @@
 """Fetch and cache the official Apache Kafka broker jars from Maven Central.
 
-The cache is filled atomically: Maven copies the runtime dependencies into a staging folder, the folder is
-checked (the broker jar is there, every jar is a readable zip) and only then renamed into place with a
-``COMPLETE`` marker. A failed or interrupted download therefore never leaves a half-filled cache that a
-later run would use.
+The cache is filled atomically (``infra.jvm.fill_atomically``): Maven copies the runtime dependencies into a
+staging folder, the folder is checked (the broker jar is there, every jar is a readable zip) and only then renamed
+into place with a ``COMPLETE`` marker. A failed or interrupted download therefore never leaves a half-filled cache
+that a later run would use.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra import jvm
 from infra.kafka.errors import KafkaSetupError
 
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("pom.xml")
-MARKER = "COMPLETE"
+INSTALL_HINT = "on Debian/Ubuntu: apt-get install openjdk-17-jre-headless maven"
 
 
 def default_cache_dir() -> Path:
@@ -34,24 +32,16 @@ def default_cache_dir() -> Path:
 
 def require_tool(name: str, prerequisite: str) -> str:
     """Return the path of executable ``name`` or raise a KafkaSetupError naming the prerequisite."""
-    path = shutil.which(name)
-    if path is None:
-        raise KafkaSetupError(
-            f"`{name}` not found on PATH: {prerequisite} is required to run the local Kafka broker "
-            f"(on Debian/Ubuntu: apt-get install openjdk-17-jre-headless maven)."
-        )
-    return path
+    return jvm.require_tool(name, prerequisite, needed_for="to run the local Kafka broker", install=INSTALL_HINT,
+                            error=KafkaSetupError)
 
 
 def check_java(java: str) -> None:
     """Raise KafkaSetupError unless ``java`` is version 17 or newer (Kafka 4 brokers need Java 17)."""
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    text = out.stderr or out.stdout
-    try:
-        quoted = text.split('"')[1]
-        major = int(quoted.split(".")[0] if not quoted.startswith("1.") else quoted.split(".")[1])
-    except (IndexError, ValueError) as exc:
-        raise KafkaSetupError(f"could not read the Java version from `{java} -version`: {text!r}") from exc
+    text = jvm.java_version_output(java)
+    major = jvm.parse_java_major(text)
+    if major is None:
+        raise KafkaSetupError(f"could not read the Java version from `{java} -version`: {text!r}")
     if major < 17:
         raise KafkaSetupError(f"Java 17 or newer is required by Kafka 4 brokers; `{java}` is Java {major}")
 
@@ -85,7 +75,7 @@ def _verify(lib_dir: Path, version: str) -> None:
 def cached(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> Distribution | None:
     """Return the cached distribution of ``version`` if it is complete, else None."""
     target = (cache_dir or default_cache_dir()) / version
-    if (target / MARKER).exists():
+    if jvm.is_complete(target):
         return Distribution(version, target / "libs")
     return None
 
@@ -109,13 +99,8 @@ def fetch(
 
     mvn = require_tool("mvn", "Maven")
     target = cache_dir / version
-    if target.exists():
-        # No marker: an earlier run died half way. Never trust it.
-        log.warning("discarding incomplete Kafka cache at %s", target)
-        shutil.rmtree(target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-staging-", dir=cache_dir))
-    try:
+
+    def fill(staging: Path) -> None:
         cmd = [
             mvn, "-B", "-q", "-f", str(POM),
             f"-Dkafka.version={version}",
@@ -126,16 +111,8 @@ def fetch(
         if offline:
             cmd.insert(1, "-o")
         log.info("fetching Apache Kafka %s from Maven Central into %s", version, target)
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise KafkaSetupError(
-                f"Maven could not fetch org.apache.kafka:kafka_2.13:{version} (exit {proc.returncode}); "
-                f"nothing was cached.\n{tail}"
-            )
+        jvm.run_maven(cmd, artifact=f"org.apache.kafka:kafka_2.13:{version}", error=KafkaSetupError)
         _verify(staging / "libs", version)
-        (staging / MARKER).write_text(version + "\n")
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    jvm.fill_atomically(target, fill, what="Kafka")
     return Distribution(version, target / "libs")

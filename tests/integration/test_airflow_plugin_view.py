@@ -12,6 +12,7 @@ from ml.loop_view import model_versions
 from ml.publish import build_envelope, publish
 from ml.settings import LoopSettings
 from ml.topics import ensure_topics
+from ml.wire import Framing
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +32,11 @@ def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_
     publish(settings, build_envelope(
         model_name="sensor_anomaly", model_version=7, run_id="run-s", model_uri="models:/s/7", preprocessing={},
         metrics={"f1": 0.8}, decision_id="ds", artifact=b"sensor model", key=b"k"))
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer, framing = Producer({"bootstrap.servers": kafka_bootstrap}), Framing(settings)
     for scorer, state, version in [("s1", "live", 1), ("s2", "live", 1), ("s1", "live", 2), ("s3", "rejected", 2)]:
-        producer.produce(status, key=b"flight_delay", value=orjson.dumps({
+        producer.produce(status, key=b"flight_delay", value=framing.frame(status, orjson.dumps({
             "schema_version": 1, "status": state, "model_name": "flight_delay", "model_version": version,
-            "reason_kind": "canary" if state == "rejected" else "ok", "reason": "NaN scores", "scorer_id": scorer}))
+            "reason_kind": "canary" if state == "rejected" else "ok", "reason": "NaN scores", "scorer_id": scorer})))
     assert producer.flush(10) == 0
 
     rows = model_versions(settings, with_decisions=False)

@@ -9,7 +9,6 @@ import os
 import uuid
 from pathlib import Path
 
-import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from sklearn.metrics import roc_auc_score
@@ -18,12 +17,14 @@ from infra.demo import report, run as demo_run
 from infra.kafka.broker import free_port
 from ml.publish import read_envelopes
 from ml.settings import LoopSettings
+from ml.wire import TopicReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def read_values(bootstrap: str, topic: str) -> list[dict]:
     """Every committed record of ``topic``, decoded as JSON (an independent reader, not the live metrics code)."""
+    reader = TopicReader(LoopSettings(), topic)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
                   "isolation.level": "read_committed", "enable.auto.commit": False})
     try:
@@ -35,7 +36,7 @@ def read_values(bootstrap: str, topic: str) -> list[dict]:
             m = c.poll(10)
             assert m is not None, f"{topic}: stalled before the end offsets {ends}"
             if m.error() is None:
-                out.append(orjson.loads(m.value()))
+                out.append(reader.loads(m.value()))
             if m.offset() + 1 >= ends[m.partition()] or m.error() is not None:
                 left.discard(m.partition())
         return out

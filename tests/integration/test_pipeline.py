@@ -94,7 +94,7 @@ def test_empty_snapshot_is_skipped(high_watermark, settings, flights):
 
 def test_corrupted_snapshot_stops_at_validation_and_publishes_nothing(high_watermark, settings, flights):
     replay_frame(settings, flights.iloc[:10_000])
-    # 300 undecodable records among 13,000 good ones: 2.3% rejected, above the 1% the suite allows.
+    # 300 records with an unknown schema id among 13,000 good ones: 2.3% rejected, above the 1% the suite allows.
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for i in range(300):
         producer.produce(settings.topic("flights.completed"), key=f"bad-{i}".encode(), value=b"\x00not json")

@@ -17,6 +17,7 @@ from ml.errors import ModelTooLarge, RegistryUnavailable
 from ml.publish import build_envelope, publish, read_envelopes
 from ml.registry import ChampionInfo, Registry
 from ml.settings import LoopSettings
+from ml.wire import HEADER_SIZE
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +162,7 @@ def test_publish_reads_back_verified_and_same_version_twice_is_a_noop(kafka_boot
 
     first = publish(settings, v1)
     assert (first.published, first.partition, first.offset) == (True, 0, 0)
-    assert first.size_bytes == len(b"flight_delay_test") + len(v1.to_bytes())
+    assert first.size_bytes == len(b"flight_delay_test") + HEADER_SIZE + len(v1.to_bytes())  # framed
     assert read_envelopes(settings) == [v1]
     assert read_envelopes(settings)[0].artifact() == artifact
 

@@ -22,6 +22,7 @@ from ml.settings import LoopSettings
 from ml.snapshot import (list_manifests, load_snapshots, load_window, partition_offsets, take_snapshot,
                          topic_dir)
 from ml.topics import ensure_topics, topic_specs
+from ml.wire import Framing, header
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.replay import build_stream, replay_frame
 from use_cases.flight_delay.source import load_completed
@@ -184,18 +185,22 @@ def test_malformed_records_are_counted_and_written_aside(settings, flights):
     wrong_type = orjson.loads(completed[0][1]) | {"year": "2013"}
     out_of_range = orjson.loads(completed[1][1]) | {"month": 13}
     missing = {k: v for k, v in orjson.loads(completed[2][1]).items() if k != "arr_utc"}
-    bad = [b"\x00 not json", orjson.dumps(wrong_type), orjson.dumps(out_of_range), orjson.dumps(missing), None]
+    framing = Framing(settings)
+    bad = [framing.frame(topic, v) for v in (b" not json", orjson.dumps(wrong_type), orjson.dumps(out_of_range),
+                                             orjson.dumps(missing))]
+    # Bad frames: none, an unknown schema id, the id of another topic's schema.
+    bad += [None, completed[3][1], header(2**31 - 1) + completed[3][1],
+            framing.frame(settings.topic("flights.scheduled"), completed[3][1])]
     p = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True})
     for i, (key, value) in enumerate(completed):
-        p.produce(topic, value, key, partition=i % 3)
-        if i % 10 == 0:
-            value = bad[(i // 10) % len(bad)]
-            p.produce(topic, value, f"bad-{i}", partition=i % 3)
+        p.produce(topic, framing.frame(topic, value), key, partition=i % 3)
+        if i % 6 == 0 and i // 6 < len(bad):
+            p.produce(topic, bad[i // 6], f"bad-{i}", partition=i % 3)
     assert p.flush(30) == 0
 
     m = take_snapshot(settings, topic, FlightCompleted)
-    assert m.row_count == 50 and m.rejected_count == 5
-    assert m.rejected_by_class == {"undecodable": 2, "schema": 2, "range": 1}
+    assert m.row_count == 50 and m.rejected_count == len(bad) == 8
+    assert m.rejected_by_class == {"undecodable": 3, "schema": 4, "range": 1}
     lines = [orjson.loads(line) for line in (topic_dir(settings, topic) / m.snapshot_id / "rejected.jsonl")
              .read_bytes().splitlines()]
     assert sorted(base64.b64decode(r["original_b64"]) for r in lines) == sorted(v or b"" for v in bad)
@@ -209,7 +214,8 @@ def test_aborted_transactions_are_not_snapshot(settings, flights):
     ensure_topics(settings)
     topic = settings.topic(COMPLETED)
     stream = build_stream(settings, flights.head(20))
-    values = [(k, v) for t, k, v in zip(stream.topics, stream.keys, stream.values) if t == topic]
+    head = Framing(settings).header(topic)
+    values = [(k, head + v) for t, k, v in zip(stream.topics, stream.keys, stream.values) if t == topic]
     p = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "transactional.id": uuid.uuid4().hex})
     p.init_transactions(30)
     for commit, chunk in ((True, values[:10]), (False, values[10:])):

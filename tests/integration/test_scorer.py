@@ -31,6 +31,7 @@ from ml.contracts import DeadLetter
 from ml.keras_models import to_bytes
 from ml.publish import build_envelope, canonical_json, publish
 from ml.settings import LoopSettings
+from ml.wire import Framing, TopicReader, header
 from scoring_service.app import Scorer
 from scoring_service.config import ScorerSettings
 from scoring_service.sink import Sink
@@ -160,22 +161,27 @@ def scorers():
             r.stop()
 
 
-def produce(bootstrap: str, topic: str, records, rate: float | None = None) -> None:
-    """Produce (key, value) pairs, at ``rate`` per second if given; flushed and checked."""
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+def produce(s: ScorerSettings, topic: str, records, rate: float | None = None, raw: bool = False) -> None:
+    """Produce (key, value) pairs to ``s``'s cluster, each value framed with the topic's schema id unless ``raw``,
+    at ``rate`` per second if given; flushed and checked."""
+    framing = Framing(s)
+    p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "enable.idempotence": True, "linger.ms": 5})
     errors = []
     started = time.monotonic()
     for i, (key, value) in enumerate(records):
         if rate is not None and i % 50 == 0:
             time.sleep(max(0.0, started + i / rate - time.monotonic()))
+        value = value if raw else framing.frame(topic, value)
         p.produce(topic, key=key, value=value, on_delivery=lambda err, _m: err and errors.append(err))
         p.poll(0)
     assert p.flush(30) == 0 and not errors
 
 
-def read(bootstrap: str, topic: str, count: int, timeout: float = 60.0, settle: float = 1.0) -> list[dict]:
-    """Committed records of ``topic`` from the beginning: waits for ``count``, then ``settle`` s for extras."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+def read(s: ScorerSettings, topic: str, count: int, timeout: float = 60.0, settle: float = 1.0) -> list[dict]:
+    """Committed records of ``topic`` from the beginning, unframed: waits for ``count``, then ``settle`` s for
+    extras."""
+    reader = TopicReader(s, topic)
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "isolation.level": "read_committed"})
     c.subscribe([topic])
@@ -184,7 +190,7 @@ def read(bootstrap: str, topic: str, count: int, timeout: float = 60.0, settle: 
         while time.monotonic() < deadline:
             for m in c.consume(1000, 0.2):
                 assert m.error() is None, m.error()
-                out.append(orjson.loads(m.value()) | {"_partition": m.partition(), "_offset": m.offset()})
+                out.append(reader.loads(m.value()) | {"_partition": m.partition(), "_offset": m.offset()})
             if len(out) >= count:
                 extra_until = extra_until or time.monotonic() + settle
                 if time.monotonic() >= extra_until:
@@ -228,7 +234,7 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
 
 
 def status_records(s: ScorerSettings, count: int) -> list[dict]:
-    return read(s.kafka_bootstrap_servers, s.status_topic, count, timeout=90, settle=0.5)
+    return read(s, s.status_topic, count, timeout=90, settle=0.5)
 
 
 def assert_exactly_once(predictions: list[dict], s: ScorerSettings, n_inputs: int) -> None:
@@ -245,17 +251,17 @@ def test_no_model_consumes_nothing_then_first_model_scores_every_input_once(
         settings, scorers, events, contract, artifacts):
     s = settings
     batch = events[:3000]
-    produce(s.kafka_bootstrap_servers, s.input_topic, batch)
+    produce(s, s.input_topic, batch)
     running = scorers(s)
     time.sleep(3)
     assert running.http("/healthz")[0] == 200
     assert running.http("/readyz") == (503, "no model loaded\n")
-    assert read(s.kafka_bootstrap_servers, s.output_topic, 1, timeout=2) == []
+    assert read(s, s.output_topic, 1, timeout=2) == []
     assert set(committed(s).values()) == {-1001}  # OFFSET_INVALID: nothing committed
     assert running.metric("scorer_events_in_total") == 0
 
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
-    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(batch))
+    predictions = read(s, s.output_topic, len(batch))
     assert_exactly_once(predictions, s, len(batch))
     assert {(p["model_name"], p["model_version"]) for p in predictions} == {(MODEL, 1)}
     for p in predictions[:50]:
@@ -284,16 +290,16 @@ def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, score
 
     def produce_around_the_swap() -> None:
         # Steady load before, during and after the swap, however long loading v2 takes on a busy machine.
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[:2000], 2000.0)
+        produce(s, s.input_topic, stream[:2000], 2000.0)
         wait_for(lambda: running.metric("scorer_model_swaps_total") == 2, 120, "v2 live")
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[2000:], 2000.0)
+        produce(s, s.input_topic, stream[2000:], 2000.0)
 
     producer = threading.Thread(target=produce_around_the_swap)
     producer.start()
     time.sleep(0.5)
     publish(loop_settings(s), envelope(2, artifacts["b"], contract.to_dict()))
     producer.join()
-    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream))
+    predictions = read(s, s.output_topic, len(stream))
     assert_exactly_once(predictions, s, len(stream))
     for partition in range(3):
         versions = [p["model_version"] for p in sorted(predictions, key=lambda p: p["source_offset"])
@@ -343,10 +349,15 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
         "oversized": envelope(8, _zip_bomb(), good).to_bytes(),
         "undecodable": b"{not json",
     }
+    framing, good_v9 = Framing(s), envelope(9, artifacts["b"], good).to_bytes()
+    bad = {kind: framing.frame(s.models_topic, value) for kind, value in bad.items()}
+    # Bad frames around a good envelope: none, an id the registry does not know, another topic's schema id.
+    bad |= {"framing": good_v9, "schema_id": header(2**31 - 1) + good_v9,
+            "subject": framing.frame(s.status_topic, good_v9)}
     publish(loop_settings(s), envelope(1, artifacts["a"], good))
     running = scorers(s)
     wait_for(lambda: running.http("/readyz")[0] == 200, 60, "ready")
-    produce(s.kafka_bootstrap_servers, s.models_topic, [(MODEL.encode(), v) for v in bad.values()])
+    produce(s, s.models_topic, [(MODEL.encode(), v) for v in bad.values()], raw=True)
     records = status_records(s, 1 + len(bad))
     rejected = {r["reason_kind"]: r for r in records if r["status"] == "rejected"}
     assert set(rejected) == set(bad), records
@@ -355,8 +366,8 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
         assert running.metric("scorer_models_rejected_total", {"reason": kind}) == 1
     assert running.scorer.slot.current.version == 1
 
-    produce(s.kafka_bootstrap_servers, s.input_topic, events[:500])
-    predictions = read(s.kafka_bootstrap_servers, s.output_topic, 500)
+    produce(s, s.input_topic, events[:500])
+    predictions = read(s, s.output_topic, 500)
     assert_exactly_once(predictions, s, 500)
     assert {p["model_version"] for p in predictions} == {1}
 
@@ -374,30 +385,43 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
 def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
         settings, scorers, events, contract, artifacts):
     s = settings
+    framing = Framing(s)
+
+    def frame(payload: bytes) -> bytes:
+        return framing.frame(s.input_topic, payload)
+
     good_doc = orjson.loads(events[0][1])
     bad = {
-        "undecodable": b"\xff\xfe not json at all",
-        "schema": orjson.dumps({**good_doc, "year": "2013"}),
-        "range": orjson.dumps({**good_doc, "distance": -5.0}),
+        "undecodable": frame(b"\xff\xfe not json at all"),
+        "schema": frame(orjson.dumps({**good_doc, "year": "2013"})),
+        "range": frame(orjson.dumps({**good_doc, "distance": -5.0})),
     }
-    missing = orjson.dumps({k: v for k, v in good_doc.items() if k != "origin"})
-    records = [*events[:200], *[(b"bad-" + k.encode(), v) for k, v in bad.items()], (b"bad-missing", missing),
-               (b"bad-empty", b""), *events[200:400]]
+    missing = frame(orjson.dumps({k: v for k, v in good_doc.items() if k != "origin"}))
+    # Bad frames: none at all, an id the registry does not know, the id of another topic's schema.
+    unframed, unknown_id = events[0][1], header(2**31 - 1) + events[0][1]
+    other_subject = framing.frame(s.output_topic, events[0][1])
+    wire = {unframed: ("undecodable", "no Confluent framing"), unknown_id: ("schema", "unknown schema id"),
+            other_subject: ("schema", f"not {s.input_topic}-value")}
+    records = [*[(k, frame(v)) for k, v in events[:200]], *[(b"bad-" + k.encode(), v) for k, v in bad.items()],
+               (b"bad-missing", missing), (b"bad-empty", b""), *[(b"bad-wire", v) for v in wire],
+               *[(k, frame(v)) for k, v in events[200:400]]]
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     running = scorers(s)
-    produce(s.kafka_bootstrap_servers, s.input_topic, records)
-    predictions = read(s.kafka_bootstrap_servers, s.output_topic, 400)
+    produce(s, s.input_topic, records, raw=True)
+    predictions = read(s, s.output_topic, 400)
     assert len(predictions) == 400
-    dlq = read(s.kafka_bootstrap_servers, s.dlq_topic, 5)
-    assert len(dlq) == 5
+    dlq = read(s, s.dlq_topic, 8)
+    assert len(dlq) == 8
     for d in dlq:
         DeadLetter.model_validate({k: v for k, v in d.items() if not k.startswith("_")})
     by_bytes = {base64.b64decode(d["original_b64"]): d for d in dlq}
-    assert set(by_bytes) == {*bad.values(), missing, b""}
+    assert set(by_bytes) == {*bad.values(), missing, b"", *wire}
     for cls, value in bad.items():
         assert by_bytes[value]["error_class"] == cls, by_bytes[value]
     assert by_bytes[missing]["error_class"] == "schema" and "origin" in by_bytes[missing]["reason"]
     assert by_bytes[b""]["error_class"] == "undecodable"
+    for value, (cls, reason) in wire.items():
+        assert by_bytes[value]["error_class"] == cls and reason in by_bytes[value]["reason"], by_bytes[value]
     # Source positions point at the original record; scored and dead positions cover the input exactly.
     dead_positions = {(d["source_partition"], d["source_offset"]) for d in dlq}
     scored_positions = {(p["source_partition"], p["source_offset"]) for p in predictions}
@@ -447,11 +471,11 @@ def test_sigkill_then_restart_under_the_same_name_resumes_at_once_and_loses_noth
                                     "session_timeout_ms": LONG_SESSION_MS})
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     stream = events[:6000]
-    produce(s.kafka_bootstrap_servers, s.input_topic, stream[:1000])
+    produce(s, s.input_topic, stream[:1000])
     first = spawn(s, tmp_path / "scorer-1.log")
     second = None
     # The rest arrives as a live stream once the scorer is up, so the kill lands in the middle of it.
-    rest = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.input_topic,
+    rest = threading.Thread(target=produce, args=(s, s.input_topic,
                                                   stream[1000:], 1000.0))
     try:
         wait_for(lambda: sum(max(o, 0) for o in committed(s).values()) >= 600, 120, "first commits")
@@ -470,7 +494,7 @@ def test_sigkill_then_restart_under_the_same_name_resumes_at_once_and_loses_noth
         if rest.is_alive():
             rest.join(60)
     assert _assignments(tmp_path / "scorer-2.log") == [{0, 1, 2}], "the replacement's partitions moved"
-    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0)
+    predictions = read(s, s.output_topic, len(stream), settle=2.0)
     if mode == "exactly_once":
         assert_exactly_once(predictions, s, len(stream))
         return
@@ -493,13 +517,13 @@ def test_a_frozen_replica_replaced_under_its_name_is_fenced_and_writes_nothing(
     replacement = None
     try:
         wait_for(lambda: _owned(tmp_path / "zombie.log") == {0, 1, 2}, 120, "the first replica to consume")
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[:3000], 1000.0)
+        produce(s, s.input_topic, stream[:3000], 1000.0)
         zombie.send_signal(signal.SIGSTOP)  # frozen with fetched, scored, maybe uncommitted batches
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[3000:4500])
+        produce(s, s.input_topic, stream[3000:4500])
         replacement = spawn(s, tmp_path / "replacement.log")
         wait_for(lambda: committed(s) == high_watermarks(s), 120, "the replacement to catch up")
         zombie.send_signal(signal.SIGCONT)
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[4500:], 1000.0)  # while the zombie wakes up
+        produce(s, s.input_topic, stream[4500:], 1000.0)  # while the zombie wakes up
         assert zombie.wait(60) != 0, "the zombie went on serving"
         wait_for(lambda: committed(s) == high_watermarks(s), 60, "the replacement to finish the stream")
         assert replacement.poll() is None, "the replacement stopped"
@@ -507,7 +531,7 @@ def test_a_frozen_replica_replaced_under_its_name_is_fenced_and_writes_nothing(
     finally:
         end(zombie, replacement)
     assert "fenced" in (tmp_path / "zombie.log").read_text().lower()
-    assert_exactly_once(read(s.kafka_bootstrap_servers, s.output_topic, len(stream), settle=2.0), s, len(stream))
+    assert_exactly_once(read(s, s.output_topic, len(stream), settle=2.0), s, len(stream))
 
 
 @pytest.mark.slow
@@ -524,7 +548,7 @@ def test_one_of_two_replicas_stopping_under_load_hands_its_partitions_to_the_oth
     stream = events[:9000]
     a = spawn(s.model_copy(update={"replica_name": "a"}), tmp_path / "a.log")
     b = spawn(s.model_copy(update={"replica_name": "b"}), tmp_path / "b.log")
-    load = threading.Thread(target=produce, args=(s.kafka_bootstrap_servers, s.input_topic, stream, 1000.0))
+    load = threading.Thread(target=produce, args=(s, s.input_topic, stream, 1000.0))
     try:
         wait_for(lambda: _shared(tmp_path / "a.log", tmp_path / "b.log"), 120, "both replicas to consume")
         load.start()
@@ -545,7 +569,7 @@ def test_one_of_two_replicas_stopping_under_load_hands_its_partitions_to_the_oth
     assert ("left group" in (tmp_path / "a.log").read_text()) == (how == "sigterm")
     # After a SIGKILL, the outputs past the dead replica's open transaction are readable once the broker has
     # aborted it: after the transaction timeout (DELIVERY_TIMEOUT_S, 30 s) and its next check (10 s at most).
-    predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream), timeout=120, settle=2.0)
+    predictions = read(s, s.output_topic, len(stream), timeout=120, settle=2.0)
     assert_exactly_once(predictions, s, len(stream))
 
 
@@ -571,8 +595,8 @@ def test_at_least_once_commits_delivered_batches_on_the_interval_and_all_at_stop
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     running = scorers(s)
     batch = events[:2000]
-    produce(s.kafka_bootstrap_servers, s.input_topic, batch)
-    assert_exactly_once(read(s.kafka_bootstrap_servers, s.output_topic, len(batch)), s, len(batch))
+    produce(s, s.input_topic, batch)
+    assert_exactly_once(read(s, s.output_topic, len(batch)), s, len(batch))
     # Every prediction is delivered, yet no commit is due for a minute...
     assert set(committed(s).values()) == {-1001}
     assert running.metric("scorer_predictions_out_total") == len(batch)
@@ -594,9 +618,9 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     def produce_around_the_join() -> None:
         # The second replica joins mid-stream (its model loader starts TensorFlow first, which takes
         # seconds): half the stream before it is ready, half after, so both replicas get records.
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[:3000], 1000.0)
+        produce(s, s.input_topic, stream[:3000], 1000.0)
         wait_for(lambda: second is not None and second.scorer.ready()[0], 120, "second replica ready")
-        produce(s.kafka_bootstrap_servers, s.input_topic, stream[3000:], 1000.0)
+        produce(s, s.input_topic, stream[3000:], 1000.0)
 
     producer = threading.Thread(target=produce_around_the_join)
     producer.start()
@@ -605,7 +629,7 @@ def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
     second = Running(s.model_copy(update={"replica_name": "it-2"}), scorer_id="it-2")
     try:
         producer.join()
-        predictions = read(s.kafka_bootstrap_servers, s.output_topic, len(stream))
+        predictions = read(s, s.output_topic, len(stream))
         assert_exactly_once(predictions, s, len(stream))
         assert first.metric("scorer_events_in_total") > 0 and second.metric("scorer_events_in_total") > 0
         lives = [(r["scorer_id"], r["model_version"]) for r in status_records(s, 2) if r["status"] == "live"]
@@ -649,7 +673,7 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
     wait_for(lambda: running.scorer.ready()[0], 120, "scorer ready")
     stream = events[:5000]
     # The producer keeps going through the outage: librdkafka buffers and retries (idempotent, no duplicates).
-    producer = threading.Thread(target=produce, args=(bootstrap, s.input_topic, stream, 500.0))
+    producer = threading.Thread(target=produce, args=(s, s.input_topic, stream, 500.0))
     producer.start()
     try:
         time.sleep(3)
@@ -657,7 +681,7 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
         time.sleep(2)
         broker.Broker(private_broker, distribution.fetch()).start()
         producer.join()
-        predictions = read(bootstrap, s.output_topic, len(stream), timeout=180)
+        predictions = read(s, s.output_topic, len(stream), timeout=180)
         positions = Counter((p["source_partition"], p["source_offset"]) for p in predictions)
         inputs = high_watermarks(s)
         assert sum(inputs.values()) == len(stream)

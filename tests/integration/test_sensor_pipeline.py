@@ -15,6 +15,7 @@ from ml.keras_models import from_bytes
 from ml.publish import read_envelopes
 from ml.registry import Registry
 from ml.settings import LoopSettings
+from ml.wire import Framing
 from use_cases.sensor_anomaly.generator import START, generate, replay_readings
 from use_cases.sensor_anomaly.preprocessing import SensorPreprocessing, anomaly_score, transform
 from use_cases.sensor_anomaly.use_case import SensorAnomaly
@@ -87,10 +88,11 @@ def test_bad_readings_are_rejected_by_class_and_too_many_stop_the_run(high_water
     replay_readings(settings, readings)
     good = readings.iloc[0].to_dict()
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    bad = [b"\x00not json"] * 20
-    bad += [b'{"schema_version":1,"reading_id":"x","machine_id":"m000"}'] * 15  # fields missing: schema
+    framing, topic = Framing(settings), settings.topic("sensors.readings")
+    bad = [framing.frame(topic, b"not json")] * 10 + [b"no frame"] * 10  # undecodable
+    bad += [framing.frame(topic, b'{"schema_version":1,"reading_id":"x","machine_id":"m000"}')] * 15  # schema
     out_of_range = {**good, "ts": good["ts"].isoformat(), "rpm": 99_999.0}
-    bad += [orjson.dumps(out_of_range)] * 10
+    bad += [framing.frame(topic, orjson.dumps(out_of_range))] * 10
     for value in bad:
         producer.produce(settings.topic("sensors.readings"), key=b"m000", value=value)
     assert producer.flush(30) == 0

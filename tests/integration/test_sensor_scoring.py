@@ -5,7 +5,6 @@ readings in `sensors.dlq`."""
 from __future__ import annotations
 
 import base64
-import threading
 import time
 import uuid
 from collections import Counter
@@ -18,7 +17,7 @@ from confluent_kafka import Consumer, Producer
 from ml.keras_models import to_bytes
 from ml.publish import build_envelope, publish
 from ml.settings import LoopSettings
-from scoring_service.app import Scorer
+from ml.wire import Framing, TopicReader
 from scoring_service.config import ScorerSettings
 from use_cases.sensor_anomaly import model as autoencoder, preprocessing as features
 from use_cases.sensor_anomaly.contracts import SensorScore
@@ -72,50 +71,42 @@ def _read(s: ScorerSettings, topic: str, count: int, timeout: float = 90.0) -> l
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": f"r-{uuid.uuid4().hex[:8]}",
                   "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
     c.subscribe([topic])
+    reader = TopicReader(s, topic)
     out, deadline = [], time.monotonic() + timeout
     try:
         while len(out) < count and time.monotonic() < deadline:
-            out += [orjson.loads(m.value()) for m in c.consume(1000, 0.2) if m.error() is None]
+            out += [reader.loads(m.value()) for m in c.consume(1000, 0.2) if m.error() is None]
         time.sleep(1.0)  # and nothing more after the expected count
-        out += [orjson.loads(m.value()) for m in c.consume(1000, 0.5) if m.error() is None]
+        out += [reader.loads(m.value()) for m in c.consume(1000, 0.5) if m.error() is None]
     finally:
         c.close()
     return out
 
 
-def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, readings, models):
+def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, readings, models, scorer_in_thread):
     s = settings
     _publish(s, 1, *models[1])
-    scorer = Scorer(s, scorer_id="sensor-it")
-    thread = threading.Thread(target=scorer.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not scorer.ready()[0] and time.monotonic() < deadline:
-            time.sleep(0.1)
+    with scorer_in_thread(s, "sensor-it"):
         events = stream(LoopSettings(topic_names=s.topic_names), readings)
         good = list(zip(events.keys, events.values, strict=True))
         first = orjson.loads(good[0][1])
         bad = [b"\xffnot json", orjson.dumps({k: v for k, v in first.items() if k != "vibration"}),
                orjson.dumps({**first, "temperature": 500.0})]
         producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "enable.idempotence": True})
+        framing = Framing(s)
         for i, (key, value) in enumerate(good):
-            producer.produce(s.input_topic, key=key.encode(), value=value)
+            producer.produce(s.input_topic, key=key.encode(), value=framing.frame(s.input_topic, value))
             if i == len(good) // 2:
                 producer.flush()
                 _publish(s, 2, *models[2])  # mid-stream: the scorer swaps while readings keep coming
                 for b in bad:
-                    producer.produce(s.input_topic, key=b"m000", value=b)
+                    producer.produce(s.input_topic, key=b"m000", value=framing.frame(s.input_topic, b))
             if i % 200 == 0:
                 producer.poll(0)
                 time.sleep(0.02)
         assert producer.flush(30) == 0
         scores = _read(s, s.output_topic, len(good))
         dead = _read(s, s.dlq_topic, len(bad), timeout=30)
-        assert thread.is_alive()
-    finally:
-        scorer.stop()
-        thread.join(60)
 
     by_reading = Counter(r["reading_id"] for r in scores)
     assert len(by_reading) == len(good) and max(by_reading.values()) == 1, "a reading lost or scored twice"
@@ -136,5 +127,5 @@ def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, 
         assert all(r["threshold"] == fitted.threshold for _, r in mine)
         assert all(r["is_anomaly"] == (r["score"] > fitted.threshold) for _, r in mine)
     assert sorted(d["error_class"] for d in dead) == ["range", "schema", "undecodable"]
-    assert {base64.b64decode(d["original_b64"]) for d in dead} == set(bad)
+    assert {base64.b64decode(d["original_b64"]) for d in dead} == {framing.frame(s.input_topic, b) for b in bad}
     assert all(d["source_topic"] == s.input_topic for d in dead)

@@ -32,6 +32,7 @@ from ml import use_cases
 from ml.airflow_tasks import TASKS, dag_id
 from ml.settings import LoopSettings
 from ml.topics import ensure_topics
+from ml.wire import TopicReader
 from use_cases.flight_delay.replay import replay_frame
 from use_cases.flight_delay.source import load_completed
 
@@ -67,6 +68,7 @@ def registered(site, monkeypatch):
 
 def _committed_predictions(bootstrap: str, topic: str) -> list[dict]:
     """Every committed record of ``topic`` (read_committed), decoded."""
+    reader = TopicReader(LoopSettings(), topic)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
                   "isolation.level": "read_committed", "enable.auto.commit": False, "enable.partition.eof": True})
     try:
@@ -77,7 +79,7 @@ def _committed_predictions(bootstrap: str, topic: str) -> list[dict]:
             m = c.poll(10)
             assert m is not None, f"{topic}: no end of partition seen"
             if m.error() is None:
-                out.append(json.loads(m.value()))
+                out.append(reader.loads(m.value()))
             else:
                 done.add(m.partition())
         return out

@@ -23,6 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 from infra.kafka import broker
+from infra.registry import distribution as registry_distribution, server as registry_server
 from ml import use_cases
 from ml.settings import LoopSettings
 from scoring_service.config import ScorerSettings
@@ -44,11 +45,18 @@ OFFICIAL_BINARIES = {
     "postgres": {"pg_isready"},                                      # postgres image docs (healthchecks)
     "mlflow": {"mlflow", "python"},                                  # ghcr.io/mlflow/mlflow: `mlflow server`
     "apache/airflow": {"bash", "python", "curl", "airflow"},        # docker-stack docs: entrypoint, curl checks
+    # Apicurio's own compose examples health-check this image with curl on its management port
+    # (github.com/Apicurio/apicurio-registry, examples/llm-artifact-types/docker-compose.yml).
+    "apicurio/apicurio-registry": {"curl"},
 }
 # Environment variables the official images document (plus the Kafka image's KAFKA_<server property>).
 OFFICIAL_ENV = {
     "apache/kafka": re.compile(r"^(KAFKA_[A-Z_]+|CLUSTER_ID)$"),
     "postgres": re.compile(r"^POSTGRES_(USER|PASSWORD|DB|INITDB_ARGS)$"),
+    # Every configuration property as its variable, e.g. APICURIO_KAFKASQL_BOOTSTRAP_SERVERS (Apicurio Registry docs,
+    # "Configuration reference" and "Installing Apicurio Registry using Docker"); JAVA_OPTIONS, set by the image's
+    # Dockerfile (distro/docker/src/main/docker/Dockerfile.jvm) and read by its start script.
+    "apicurio/apicurio-registry": re.compile(r"^(APICURIO_[A-Z_]+|JAVA_OPTIONS)$"),
 }
 # Variables the project's code or its runtime read besides the settings classes.
 EXTRA_PROJECT_ENV = {"TF_CPP_MIN_LOG_LEVEL"}  # TensorFlow's C++ log level (README, Dockerfile)
@@ -160,8 +168,8 @@ def test_schema_rejects_a_broken_file() -> None:
 
 def test_services_and_dependencies(compose: dict) -> None:
     services = compose["services"]
-    assert {"kafka", "kafka-init", "postgres", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer", "scorer", "replayer"} <= set(services)
+    assert {"kafka", "schema-registry", "kafka-init", "postgres", "mlflow", "airflow-init", "airflow-apiserver",
+            "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "scorer", "replayer"} <= set(services)
     for name, svc in services.items():
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
@@ -218,7 +226,7 @@ def test_project_services_run_modules_of_this_repo(compose: dict) -> None:
         argv = argv_of(interpolate(svc["command"], example_env()))
         check_python_m(argv)
         checked += 1
-    assert checked == 4  # kafka-init, scorer, sensor-scorer, replayer
+    assert checked == 5  # kafka-init, schemas-init, scorer, sensor-scorer, replayer
     # The scorer image's default command and healthcheck run the same module.
     assert 'CMD ["python", "-m", "scoring_service"]' in DOCKERFILES["scorer"].read_text()
 
@@ -260,6 +268,9 @@ def test_official_image_tags_are_pinned(compose: dict) -> None:
         repo, _, tag = svc["image"].partition(":")
         assert tag and tag != "latest", f"{name}: image {svc['image']} is not pinned"
     assert compose["services"]["kafka"]["image"] == "apache/kafka:4.1.1"
+    # The image of the server the local path fetches from Maven Central.
+    assert compose["services"]["schema-registry"]["image"] == (
+        f"apicurio/apicurio-registry:{registry_distribution.REGISTRY_VERSION}")
     assert compose["services"]["postgres"]["image"] == "postgres:16"
 
 
@@ -269,6 +280,36 @@ def test_the_compose_broker_runs_the_local_brokers_jvm(compose: dict) -> None:
     opts = compose["services"]["kafka"]["environment"]["KAFKA_JVM_PERFORMANCE_OPTS"].split()
     assert set(broker.JVM_FLAGS) <= set(opts)
     assert not [o for o in opts if o.startswith("-XX:") and o not in broker.JVM_FLAGS]
+
+
+def test_the_compose_registry_stores_in_kafka_as_the_local_one(compose: dict) -> None:
+    """kafkasql on the deployment's cluster, the local registry's poll timeout and JVM flags, and the image's own
+    JAVA_OPTIONS kept (JAVA_OPTIONS replaces them)."""
+    env = service_env(compose["services"]["schema-registry"])
+    assert env["APICURIO_STORAGE_KIND"] == "kafkasql"
+    assert env["APICURIO_KAFKASQL_BOOTSTRAP_SERVERS"] == "${KAFKA_BOOTSTRAP_SERVERS:-kafka:9092}"
+    assert env["APICURIO_KAFKASQL_CONSUMER_POLL_TIMEOUT"] == str(registry_server.POLL_TIMEOUT_MS)
+    opts = env["JAVA_OPTIONS"].split()
+    assert {"-Dquarkus.http.host=0.0.0.0", "-Djava.util.logging.manager=org.jboss.logmanager.LogManager"} <= set(opts)
+    assert [o for o in opts if o.startswith("-XX:")] == list(registry_server.JVM_FLAGS)
+    ready = argv_of(compose["services"]["schema-registry"]["healthcheck"]["test"])
+    assert ready[-1] == "http://localhost:9000/health/ready"
+
+
+def test_every_kafka_client_finds_and_waits_for_the_schema_registry(compose: dict) -> None:
+    """Each service of the project's images that talks to Kafka gets the in-network registry URL and starts once the
+    registry is ready (airflow-init only migrates the metadata database)."""
+    checked = set()
+    for name, svc in compose["services"].items():
+        env = interpolate(service_env(svc), example_env())
+        if image_of(svc) not in PROJECT_DOCKERFILES or name == "airflow-init":
+            continue
+        assert env["SCHEMA_REGISTRY_URL"] == "http://schema-registry:8080/apis/ccompat/v7", name
+        assert svc["depends_on"]["schema-registry"] == {"condition": "service_healthy"}, name
+        checked.add(name)
+    assert {"kafka-init", "scorer", "sensor-scorer", "replayer", "airflow-scheduler", "airflow-triggerer"} <= checked
+    # With an existing cluster the registry stores there and no longer waits for the bundled broker.
+    assert load(OVERRIDE)["services"]["schema-registry"]["depends_on"] == {}
 
 
 # --- (c) Dockerfiles -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.contracts import DeadLetter, field_specs
+from ml.contracts import DeadLetter, ModelStatus, field_specs
 from use_cases.flight_delay.contracts import FlightCompleted, FlightPrediction, FlightScheduled
 from use_cases.sensor_anomaly.contracts import SensorReading
 
@@ -33,6 +33,7 @@ def table_after(heading: str) -> list[list[str]]:
     (FlightCompleted, "### FlightCompleted", len(FlightScheduled.model_fields)),
     (FlightPrediction, "### FlightPrediction", 0),
     (DeadLetter, "### DeadLetter", 0),
+    (ModelStatus, "### ModelStatus", 0),
     (SensorReading, "**SensorReading v1**", 0),
 ])
 def test_each_documented_table_lists_the_contracts_fields_in_order(contract, heading, inherited):

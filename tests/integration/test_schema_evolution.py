@@ -1,0 +1,204 @@
+"""Schemas on a real registry: `python -m ml schemas register|check`, a compatible v2 of the flight events
+registered while a scorer and a snapshot run (old and new records both score and snapshot), and incompatible
+changes refused by the registry and by `schemas check`, naming the field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.schema_registry import Schema as RegisteredSchema, SchemaRegistryError
+from pydantic import create_model
+
+from ml import snapshot
+from ml.contracts import Contract, DeadLetter
+from ml.errors import SchemaIncompatible
+from ml.keras_models import to_bytes
+from ml.publish import build_envelope, publish
+from ml.schema_registry import SchemaRegistry
+from ml.schemas import TopicSchema
+from ml.settings import LoopSettings
+from ml.topics import ensure_topics
+from ml.wire import Framing, TopicDecoder, TopicReader, header
+from scoring_service.config import ScorerSettings
+from use_cases.flight_delay import preprocessing
+from use_cases.flight_delay.contracts import FlightCompleted, FlightScheduled
+from use_cases.flight_delay.replay import build_stream, replay_frame
+from use_cases.flight_delay.source import load_completed
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "evolution-key"
+
+
+class FlightScheduledV2(FlightScheduled):
+    """`flights.scheduled` v2: v1 and the departure gate, when the airline announced it."""
+
+    gate: str | None = None
+
+
+class FlightCompletedV2(FlightCompleted):
+    """`flights.completed` v2: v1 and the departure gate, when the airline announced it."""
+
+    gate: str | None = None
+
+
+def _without(contract: type[Contract], field: str, **changed) -> type[Contract]:
+    """``contract`` with ``field`` removed and the fields in ``changed`` given other types."""
+    fields = {name: (changed.get(name, info.annotation), info if name not in changed else ...)
+              for name, info in contract.model_fields.items() if name != field}
+    return create_model(f"{contract.__name__}Changed", __base__=Contract, **fields)
+
+
+def _cli(*args: str, prefix: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOPIC_PREFIX": prefix}
+    return subprocess.run([sys.executable, "-m", "ml", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_schemas_register_then_check_every_topic(kafka_bootstrap):
+    prefix = f"reg{uuid.uuid4().hex[:8]}."
+    before = _cli("schemas", "check", prefix=prefix)
+    assert before.returncode == 0, before.stderr
+    assert f"{prefix}flights.scheduled-value: FlightScheduled new" in before.stdout
+    done = _cli("schemas", "register", prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("is version 1") == 9 and "compatibility BACKWARD" in done.stdout
+    after = _cli("schemas", "check", prefix=prefix)
+    assert after.returncode == 0 and after.stdout.count("registered (version 1)") == 9, after.stdout
+    registry = SchemaRegistry(LoopSettings().schema_registry_url)
+    assert registry.compatibility(f"{prefix}models-value") == "BACKWARD"
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return load_completed((1, 1), limit=4000)
+
+
+@pytest.mark.slow
+def test_a_compatible_v2_registered_mid_stream_scores_and_snapshots_beside_v1(kafka_bootstrap, flights, tmp_path,
+                                                                               scorer_in_thread):
+    import keras
+
+    from use_cases.flight_delay.model import untrained
+
+    prefix = f"evo{uuid.uuid4().hex[:8]}."
+    loop = LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, use_case="flight_delay", topic_prefix=prefix,
+                        loop_data_dir=tmp_path, model_signing_key=KEY)
+    ensure_topics(loop)
+    s = ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix,
+                       model_signing_key=KEY, http_port=0, batch_size=500, batch_max_wait_ms=50)
+    fitted = preprocessing.fit(flights.head(2000))
+    keras.utils.set_random_seed(1)
+    publish(loop, build_envelope(model_name="flight_delay", model_version=1, run_id="r1", model_uri="models:/f/1",
+                                 preprocessing=fitted.to_dict(), metrics={"auc": 0.7}, decision_id="d1",
+                                 artifact=to_bytes(untrained(fitted)), key=KEY.encode()))
+    with scorer_in_thread(s, "evolution") as scorer:
+        old, new = flights.iloc[:2000], flights.iloc[2000:]
+        replay_frame(loop, old)  # v1 records, framed with v1's schema id
+
+        # Register v2 while the scorer runs and a snapshot reads the v1 records.
+        labels = loop.topic("flights.completed")
+        first = {}
+        reading = threading.Thread(target=lambda: first.update(
+            manifest=snapshot.take_snapshot(loop, labels, FlightCompleted)))
+        reading.start()
+        registry = SchemaRegistry.of(loop)
+        v2 = {topic: registry.register(TopicSchema(topic, contract)) for topic, contract in (
+            (s.input_topic, FlightScheduledV2), (labels, FlightCompletedV2))}
+        assert {r.version for r in v2.values()} == {2}
+        reading.join(120)
+
+        # v2 records carry the new field and v2's id; the code still reads them through its v1 contract.
+        stream = build_stream(loop, new)
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+        for topic, key, value, ts in zip(stream.topics, stream.keys, stream.values, stream.timestamps.tolist(),
+                                         strict=True):
+            doc = orjson.loads(value) | {"gate": f"C{len(key) % 9}"}
+            producer.produce(topic, header(v2[topic].schema_id) + orjson.dumps(doc), key, timestamp=ts)
+        assert producer.flush(30) == 0
+        second = snapshot.take_snapshot(loop, labels, FlightCompleted)
+
+        reader, predictions = TopicReader(s, s.output_topic), []
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
+                             "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+        consumer.subscribe([s.output_topic])
+        deadline = time.monotonic() + 120
+        while len(predictions) < len(flights) and time.monotonic() < deadline:
+            predictions += [reader.loads(m.value()) for m in consumer.consume(1000, 0.5) if m.error() is None]
+        consumer.close()
+
+    scored = Counter(p["flight_id"] for p in predictions)
+    assert set(scored) == set(flights["flight_id"]) and max(scored.values()) == 1
+    assert scorer.metrics.registry.get_sample_value("scorer_dead_letters_total", {"error_class": "schema"}) in (None, 0)
+    assert (first["manifest"].row_count, first["manifest"].rejected_count) == (len(old), 0)
+    assert (second.row_count, second.rejected_count) == (len(new), 0)
+    rows, _ = snapshot.load_snapshots(loop, labels, FlightCompleted, [second.snapshot_id])
+    assert sorted(rows["flight_id"]) == sorted(new["flight_id"]) and "gate" not in rows.columns
+
+    # Once v2 is registered, code that knows only v1 would refuse v2's records: `schemas check` says so.
+    check = _cli("schemas", "check", "--use-case", "flight_delay", prefix=prefix)
+    assert check.returncode == 1
+    assert f"{s.input_topic}-value: FlightScheduled incompatible" in check.stdout
+    assert "field 'gate' was removed" in check.stdout
+
+
+def test_an_incompatible_change_is_refused_by_the_registry_and_by_check_naming_the_field(kafka_bootstrap):
+    topic = f"inc{uuid.uuid4().hex[:8]}.flights.scheduled"
+    registry = SchemaRegistry.of(LoopSettings())
+    registry.register(TopicSchema(topic, FlightScheduled))
+    for changed, named in ((_without(FlightScheduled, "carrier"), "field 'carrier' was removed"),
+                           (_without(FlightScheduled, "", flight=str), "field 'flight' changed type from integer "
+                                                                       "to string")):
+        ts = TopicSchema(topic, changed)
+        check = registry.check(ts)
+        assert (check.state, check.ok) == ("incompatible", False)
+        assert any(named in p for p in check.problems), check.problems
+        with pytest.raises(SchemaIncompatible, match=named) as refused:
+            registry.register(ts)
+        assert isinstance(refused.value.__cause__, SchemaRegistryError)
+        assert refused.value.__cause__.http_status_code == 409
+    assert registry.versions(f"{topic}-value") == [TopicSchema(topic, FlightScheduled).schema]
+    # A record framed with the registered schema is still read; the id names its subject.
+    framed = Framing(LoopSettings(), [TopicSchema(topic, FlightScheduled)]).frame(topic, b"{}")
+    assert TopicReader(LoopSettings(), topic).payload(framed) == b"{}"
+
+
+def test_replicas_starting_together_register_a_new_subject_once(kafka_bootstrap):
+    """Scorer replicas started at once all register their output schemas: each gets the same id, none fails."""
+    topic, ids, errors = f"race{uuid.uuid4().hex[:8]}.flights.dlq", [], []
+
+    def first_use() -> None:
+        try:
+            ids.append(SchemaRegistry(LoopSettings().schema_registry_url).writer_id(TopicSchema(topic, DeadLetter)))
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(ids) == 4 and len(set(ids)) == 1
+    assert SchemaRegistry(LoopSettings().schema_registry_url).compatibility(f"{topic}-value") == "BACKWARD"
+
+
+def test_a_record_framed_with_an_avro_schema_of_the_topic_is_refused_naming_the_type(kafka_bootstrap):
+    topic = f"avro{uuid.uuid4().hex[:8]}.flights.scheduled"
+    registry = SchemaRegistry.of(LoopSettings())
+    avro = {"type": "record", "name": "Flight", "fields": [{"name": "flight_id", "type": "string"}]}
+    schema_id = registry._client.register_schema(f"{topic}-value", RegisteredSchema(orjson.dumps(avro).decode(),
+                                                                                    "AVRO"))
+    decoded = TopicDecoder(LoopSettings(), topic, FlightScheduled).decode([header(schema_id) + b"\x02a"])
+    assert [(r.error_class, r.reason) for r in decoded.rejected] == [
+        ("schema", f"schema id {schema_id} has type AVRO: the records of {topic} are JSON")]
