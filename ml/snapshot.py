@@ -82,6 +82,8 @@ class SnapshotManifest(BaseModel):
     triggered_by: str | None = Field(None, description="the announcement (ml.new_records) whose asset event "
                                                        "started the run that took it; None: a scheduled or "
                                                        "manual run")
+    schema_ids: dict[int, int] = Field(default_factory=dict, description="rows by the registry schema id they "
+                                       "were written with (empty in manifests from before the registry)")
 
     @property
     def end_offsets(self) -> dict[int, int]:
@@ -262,10 +264,10 @@ def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], 
         log.info("snapshot %s of %s: reading partitions %s", snapshot_id, topic, _fmt(ranges))
         folder = topic_dir(settings, topic) / snapshot_id
         folder.mkdir(parents=True, exist_ok=True)
-        event_times, rejected = _read(settings, topic, contract, ranges, timeout, batch_size,
-                                      folder / (DATA + ".tmp"))
+        event_times, rejected, schema_ids = _read(settings, topic, contract, ranges, timeout, batch_size,
+                                                  folder / (DATA + ".tmp"))
         manifest = _finish(folder, topic, contract, snapshot_id, sequence, ranges, event_times, rejected,
-                           created_at, time.monotonic() - started, triggered_by)
+                           created_at, time.monotonic() - started, triggered_by, schema_ids)
     log.info("snapshot %s of %s: %d rows, %d rejected, offsets %s, event time %s to %s, %.2f s (%.0f rows/s)",
              manifest.snapshot_id, topic, manifest.row_count, manifest.rejected_count, _fmt(manifest.partitions),
              manifest.event_time_min, manifest.event_time_max, manifest.read_seconds,
@@ -274,8 +276,9 @@ def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], 
 
 
 def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: dict[int, tuple[int, int]],
-          timeout: float, batch_size: int, path: Path) -> tuple[pa.ChunkedArray, list[dict]]:
-    """Decode the ranges into the Parquet file ``path``; return the event-time column and the rejects.
+          timeout: float, batch_size: int, path: Path) -> tuple[pa.ChunkedArray, list[dict], dict[int, int]]:
+    """Decode the ranges into the Parquet file ``path``; return the event-time column, the rejects and the rows
+    by schema id.
 
     Rows arrive in (partition, offset) order (read_ranges reads partition by partition and batches are
     decoded in order) and row groups have a fixed size, so the file, and its hash, do not depend on how the
@@ -328,12 +331,13 @@ def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: 
             consumer.close()
             writer.close()
     chunks = [c for times in event_times for c in times.chunks]
-    return pa.chunked_array(chunks, decoder.schema.field(column).type), rejected
+    return pa.chunked_array(chunks, decoder.schema.field(column).type), rejected, dict(decoder.rows_by_schema_id)
 
 
 def _finish(folder: Path, topic: str, contract: type[Contract], snapshot_id: str, sequence: int,
             ranges: dict[int, tuple[int, int]], event_times: pa.ChunkedArray, rejected: list[dict],
-            created_at: datetime, seconds: float, triggered_by: str | None) -> SnapshotManifest:
+            created_at: datetime, seconds: float, triggered_by: str | None,
+            schema_ids: dict[int, int]) -> SnapshotManifest:
     """Hash the data, write the rejects and, last, the manifest: a folder without manifest.json is an
     unfinished attempt."""
     tmp = folder / (DATA + ".tmp")
@@ -357,7 +361,7 @@ def _finish(folder: Path, topic: str, contract: type[Contract], snapshot_id: str
         event_time_min=low.as_py() if low is not None else None,
         event_time_max=high.as_py() if high is not None else None,
         created_at=created_at, read_seconds=round(seconds, 3),
-        rejected_file=REJECTED if rejected else None, triggered_by=triggered_by,
+        rejected_file=REJECTED if rejected else None, triggered_by=triggered_by, schema_ids=schema_ids,
     )
     _atomic_write(folder / MANIFEST, manifest.model_dump_json(indent=2).encode())
     return manifest

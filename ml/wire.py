@@ -10,6 +10,7 @@ field the code does not know yet) is read through the code's contract, its extra
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,7 @@ class TopicDecoder:
         self.schema = ContractDecoder(contract).schema
         self._fields = frozenset(contract.model_fields)
         self._groups: dict[int, _Group] = {}
+        self.rows_by_schema_id: Counter[int] = Counter()  # rows accepted so far, by the schema id they carried
 
     def _group(self, schema_id: int) -> _Group:
         found = self._groups.get(schema_id)
@@ -169,6 +171,7 @@ class TopicDecoder:
                 heads.setdefault(v[:HEADER_SIZE] if v else b"", []).append(i)
         tables, accepted, rejected = [], [], []
         for head, idx in heads.items():
+            schema_id = None
             try:
                 schema_id, _ = split(head)
                 group = self._group(schema_id)
@@ -181,6 +184,7 @@ class TopicDecoder:
             part = group.decoder.decode([v[HEADER_SIZE:] for v in values] if one else
                                         [values[i][HEADER_SIZE:] for i in idx])
             where = np.asarray(idx, dtype=np.int64)
+            self.rows_by_schema_id[schema_id] += len(part.accepted)
             tables.append(part.table)
             accepted.append(where[part.accepted])
             rejected += [Rejection(int(where[r.index]), r.error_class, r.reason) for r in part.rejected]

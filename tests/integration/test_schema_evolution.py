@@ -143,6 +143,10 @@ def test_a_compatible_v2_registered_mid_stream_scores_and_snapshots_beside_v1(ka
     assert scorer.metrics.registry.get_sample_value("scorer_dead_letters_total", {"error_class": "schema"}) in (None, 0)
     assert (first["manifest"].row_count, first["manifest"].rejected_count) == (len(old), 0)
     assert (second.row_count, second.rejected_count) == (len(new), 0)
+    # Each manifest records which schema versions its rows were written with.
+    v1_id = registry.writer_id(TopicSchema(labels, FlightCompleted))
+    assert first["manifest"].schema_ids == {v1_id: len(old)}
+    assert second.schema_ids == {v2[labels].schema_id: len(new)}
     rows, _ = snapshot.load_snapshots(loop, labels, FlightCompleted, [second.snapshot_id])
     assert sorted(rows["flight_id"]) == sorted(new["flight_id"]) and "gate" not in rows.columns
 
