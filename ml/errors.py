@@ -78,6 +78,15 @@ class SchemaRegistryUnavailable(LoopError):
                          "or point SCHEMA_REGISTRY_URL at yours)")
 
 
+class SchemaNotRegistered(LoopError):
+    """A producer's schema is not in the registry, and auto-registration is off."""
+
+    def __init__(self, contract: str, subject: str, url: str) -> None:
+        self.subject = subject
+        super().__init__(f"{contract} is not registered under {subject} at {url} and SCHEMA_AUTO_REGISTER is off: "
+                         "run `python -m ml schemas register`")
+
+
 class SchemaIncompatible(LoopError):
     """A topic's schema in this code is not compatible with what the registry holds for its subject."""
 

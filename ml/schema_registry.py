@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
-from ml.errors import SchemaIncompatible, SchemaRegistryUnavailable
+from ml.errors import SchemaIncompatible, SchemaNotRegistered, SchemaRegistryUnavailable
 from ml.schemas import BACKWARD_OR_STRICTER, SCHEMA_TYPE, TopicSchema, incompatibilities
 from ml.settings import TopicNames
 
@@ -95,7 +95,7 @@ class SchemaRegistry:
 
     def writer_id(self, ts: TopicSchema) -> int:
         """The id of the code's schema for ``ts.subject``; registered first when it is not yet and
-        auto-registration is on. Raises SchemaIncompatible (the registry refuses it) or LookupError
+        auto-registration is on. Raises SchemaIncompatible (the registry refuses it) or SchemaNotRegistered
         (not registered and auto-registration off)."""
         with self._lock:
             known = self._writer_ids.get(ts.subject)
@@ -108,8 +108,7 @@ class SchemaRegistry:
             if exc.error_code not in NOT_FOUND:
                 raise
             if not self.auto_register:
-                raise LookupError(f"{ts.contract.__name__} is not registered under {ts.subject} at {self.url} and "
-                                  "SCHEMA_AUTO_REGISTER is off: run `python -m ml schemas register`") from exc
+                raise SchemaNotRegistered(ts.contract.__name__, ts.subject, self.url) from exc
             schema_id = self.register(ts).schema_id
         with self._lock:
             self._writer_ids[ts.subject] = schema_id

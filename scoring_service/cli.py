@@ -66,12 +66,12 @@ def run(**overrides: Any) -> None:
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
-    from ml.errors import SchemaRegistryUnavailable
+    from ml.errors import LoopError
     from scoring_service.app import Scorer
 
     try:
         scorer = Scorer(settings)
-    except SchemaRegistryUnavailable as e:
+    except LoopError as e:  # the schema registry: unreachable, or the output schemas refused or not registered
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
 

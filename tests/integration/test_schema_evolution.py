@@ -20,8 +20,8 @@ from confluent_kafka.schema_registry import Schema as RegisteredSchema, SchemaRe
 from pydantic import create_model
 
 from ml import snapshot
-from ml.contracts import Contract, DeadLetter
-from ml.errors import SchemaIncompatible
+from ml.contracts import Contract, DeadLetter, ModelStatus
+from ml.errors import SchemaIncompatible, SchemaNotRegistered
 from ml.keras_models import to_bytes
 from ml.publish import build_envelope, publish
 from ml.schema_registry import SchemaRegistry
@@ -206,3 +206,14 @@ def test_a_record_framed_with_an_avro_schema_of_the_topic_is_refused_naming_the_
     decoded = TopicDecoder(LoopSettings(), topic, FlightScheduled).decode([header(schema_id) + b"\x02a"])
     assert [(r.error_class, r.reason) for r in decoded.rejected] == [
         ("schema", f"schema id {schema_id} has type AVRO: the records of {topic} are JSON")]
+
+
+def test_with_auto_registration_off_an_unregistered_schema_is_named_and_a_registered_one_used(kafka_bootstrap):
+    topic = f"noauto{uuid.uuid4().hex[:8]}.models.status"
+    url = LoopSettings().schema_registry_url
+    strict = SchemaRegistry(url, auto_register=False)
+    with pytest.raises(SchemaNotRegistered, match=rf"ModelStatus is not registered under {topic}-value .* "
+                                                  r"`python -m ml schemas register`"):
+        strict.writer_id(TopicSchema(topic, ModelStatus))
+    registered = SchemaRegistry(url).register(TopicSchema(topic, ModelStatus))
+    assert strict.writer_id(TopicSchema(topic, ModelStatus)) == registered.schema_id
