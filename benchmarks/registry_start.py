@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from concurrent import futures
 from pathlib import Path
 
@@ -59,12 +58,8 @@ def register(url: str, subjects: int) -> list[str]:
 def measure(bootstrap: str, restarts: int, subjects: int, poll_timeout_ms: int, c2: bool) -> dict:
     if c2:
         server.JVM_FLAGS = ()
-    topics = server.own_topics(f"bench-{uuid.uuid4().hex[:8]}-")
-    data_dir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
-    cfg = server.RegistryConfig(
-        data_dir=data_dir, port=broker.free_port(), management_port=broker.free_port(),
-        kafka_bootstrap_servers=bootstrap,
-        overrides={**topics, "apicurio.kafkasql.consumer.poll.timeout": str(poll_timeout_ms)})
+    cfg = server.scratch_config(bootstrap, "bench",
+                                **{"apicurio.kafkasql.consumer.poll.timeout": str(poll_timeout_ms)})
     registry = server.Registry(cfg, registry_distribution.fetch(cfg.dist_cache, cfg.version))
     java, release = server.find_java(cfg)
     try:
@@ -78,8 +73,8 @@ def measure(bootstrap: str, restarts: int, subjects: int, poll_timeout_ms: int, 
         rss_mb = psutil.Process(registry.running_pid()).memory_info().rss / 2**20
     finally:
         registry.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        futures.wait(AdminClient({"bootstrap.servers": bootstrap}).delete_topics(list(topics.values())).values(),
+        shutil.rmtree(cfg.data_dir, ignore_errors=True)
+        futures.wait(AdminClient({"bootstrap.servers": bootstrap}).delete_topics(server.topics_of(cfg)).values(),
                      timeout=30)
     return {
         "registry_first_start_s": round(first, 2),

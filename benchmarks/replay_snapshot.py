@@ -62,18 +62,16 @@ def kafka_cluster() -> Iterator[str]:
 
 @contextlib.contextmanager
 def schema_registry(bootstrap: str) -> Iterator[str]:
-    """$SCHEMA_REGISTRY_URL, or a local Apicurio Registry on free ports storing in ``bootstrap``'s cluster,
+    """$SCHEMA_REGISTRY_URL, or a local Apicurio Registry on free ports storing in topics of its own on
+    ``bootstrap``'s cluster,
     started for the duration with SCHEMA_REGISTRY_URL pointing every client of this process at it."""
     external = os.environ.get("SCHEMA_REGISTRY_URL")
     if external:
         yield external
         return
-    from infra.kafka.broker import free_port
-    from infra.registry.server import Registry, RegistryConfig
+    from infra.registry.server import Registry, scratch_config
 
-    data_dir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
-    registry = Registry(RegistryConfig(data_dir=data_dir, port=free_port(), management_port=free_port(),
-                                       kafka_bootstrap_servers=bootstrap))
+    registry = Registry(scratch_config(bootstrap, "bench"))
     registry.start()
     os.environ["SCHEMA_REGISTRY_URL"] = registry.cfg.ccompat_url
     try:
@@ -81,7 +79,7 @@ def schema_registry(bootstrap: str) -> Iterator[str]:
     finally:
         del os.environ["SCHEMA_REGISTRY_URL"]
         registry.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(registry.cfg.data_dir, ignore_errors=True)
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:

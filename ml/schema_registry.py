@@ -36,6 +36,11 @@ NOT_FOUND = {SUBJECT_NOT_FOUND, VERSION_NOT_FOUND, SCHEMA_NOT_FOUND, 40408}  # 4
 NOT_JSON_SCHEMA = "x-not-json-schema"
 
 
+def _not_found(exc: SchemaRegistryError) -> bool:
+    """True when the registry answered that the subject, version, schema or config does not exist."""
+    return exc.error_code in NOT_FOUND or exc.http_status_code == 404
+
+
 class UnknownSchemaId(LookupError):
     """No schema has this id in the registry."""
 
@@ -105,7 +110,7 @@ class SchemaRegistry:
             schema_id = self._call(f"looking up {ts.subject}", self._client.lookup_schema, ts.subject,
                                    Schema(ts.text, SCHEMA_TYPE)).schema_id
         except SchemaRegistryError as exc:
-            if exc.error_code not in NOT_FOUND:
+            if not _not_found(exc):
                 raise
             if not self.auto_register:
                 raise SchemaNotRegistered(ts.contract.__name__, ts.subject, self.url) from exc
@@ -155,7 +160,7 @@ class SchemaRegistry:
             found = frozenset(self._call(f"resolving schema id {schema_id}", self._client.get_subjects_by_schema_id,
                                          schema_id))
         except SchemaRegistryError as exc:
-            if exc.error_code in NOT_FOUND or exc.http_status_code == 404:
+            if _not_found(exc):
                 raise UnknownSchemaId(f"unknown schema id {schema_id}: not in the registry at {self.url}") from exc
             raise
         with self._lock:
@@ -171,7 +176,7 @@ class SchemaRegistry:
         try:
             registered = self._call(f"reading schema id {schema_id}", self._client.get_schema, schema_id)
         except SchemaRegistryError as exc:
-            if exc.error_code in NOT_FOUND or exc.http_status_code == 404:
+            if _not_found(exc):
                 raise UnknownSchemaId(f"unknown schema id {schema_id}: not in the registry at {self.url}") from exc
             raise
         if (registered.schema_type or "AVRO") != SCHEMA_TYPE:
@@ -189,7 +194,7 @@ class SchemaRegistry:
         try:
             return self._call(f"reading compatibility of {subject}", self._client.get_compatibility, subject)
         except SchemaRegistryError as exc:
-            if exc.error_code in NOT_FOUND or exc.http_status_code == 404:
+            if _not_found(exc):
                 return None
             raise
 
@@ -202,7 +207,7 @@ class SchemaRegistry:
         try:
             numbers = self._call(f"listing versions of {subject}", self._client.get_versions, subject)
         except SchemaRegistryError as exc:
-            if exc.error_code in NOT_FOUND or exc.http_status_code == 404:
+            if _not_found(exc):
                 return []
             raise
         return [(n, json.loads(self._call(f"reading {subject} v{n}", self._client.get_version, subject, n)
@@ -220,7 +225,7 @@ class SchemaRegistry:
             found = self._call(f"looking up {ts.subject}", self._client.lookup_schema, ts.subject,
                                Schema(ts.text, SCHEMA_TYPE))
         except SchemaRegistryError as exc:
-            if exc.error_code not in NOT_FOUND:
+            if not _not_found(exc):
                 raise
         else:
             # An older version than the latest: this code's readers must still read what the latest writes.

@@ -87,6 +87,9 @@ def topic_schemas(names: TopicNames, cases: Iterable[Any] | None = None) -> list
 
 # ---------------------------------------------------------------- compatibility, field by field
 
+_JSON_TYPE = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+
+
 def _types(prop: Mapping[str, Any]) -> set[str]:
     """The JSON types a property admits ("null" included when optional); empty = any."""
     if "type" in prop:
@@ -98,9 +101,8 @@ def _types(prop: Mapping[str, Any]) -> set[str]:
         if not branch_types:
             return set()
         found |= branch_types
-    if "const" in prop and not found:
-        found = {"integer" if isinstance(prop["const"], int) and not isinstance(prop["const"], bool) else
-                 type(prop["const"]).__name__.replace("str", "string").replace("bool", "boolean")}
+    if "const" in prop and not found and type(prop["const"]) in _JSON_TYPE:
+        found = {_JSON_TYPE[type(prop["const"])]}
     return found
 
 

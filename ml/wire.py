@@ -19,9 +19,10 @@ import orjson
 import pyarrow as pa
 from pydantic import BaseModel
 
+from ml.contracts import arrow_schema
 from ml.decode import ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, Decoded, Rejection
 from ml.schema_registry import NOT_JSON_SCHEMA, SchemaRegistry, UnknownSchemaId
-from ml.schemas import TopicSchema, subject
+from ml.schemas import TopicSchema, subject, topic_schemas
 from ml.settings import TopicNames
 
 MAGIC = 0
@@ -64,8 +65,6 @@ class Framing:
     """The frame writers of a set of topics put in front of their values, resolved once per topic."""
 
     def __init__(self, names: TopicNames, schemas: list[TopicSchema] | None = None) -> None:
-        from ml.schemas import topic_schemas
-
         self.registry = SchemaRegistry.of(names)
         self._schemas = {s.topic: s for s in (schemas if schemas is not None else topic_schemas(names))}
         self._headers: dict[str, bytes] = {}
@@ -79,11 +78,6 @@ class Framing:
 
     def frame(self, topic: str, payload: bytes) -> bytes:
         return self.header(topic) + payload
-
-    def encode(self, topic: str, record: BaseModel | dict[str, Any]) -> bytes:
-        """A record (a contract instance, or a dict already in its JSON form) framed for ``topic``."""
-        data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
-        return self.frame(topic, orjson.dumps(data))
 
 
 class TopicReader:
@@ -139,7 +133,7 @@ class TopicDecoder:
     def __init__(self, names: TopicNames, topic: str, contract: type[BaseModel]) -> None:
         self.contract = contract
         self.reader = TopicReader(names, topic)
-        self.schema = ContractDecoder(contract).schema
+        self.schema = arrow_schema(contract)
         self._fields = frozenset(contract.model_fields)
         self._groups: dict[int, _Group] = {}
         self.rows_by_schema_id: Counter[int] = Counter()  # rows accepted so far, by the schema id they carried

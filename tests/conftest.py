@@ -88,10 +88,7 @@ def new_registry(request: pytest.FixtureRequest,
     def make() -> registry_server.Registry:
         # Topics of its own: registries sharing topics share schemas, and on a shared cluster another registry
         # (`make registry-up`) may use the default ones.
-        cfg = registry_server.RegistryConfig(
-            data_dir=Path(tempfile.mkdtemp(prefix="registry-test-")), port=broker.free_port(),
-            management_port=broker.free_port(), kafka_bootstrap_servers=kafka_bootstrap,
-            overrides=registry_server.own_topics(f"test-{uuid.uuid4().hex[:8]}-"))
+        cfg = registry_server.scratch_config(kafka_bootstrap, "test")
         made.append(registry_server.Registry(cfg, registry_distribution.fetch(cfg.dist_cache, cfg.version)))
         return made[-1]
 
@@ -100,7 +97,7 @@ def new_registry(request: pytest.FixtureRequest,
         registry.stop()  # before the broker it keeps its schemas in
         _keep_log(request, registry.log_file, f"registry-{registry.cfg.port}")
         shutil.rmtree(registry.cfg.data_dir, ignore_errors=True)
-    topics = [topic for registry in made for topic in registry.cfg.overrides.values()]
+    topics = [topic for registry in made for topic in registry_server.topics_of(registry.cfg)]
     if topics:
         futures.wait(AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics(topics).values(), timeout=30)
 

@@ -8,6 +8,8 @@ group, ports and folder (pid file, log, temporary files), so it can be stopped f
 
 from __future__ import annotations
 
+import tempfile
+import uuid
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra import jvm
-from infra.local_service import AbsolutePath, LocalService, answers
+from infra.local_service import AbsolutePath, LocalService, answers, free_port
 from infra.registry import distribution
 from infra.registry.distribution import Distribution, RegistrySetupError
 
@@ -103,6 +105,21 @@ def own_topics(prefix: str) -> dict[str, str]:
     return {"apicurio.kafkasql.topic": f"{prefix}kafkasql-journal",
             "apicurio.kafkasql.snapshots.topic": f"{prefix}kafkasql-snapshots",
             "apicurio.events.kafka.topic": f"{prefix}registry-events"}
+
+
+def scratch_config(kafka_bootstrap_servers: str, name: str, **overrides: str) -> RegistryConfig:
+    """A throw-away registry's settings (tests, benchmarks): free loopback ports, a temporary folder, and Kafka
+    topics of its own named ``<name>-<random>-...`` (see ``own_topics``); ``overrides`` are further system
+    properties."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}-"
+    return RegistryConfig(data_dir=Path(tempfile.mkdtemp(prefix=f"registry-{name}-")), port=free_port(),
+                          management_port=free_port(), kafka_bootstrap_servers=kafka_bootstrap_servers,
+                          overrides={**own_topics(tag), **overrides})
+
+
+def topics_of(cfg: RegistryConfig) -> list[str]:
+    """The Kafka topics ``own_topics`` gave a registry ([] for one on the default topics)."""
+    return [cfg.overrides[key] for key in own_topics("") if key in cfg.overrides]
 
 
 class Registry(LocalService):
