@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KAFKA_PORT ?= 9092
 export KAFKA_DATA_DIR ?= .local/kafka
+# plaintext (anyone may do anything), or sasl_ssl: TLS with a local CA, one SCRAM-SHA-512 principal per role, ACLs;
+# each role's client settings in $(KAFKA_DATA_DIR)/clients/<role>.properties. Pass it to kafka-up, -status and -down.
+export KAFKA_SECURITY ?= plaintext
 export REGISTRY_PORT ?= 8081
 export REGISTRY_DATA_DIR ?= .local/registry
 # Where every client (the loop, the scorer, the DAGs) registers and reads the topics' schemas: the local registry's
@@ -38,7 +41,7 @@ lock:  ## Re-resolve pyproject.toml and rewrite constraints.txt
 kafka-fetch: setup  ## Fetch the Apache Kafka jars from Maven Central (cached)
 	@$(PY) -m infra.kafka fetch
 
-kafka-up: kafka-fetch  ## Start the local broker on localhost:$(KAFKA_PORT); returns once it answers
+kafka-up: kafka-fetch  ## Start the local broker on localhost:$(KAFKA_PORT) (KAFKA_SECURITY=sasl_ssl: secured); returns once it answers
 	@$(PY) -m infra.kafka up
 
 kafka-down: setup  ## Stop the local broker
@@ -50,8 +53,10 @@ kafka-status: setup
 registry-fetch: setup  ## Fetch Apicurio Registry from Maven Central (cached); names the Java 21+ it runs on
 	@$(PY) -m infra.registry fetch
 
-# kafkasql storage: the schemas live in topics of the local broker, which must run first.
-REGISTRY_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)}
+# kafkasql storage: the schemas live in topics of the local broker, which must run first; a secured one is reached as
+# its admin principal.
+REGISTRY_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)} \
+	$(if $(filter sasl_ssl,$(KAFKA_SECURITY)),KAFKA_CLIENT_CONFIG=$${KAFKA_CLIENT_CONFIG:-$(abspath $(KAFKA_DATA_DIR))/clients/admin.properties})
 registry-up: registry-fetch kafka-up  ## Start the local schema registry on localhost:$(REGISTRY_PORT); returns once it answers
 	@$(REGISTRY_ENV) $(PY) -m infra.registry up
 
@@ -95,7 +100,7 @@ test-fast: setup  ## Unit tests only
 bench: kafka-fetch registry-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
 	@mkdir -p reports/bench
 	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap crash_recovery event_trigger model_quality dag_run registry_start \
-		wire_format; do \
+		wire_format model_admission scorer_security acl_matrix; do \
 		echo "benchmarks/$$b.py"; $(OWN_REGISTRY) $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
 	done
 

@@ -38,7 +38,8 @@ def broker_start_to_ready(runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         data = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
-        cfg = broker.BrokerConfig(data_dir=data, port=broker.free_port(), controller_port=broker.free_port())
+        cfg = broker.BrokerConfig(data_dir=data, port=broker.free_port(), controller_port=broker.free_port(),
+                                  security="plaintext")
         t0 = time.monotonic()
         node = broker.Broker(cfg, dist)
         node.start()

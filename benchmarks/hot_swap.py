@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 
 from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
 from benchmarks.scorer_throughput import (  # noqa: E402
-    KEY, MODEL, PARTITIONS, bench_settings, flight_events, loop_settings, model_envelope)
+    MODEL, PARTITIONS, SIGNER, bench_settings, flight_events, loop_settings, model_envelope)
 from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
 from ml.wire import Framing, TopicReader  # noqa: E402
@@ -125,7 +125,7 @@ def bad_envelope(contract: features.FlightPreprocessing):
     layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
     return build_envelope(model_name=MODEL, model_version=3, run_id="bench-bad", model_uri=f"models:/{MODEL}/3",
                           preprocessing=contract.to_dict(), metrics={"auc": 0.7}, decision_id="bench-bad",
-                          artifact=to_bytes(model), key=KEY.encode())
+                          artifact=to_bytes(model), signer=SIGNER)
 
 
 def max_gap(stamps: np.ndarray, lo: float, hi: float) -> int | None:
@@ -143,7 +143,8 @@ def free_port() -> int:
 def scorer_env(s: ScorerSettings) -> dict[str, str]:
     """The scorer's settings as the environment variables it reads."""
     env = {k.upper(): v.get_secret_value() if hasattr(v, "get_secret_value") else
-           orjson.dumps(v).decode() if isinstance(v, dict) else str(v) for k, v in s.model_dump().items() if v is not None}
+           orjson.dumps(v).decode() if isinstance(v, dict | list) else str(v)
+           for k, v in s.model_dump().items() if v is not None}
     return {**os.environ, **env}
 
 

@@ -107,7 +107,8 @@ def main() -> None:
             bootstrap = external
         else:
             data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
-            cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port())
+            cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
+                                      security="plaintext")
             node = broker.Broker(cfg, distribution.fetch())
             node.start()
             bootstrap = cfg.bootstrap_servers

@@ -45,7 +45,8 @@ def kafka_cluster() -> Iterator[str]:
     from infra.kafka import broker, distribution
 
     data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
-    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port())
+    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
+                              security="plaintext")
     # The broker runs in its own process group: a SIGTERM (e.g. from `timeout`) must unwind this block to
     # stop it, which Python's default SIGTERM does not do.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)

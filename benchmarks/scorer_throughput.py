@@ -18,9 +18,11 @@ import logging
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from functools import cache
 from pathlib import Path
 
 import orjson
@@ -30,11 +32,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
 from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
+from ml.signing import Signer  # noqa: E402
 from ml.topics import wait_until_served  # noqa: E402
 from ml.wire import Framing  # noqa: E402
 from scoring_service.app import IDLE_WAIT_S, Scorer, consumer_config  # noqa: E402
@@ -46,19 +50,28 @@ from use_cases.flight_delay.replay import build_stream  # noqa: E402
 from use_cases.flight_delay.source import load_completed  # noqa: E402
 
 log = logging.getLogger("bench")
-KEY = "bench-signing-key"
+# The loop's key of this run; the scorer trusts its public key (trusted_dir).
+SIGNER = Signer.generate()
 MODEL = "flight_delay_bench"
 PARTITIONS = 3
 PASSTHROUGH_RUNS = 3
 
 
+@cache
+def trusted_dir() -> Path:
+    """A trust folder of this run holding SIGNER's public key (left in the temp folder: public, a few bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-trusted-"))
+    (folder / f"{SIGNER.key_id}.pem").write_bytes(SIGNER.public_pem())
+    return folder
+
+
 def bench_settings(bootstrap: str, **overrides) -> ScorerSettings:
     """Scorer settings with topics unique to this run (created here), so runs against one cluster do not mix."""
     u = uuid.uuid4().hex[:8]
-    s = ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=bootstrap, topic_prefix=f"bench-{u}.",
-                       group_id=f"bench-scorer-{u}", model_name=MODEL, model_signing_key=KEY,
-                       **{"http_port": 0, **overrides})
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    s = ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=bootstrap, model_name=MODEL,
+                       model_trusted_keys_dir=trusted_dir(),
+                       **{"topic_prefix": f"bench-{u}.", "group_id": f"bench-scorer-{u}", "http_port": 0, **overrides})
+    admin = AdminClient(s.kafka_config())
     # Broker-side timestamps: a latency from them is input appended -> prediction appended, which leaves out
     # the benchmark producer's own client-side queueing.
     topics = [NewTopic(t, PARTITIONS, 1, config={"message.timestamp.type": "LogAppendTime"})
@@ -93,20 +106,22 @@ def model_envelope(contract: features.FlightPreprocessing, version: int, seed: i
     envelope = build_envelope(model_name=MODEL, model_version=version, run_id=f"bench-{version}",
                               model_uri=f"models:/{MODEL}/{version}", preprocessing=contract.to_dict(),
                               metrics={"auc": 0.7}, decision_id=f"bench-{version}",
-                              artifact=to_bytes(model), key=KEY.encode())
+                              artifact=to_bytes(model), signer=SIGNER)
     return envelope, model
 
 
 def loop_settings(s: ScorerSettings) -> LoopSettings:
     return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_prefix=s.topic_prefix,
-                        model_signing_key=KEY, model_name=MODEL)
+                        kafka_client_config=s.kafka_client_config,
+                        model_signing_key=SecretStr(SIGNER.private_pem().decode()),
+                        model_trusted_keys_dir=s.model_trusted_keys_dir, model_name=MODEL)
 
 
 def produce_all(s: ScorerSettings, events: list[tuple[bytes, bytes]]) -> None:
     """The events on ``s``'s input topic, framed with its schema id as a replay writes them."""
     topic = s.input_topic
     head = Framing(s).header(topic)
-    p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers, "enable.idempotence": True, "linger.ms": 20})
+    p = Producer(s.kafka_config({"enable.idempotence": True, "linger.ms": 20}))
     for key, value in events:
         while True:
             try:

@@ -7,7 +7,9 @@ function of ``ml.airflow_tasks`` with the settings of the DAG's use case. Trigge
 that has a margin), and an AssetWatcher firing once ``<NAME>_RETRAIN_EVERY_N`` records of its labels topic are
 in no snapshot yet (``ml.airflow_trigger``: offsets compared every ``<NAME>_RETRAIN_POLL_INTERVAL_S``). Kafka
 comes from the ``kafka_default`` connection, MLflow from the Variables ``mlflow_tracking_uri`` /
-``mlflow_ui_url``; unset, the loop's env defaults apply. The Airflow run id is the loop run id, so a retried
+``mlflow_ui_url``, the model signing key from the connection ``MODEL_SIGNING_CONN_ID`` (default
+``model_signing``: password = the Ed25519 private key in PEM, extra ``{"key_id": ...}`` optional) if it exists;
+unset, the loop's env defaults apply. The Airflow run id is the loop run id, so a retried
 task (``RETRAIN_TASK_RETRIES``, default 2) reuses its snapshot, MLflow run and version.
 """
 
@@ -63,6 +65,16 @@ def _schedule(asset: Asset, cron_spec: str, every_n: int):
     return cron or (asset if every_n > 0 else None)
 
 
+def signing_connection(conn_id: str) -> tuple[str | None, str | None]:
+    """The private key (PEM, the connection's password) and key id (its extra's ``key_id``) of the Airflow
+    connection ``conn_id``; (None, None) when there is no such connection (the environment's key applies)."""
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None, None
+    return conn.password or None, (conn.extra_dejson or {}).get("key_id") or None
+
+
 def retrain_dag(name: str) -> DAG:
     """The retraining DAG of the use case ``name``."""
     uc = use_cases.get(name)
@@ -84,9 +96,10 @@ def retrain_dag(name: str) -> DAG:
         except AirflowNotFoundException:
             kafka_extra = None
         try:
+            signing_pem, signing_key_id = signing_connection(loop.model_signing_conn_id)
             return steps.settings_for_run(request(), kafka_extra=kafka_extra,
                                           mlflow_tracking_uri=Variable.get("mlflow_tracking_uri", default=None),
-                                          use_case=name)
+                                          use_case=name, signing_pem=signing_pem, signing_key_id=signing_key_id)
         except ValidationError as e:  # a bad request does not get better with retries
             raise AirflowFailException(f"invalid run parameters: {e}") from e
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ml.client_ids import ROLLOUT_CHECK_GROUP
 from ml.errors import AlreadySnapshotted, BrokerUnavailable, InsufficientData, LoopError, ValidationFailed
 from ml.settings import LoopSettings
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 TASKS = ("snapshot", "validate", "train", "evaluate", "register", "publish", "verify_rollout")
 MLFLOW_RUN_LINK = "mlflow_run_url"  # XCom keys read by the plugin's operator extra links
 DATA_DOCS_LINK = "data_docs_url"
+# Keys of the Kafka connection's extra that belong to one consumer, not to every client of the loop.
+CONNECTION_CONSUMER_KEYS = frozenset({"group.id", "auto.offset.reset", "enable.auto.commit"})
 DATA_DOCS_ROUTE = "/retrain-loop/data-docs"  # served by plugins/retrain_loop.py from reports_dir/data_docs
 
 
@@ -88,10 +91,11 @@ class RunRequest(BaseModel):
 
 def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Mapping[str, Any] | None = None,
                      mlflow_tracking_uri: str | None = None, base: LoopSettings | None = None,
-                     use_case: str | None = None) -> LoopSettings:
+                     use_case: str | None = None, signing_pem: str | None = None,
+                     signing_key_id: str | None = None) -> LoopSettings:
     """LoopSettings from the environment, then the DAG's use case, the Airflow Kafka connection's config dict
-    and MLflow URI, then the run's overrides (its gate margins go to ``evaluate``). Raises
-    pydantic.ValidationError for an invalid request.
+    and MLflow URI, the Airflow signing connection's private key (PEM) and key id, then the run's overrides (its
+    gate margins go to ``evaluate``). Raises pydantic.ValidationError for an invalid request.
 
     A ``use_case`` other than the environment's also replaces the environment's model name and MLflow
     experiment (they belong to the other use case) with the defaults of ``use_case``.
@@ -101,10 +105,17 @@ def settings_for_run(request: Mapping[str, Any] | RunRequest, *, kafka_extra: Ma
     update: dict[str, Any] = {}
     if use_case is not None and use_case != settings.use_case:
         update |= {"use_case": use_case, "model_name": None, "mlflow_experiment": None}
-    if kafka_extra and kafka_extra.get("bootstrap.servers"):
-        update["kafka_bootstrap_servers"] = kafka_extra["bootstrap.servers"]
+    if kafka_extra:
+        # The connection's librdkafka properties (bootstrap servers, security, credentials) over the
+        # environment's; the keys that configure only the AssetWatcher's own consumer are left out.
+        props = {k: v for k, v in kafka_extra.items() if k not in CONNECTION_CONSUMER_KEYS}
+        update["kafka_bootstrap_servers"] = props.pop("bootstrap.servers", None) or settings.kafka_bootstrap_servers
+        update["kafka_client_properties"] = {**settings.kafka_client_properties, **props}
     if mlflow_tracking_uri:
         update["mlflow_tracking_uri"] = mlflow_tracking_uri
+    if signing_pem:
+        # The connection's key comes with its own id (None: derived from the key), never the environment's.
+        update |= {"model_signing_key": signing_pem, "model_signing_key_id": signing_key_id}
     for field in ("snapshot_window", "epochs"):
         if getattr(req, field) is not None:
             update[field] = getattr(req, field)
@@ -234,13 +245,12 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
     topic = topic or settings.status_topic
     reader = TopicReader(settings, topic)
     name = settings.model_name
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    consumer = Consumer(settings.kafka_config({
         # Assigned partitions, nothing committed: every wait reads the whole (small) topic again.
-        "group.id": f"rollout-check-{uuid.uuid4().hex[:8]}",
+        "group.id": f"{ROLLOUT_CHECK_GROUP}{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "log_level": 0,
-    })
+    }))
     deadline = time.monotonic() + timeout_s
     seen = 0
     try:

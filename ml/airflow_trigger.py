@@ -43,7 +43,7 @@ class NewRecordsTrigger(BaseEventTrigger):
                  "reannounce_after_s": self.reannounce_after_s, "kafka_config_id": self.kafka_config_id})
 
     def _settings(self) -> LoopSettings:
-        """The environment's settings for the use case, with the Kafka connection's bootstrap servers if set
+        """The environment's settings for the use case, with the Kafka connection's client settings if set
         (``kafka_config_id`` None: the environment's alone)."""
         from ml.airflow_tasks import RunRequest, settings_for_run
 

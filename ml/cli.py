@@ -1,5 +1,6 @@
-"""`python -m ml`: list the use cases, create their topics, register and check their schemas, snapshot a topic,
-retrain; each use case adds its own commands (`python -m ml <use case> --help`, e.g. a replay of its source data).
+"""`python -m ml`: list the use cases, create their topics, register and check their schemas, apply ACLs, snapshot
+a topic, retrain; each use case adds its own commands (`python -m ml <use case> --help`, e.g. a replay of its
+source data).
 
 Settings come from the environment (``ml.settings.LoopSettings``: KAFKA_BOOTSTRAP_SERVERS, USE_CASE,
 TOPIC_PREFIX, ...); ``--use-case`` overrides USE_CASE.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -136,6 +138,102 @@ def schemas_check(use_case: str = SCHEMAS_USE_CASE) -> None:
                           f"{found.compatibility}", *(f"  {p}" for p in found.problems)]
 
     _each_schema(use_case, check)
+
+
+acls_app = typer.Typer(no_args_is_help=True, help="Least-privilege Kafka ACLs of the roles replayer, loop, scorer "
+                                                   "and monitor (run as the cluster's admin).")
+app.add_typer(acls_app, name="acls")
+PRINCIPAL = typer.Option(None, "--principal", help="role=principal, e.g. loop=User:svc-retrain (default "
+                                                   "User:<role>); repeat per role.")
+
+
+def _principals(pairs: list[str] | None) -> dict[str, str]:
+    from ml.acls import ROLES
+
+    out = {}
+    for pair in pairs or []:
+        role, sep, principal = pair.partition("=")
+        if not sep or role not in ROLES or ":" not in principal:
+            _fail(ValueError(f"--principal {pair!r}: expected role=Type:name with a role of {', '.join(ROLES)}"))
+        out[role] = principal
+    return out
+
+
+@acls_app.command("show")
+def acls_show(use_case: str = SCHEMAS_USE_CASE) -> None:
+    """Print what each role may do on which topic, group and transactional id (nothing is changed)."""
+    from ml import acls
+
+    for line in acls.table(LoopSettings(), [use_cases.get(use_case)] if use_case else None):
+        typer.echo(line)
+
+
+@acls_app.command("check")
+def acls_check(use_case: str = SCHEMAS_USE_CASE) -> None:
+    """What this client (KAFKA_CLIENT_CONFIG, KAFKA_SASL_USERNAME, ...) may do on each topic, as the broker
+    answers; reads and writes nothing."""
+    from ml import acls
+
+    settings = LoopSettings()
+    try:
+        access = acls.authorized(settings, [use_cases.get(use_case)] if use_case else None)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    for topic, ops in access.items():
+        typer.echo(f"{topic:<40} {','.join(sorted(ops)) if isinstance(ops, set) else 'refused: ' + ops}")
+
+
+@acls_app.command("apply")
+def acls_apply(use_case: str = SCHEMAS_USE_CASE, principal: list[str] = PRINCIPAL,
+               dry_run: bool = typer.Option(False, "--dry-run", help="Print the changes, make none.")) -> None:
+    """Make the roles' ACLs exactly the least-privilege set: create the missing ones, delete the others.
+    Idempotent; the client must be a super user (KAFKA_CLIENT_CONFIG=<data dir>/clients/admin.properties)."""
+    from ml import acls
+
+    settings = LoopSettings()
+    try:
+        changes = acls.apply(settings, [use_cases.get(use_case)] if use_case else None,
+                             principal_of=_principals(principal), dry_run=dry_run)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    verb = "would " if dry_run else ""
+    for b in changes.created:
+        typer.echo(f"{verb}allow {b.principal} {b.operation.name} on {b.restype.name} {b.name} "
+                   f"({b.resource_pattern_type.name})")
+    for b in changes.deleted:
+        typer.secho(f"{verb}remove {b.principal} {b.operation.name} on {b.restype.name} {b.name} "
+                    f"({b.resource_pattern_type.name})", fg="yellow")
+    typer.echo(f"{len(changes.created)} {verb}created, {len(changes.deleted)} {verb}deleted, {changes.kept} kept "
+               f"on {settings.kafka_bootstrap_servers}")
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 key pairs of model envelopes: the loop signs with the "
+                                                   "private key, the scorers verify with the public keys.")
+app.add_typer(keys_app, name="keys")
+KEYS_OUT = typer.Option(..., "--out", help="Folder to write <key id>.key (private, 0600) and <key id>.pem (public) "
+                                           "into; existing files are never overwritten.")
+KEY_ID = typer.Option(None, "--key-id", help="Key id the envelopes carry (default: the first 16 hex characters of "
+                                             "the SHA-256 of the public key).")
+
+
+@keys_app.command("generate")
+def keys_generate(out: Path = KEYS_OUT, key_id: str = KEY_ID) -> None:
+    """Generate a key pair that signs model envelopes; prints its key id and the variables to set."""
+    from ml.signing import Signer, write_key_pair
+
+    try:
+        files = write_key_pair(out, Signer.generate(key_id))
+    except LoopError as exc:
+        _fail(exc)
+    typer.echo(f"key id: {files.key_id}\n"
+               f"private key: {files.private_file} (0600): a secret, only where the loop publishes (Airflow workers)\n"
+               f"public key:  {files.public_file}: copy it into each scorer's trust folder\n\n"
+               f"# where the loop publishes (or put the PEM text in MODEL_SIGNING_KEY, or in the password of the "
+               f"Airflow connection model_signing with extra {{\"key_id\": \"{files.key_id}\"}}):\n"
+               f"MODEL_SIGNING_KEY_FILE={files.private_file.absolute()}\n"
+               f"MODEL_SIGNING_KEY_ID={files.key_id}\n"
+               f"# each scorer: a folder of public keys only, holding a copy of {files.public_file.name}:\n"
+               f"MODEL_TRUSTED_KEYS_DIR=<that folder>")
 
 
 @app.command()

@@ -56,13 +56,19 @@ class RegistryUnavailable(LoopError):
 class EnvelopeRejected(LoopError):
     """A model envelope failed decoding, its schema, its signature or its artifact digest.
 
-    ``kind`` names which (``undecodable``, ``schema``, ``signature``, ``sha256``) for metrics and reports.
+    ``kind`` names which (``undecodable``, ``schema``, ``signature``, ``untrusted_key``, ``revoked``, ``sha256``)
+    for metrics and reports.
     """
 
     def __init__(self, kind: str, reason: str) -> None:
         self.kind = kind
         self.reason = reason
         super().__init__(reason)
+
+
+class SigningKeyError(LoopError):
+    """A model signing key, a trusted public key or the revocation list cannot be read or written (the message
+    names the file or setting, never the key)."""
 
 
 class ModelTooLarge(LoopError):

@@ -10,10 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ml.client_ids import STATUS_READER_GROUP
 from ml.errors import BrokerUnavailable, LoopError
 from ml.settings import LoopSettings
 
 log = logging.getLogger(__name__)
+
 
 
 class VersionRow(BaseModel):
@@ -44,9 +46,9 @@ def read_status(settings: LoopSettings, topic: str | None = None, timeout_s: flo
 
     topic = topic or settings.status_topic
     reader = TopicReader(settings, topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.auto.commit": False,
-                         "group.id": f"status-reader-{uuid.uuid4().hex[:8]}", "enable.partition.eof": True,
-                         "log_level": 0})
+    consumer = Consumer(settings.kafka_config({
+        "enable.auto.commit": False, "group.id": f"{STATUS_READER_GROUP}{uuid.uuid4().hex[:8]}",
+        "enable.partition.eof": True, "log_level": 0}))
     out: list[dict[str, Any]] = []
     try:
         try:

@@ -279,7 +279,7 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
         model_uri=f"models:/{settings.model_name}/{version}",
         preprocessing=registry.preprocessing(candidate.mlflow_run_id),
         metrics=decision.challenger, decision_id=decision.decision_id, artifact=artifact,
-        key=settings.signing_key(),
+        signer=settings.signer(),
     )
     result = publish(settings, envelope)
     registry.promote(version)

@@ -1,16 +1,16 @@
 """The signed model envelope and its publication on the compacted `models` topic.
 
-An envelope carries the ``.keras`` bytes (base64) with their SHA-256 and an HMAC-SHA256 signature over the
-canonical JSON of every other field (sorted keys, no whitespace). The scorer accepts a model only through
-``verify_envelope``; the topic is keyed by model name, so compaction keeps the latest version per model. On the
-topic the envelope's JSON is framed with its schema id (``ml.wire``).
+An envelope carries the ``.keras`` bytes (base64) with their SHA-256, the id of the Ed25519 key that signed it
+and the signature over the canonical JSON of every other field (sorted keys, no whitespace; ``ml.signing``). The
+scorer accepts a model only through ``verify_envelope``, against the public keys it trusts; the topic is keyed
+by model name, so compaction keeps the latest version per model. On the topic the envelope's JSON is framed with
+its schema id (``ml.wire``).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import logging
 import time
 import uuid
@@ -20,8 +20,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from ml import signing
+from ml.client_ids import MODELS_READER_GROUP
 from ml.errors import BrokerUnavailable, DeliveryFailed, EnvelopeRejected, ModelTooLarge, TopicMissing
 from ml.settings import LoopSettings
+from ml.signing import KEY_ID_PATTERN, Signer, TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ModelEnvelope(BaseModel):
-    """`models` v1: one model version, signed; key = ``model_name``."""
+    """`models` v1: one model version, signed with the Ed25519 key ``key_id``; key = ``model_name``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -47,7 +50,10 @@ class ModelEnvelope(BaseModel):
     created_at: AwareDatetime
     artifact_b64: str = Field(min_length=1)
     artifact_sha256: Sha256Hex
-    signature: Sha256Hex
+    # Optional in the schema, so it stays BACKWARD compatible with the HMAC envelopes before it; verify_envelope
+    # refuses an envelope without it. The signature's form (128 hex characters) is checked there too.
+    key_id: str | None = Field(None, pattern=KEY_ID_PATTERN)
+    signature: str
 
     def artifact(self) -> bytes:
         """The ``.keras`` bytes."""
@@ -77,14 +83,10 @@ def canonical_json(fields: dict[str, Any]) -> bytes:
     return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
 
-def _sign(fields: dict[str, Any], key: bytes) -> str:
-    return hmac.new(key, canonical_json(fields), hashlib.sha256).hexdigest()
-
-
 def build_envelope(*, model_name: str, model_version: int, run_id: str, model_uri: str,
                    preprocessing: dict[str, Any], metrics: dict[str, float], decision_id: str,
-                   artifact: bytes, key: bytes, created_at: datetime | None = None) -> ModelEnvelope:
-    """Build and sign the envelope of one registered model version.
+                   artifact: bytes, signer: Signer, created_at: datetime | None = None) -> ModelEnvelope:
+    """Build the envelope of one registered model version, signed by ``signer`` (its key id included).
 
     Raises ``pydantic.ValidationError`` when a field breaks the schema (e.g. a NaN metric).
     """
@@ -93,20 +95,23 @@ def build_envelope(*, model_name: str, model_version: int, run_id: str, model_ur
         preprocessing=preprocessing, metrics=metrics, decision_id=decision_id,
         created_at=created_at or datetime.now(UTC),
         artifact_b64=base64.b64encode(artifact).decode("ascii"),
-        artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+        artifact_sha256=hashlib.sha256(artifact).hexdigest(), key_id=signer.key_id,
     )
-    # Validate first, then sign the JSON form: verification recomputes the HMAC over the decoded JSON,
+    # Validate first, then sign the JSON form: verification checks the signature over the decoded JSON,
     # so both sides must sign the same representation (ISO datetimes, JSON numbers).
-    unsigned = ModelEnvelope.model_validate({**fields, "signature": "0" * 64}).model_dump(
+    unsigned = ModelEnvelope.model_validate({**fields, "signature": ""}).model_dump(
         mode="json", exclude={"signature"})
-    return ModelEnvelope.model_validate({**unsigned, "signature": _sign(unsigned, key)})
+    return ModelEnvelope.model_validate({**unsigned, "signature": signer.sign(canonical_json(unsigned))})
 
 
-def verify_envelope(raw: bytes, key: bytes) -> ModelEnvelope:
-    """Decode and check one record value; the only way a model enters the scorer.
+def verify_envelope(raw: bytes, trusted: TrustedKeys) -> ModelEnvelope:
+    """Decode and check one record value against the trust store as read now; the only way a model enters the
+    scorer.
 
-    Raises ``EnvelopeRejected`` for undecodable JSON, a schema violation, a bad signature or an artifact whose
-    SHA-256 differs from ``artifact_sha256``.
+    Raises ``EnvelopeRejected`` for undecodable JSON, a schema violation (``schema``), no key id or a bad signature
+    (``signature``), a key that is not trusted (``untrusted_key``), a revoked key or model version (``revoked``),
+    or an artifact whose SHA-256 differs from ``artifact_sha256`` (``sha256``). Reasons name the model version and
+    the key id, never a key.
     """
     try:
         doc = orjson.loads(raw)
@@ -117,18 +122,34 @@ def verify_envelope(raw: bytes, key: bytes) -> ModelEnvelope:
     except ValidationError as e:
         errors = e.errors(include_url=False, include_input=False)[:3]
         raise EnvelopeRejected("schema", f"schema: {e.error_count()} error(s): {errors}") from e
+    what, key_id = f"{envelope.model_name} v{envelope.model_version}", envelope.key_id
+    if key_id is None:
+        raise EnvelopeRejected("signature", f"{what} has no key_id: unsigned and HMAC-signed envelopes are no longer "
+                                            "accepted (publish it again, signed with an Ed25519 key)")
+    # A revoked key is refused whatever it signed: its private key may be in other hands.
+    if key_id in trusted.revoked_keys:
+        raise EnvelopeRejected("revoked", f"{what} is signed with the revoked key {key_id}")
+    public_key = trusted.keys.get(key_id)
+    if public_key is None:
+        raise EnvelopeRejected("untrusted_key", f"{what} is signed with key {key_id}, which is not trusted "
+                                                f"({trusted.describe()})")
+    if not signing.is_signature_hex(envelope.signature):
+        raise EnvelopeRejected("signature", f"{what} (key {key_id}): the signature is not an Ed25519 signature in "
+                                            f"hex ({signing.SIGNATURE_HEX_CHARS} characters)")
     # The signature covers the fields as received, so re-serialisation cannot change what was signed.
     unsigned = {k: v for k, v in doc.items() if k != "signature"}
-    if not hmac.compare_digest(_sign(unsigned, key), envelope.signature):
-        raise EnvelopeRejected("signature", f"bad signature for {envelope.model_name} v{envelope.model_version}")
+    if not signing.verify(public_key, envelope.signature, canonical_json(unsigned)):
+        raise EnvelopeRejected("signature", f"bad signature for {what} (key {key_id})")
     try:
         artifact = envelope.artifact()
     except ValueError as e:
-        raise EnvelopeRejected("sha256", f"artifact is not valid base64: {e}") from e
+        raise EnvelopeRejected("sha256", f"artifact of {what} is not valid base64: {e}") from e
     digest = hashlib.sha256(artifact).hexdigest()
-    if not hmac.compare_digest(digest, envelope.artifact_sha256):
-        raise EnvelopeRejected("sha256", f"artifact sha256 mismatch for {envelope.model_name} v{envelope.model_version}: "
+    if digest != envelope.artifact_sha256:  # both public: no constant-time comparison needed
+        raise EnvelopeRejected("sha256", f"artifact sha256 mismatch for {what} (key {key_id}): "
                                f"expected {envelope.artifact_sha256}, got {digest}")
+    if trusted.revokes_version(envelope.model_name, envelope.model_version):
+        raise EnvelopeRejected("revoked", f"{what} is a revoked version (signed with key {key_id})")
     return envelope
 
 
@@ -136,7 +157,7 @@ def _topic_max_message_bytes(settings: LoopSettings) -> int:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(settings.kafka_config())
     resource = ConfigResource(ResourceType.TOPIC, settings.models_topic)
     # A topic created a moment ago can be unknown to the broker answering for a few hundred ms: retry briefly.
     deadline = time.monotonic() + TOPIC_METADATA_WAIT_S
@@ -158,7 +179,8 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
     """Every valid envelope on the `models` topic, in offset order per partition.
 
     Reads from the beginning up to the end offsets taken at the start (envelopes published meanwhile belong
-    to the next reader); records that fail verification are logged and skipped.
+    to the next reader); records that fail verification (against ``settings.trust_store()``: the trust folder's
+    public keys and the loop's own) are logged and skipped.
     """
     from confluent_kafka import Consumer, KafkaException
 
@@ -167,14 +189,14 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
 
     topic = settings.models_topic
     reader = TopicReader(settings, topic)
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    consumer = Consumer(settings.kafka_config({
         # Assigned partitions only, nothing committed: the group id is required by the client, not used.
-        "group.id": f"models-reader-{uuid.uuid4().hex[:8]}",
+        "group.id": f"{MODELS_READER_GROUP}{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
-    })
-    key = settings.signing_key()
+    }))
+    # One reading of the trust store for the whole topic: its records are checked as of one moment.
+    trusted = settings.trust_store().read()
     out: list[ModelEnvelope] = []
     try:
         try:
@@ -189,7 +211,7 @@ def read_envelopes(settings: LoopSettings, timeout_s: float = 30.0) -> list[Mode
             if msg.error() is not None:
                 raise BrokerUnavailable(settings.kafka_bootstrap_servers, f"reading {topic}: {msg.error()}")
             try:
-                out.append(verify_envelope(reader.payload(msg.value()), key))
+                out.append(verify_envelope(reader.payload(msg.value()), trusted))
             except (EnvelopeRejected, WireError) as e:
                 log.warning("skipping envelope at %s[%d]@%d: %s", topic, msg.partition(), msg.offset(), e)
         if history.pending:
@@ -231,13 +253,12 @@ def publish(settings: LoopSettings, envelope: ModelEnvelope) -> PublishResult:
                  envelope.model_name, envelope.model_version, topic)
         return PublishResult(**result, published=False)
 
-    producer = Producer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    producer = Producer(settings.kafka_config({
         # Idempotence (implies acks=all): a retried send after a lost ack cannot write the envelope twice.
         "enable.idempotence": True,
         # The client's own limit (default 1 MB) must not be below the topic's, which was checked above.
         "message.max.bytes": max(limit, 1_000_000) + BATCH_OVERHEAD_BYTES,
-    })
+    }))
     delivered: list = []
     producer.produce(topic, key=key, value=value, on_delivery=lambda err, msg: delivered.append((err, msg)))
     remaining = producer.flush(30)

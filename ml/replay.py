@@ -93,8 +93,7 @@ def _producer(settings: LoopSettings, failures: list[KafkaError]) -> Producer:
         if err is not None:
             failures.append(err)
 
-    return Producer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    return Producer(settings.kafka_config({
         # Idempotence: acks=all and per-partition order with no duplicates when librdkafka retries.
         "enable.idempotence": True,
         # Java's partitioner, so every client (Kafka Streams, Connect, ...) maps a key to the same partition.
@@ -107,7 +106,7 @@ def _producer(settings: LoopSettings, failures: list[KafkaError]) -> Producer:
         "delivery.report.only.error": True,
         "on_delivery": on_error,
         "log_level": 3,
-    })
+    }))
 
 
 def _progress(enabled: bool, total: int | None) -> contextlib.AbstractContextManager:

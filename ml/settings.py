@@ -15,9 +15,17 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ml.kafka_client import KafkaClientSettings
+from ml.errors import SigningKeyError
+from ml.signing import KEY_ID_PATTERN, Signer, TrustStore, create_dev_key
+
 log = logging.getLogger(__name__)
 
-DEV_SIGNING_KEY = "local-dev-signing-key-not-for-production"
+# The local path's model signing key and trust folder: without a configured key, publishing creates a development
+# key pair there (ml.signing.create_dev_key), so `make demo` needs no setup.
+DEFAULT_SIGNING_KEY_FILE = Path(".local/keys/model-signing.pem")
+DEFAULT_TRUSTED_KEYS_DIR = Path(".local/keys/trusted")
+DEFAULT_SIGNING_CONN_ID = "model_signing"
 # The loop's own topics; a use case's topics are named by the use case.
 MODELS_TOPIC = "models"
 MODELS_STATUS_TOPIC = "models.status"
@@ -65,12 +73,11 @@ def use_case_defaults(data: Any) -> Any:
     return {**data, **{k: v for k, v in defaults.items() if not data.get(k)}}
 
 
-class LoopSettings(TopicNames):
+class LoopSettings(TopicNames, KafkaClientSettings):
     """Settings shared by replay, snapshot, training, registry and publishing."""
 
     # Which use case the steps run (a name of ml.use_cases); model_name and mlflow_experiment follow it.
     use_case: str | None = None
-    kafka_bootstrap_servers: str = "localhost:9092"
     topic_partitions: int = Field(3, ge=1)
 
     loop_data_dir: Path = Path(".local/data")
@@ -79,7 +86,16 @@ class LoopSettings(TopicNames):
     mlflow_experiment: str | None = None
     # Registered model name, and the key of its envelopes on the shared models topic.
     model_name: str | None = None
-    model_signing_key: SecretStr = SecretStr(DEV_SIGNING_KEY)
+    # The Ed25519 private key that signs model envelopes (PEM PKCS8), only where the loop publishes: its text
+    # (a secret variable, or the Airflow connection model_signing_conn_id: password = PEM, extra key_id) wins
+    # over the file. Key id: derived from the public key unless set. See signer().
+    model_signing_key: SecretStr | None = None
+    model_signing_key_file: Path = DEFAULT_SIGNING_KEY_FILE
+    model_signing_key_id: str | None = Field(None, pattern=KEY_ID_PATTERN)
+    model_signing_conn_id: str = DEFAULT_SIGNING_CONN_ID
+    # Public keys (<key id>.pem, optional revoked.json) the loop trusts when it reads the models topic back,
+    # besides its own key: those of keys rotated out, as the scorers trust them.
+    model_trusted_keys_dir: Path = DEFAULT_TRUSTED_KEYS_DIR
 
     # Training window: the latest N snapshots of the use case's labels topic form the training set.
     snapshot_window: int = Field(12, ge=1)
@@ -103,12 +119,40 @@ class LoopSettings(TopicNames):
             use_cases.require_known(name)
         return name
 
-    def signing_key(self) -> bytes:
-        """The HMAC key for model envelopes; warns when the built-in development key is in use."""
-        key = self.model_signing_key.get_secret_value()
-        if key == DEV_SIGNING_KEY:
-            log.warning("MODEL_SIGNING_KEY is not set: signing model envelopes with the local development key")
-        return key.encode()
+    def signer(self) -> Signer:
+        """The key that signs model envelopes: MODEL_SIGNING_KEY, else MODEL_SIGNING_KEY_FILE. With neither set
+        and the default file missing (the local path), a development key pair is created, its public key trusted
+        in ``model_trusted_keys_dir``, with a warning naming both files. Raises SigningKeyError."""
+        signer = self._configured_signer()
+        if signer is not None:
+            return signer
+        if self.model_signing_key_file != DEFAULT_SIGNING_KEY_FILE:
+            raise SigningKeyError(f"model signing key file {self.model_signing_key_file} does not exist "
+                                  "(MODEL_SIGNING_KEY_FILE): create a key pair with `python -m ml keys generate`")
+        return create_dev_key(self.model_signing_key_file, self.model_trusted_keys_dir, self.model_signing_key_id)
+
+    def _configured_signer(self) -> Signer | None:
+        """The signer of the configured private key; None when there is none (no text, no file)."""
+        if self.model_signing_key is not None:
+            return Signer.from_pem(self.model_signing_key.get_secret_value().encode(), self.model_signing_key_id,
+                                   source=f"MODEL_SIGNING_KEY (or the password of the Airflow connection "
+                                          f"{self.model_signing_conn_id})")
+        path = self.model_signing_key_file
+        try:
+            pem = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SigningKeyError(f"cannot read the model signing key {path} (MODEL_SIGNING_KEY_FILE): "
+                                  f"{e.strerror}") from None
+        return Signer.from_pem(pem, self.model_signing_key_id, source=f"{path} (MODEL_SIGNING_KEY_FILE)")
+
+    def trust_store(self) -> TrustStore:
+        """What the loop checks envelopes against when it reads the models topic back: the public keys of
+        ``model_trusted_keys_dir`` and of its own signing key, if one is configured (none is created here)."""
+        own = self._configured_signer()
+        pinned = ((own.key_id, own.public_pem()),) if own is not None else ()
+        return TrustStore(keys_dir=self.model_trusted_keys_dir, model_name=self.model_name, pinned=pinned)
 
     @property
     def snapshot_dir(self) -> Path:

@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException
 from confluent_kafka.admin import OffsetSpec
 from pydantic import BaseModel, Field
 
+from ml.client_ids import SNAPSHOT_GROUP
 from ml.contracts import Contract, arrow_schema
 from ml.decode import Decoded
 from ml.errors import LoopError, TopicMissing
@@ -92,11 +93,10 @@ class SnapshotManifest(BaseModel):
 
 def snapshot_consumer(settings: LoopSettings) -> Consumer:
     """A consumer for reading explicit offset ranges with ``assign``; it never commits."""
-    return Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    return Consumer(settings.kafka_config({
         # Required by librdkafka even with assign(); nothing is committed under it (the manifests are the
         # offset record), so sharing the id between snapshots is harmless.
-        "group.id": "retrain-loop-snapshot",
+        "group.id": SNAPSHOT_GROUP,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         # EOF events tell us a partition is caught up even when its last offsets are transaction markers.
@@ -111,7 +111,7 @@ def snapshot_consumer(settings: LoopSettings) -> Consumer:
         "fetch.wait.max.ms": 100,
         "queued.min.messages": 1_000_000,
         "log_level": 3,
-    })
+    }))
 
 
 def partition_offsets(settings: LoopSettings, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:

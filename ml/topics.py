@@ -13,7 +13,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from ml import use_cases
+from ml.client_ids import TOPIC_PROBE_GROUP
 from ml.errors import BrokerUnavailable
+from ml.kafka_client import ClientErrors
 from ml.settings import LoopSettings
 from ml.use_cases import UseCase
 
@@ -24,16 +26,25 @@ MODEL_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def admin_client(settings: LoopSettings) -> AdminClient:
+    """An admin client of ``settings`` that keeps librdkafka's errors (``admin.errors``) for require_broker."""
+    errors = ClientErrors()
     # log_level 0 keeps librdkafka from printing connection-refused lines; BrokerUnavailable says it once.
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+    admin = AdminClient(settings.kafka_config({"log_level": 0, "error_cb": errors}))
+    admin.errors, admin.settings = errors, settings
+    return admin
 
 
 def require_broker(admin: AdminClient, bootstrap_servers: str, timeout: float) -> ClusterMetadata:
-    """Cluster metadata, or BrokerUnavailable naming the bootstrap servers if no broker answers in time."""
+    """Cluster metadata, or BrokerUnavailable naming the bootstrap servers if no broker answers in time (and why,
+    when librdkafka said: refused credentials, an untrusted certificate)."""
     try:
         return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerUnavailable(bootstrap_servers, exc.args[0] if exc.args else exc) from exc
+        errors = getattr(admin, "errors", None)
+        if errors is not None:
+            admin.poll(0.5)  # serves the error callbacks librdkafka queued meanwhile
+        reason = errors.reason(admin.settings) if errors is not None else None
+        raise BrokerUnavailable(bootstrap_servers, reason or (exc.args[0] if exc.args else exc)) from exc
 
 
 def topic_specs(settings: LoopSettings, cases: list[UseCase] | None = None) -> list[NewTopic]:
@@ -60,8 +71,9 @@ def ensure_topics(settings: LoopSettings, cases: list[UseCase] | None = None, ti
     """Create the topics of ``cases`` (default: every registered use case) and the loop's own that do not
     exist yet; returns topic -> True if created now.
 
-    Existing topics are left as they are (their partition count is logged, not changed).
-    Raises BrokerUnavailable if the cluster does not answer within ``timeout`` seconds.
+    Existing topics are left as they are (their partition count is logged, not changed); a client whose ACLs do
+    not allow creating a topic leaves it to an admin. Raises BrokerUnavailable if the cluster does not answer
+    within ``timeout`` seconds.
     """
     admin = admin_client(settings)
     meta = require_broker(admin, settings.kafka_bootstrap_servers, timeout)
@@ -75,10 +87,16 @@ def ensure_topics(settings: LoopSettings, cases: list[UseCase] | None = None, ti
             try:
                 fut.result(timeout=timeout)
             except KafkaException as exc:
+                code = exc.args[0].code()
                 # Another process created it between our metadata read and the request: that is fine.
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-                continue
+                if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                # A least-privilege client (ACLs) neither creates topics nor sees those it may not use.
+                if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                    log.info("topic %s is not visible to this client, which may not create it (its ACLs); if it "
+                             "is missing, an admin creates it (`python -m ml topics`)", topic)
+                    continue
+                raise
             created[topic] = True
             log.info("topic %s created with %d partitions, config %s", topic, specs[topic].num_partitions,
                      specs[topic].config)
@@ -92,7 +110,7 @@ def wait_until_served(settings: LoopSettings, partitions: dict[str, int], timeou
     Right after creation a partition answers NOT_LEADER_FOR_PARTITION until its leader is elected; a
     producer or reader started at that moment would fail instead of retrying.
     """
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "topic-probe"})
+    consumer = Consumer(settings.kafka_config({"group.id": TOPIC_PROBE_GROUP}))
     deadline = time.monotonic() + timeout
     try:
         for topic, count in partitions.items():

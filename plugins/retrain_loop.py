@@ -9,20 +9,35 @@
   (``ml.airflow_tasks.MLFLOW_RUN_LINK`` / ``DATA_DOCS_LINK``).
 
 Settings: the ``kafka_default`` connection and the ``mlflow_tracking_uri`` Variable as the DAGs use them, else
-the loop's environment. The pages show model metadata and data statistics and are not behind Airflow's login.
+the loop's environment.
+
+Access: every route takes Airflow's login (the API server's auth manager, through Airflow's own ``get_user``: an
+``Authorization: Bearer`` JWT or the UI's ``_token`` cookie). A use case's section and JSON need read access to
+the runs of its retraining DAG, the Data Docs (a run's folder does not say its DAG) to those of every use case.
+Without a valid login a browser is sent to Airflow's login page, which brings it back; other clients get 401.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import os
+from typing import Annotated
+from urllib.parse import urlencode
 
+from airflow.api_fastapi.app import API_ROOT_PATH, get_auth_manager
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+from airflow.api_fastapi.core_api.security import GetUserDep
+from airflow.models.dag import DagModel
 from airflow.plugins_manager import AirflowPlugin
 # The API server resolves links from XCom with this class; a plugin link only needs a name and an XCom key.
 from airflow.serialization.definitions.operatorlink import XComOperatorLink
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml import airflow_tasks, use_cases
 from ml.errors import LoopError
@@ -50,16 +65,55 @@ def _settings(use_case: str) -> LoopSettings:
                                           mlflow_tracking_uri=Variable.get("mlflow_tracking_uri", None))
 
 
-app = FastAPI(title="Retraining loop")
+def _may_read(user: BaseUser, use_case: str) -> bool:
+    """Whether ``user`` may read the runs of ``use_case``'s retraining DAG, whose results the page shows."""
+    dag = airflow_tasks.dag_id(use_case)
+    return get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.RUN, user=user,
+        details=DagDetails(id=dag, team_name=DagModel.get_team_name(dag)))
+
+
+def readable_use_cases(user: GetUserDep) -> list[str]:
+    """The registered use cases the signed-in user may see; 403 when there are some and none of them."""
+    names = use_cases.names()
+    readable = [name for name in names if _may_read(user, name)]
+    if names and not readable:
+        raise HTTPException(403, "Forbidden: you may read the runs of no retraining DAG")
+    return readable
+
+
+Readable = Annotated[list[str], Depends(readable_use_cases)]
+
+
+def every_use_case(readable: Readable) -> None:
+    """403 unless the user may read every use case's runs (for files that do not say their use case)."""
+    if set(readable) != set(use_cases.names()):
+        raise HTTPException(403, "Forbidden: the Data Docs need read access to the runs of every retraining DAG")
+
+
+# No /docs, /redoc or /openapi.json: FastAPI serves them without the routes' dependencies, so without login.
+app = FastAPI(title="Retraining loop", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def login_or_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Send a browser without a valid login to Airflow's login page, which comes back here (the UI's own rule:
+    401, or 403 for an invalid token); other clients and other errors get the status as JSON."""
+    no_login = exc.status_code == 401 or (exc.status_code == 403 and exc.detail == "Invalid JWT token")
+    if no_login and "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse(f"{API_ROOT_PATH}api/v2/auth/login?{urlencode({'next': str(request.url)})}")
+    return await http_exception_handler(request, exc)
 
 
 @app.get("/api/models")
-def models_json(use_case: str | None = None) -> list[dict]:
+def models_json(readable: Readable, use_case: str | None = None) -> list[dict]:
     from ml.loop_view import model_versions
 
     if use_case is not None and use_case not in use_cases.names():
         raise HTTPException(404, f"unknown use case {use_case!r}; registered: {use_cases.names()}")
-    names = [use_case] if use_case else use_cases.names()
+    if use_case is not None and use_case not in readable:
+        raise HTTPException(403, f"Forbidden: you may not read the runs of {airflow_tasks.dag_id(use_case)}")
+    names = [use_case] if use_case else readable
     return [{"use_case": name, **row.model_dump()} for name in names for row in model_versions(_settings(name))]
 
 
@@ -94,8 +148,8 @@ def _section(name: str) -> str:
 
 
 @app.get("/", response_class=HTMLResponse)
-def models_page() -> str:
-    names = use_cases.names()
+def models_page(names: Readable) -> str:
+    """The page: one section per use case the user may read."""
     settings = LoopSettings()
     sections = "".join(_section(name) for name in names) or "<p>No use case is registered.</p>"
     return (
@@ -108,8 +162,14 @@ def models_page() -> str:
 
 
 # check_dir=False: the folder appears with the first validation, after the API server started.
-app.mount("/data-docs", StaticFiles(directory=LoopSettings().reports_dir / "data_docs", html=True,
-                                    check_dir=False), name="data-docs")
+DATA_DOCS = StaticFiles(directory=LoopSettings().reports_dir / "data_docs", html=True, check_dir=False)
+
+
+@app.api_route("/data-docs/{path:path}", methods=["GET", "HEAD"], dependencies=[Depends(every_use_case)])
+async def data_docs(path: str, request: Request) -> Response:
+    """A file of the runs' Data Docs; a route, not a mount, so that the login and access checks apply
+    (StaticFiles still keeps the path inside the folder and serves a folder's index.html)."""
+    return await DATA_DOCS.get_response(os.path.normpath(path or "."), request.scope)
 
 
 class RetrainLoopPlugin(AirflowPlugin):

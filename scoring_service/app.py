@@ -42,8 +42,7 @@ LEAVE_TIMEOUT_S = 5.0
 
 
 def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
-    config = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    config = settings.kafka_config({
         "group.id": settings.group_id,
         "client.id": client_id,
         # We own the offsets: committed only once the batch's outputs are delivered (or in its transaction).
@@ -63,7 +62,7 @@ def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
         "fetch.wait.max.ms": max(1, settings.batch_max_wait_ms // 2),
         "fetch.min.bytes": 1 << 20,
         "on_commit": _log_commit_failure,
-    }
+    })
     if settings.group_instance_id is not None:
         # A static member: a replica restarted under the same name gets its partitions back at once, without a
         # rebalance, and fences the member it replaces (a zombie of it can commit nothing).

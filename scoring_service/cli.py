@@ -1,8 +1,9 @@
 """`python -m scoring_service`: run one scorer replica until SIGTERM/SIGINT.
 
 Every setting is read from its environment variable (upper-case name, e.g. BATCH_SIZE) and may be overridden
-by the flag of the same name; MODEL_SIGNING_KEY is read from the environment only, so the key never shows in
-a process listing.
+by the flag of the same name; the settings in ENV_ONLY (credentials) are read from the environment only, so they
+never show in a process listing. A scorer holds no private key: it checks each model's signature against the
+public keys in MODEL_TRUSTED_KEYS_DIR.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from scoring_service.config import ScorerSettings
 
-ENV_ONLY = frozenset({"model_signing_key"})
+ENV_ONLY = frozenset({"kafka_client_properties"})
 JSON_FLAGS = frozenset(name for name, f in ScorerSettings.model_fields.items() if typing.get_origin(f.annotation) is dict)
 
 
@@ -55,7 +56,7 @@ def _parameters() -> list[inspect.Parameter]:
 
 
 def run(**overrides: Any) -> None:
-    """Run one scorer replica (settings: env vars, overridden by flags; MODEL_SIGNING_KEY env only)."""
+    """Run one scorer replica (settings: env vars, overridden by flags; credentials env only)."""
     try:
         given = {k: v for k, v in overrides.items() if v is not None}
         for name in JSON_FLAGS & given.keys():  # a JSON object on the command line, as in the environment

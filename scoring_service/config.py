@@ -2,36 +2,41 @@
 
 Every field maps to the upper-case environment variable of the same name (``batch_size`` -> ``BATCH_SIZE``);
 an empty variable counts as unset. The use case (``USE_CASE``) names the topics it reads and writes; topic
-naming and signing-key variables are the ones ``ml.settings.LoopSettings`` reads, so one environment
-configures the whole loop. What only one use case knows (e.g. a decision threshold) is read by the use case
+naming and trust-folder variables are the ones ``ml.settings.LoopSettings`` reads, so one environment
+configures the whole loop. A scorer holds public keys only: the private key that signs models is never one of
+its settings. What only one use case knows (e.g. a decision threshold) is read by the use case
 from its own ``<NAME>_*`` variables.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from functools import cached_property
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from ml import use_cases
-from ml.settings import DEV_SIGNING_KEY, TopicNames
+from ml.client_ids import scorer_group
+from ml.kafka_client import KafkaClientSettings
+from ml.settings import DEFAULT_TRUSTED_KEYS_DIR, TopicNames
+from ml.signing import TrustStore
 from ml.use_cases import UseCaseTopics
 
 log = logging.getLogger(__name__)
 
 
-class ScorerSettings(TopicNames):
+class ScorerSettings(TopicNames, KafkaClientSettings):
     """Settings of one scorer replica."""
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True, protected_namespaces=(), env_ignore_empty=True)
 
     use_case: str = Field(description="The use case it scores (`python -m ml use-cases`): its input topic in, "
                                       "its predictions and DLQ out; model name and group id follow it.")
-    kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
     group_id: str = Field(None, description="Consumer group shared by the replicas (default <use case>-scorer).")
     replica_name: str = Field(default_factory=socket.gethostname, description="Stable, unique name of this "
                               "replica (pod or container name): a replacement under it resumes at once.")
@@ -68,8 +73,16 @@ class ScorerSettings(TopicNames):
     liveness_timeout_s: float = Field(60.0, gt=0, description="/healthz fails when the loop stalls this long.")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Give up on an unacknowledged record, a commit or "
                                                               "a transaction after this long (the scorer then stops).")
-    model_signing_key: SecretStr = Field(SecretStr(DEV_SIGNING_KEY),
-                                         description="HMAC key of model envelopes (env only, never a flag).")
+    model_trusted_keys_dir: Path = Field(
+        DEFAULT_TRUSTED_KEYS_DIR, description="Folder of the Ed25519 public keys trusted to sign models (<key id>.pem "
+        "each) and an optional revoked.json; read again for each model envelope, so rotation and revocation need no "
+        "restart.")
+    # NoDecode: a list is read from the environment as comma-separated ids or a JSON list (_id_list).
+    model_revoked_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Key ids whose models are refused (comma-separated or a JSON list).")
+    model_revoked_versions: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Versions of the served model that are refused (comma-separated or a "
+                                          "JSON list).")
     log_level: str = Field("INFO", description="Python log level.")
 
     @model_validator(mode="before")
@@ -78,8 +91,19 @@ class ScorerSettings(TopicNames):
         """Model name, group id and transactional id default to the use case's."""
         if not isinstance(data, dict) or not data.get("use_case"):
             return data
-        group = data.get("group_id") or f"{data['use_case'].replace('_', '-')}-scorer"
+        group = data.get("group_id") or scorer_group(data["use_case"])
         return {**data, "model_name": data.get("model_name") or data["use_case"], "group_id": group}
+
+    @field_validator("model_revoked_keys", "model_revoked_versions", mode="before")
+    @classmethod
+    def _id_list(cls, value: Any) -> Any:
+        """A JSON list, or comma-separated ids (as an environment variable or a flag holds them)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
 
     @field_validator("use_case")
     @classmethod
@@ -120,9 +144,9 @@ class ScorerSettings(TopicNames):
     def dlq_topic(self) -> str:
         return self.topics.dlq
 
-    def signing_key(self) -> bytes:
-        """The HMAC key for model envelopes; warns when the built-in development key is in use."""
-        key = self.model_signing_key.get_secret_value()
-        if key == DEV_SIGNING_KEY:
-            log.warning("MODEL_SIGNING_KEY is not set: verifying model envelopes with the local development key")
-        return key.encode()
+    def trust_store(self) -> TrustStore:
+        """The public keys and revocations model envelopes are checked against (the folder is read per envelope;
+        absolute, so a refusal's reason names it unambiguously)."""
+        return TrustStore(keys_dir=self.model_trusted_keys_dir.absolute(),
+                          revoked_keys=frozenset(self.model_revoked_keys),
+                          revoked_versions=frozenset(self.model_revoked_versions), model_name=self.model_name)

@@ -5,8 +5,9 @@ Verifying an envelope, loading the ``.keras`` archive and building and running t
 of milliseconds of Python: in the scorer's own process that work would hold the GIL, which the scoring thread
 then waits for each time it takes it back after I/O. So one child process (``python -m
 scoring_service.model_loader``, started once at a lower CPU priority, and kept) runs every check of
-``admit`` on the raw record: HMAC and SHA-256, the fitted preprocessing, the archive's size, the Keras load with
-``safe_mode=True``, the numpy pass derived from the model and the canary batch against Keras's own output.
+``admit`` on the raw record: the Ed25519 signature against the trust folder as it is now, revocations and
+SHA-256, the fitted preprocessing, the archive's size, the Keras load with ``safe_mode=True``, the numpy pass
+derived from the model and the canary batch against Keras's own output.
 It returns an ``Admission``: the preprocessing and a plain ``ForwardPlan`` (configs and weight arrays). Only our
 own plain data crosses the pipe, never a pickled object from the topic. A child that dies or hangs on a
 record is replaced, and that model is refused.
@@ -29,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from ml import use_cases
-from ml.errors import EnvelopeRejected
+from ml.errors import EnvelopeRejected, SigningKeyError
 from ml.numpy_forward import ForwardPlan, NumpyForward, UnsupportedModel, forward_plan
 from ml.preprocessing import Preprocessing
 from ml.publish import verify_envelope
+from ml.signing import TrustStore
 from scoring_service import model_checks
 from scoring_service.model_checks import ModelRefused
 
@@ -49,7 +51,7 @@ class AdmissionPolicy:
 
     model_name: str
     use_case: str
-    signing_key: bytes
+    trust: TrustStore  # read again for each request: a rotated or revoked key counts at once
     max_model_bytes: int
     canary_rows: int
 
@@ -70,7 +72,11 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
     """Every check of one `models` record, with ``load`` (bytes -> Keras model); None when the record is
     another model's. ``serving`` is the (version, artifact SHA-256) serving now. Raises ModelRefused."""
     try:
-        envelope = verify_envelope(raw, policy.signing_key)
+        trusted = policy.trust.read()
+    except SigningKeyError as e:  # an unreadable revocation list: refuse rather than ignore a revocation
+        raise ModelRefused("revoked", f"trust store unusable: {e}") from e
+    try:
+        envelope = verify_envelope(raw, trusted)
     except EnvelopeRejected as e:
         raise ModelRefused(e.kind, e.reason) from e
     if envelope.model_name != policy.model_name:

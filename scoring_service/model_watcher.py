@@ -3,11 +3,11 @@
 At start it reads the topic from the beginning up to the end offsets of that moment; the newest envelope
 (by offset) of our model name that passes every check goes live, so a rollback (an older version published
 again) wins like any other publication. It then follows the topic: each new record's frame is checked (a schema
-id of the topic's subject, ``ml.wire``), its envelope verified (HMAC, SHA-256), its fitted preprocessing
-checked against the input topic, the ``.keras`` bytes loaded with ``safe_mode=True`` and a numpy pass derived
-from it, warmed up on a canary batch against Keras's own output (all of it in the model loader's child process,
-so none of that work holds this process's GIL), and only then swapped in, as one reference the scoring loop
-reads once per batch.
+id of the topic's subject, ``ml.wire``), its envelope verified (the Ed25519 signature of a trusted key, neither key
+nor version revoked, SHA-256), its fitted preprocessing checked against the input topic, the ``.keras`` bytes
+loaded with ``safe_mode=True`` and a numpy pass derived from it, warmed up on a canary batch against Keras's own
+output (all of it in the model loader's child process, so none of that work holds this process's GIL), and only
+then swapped in, as one reference the scoring loop reads once per batch.
 
 A refused envelope leaves the serving model in place; it is logged, counted and reported on the status
 topic, as is each version that goes live (a DAG waits for that record). The watcher is in no consumer
@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from ml.client_ids import MODEL_WATCHER_GROUP
 from ml.contracts import ModelStatus
-from ml.errors import SchemaRegistryUnavailable
+from ml.errors import SchemaRegistryUnavailable, SigningKeyError
 from ml.numpy_forward import NumpyForward
 from ml.topic_history import TopicHistory
 from ml.use_cases import UseCase
@@ -91,7 +92,7 @@ class ModelWatcher(threading.Thread):
         self.error: BaseException | None = None
         self._stopping = threading.Event()
         self._policy = AdmissionPolicy(model_name=settings.model_name, use_case=use_case.name,
-                                       signing_key=settings.signing_key(), max_model_bytes=settings.max_model_bytes,
+                                       trust=settings.trust_store(), max_model_bytes=settings.max_model_bytes,
                                        canary_rows=settings.canary_rows)
         self._producer: Producer | None = None
         self.loader = ModelLoader(settings.model_load_timeout_s)
@@ -109,25 +110,39 @@ class ModelWatcher(threading.Thread):
             log.exception("model watcher stopped")
 
     def _run(self) -> None:
+        self._log_trust()
         self.loader.start()
         try:
             self._follow()
         finally:
             self.loader.close()
 
+    def _log_trust(self) -> None:
+        """One line at start naming the trusted key ids and the revocations (never a key); a warning when no key
+        is trusted, since every model is then refused."""
+        try:
+            trusted = self._policy.trust.read()
+        except SigningKeyError as e:
+            log.warning("model trust store: %s: every model is refused until it is fixed", e)
+            return
+        if not trusted.keys:
+            log.warning("no trusted model signing key in %s: every model is refused until a public key "
+                        "<key id>.pem is put there", trusted.source)
+            return
+        log.info("model envelopes are checked against %s; revoked keys %s, revoked versions %s", trusted.describe(),
+                 sorted(trusted.revoked_keys), sorted(trusted.revoked_versions))
+
     def _follow(self) -> None:
         topic = self.settings.models_topic
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+        consumer = Consumer(self.settings.kafka_config({
             # Partitions are assigned, nothing is committed: the client requires a group id, no group is joined.
-            "group.id": f"model-watcher-{uuid.uuid4().hex[:8]}",
+            "group.id": f"{MODEL_WATCHER_GROUP}{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             # The topic is idle almost always: a short long-poll bounds how late a new version is seen.
             "fetch.wait.max.ms": 100,
-        })
-        self._producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                                   "enable.idempotence": True})
+        }))
+        self._producer = Producer(self.settings.kafka_config({"enable.idempotence": True}))
         try:
             partitions = self._wait_for_topic(consumer)
             if partitions is None:

@@ -36,14 +36,13 @@ class BatchAborted(RuntimeError):
 
 
 def producer_config(settings: ScorerSettings) -> dict:
-    config = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+    config = settings.kafka_config({
         "acks": "all",
         # A batch's records are handed over in one burst, so they fill record batches without waiting;
         # every millisecond of lingering is a millisecond of latency on a live stream.
         "linger.ms": 1,
         "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
-    }
+    })
     if settings.delivery_mode == "exactly_once":
         # Stable per replica: a restarted replica with the same id fences its previous incarnation's
         # transaction (aborting what it left open) before writing. Transactions imply idempotence.

@@ -1,5 +1,6 @@
 """Shared fixtures: one real Kafka broker per test session (or the cluster named by KAFKA_BOOTSTRAP_SERVERS) and one
-real schema registry keeping its schemas in it (or the registry named by SCHEMA_REGISTRY_URL)."""
+real schema registry keeping its schemas in it (or the registry named by SCHEMA_REGISTRY_URL); a secured (sasl_ssl)
+broker of its own for the tests that ask for it (``secured_kafka``)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra.kafka import broker, distribution
+from infra.kafka import broker, distribution, security
 from infra.registry import distribution as registry_distribution, server as registry_server
+from ml.kafka_client import read_properties
 from ml.settings import LoopSettings
+from ml.signing import Signer, write_key_pair
 from ml.topics import wait_until_served
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +66,9 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         return
     dist = distribution.fetch()
     data_dir = Path(tempfile.mkdtemp(prefix="kafka-test-"))
+    # plaintext even when KAFKA_SECURITY is set: the session's clients connect without credentials.
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
-                              heap="512m")
+                              heap="512m", security="plaintext")
     node = broker.Broker(cfg, dist)
     node.start()
     try:
@@ -74,6 +79,53 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         gc.collect()
         node.stop()
         _keep_log(request, cfg.log_file, "kafka")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A running sasl_ssl broker as its clients see it: where it listens, its CA, each role's client settings."""
+
+    cfg: broker.BrokerConfig
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.cfg.bootstrap_servers
+
+    @property
+    def controller(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.controller_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.cfg.tls.ca_cert
+
+    def client_config(self, role: str = security.ADMIN) -> Path:
+        """The librdkafka properties file of ``role`` (one of ``infra.kafka.security.ROLES``)."""
+        return self.cfg.client_config(role)
+
+    def properties(self, role: str = security.ADMIN) -> dict[str, str]:
+        """``role``'s librdkafka settings, ready for confluent-kafka's clients."""
+        return read_properties(self.client_config(role))
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(request: pytest.FixtureRequest) -> Iterator[SecuredKafka]:
+    """A local sasl_ssl broker (TLS, one SCRAM-SHA-512 principal per role, the standard authorizer) on free ports
+    with its own folder, started only for the tests that ask for it and stopped at the end (its log kept if a test
+    failed)."""
+    dist = distribution.fetch()
+    data_dir = Path(tempfile.mkdtemp(prefix="kafka-secured-test-"))
+    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
+                              heap="512m", security="sasl_ssl")
+    node = broker.Broker(cfg, dist)
+    node.start()
+    try:
+        yield SecuredKafka(cfg)
+    finally:
+        gc.collect()  # as for kafka_bootstrap: clients left to the collector go while the broker answers
+        node.stop()
+        _keep_log(request, cfg.log_file, "kafka-secured")
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -198,3 +250,47 @@ def browser() -> Iterator[Callable[..., str]]:
 
         yield open_page
         chromium.close()
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """A model signing key pair of a test: the private key file the loop signs with, and a trust folder holding
+    only its public key, as a scorer's is."""
+
+    key_id: str
+    private_file: Path
+    trusted_dir: Path
+
+    @property
+    def loop(self) -> dict[str, Path]:
+        """LoopSettings fields that sign with this key."""
+        return {"model_signing_key_file": self.private_file, "model_trusted_keys_dir": self.trusted_dir}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables that point the loop's and the scorer's processes at these keys."""
+        return {"MODEL_SIGNING_KEY_FILE": str(self.private_file), "MODEL_TRUSTED_KEYS_DIR": str(self.trusted_dir)}
+
+    def signer(self) -> Signer:
+        return Signer.from_pem(self.private_file.read_bytes(), self.key_id, source=str(self.private_file))
+
+
+def make_signing_keys(folder: Path, key_id: str | None = None) -> SigningKeys:
+    """A new key pair under ``folder`` (``private/`` and ``trusted/``), as `python -m ml keys generate` writes it."""
+    files = write_key_pair(folder / "private", Signer.generate(key_id))
+    trusted = folder / "trusted"
+    trusted.mkdir(parents=True)
+    shutil.copy(files.public_file, trusted / files.public_file.name)
+    return SigningKeys(files.key_id, files.private_file, trusted)
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> SigningKeys:
+    """The session's model signing key pair (tests that change a trust folder make their own: ``new_signing_keys``)."""
+    return make_signing_keys(tmp_path_factory.mktemp("signing-keys"))
+
+
+@pytest.fixture
+def new_signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., SigningKeys]:
+    """Makes key pairs of this test, each in a folder of its own: ``new_signing_keys(key_id=None)``."""
+    return lambda key_id=None: make_signing_keys(tmp_path_factory.mktemp("signing-keys"), key_id)

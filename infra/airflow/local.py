@@ -19,6 +19,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.local_service import AbsolutePath, LocalService, ServiceError
+from ml.kafka_client import KafkaClientSettings
 
 REPO = Path(__file__).resolve().parents[2]
 PID_FILE = "standalone.pid"
@@ -59,8 +60,10 @@ def airflow_env(cfg: AirflowConfig, loop_env: dict[str, str] | None = None) -> d
 
     ``loop_env`` adds LoopSettings variables (topics, data dir, ...) that the task processes inherit.
     """
-    # The tasks and the AssetWatcher's trigger take the bootstrap servers from it.
-    kafka = {"conn_type": "kafka", "extra": {"bootstrap.servers": cfg.kafka_bootstrap_servers}}
+    # The tasks and the AssetWatcher's trigger take the Kafka client settings (bootstrap servers, security,
+    # credentials: the environment's KAFKA_CLIENT_CONFIG file and KAFKA_* variables) from it.
+    client = KafkaClientSettings(kafka_bootstrap_servers=cfg.kafka_bootstrap_servers).kafka_config()
+    kafka = {"conn_type": "kafka", "extra": client}
     return {
         "AIRFLOW_HOME": str(cfg.home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -97,17 +100,17 @@ def health(cfg: AirflowConfig, timeout: float = 2.0) -> dict | None:
         return None
 
 
-def admin_password(cfg: AirflowConfig) -> str:
-    """The password the simple auth manager generated for ``admin`` on first start."""
+def admin_password(cfg: AirflowConfig, user: str = ADMIN_USER) -> str:
+    """The password the simple auth manager generated for ``user`` (admin by default) on first start."""
     try:
-        return json.loads((cfg.home / PASSWORDS_FILE).read_text())[ADMIN_USER]
+        return json.loads((cfg.home / PASSWORDS_FILE).read_text())[user]
     except (FileNotFoundError, KeyError, ValueError) as e:
-        raise AirflowSetupError(f"no admin password in {cfg.home / PASSWORDS_FILE}: {e}") from e
+        raise AirflowSetupError(f"no password of {user} in {cfg.home / PASSWORDS_FILE}: {e}") from e
 
 
-def token(cfg: AirflowConfig) -> str:
-    """A JWT for the REST API, as the UI gets it: ``POST /auth/token`` with the admin login."""
-    body = json.dumps({"username": ADMIN_USER, "password": admin_password(cfg)}).encode()
+def token(cfg: AirflowConfig, user: str = ADMIN_USER) -> str:
+    """A JWT for the REST API, as the UI gets it: ``POST /auth/token`` with the login of ``user`` (admin)."""
+    body = json.dumps({"username": user, "password": admin_password(cfg, user)}).encode()
     req = urllib.request.Request(f"{cfg.url}/auth/token", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:

@@ -177,8 +177,7 @@ def wait_scored(settings: LoopSettings, group: str, timeout: float) -> bool:
 
     topic = settings.topic(FlightDelay.topics.input)
     ends = {p: hi for p, (_, hi) in partition_offsets(settings, topic).items()}
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
-                      "enable.auto.commit": False})
+    probe = Consumer(settings.kafka_config({"group.id": group, "enable.auto.commit": False}))
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

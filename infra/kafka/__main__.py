@@ -2,6 +2,7 @@
 
 Settings come from the environment (the Makefile passes them through; ``broker.BrokerConfig``):
 KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1), KAFKA_DATA_DIR (.local/kafka),
+KAFKA_SECURITY (plaintext, or sasl_ssl: TLS + SCRAM-SHA-512, client settings per role in KAFKA_DATA_DIR/clients),
 KAFKA_VERSION (the pinned version), KAFKA_DIST_CACHE (~/.cache/retrain-loop/kafka).
 """
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from infra.kafka import broker, distribution
+from infra.kafka import broker, distribution, security
 from infra.kafka.errors import KafkaSetupError
 from infra.local_service import add_commands
 
@@ -41,13 +44,25 @@ def fetch() -> None:
 def check(
     bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker to check."),
     messages: int = typer.Option(10_000, help="Records to produce and read back."),
+    client_config: Annotated[Path | None, typer.Option(
+        envvar="KAFKA_CLIENT_CONFIG",
+        help="librdkafka properties of the client (credentials, CA); default with KAFKA_SECURITY=sasl_ssl: the "
+             "admin's, KAFKA_DATA_DIR/clients/admin.properties.")] = None,
 ) -> None:
     """Round-trip records through a fresh topic and print what the broker reports."""
     from infra.kafka.smoke import round_trip
 
-    bootstrap = bootstrap or broker.BrokerConfig().bootstrap_servers
+    cfg = broker.BrokerConfig()
+    bootstrap = bootstrap or cfg.bootstrap_servers
+    if client_config is None and cfg.secured:
+        client_config = cfg.client_config(security.ADMIN)
     try:
-        result = round_trip(bootstrap, messages)
+        settings = security.read_properties(client_config) if client_config else {}
+    except OSError as exc:
+        _fail(KafkaSetupError(f"cannot read the client settings {client_config}: {exc.strerror} (a sasl_ssl broker "
+                              f"writes them on its first start: make kafka-up KAFKA_SECURITY=sasl_ssl)"))
+    try:
+        result = round_trip(bootstrap, messages, settings=settings)
     except KafkaSetupError as exc:
         _fail(exc)
     typer.echo(

@@ -10,17 +10,19 @@ from __future__ import annotations
 import base64
 import subprocess
 import uuid
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from infra.kafka import distribution
+from infra.kafka import distribution, security as sec  # "sec": BrokerConfig.security is the mode
 from infra.kafka.distribution import Distribution, require_tool
 from infra.kafka.errors import KafkaSetupError
 from infra.local_service import AbsolutePath, LocalService, free_port  # noqa: F401 - free_port: callers pick ports
+from ml.kafka_client import read_properties
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 PID_FILE = "broker.pid"
@@ -32,8 +34,9 @@ JVM_FLAGS = ("-XX:+UseZGC", "-XX:TieredStopAtLevel=1")
 
 
 class BrokerConfig(BaseSettings):
-    """Where a local broker node listens and keeps its files; from ``KAFKA_<FIELD>`` variables (KAFKA_PORT,
-    KAFKA_CONTROLLER_PORT, KAFKA_DATA_DIR, KAFKA_VERSION, KAFKA_DIST_CACHE) when not given."""
+    """Where a local broker node listens and keeps its files, and how it is secured; from ``KAFKA_<FIELD>``
+    variables (KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_DATA_DIR, KAFKA_SECURITY, KAFKA_VERSION, KAFKA_DIST_CACHE)
+    when not given."""
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True)
 
@@ -42,6 +45,9 @@ class BrokerConfig(BaseSettings):
     controller_port: int = 9093  # port + 1 unless set
     host: str = "127.0.0.1"
     heap: str = "768m"
+    # plaintext: anyone may do anything (the default, for a laptop); sasl_ssl: TLS, a SCRAM principal per role
+    # (infra.kafka.security.ROLES) and ACLs, with the CA and each role's client settings in the data folder.
+    security: Literal["plaintext", "sasl_ssl"] = "plaintext"
     # Broker settings beyond the single-node defaults of server_properties (e.g. message.max.bytes).
     overrides: dict[str, str] = {}
     version: str = distribution.KAFKA_VERSION
@@ -74,10 +80,37 @@ class BrokerConfig(BaseSettings):
     def pid_file(self) -> Path:
         return self.data_dir / PID_FILE
 
+    @property
+    def secured(self) -> bool:
+        return self.security == "sasl_ssl"
 
-def server_properties(cfg: BrokerConfig) -> dict[str, str]:
+    @property
+    def tls(self) -> sec.TlsFiles:
+        """The CA and broker certificates of a secured node."""
+        return sec.TlsFiles(self.data_dir / "tls")
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.data_dir / "clients"
+
+    def client_config(self, role: str = sec.ADMIN) -> Path:
+        """The librdkafka properties file of ``role`` (one of ``security.ROLES``) on a secured node."""
+        if role not in sec.ROLES:
+            raise ValueError(f"unknown role {role!r}; the roles are {', '.join(sec.ROLES)}")
+        return sec.client_file(self.clients_dir, role)
+
+    def client_settings(self, role: str = sec.ADMIN) -> dict[str, str]:
+        """librdkafka settings of a client of this node: its bootstrap servers, and on a secured node the
+        credentials of ``role`` (read from its client file)."""
+        if not self.secured:
+            return {"bootstrap.servers": self.bootstrap_servers}
+        return read_properties(self.client_config(role))
+
+
+def server_properties(cfg: BrokerConfig, admin_password: str | None = None) -> dict[str, str]:
     """Broker settings for one node: every internal topic at replication factor 1 and min ISR 1, so that
-    consumer groups, transactions and share groups work; no initial rebalance delay so tests are quick."""
+    consumer groups, transactions and share groups work; no initial rebalance delay so tests are quick. A secured
+    node (``cfg.security`` sasl_ssl) takes ``security.server_properties`` over them and needs ``admin_password``."""
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -99,6 +132,10 @@ def server_properties(cfg: BrokerConfig) -> dict[str, str]:
         # Compaction is on by default; keep the cleaner small for a laptop-sized JVM.
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
     }
+    if cfg.secured:
+        if admin_password is None:
+            raise KafkaSetupError("a sasl_ssl broker's settings need the admin password (it talks to itself as admin)")
+        props.update(sec.server_properties(cfg.host, cfg.port, cfg.controller_port, cfg.tls, admin_password))
     props.update(cfg.overrides)
     return props
 
@@ -122,15 +159,36 @@ def _java_cmd(java: str, dist: Distribution, cfg: BrokerConfig, *main: str) -> l
     ]
 
 
-def _format_storage(java: str, dist: Distribution, cfg: BrokerConfig, props_file: Path) -> None:
-    if (cfg.log_dirs / "meta.properties").exists():
+def _formatted(cfg: BrokerConfig) -> bool:
+    return (cfg.log_dirs / "meta.properties").exists()
+
+
+def _argfile_line(arg: str) -> str:
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"\n'
+
+
+def _format_storage(java: str, dist: Distribution, cfg: BrokerConfig, props_file: Path,
+                    scram: Sequence[str] = (), secrets_in_args: Sequence[str] = ()) -> None:
+    """Format the storage unless done; ``scram``: further arguments (``--add-scram``) whose ``secrets_in_args`` must
+    not show in the process list or in an error message."""
+    if _formatted(cfg):
         return
-    cmd = _java_cmd(java, dist, cfg, "kafka.tools.StorageTool", "format",
-                    # "=": a random id may start with "-", which the tool would take for an option.
-                    f"--cluster-id={_cluster_id()}", "-c", str(props_file))
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # "=": a random id may start with "-", which the tool would take for an option.
+    main = ["kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(props_file)]
+    argfile = cfg.data_dir / ".storage-format.args"
+    if scram:
+        # Passwords go through a java @argfile (owner-only, removed after): never on a command line others can read.
+        sec.write_private(argfile, "".join(_argfile_line(arg) for arg in [*main, *scram]))
+        main = [f"@{argfile}"]
+    try:
+        proc = subprocess.run(_java_cmd(java, dist, cfg, *main), capture_output=True, text=True, check=False)
+    finally:
+        argfile.unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise KafkaSetupError(f"formatting Kafka storage in {cfg.log_dirs} failed:\n{proc.stdout}{proc.stderr}")
+        output = proc.stdout + proc.stderr
+        for secret in secrets_in_args:
+            output = output.replace(secret, "***")
+        raise KafkaSetupError(f"formatting Kafka storage in {cfg.log_dirs} failed:\n{output}")
 
 
 class Broker(LocalService):
@@ -147,7 +205,7 @@ class Broker(LocalService):
 
     @property
     def name(self) -> str:
-        return f"Kafka broker on {self.cfg.bootstrap_servers}"
+        return f"Kafka broker on {self.cfg.bootstrap_servers}" + (" (SASL_SSL)" if self.cfg.secured else "")
 
     @property
     def host(self) -> str:
@@ -167,23 +225,55 @@ class Broker(LocalService):
                 (self.cfg.controller_port, "Kafka controller listener", "KAFKA_CONTROLLER_PORT")]
 
     def prepare(self) -> None:
-        """Fetch the jars if none were given, write server.properties, format the storage on first start."""
+        """Fetch the jars if none were given, write server.properties, format the storage on first start; a secured
+        node first makes (or reuses) its certificates and its principals' passwords and writes their client files."""
         if self.dist is None:
             self.dist = distribution.fetch(self.cfg.version, self.cfg.dist_cache)
-        self.cfg.props_file.write_text("".join(f"{k}={v}\n" for k, v in server_properties(self.cfg).items()))
-        _format_storage(self.java, self.dist, self.cfg, self.cfg.props_file)
+        if not self.cfg.secured:
+            if self._holds_secured_data():
+                # A guard: the data of a secured node would be served to anyone.
+                raise KafkaSetupError(f"{self.cfg.data_dir} holds a sasl_ssl broker (client settings in "
+                                      f"{self.cfg.clients_dir}): start it with KAFKA_SECURITY=sasl_ssl, or use another "
+                                      f"KAFKA_DATA_DIR")
+            self.cfg.props_file.write_text("".join(f"{k}={v}\n" for k, v in server_properties(self.cfg).items()))
+            _format_storage(self.java, self.dist, self.cfg, self.cfg.props_file)
+            return
+        tls = sec.ensure_tls(self.cfg.tls.tls_dir, self.cfg.host)
+        try:
+            # Passwords are made only with the storage: SCRAM credentials exist from its format on.
+            passwords = sec.passwords(self.cfg.clients_dir, create=not _formatted(self.cfg))
+        except LookupError as missing:
+            raise KafkaSetupError(f"the storage in {self.cfg.log_dirs} exists but the SCRAM passwords it was formatted "
+                                  f"with are not in {missing} (formatted by a plaintext broker?): use another "
+                                  f"KAFKA_DATA_DIR, or remove {self.cfg.data_dir} to start afresh") from None
+        sec.write_client_files(self.cfg.clients_dir, self.cfg.bootstrap_servers, passwords, tls.ca_cert)
+        props = server_properties(self.cfg, passwords[sec.ADMIN])
+        sec.write_private(self.cfg.props_file, "".join(f"{k}={v}\n" for k, v in props.items()))
+        _format_storage(self.java, self.dist, self.cfg, self.cfg.props_file,
+                        scram=sec.scram_arguments(passwords), secrets_in_args=list(passwords.values()))
 
     def command(self) -> list[str]:
         return _java_cmd(self.java, self.dist, self.cfg, "kafka.Kafka", str(self.cfg.props_file))
 
+    def _holds_secured_data(self) -> bool:
+        return any(self.cfg.clients_dir.glob("*.properties"))
+
     def describe(self) -> str:
-        return f"; data in {self.cfg.data_dir}"
+        if not self.cfg.secured:
+            hint = " (a sasl_ssl broker's: set KAFKA_SECURITY=sasl_ssl)" if self._holds_secured_data() else ""
+            return f"; data in {self.cfg.data_dir}{hint}"
+        return (f"; data in {self.cfg.data_dir}; SCRAM-SHA-512 over TLS: client settings of "
+                f"{', '.join(sec.ROLES)} in {self.cfg.clients_dir}/<role>.properties, CA {self.cfg.tls.ca_cert}")
 
     def healthy(self) -> bool:
-        """True once the broker answers a metadata request."""
+        """True once the broker answers a metadata request (on a secured node: to the admin principal)."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers, "log_level": 0})
+        try:
+            settings = self.cfg.client_settings()
+        except FileNotFoundError:
+            return False  # a secured node's client files are written on its first start
+        admin = AdminClient({**settings, "bootstrap.servers": self.cfg.bootstrap_servers, "log_level": 0})
         try:
             return bool(admin.list_topics(timeout=1.0).brokers)
         except Exception:  # noqa: BLE001 - KafkaException until the listener is up

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka.errors import KafkaSetupError
+from infra.kafka.security import connection_failure
 
 
 @dataclass(frozen=True)
@@ -22,20 +24,27 @@ class RoundTrip:
     consume_s: float
 
 
-def round_trip(bootstrap: str, messages: int = 10_000, timeout: float = 30.0) -> RoundTrip:
-    """Produce ``messages`` records to a new topic, read them back, delete the topic.
+def round_trip(bootstrap: str, messages: int = 10_000, timeout: float = 30.0,
+               settings: Mapping[str, str] | None = None) -> RoundTrip:
+    """Produce ``messages`` records to a new topic, read them back, delete the topic; every client with the
+    librdkafka ``settings`` (a secured broker's credentials and CA; its bootstrap servers are ``bootstrap``).
 
-    Raises KafkaSetupError naming the bootstrap servers if the broker does not answer or a record is missing.
+    Raises KafkaSetupError naming the bootstrap servers if the broker does not answer, refuses the credentials or
+    the certificate, or a record is missing.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    common = {**(settings or {}), "bootstrap.servers": bootstrap}
+    # Why a connection failed (credentials, certificate) reaches the error callback only, not the exception.
+    errors: list[KafkaError] = []
+    admin = AdminClient({**common, "error_cb": errors.append})
     try:
         admin.list_topics(timeout=10)
     except KafkaException as exc:
-        raise KafkaSetupError(f"Kafka at {bootstrap} is not reachable: {exc}") from exc
+        admin.poll(0)
+        raise KafkaSetupError(connection_failure(bootstrap, common, errors, exc)) from exc
     topic = f"smoke-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout)
     try:
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        producer = Producer({**common, "linger.ms": 5, "enable.idempotence": True})
         failures: list[KafkaError] = []
 
         def on_delivery(err, _msg):
@@ -53,7 +62,7 @@ def round_trip(bootstrap: str, messages: int = 10_000, timeout: float = 30.0) ->
                                   f"{failures[:1]}")
 
         consumer = Consumer({
-            "bootstrap.servers": bootstrap,
+            **common,
             "group.id": f"{topic}-reader",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra import jvm
+from infra.kafka import security
 from infra.local_service import AbsolutePath, LocalService, answers, free_port
 from infra.registry import distribution
 from infra.registry.distribution import Distribution, RegistrySetupError
+from ml.kafka_client import KafkaConfigError, read_properties
 
 PID_FILE = "registry.pid"
 LOG_FILE = "registry.log"
@@ -36,7 +39,7 @@ POLL_TIMEOUT_MS = 1000
 class RegistryConfig(BaseSettings):
     """Where a local registry listens, keeps its files and its schemas; from ``REGISTRY_<FIELD>`` variables
     (REGISTRY_PORT, REGISTRY_MANAGEMENT_PORT, REGISTRY_DATA_DIR, REGISTRY_HEAP, REGISTRY_JAVA_HOME,
-    REGISTRY_DIST_CACHE) and KAFKA_BOOTSTRAP_SERVERS when not given."""
+    REGISTRY_DIST_CACHE), KAFKA_BOOTSTRAP_SERVERS and KAFKA_CLIENT_CONFIG when not given."""
 
     # populate_by_name: callers pass kafka_bootstrap_servers=, the environment KAFKA_BOOTSTRAP_SERVERS.
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True, populate_by_name=True,
@@ -51,6 +54,9 @@ class RegistryConfig(BaseSettings):
     heap: str = "320m"
     # The storage: Kafka topics through these brokers (kafkasql). The broker must run before the registry starts.
     kafka_bootstrap_servers: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    # A secured broker: the librdkafka properties of the principal the storage uses (its security protocol, SCRAM or
+    # PLAIN credentials and PEM CA), e.g. the admin's <KAFKA_DATA_DIR>/clients/admin.properties; None: plaintext.
+    kafka_client_config: Path | None = Field(None, validation_alias="KAFKA_CLIENT_CONFIG")
     # System properties beyond the listeners and the storage (e.g. apicurio.kafkasql.topic for a journal of its own).
     overrides: dict[str, str] = {}
     version: str = distribution.REGISTRY_VERSION
@@ -98,6 +104,56 @@ def system_properties(cfg: RegistryConfig) -> dict[str, str]:
     return props
 
 
+# librdkafka settings a Java client of the storage takes over (bootstrap.servers: KAFKA_BOOTSTRAP_SERVERS instead).
+CLIENT_KEYS = frozenset({"bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username",
+                         "sasl.password", "ssl.ca.location"})
+# Apicurio 3 hands every property named apicurio.kafka.common.<key> to each of its storage's Kafka clients (consumer,
+# producer, admin). Its own apicurio.kafkasql.security.* settings do not fit: with sasl.enabled they force an OAuth
+# JAAS login, and they set a trust store only with a password, which Kafka refuses for a PEM one.
+COMMON_PREFIX = "apicurio.kafka.common."
+
+
+def kafka_client_properties(settings: Mapping[str, str]) -> dict[str, str]:
+    """The Java Kafka client properties equal to librdkafka ``settings`` (a client properties file's): security
+    protocol, SASL login, the CA as a PEM trust store. Raises RegistrySetupError naming a setting it cannot carry."""
+    unknown = sorted(set(settings) - CLIENT_KEYS)
+    if unknown:
+        raise RegistrySetupError(f"the registry's Kafka clients cannot take {', '.join(unknown)} from the client "
+                                 f"properties (KAFKA_CLIENT_CONFIG); it takes {', '.join(sorted(CLIENT_KEYS))}")
+    protocol = settings.get("security.protocol", "PLAINTEXT").upper()
+    props = {"security.protocol": protocol}
+    mechanism = (settings.get("sasl.mechanism") or settings.get("sasl.mechanisms") or "").upper()
+    if protocol.startswith("SASL_"):
+        if mechanism not in ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN") or "sasl.username" not in settings:
+            raise RegistrySetupError(f"{protocol} needs sasl.mechanism SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN with "
+                                     f"sasl.username and sasl.password (got {mechanism or 'no mechanism'})")
+        props["sasl.mechanism"] = mechanism
+        props["sasl.jaas.config"] = security.jaas_config(settings["sasl.username"], settings.get("sasl.password", ""),
+                                                         mechanism)
+    if protocol.endswith("SSL"):
+        if "ssl.ca.location" in settings:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = str(Path(settings["ssl.ca.location"]).resolve())
+        # Apicurio turns host name verification off by default (an empty algorithm); librdkafka checks, so do we.
+        props["ssl.endpoint.identification.algorithm"] = "https"
+    return props
+
+
+def kafka_client_environment(cfg: RegistryConfig) -> dict[str, str]:
+    """The environment that gives the registry's Kafka clients the settings of ``cfg.kafka_client_config`` ({} when
+    unset): variables, so that no password shows on the command line. Raises RegistrySetupError when the file cannot
+    be read or carried over."""
+    if cfg.kafka_client_config is None:
+        return {}
+    try:
+        settings = read_properties(cfg.kafka_client_config)
+    except KafkaConfigError as exc:
+        raise RegistrySetupError(str(exc)) from None
+    props = kafka_client_properties(settings)
+    # Quarkus maps APICURIO_KAFKA_COMMON_SASL_JAAS_CONFIG to apicurio.kafka.common.sasl.jaas.config.
+    return {(COMMON_PREFIX + key).upper().replace(".", "_"): value for key, value in props.items()}
+
+
 def own_topics(prefix: str) -> dict[str, str]:
     """System properties (for ``RegistryConfig.overrides``) that give a registry Kafka topics of its own, named
     ``<prefix>`` + the default names: its journal, its snapshots and its events. Registries that share the
@@ -107,14 +163,15 @@ def own_topics(prefix: str) -> dict[str, str]:
             "apicurio.events.kafka.topic": f"{prefix}registry-events"}
 
 
-def scratch_config(kafka_bootstrap_servers: str, name: str, **overrides: str) -> RegistryConfig:
+def scratch_config(kafka_bootstrap_servers: str, name: str, kafka_client_config: Path | None = None,
+                   **overrides: str) -> RegistryConfig:
     """A throw-away registry's settings (tests, benchmarks): free loopback ports, a temporary folder, and Kafka
-    topics of its own named ``<name>-<random>-...`` (see ``own_topics``); ``overrides`` are further system
-    properties."""
+    topics of its own named ``<name>-<random>-...`` (see ``own_topics``), reached with the client properties
+    ``kafka_client_config`` (a secured broker); ``overrides`` are further system properties."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}-"
     return RegistryConfig(data_dir=Path(tempfile.mkdtemp(prefix=f"registry-{name}-")), port=free_port(),
                           management_port=free_port(), kafka_bootstrap_servers=kafka_bootstrap_servers,
-                          overrides={**own_topics(tag), **overrides})
+                          kafka_client_config=kafka_client_config, overrides={**own_topics(tag), **overrides})
 
 
 def topics_of(cfg: RegistryConfig) -> list[str]:
@@ -143,9 +200,14 @@ class Registry(LocalService):
         return [(self.cfg.port, "registry HTTP API", "REGISTRY_PORT"),
                 (self.cfg.management_port, "registry management interface", "REGISTRY_MANAGEMENT_PORT")]
 
+    def environment(self) -> dict[str, str]:
+        return kafka_client_environment(self.cfg)
+
     def prepare(self) -> None:
-        """Find Java 21+ and fetch the server if none was given (both raise before anything starts)."""
+        """Find Java 21+, check the Kafka client properties and fetch the server if none was given (each raises
+        before anything starts)."""
         self.java  # noqa: B018 - a missing Java 21 is named before the download
+        kafka_client_environment(self.cfg)
         if self.dist is None:
             self.dist = distribution.fetch(self.cfg.dist_cache, self.cfg.version)
         scratch_dir(self.cfg).mkdir(parents=True, exist_ok=True)
@@ -160,7 +222,8 @@ class Registry(LocalService):
         ]
 
     def describe(self) -> str:
-        return f"; Confluent API {self.cfg.ccompat_url}, schemas in Kafka at {self.cfg.kafka_bootstrap_servers}"
+        login = f" (as in {self.cfg.kafka_client_config})" if self.cfg.kafka_client_config else ""
+        return f"; Confluent API {self.cfg.ccompat_url}, schemas in Kafka at {self.cfg.kafka_bootstrap_servers}{login}"
 
     def healthy(self) -> bool:
         """True once the server says it is ready (its storage has read the Kafka journal) and the Confluent API

@@ -27,14 +27,14 @@ DAG_ID = "retrain_flight_delay"
 
 
 @pytest.fixture
-def airflow(kafka_bootstrap, tmp_path):
+def airflow(kafka_bootstrap, tmp_path, signing_keys):
     u = uuid.uuid4().hex[:8]
     loop_env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "LOOP_DATA_DIR": str(tmp_path / "data"),
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "TOPIC_PREFIX": f"t{u}.", "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3",
-        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', "MODEL_SIGNING_KEY": "test-signing-key",
+        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', **signing_keys.env,
         # Only the REST call may start a run: no cron, no AssetWatcher, and a failure shows at once.
         "RETRAIN_TASK_RETRIES": "0",
         **{f"{name.upper()}_{knob}": off for name in use_cases.names()
@@ -78,12 +78,15 @@ def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(
     links = local.api(cfg, "GET", f"{path}/taskInstances/train/links", token)[1]["extra_links"]
     assert "/#/experiments/" in links["MLflow run"]
     docs = local.api(cfg, "GET", f"{path}/taskInstances/validate/links", token)[1]["extra_links"]["Data Docs"]
-    with urllib.request.urlopen(f"{cfg.url}{docs}", timeout=30) as r:
+    signed_in = {"Authorization": f"Bearer {token}"}  # the plugin's pages take Airflow's login
+    with urllib.request.urlopen(urllib.request.Request(f"{cfg.url}{docs}", headers=signed_in), timeout=30) as r:
         assert r.status == 200 and b"<html" in r.read().lower()
 
-    with urllib.request.urlopen(f"{cfg.url}/retrain-loop/api/models", timeout=60) as r:
+    with urllib.request.urlopen(urllib.request.Request(f"{cfg.url}/retrain-loop/api/models", headers=signed_in),
+                                timeout=60) as r:
         (model,) = json.loads(r.read())
     assert (model["use_case"], model["model_version"], model["verdict"], model["live_on"]) == (
         "flight_delay", 1, "promote", [])
-    with urllib.request.urlopen(f"{cfg.url}/retrain-loop/", timeout=60) as r:
+    with urllib.request.urlopen(urllib.request.Request(f"{cfg.url}/retrain-loop/", headers=signed_in),
+                                timeout=60) as r:
         assert b"<td>v1</td>" in r.read()

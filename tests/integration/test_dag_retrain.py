@@ -40,7 +40,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DAG_ID = "retrain_flight_delay"
 TASKS = list(TASK_IDS)
-SIGNING_KEY = "test-signing-key"
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +84,7 @@ def flights():
 
 
 @pytest.fixture
-def settings(airflow_home, kafka_bootstrap, tmp_path, new_topic, monkeypatch) -> LoopSettings:
+def settings(airflow_home, kafka_bootstrap, tmp_path, new_topic, monkeypatch, signing_keys) -> LoopSettings:
     """Unique topics and a SQLite MLflow in tmp_path, handed to the task processes through the environment."""
     u = uuid.uuid4().hex[:8]
     env = {
@@ -95,7 +94,7 @@ def settings(airflow_home, kafka_bootstrap, tmp_path, new_topic, monkeypatch) ->
         "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "TOPIC_PREFIX": f"t{u}.", "TOPIC_NAMES": f'{{"models.status": "{new_topic("status")}"}}',
         "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "3",
-        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', "MODEL_SIGNING_KEY": SIGNING_KEY,
+        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', **signing_keys.env,
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -121,7 +120,7 @@ class ScorerStandIn(threading.Thread):
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error():
                     continue
-                envelope = verify_envelope(envelopes.payload(msg.value()), SIGNING_KEY.encode())
+                envelope = verify_envelope(envelopes.payload(msg.value()), s.trust_store().read())
                 status = framing.frame(s.status_topic, orjson.dumps({
                     "schema_version": 1, "status": "live", "model_name": envelope.model_name,
                     "model_version": envelope.model_version, "reason_kind": "ok", "reason": "stand-in",

@@ -58,12 +58,12 @@ def processes_using(path: Path) -> list[int]:
 
 
 @pytest.fixture
-def demo_env(kafka_bootstrap, monkeypatch):
+def demo_env(kafka_bootstrap, monkeypatch, signing_keys):
     u = uuid.uuid4().hex[:8]
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "TOPIC_PREFIX": f"t{u}.", "MIN_TRAINING_ROWS": "500", "EPOCHS": "3", "HOLDOUT_DAYS": "2",
-        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', "MODEL_SIGNING_KEY": "test-signing-key",
+        "FLIGHT_DELAY_GATE_FLOORS": '{"roc_auc": 0.5}', **signing_keys.env,
         "RETRAIN_TASK_RETRIES": "0",
     }
     for k, v in env.items():

@@ -24,14 +24,14 @@ def flights():
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path, monkeypatch) -> LoopSettings:
+def settings(kafka_bootstrap, tmp_path, monkeypatch, signing_keys) -> LoopSettings:
     # A few days of January make a weak model; the floor here only has to beat a coin.
     monkeypatch.setenv("FLIGHT_DELAY_GATE_FLOORS", '{"roc_auc": 0.5}')
     return LoopSettings(
         use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         loop_data_dir=tmp_path / "data", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         mlflow_artifact_root=tmp_path / "artifacts", min_training_rows=500, epochs=3, holdout_days=3,
-        model_signing_key="test-signing-key",
+        **signing_keys.loop,
     )
 
 
@@ -58,6 +58,7 @@ def test_retrain_publishes_a_traceable_model_and_a_retry_publishes_nothing(high_
     (envelope,) = read_envelopes(settings)
     assert (envelope.model_version, envelope.run_id, envelope.decision_id) == (1, first.mlflow_run_id,
                                                                                first.decision_id)
+    assert envelope.key_id == settings.signer().key_id  # signed with the configured key, not a development one
 
     retry = pipeline.retrain(settings, "scheduled__2013-01-12T00:00:00+00:00")
     assert (retry.status, retry.model_version, retry.mlflow_run_id, retry.decision_id) == (

@@ -11,17 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confluent_kafka import Producer, TopicPartition
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from ml.errors import ModelTooLarge, RegistryUnavailable
 from ml.publish import build_envelope, publish, read_envelopes
 from ml.registry import ChampionInfo, Registry
 from ml.settings import LoopSettings
-from ml.wire import HEADER_SIZE
+from ml.signing import Signer
+from ml.wire import HEADER_SIZE, Framing
 
 pytestmark = pytest.mark.integration
 
-KEY = b"integration-signing-key"
+# The loop's own key, trusted when it reads the topic back even without a trust folder (there is none here).
+SIGNER = Signer.generate()
+NO_TRUST_FOLDER = Path(tempfile.gettempdir()) / "registry-publish-test-no-trusted-keys"
 PREPROCESSING = {"numeric": ["distance", "temp", "wind_speed", "dep_hour"], "version": 1}
 MANIFESTS = [
     {"topic": "flights.completed", "partitions": [{"partition": 0, "start": 0, "end": 1200},
@@ -143,14 +146,15 @@ def _high_watermark(bootstrap: str, topic: str) -> int:
 
 def _settings(bootstrap: str, topic: str) -> LoopSettings:
     return LoopSettings(kafka_bootstrap_servers=bootstrap, topic_names={"models": topic},
-                        model_signing_key=KEY.decode(), model_name="flight_delay_test")
+                        model_signing_key=SecretStr(SIGNER.private_pem().decode()),
+                        model_trusted_keys_dir=NO_TRUST_FOLDER, model_name="flight_delay_test")
 
 
-def _envelope(version: int, artifact: bytes):
+def _envelope(version: int, artifact: bytes, signer: Signer = SIGNER):
     return build_envelope(model_name="flight_delay_test", model_version=version, run_id=f"run-{version}",
                           model_uri=f"models:/flight_delay_test/{version}", preprocessing=PREPROCESSING,
                           metrics={"auc": 0.7 + version / 100}, decision_id=f"d-{version}", artifact=artifact,
-                          key=KEY)
+                          signer=signer)
 
 
 @pytest.mark.slow
@@ -180,6 +184,14 @@ def test_publish_reads_back_verified_and_same_version_twice_is_a_noop(kafka_boot
     assert [e.model_version for e in read_envelopes(settings)] == [1, 2]
     assert publish(settings, v2).published is False
     assert _high_watermark(kafka_bootstrap, topic) == 3
+
+    # Signed by a key the loop does not trust: skipped too, so the same version signed by its own key is published.
+    stranger = _envelope(3, artifact, Signer.generate())
+    producer.produce(topic, key=b"flight_delay_test", value=Framing(settings).frame(topic, stranger.to_bytes()))
+    assert producer.flush(10) == 0
+    assert [e.model_version for e in read_envelopes(settings)] == [1, 2]
+    assert publish(settings, _envelope(3, artifact)).published is True
+    assert [(e.model_version, e.key_id) for e in read_envelopes(settings)][-1] == (3, SIGNER.key_id)
 
 
 def test_oversized_envelope_is_refused_before_producing(kafka_bootstrap, new_topic):

@@ -23,9 +23,9 @@ from ml import snapshot
 from ml.contracts import Contract, DeadLetter, ModelStatus
 from ml.errors import SchemaIncompatible, SchemaNotRegistered
 from ml.keras_models import to_bytes
-from ml.publish import build_envelope, publish
+from ml.publish import ModelEnvelope, build_envelope, publish
 from ml.schema_registry import SchemaRegistry
-from ml.schemas import TopicSchema
+from ml.schemas import TopicSchema, canonical
 from ml.settings import LoopSettings
 from ml.topics import ensure_topics
 from ml.wire import Framing, TopicDecoder, TopicReader, header
@@ -38,7 +38,6 @@ from use_cases.flight_delay.source import load_completed
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = "evolution-key"
 
 
 class FlightScheduledV2(FlightScheduled):
@@ -87,22 +86,23 @@ def flights():
 
 @pytest.mark.slow
 def test_a_compatible_v2_registered_mid_stream_scores_and_snapshots_beside_v1(kafka_bootstrap, flights, tmp_path,
-                                                                               scorer_in_thread):
+                                                                               scorer_in_thread, signing_keys):
     import keras
 
     from use_cases.flight_delay.model import untrained
 
     prefix = f"evo{uuid.uuid4().hex[:8]}."
     loop = LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, use_case="flight_delay", topic_prefix=prefix,
-                        loop_data_dir=tmp_path, model_signing_key=KEY)
+                        loop_data_dir=tmp_path, **signing_keys.loop)
     ensure_topics(loop)
     s = ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix,
-                       model_signing_key=KEY, http_port=0, batch_size=500, batch_max_wait_ms=50)
+                       model_trusted_keys_dir=signing_keys.trusted_dir, http_port=0, batch_size=500,
+                       batch_max_wait_ms=50)
     fitted = preprocessing.fit(flights.head(2000))
     keras.utils.set_random_seed(1)
     publish(loop, build_envelope(model_name="flight_delay", model_version=1, run_id="r1", model_uri="models:/f/1",
                                  preprocessing=fitted.to_dict(), metrics={"auc": 0.7}, decision_id="d1",
-                                 artifact=to_bytes(untrained(fitted)), key=KEY.encode()))
+                                 artifact=to_bytes(untrained(fitted)), signer=loop.signer()))
     with scorer_in_thread(s, "evolution") as scorer:
         old, new = flights.iloc[:2000], flights.iloc[2000:]
         replay_frame(loop, old)  # v1 records, framed with v1's schema id
@@ -176,6 +176,21 @@ def test_an_incompatible_change_is_refused_by_the_registry_and_by_check_naming_t
     # A record framed with the registered schema is still read; the id names its subject.
     framed = Framing(LoopSettings(), [TopicSchema(topic, FlightScheduled)]).frame(topic, b"{}")
     assert TopicReader(LoopSettings(), topic).payload(framed) == b"{}"
+
+
+def test_the_ed25519_model_envelope_registers_over_the_hmac_envelope_a_deployment_holds(kafka_bootstrap):
+    """The real registry's BACKWARD rule accepts the Ed25519 envelope's schema (an optional key_id, a signature
+    without its SHA-256 pattern) as the next version of a `models` subject holding the HMAC envelope's."""
+    topic = f"sig{uuid.uuid4().hex[:8]}.models"
+    registry = SchemaRegistry.of(LoopSettings())
+    hmac_envelope = orjson.loads((REPO / "tests" / "unit" / "data" / "models-value-v1.json").read_bytes())
+    registry._client.register_schema(f"{topic}-value", RegisteredSchema(canonical(hmac_envelope), "JSON"))
+    registry._client.set_compatibility(f"{topic}-value", "BACKWARD")
+    ts = TopicSchema(topic, ModelEnvelope)
+    check = registry.check(ts)
+    assert (check.state, check.ok, check.problems) == ("compatible", True, [])
+    registered = registry.register(ts)
+    assert (registered.version, registered.compatibility) == (2, "BACKWARD")
 
 
 def test_replicas_starting_together_register_a_new_subject_once(kafka_bootstrap):

@@ -1,6 +1,6 @@
-"""The scorer against a real broker: first model, steady-load hot swap, refused models, dead letters, no model
-yet, exactly-once delivery across a SIGKILL, two replicas, a broker restart under the scorer, and a frozen
-broker under the sink."""
+"""The scorer against a real broker: first model, steady-load hot swap, refused models (a bad model, an untrusted
+or revoked signing key, tampered bytes), key rotation, dead letters, no model yet, exactly-once delivery across a
+SIGKILL, two replicas, a broker restart under the scorer, and a frozen broker under the sink."""
 
 from __future__ import annotations
 
@@ -20,17 +20,21 @@ import urllib.request
 import uuid
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import SecretStr
 
 from infra.kafka import broker, distribution
 from ml.contracts import DeadLetter
 from ml.keras_models import to_bytes
 from ml.publish import build_envelope, canonical_json, publish
 from ml.settings import LoopSettings
+from ml.signing import Signer
 from ml.wire import Framing, TopicReader, header
 from scoring_service.app import Scorer
 from scoring_service.config import ScorerSettings
@@ -42,7 +46,7 @@ from use_cases.flight_delay.source import load_completed
 
 pytestmark = pytest.mark.integration
 
-KEY = "scorer-integration-key"
+SIGNER = Signer.generate()  # the loop's key in these tests; the scorers trust its public key (trusted_dir)
 MODEL = "flight_delay_it"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -88,30 +92,45 @@ def artifacts(contract) -> dict[str, bytes]:
     return out
 
 
-def envelope(version: int, artifact: bytes, contract_dict: dict, key: str = KEY):
+def envelope(version: int, artifact: bytes, contract_dict: dict, signer: Signer = SIGNER):
     return build_envelope(model_name=MODEL, model_version=version, run_id=f"run-{version}",
                           model_uri=f"models:/{MODEL}/{version}", preprocessing=contract_dict,
-                          metrics={"auc": 0.7}, decision_id=f"d-{version}", artifact=artifact, key=key.encode())
+                          metrics={"auc": 0.7}, decision_id=f"d-{version}", artifact=artifact, signer=signer)
+
+
+def trust(folder: Path, *signers: Signer) -> Path:
+    """``folder`` as a scorer's trust folder holding the public keys of ``signers``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for signer in signers:
+        (folder / f"{signer.key_id}.pem").write_bytes(signer.public_pem())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trusted_dir(tmp_path_factory) -> Path:
+    """The scorers' trust folder: SIGNER's public key only."""
+    return trust(tmp_path_factory.mktemp("trusted"), SIGNER)
 
 
 # ---------------------------------------------------------------- topics, scorer, reading back
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
+def settings(kafka_bootstrap, new_topic, trusted_dir) -> ScorerSettings:
     return ScorerSettings(
         use_case="flight_delay", kafka_bootstrap_servers=kafka_bootstrap, topic_names={
             "flights.scheduled": new_topic("sched", 3), "flights.predictions": new_topic("pred", 3),
             "flights.dlq": new_topic("dlq", 1), "models.status": new_topic("status", 1),
             "models": new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)})},
         group_id=f"scorer-{uuid.uuid4().hex[:8]}",
-        model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0, model_signing_key=KEY,
+        model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0, model_trusted_keys_dir=trusted_dir,
         session_timeout_ms=6000)  # transactional id <group id>-<replica name>: the group is the test's own
 
 
 def loop_settings(s: ScorerSettings) -> LoopSettings:
     return LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_names={"models": s.models_topic},
-                        model_signing_key=KEY, model_name=MODEL)
+                        model_signing_key=SecretStr(SIGNER.private_pem().decode()),
+                        model_trusted_keys_dir=s.model_trusted_keys_dir, model_name=MODEL)
 
 
 class Running:
@@ -315,15 +334,21 @@ def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, score
     running.stop()
 
 
-def _tampered_sha(artifact: bytes, contract_dict: dict, other: bytes) -> bytes:
-    """Signed correctly, but the artifact is not the one whose SHA-256 the envelope states."""
-    doc = orjson.loads(envelope(4, artifact, contract_dict).to_bytes())
+def _tampered_sha(artifact: bytes, contract_dict: dict, other: bytes, version: int = 4) -> bytes:
+    """Signed correctly by a trusted key, but the artifact is not the one whose SHA-256 the envelope states."""
+    doc = orjson.loads(envelope(version, artifact, contract_dict).to_bytes())
     doc["artifact_b64"] = base64.b64encode(other).decode()
     unsigned = {k: v for k, v in doc.items() if k != "signature"}
-    import hashlib
-    import hmac
+    doc["signature"] = SIGNER.sign(canonical_json(unsigned))
+    return orjson.dumps(doc)
 
-    doc["signature"] = hmac.new(KEY.encode(), canonical_json(unsigned), hashlib.sha256).hexdigest()
+
+def _tampered_bytes(artifact: bytes, contract_dict: dict, version: int) -> bytes:
+    """Signed by a trusted key, then one byte of the artifact flipped on the way: the signature no longer holds."""
+    doc = orjson.loads(envelope(version, artifact, contract_dict).to_bytes())
+    flipped = bytearray(artifact)
+    flipped[len(flipped) // 2] ^= 0x01
+    doc["artifact_b64"] = base64.b64encode(bytes(flipped)).decode()
     return orjson.dumps(doc)
 
 
@@ -341,7 +366,8 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
     good = contract.to_dict()
     misfit = {**good, "input_schema": {**good["input_schema"], "distance": "string"}}
     bad = {
-        "signature": envelope(3, artifacts["b"], good, key="another-key").to_bytes(),
+        # Another private key under the trusted key's id: its signature does not verify.
+        "signature": envelope(3, artifacts["b"], good, Signer(Ed25519PrivateKey.generate(), SIGNER.key_id)).to_bytes(),
         "sha256": _tampered_sha(artifacts["b"], good, artifacts["a"]),
         "load": envelope(5, b"PK\x03\x04 this is not a keras archive", good).to_bytes(),
         "preprocessing": envelope(6, artifacts["b"], misfit).to_bytes(),
@@ -379,6 +405,59 @@ def test_each_class_of_bad_model_is_refused_while_the_old_one_serves_and_rollbac
     lives = [(r["model_version"], r["previous_version"]) for r in status_records(s, 3 + len(bad))
              if r["status"] == "live"]
     assert lives == [(1, None), (2, 1), (1, 2)]
+    running.stop()
+
+
+@pytest.mark.slow
+def test_untrusted_revoked_and_tampered_models_are_refused_while_the_old_one_serves_and_a_rotated_key_is_trusted(
+        settings, scorers, events, contract, artifacts, tmp_path):
+    """The trust folder and its revoked.json are read per envelope: a key revoked and a key added while the scorer
+    runs count at once. Each refusal is counted, reported with its kind and reason (key id and version named), and
+    the old model goes on scoring."""
+    leaked, stranger, rotated = Signer.generate(), Signer.generate(), Signer.generate()
+    s = settings.model_copy(update={"model_trusted_keys_dir": trust(tmp_path / "trusted", SIGNER, leaked),
+                                    "model_revoked_versions": [7]})
+    good = contract.to_dict()
+    publish(loop_settings(s), envelope(1, artifacts["a"], good))
+    running = scorers(s)
+    wait_for(lambda: running.http("/readyz")[0] == 200, 60, "ready")
+    # Revoked while the scorer runs: no restart.
+    (s.model_trusted_keys_dir / "revoked.json").write_text(json.dumps({"keys": [leaked.key_id]}))
+    bad = [  # (version, kind, what the reason says, envelope)
+        (3, "untrusted_key", f"{MODEL} v3 is signed with key {stranger.key_id}, which is not trusted",
+         envelope(3, artifacts["b"], good, stranger).to_bytes()),
+        (4, "revoked", f"{MODEL} v4 is signed with the revoked key {leaked.key_id}",
+         envelope(4, artifacts["b"], good, leaked).to_bytes()),
+        (5, "signature", f"bad signature for {MODEL} v5 (key {SIGNER.key_id})",
+         _tampered_bytes(artifacts["b"], good, 5)),
+        (6, "sha256", f"artifact sha256 mismatch for {MODEL} v6 (key {SIGNER.key_id})",
+         _tampered_sha(artifacts["b"], good, artifacts["a"], 6)),
+        (7, "revoked", f"{MODEL} v7 is a revoked version (signed with key {SIGNER.key_id})",
+         envelope(7, artifacts["b"], good).to_bytes()),
+    ]
+    framing = Framing(s)
+    produce(s, s.models_topic, [(MODEL.encode(), framing.frame(s.models_topic, raw)) for *_, raw in bad], raw=True)
+    records = status_records(s, 1 + len(bad))
+    rejected = [r for r in records if r["status"] == "rejected"]
+    assert [(r["model_version"], r["reason_kind"]) for r in rejected] == [(v, kind) for v, kind, *_ in bad]
+    for record, (_, _, reason, _) in zip(rejected, bad, strict=True):
+        assert record["reason"].startswith(reason), record
+        assert record["serving_version"] == 1 and "KEY-----" not in record["reason"]
+    assert {kind: running.metric("scorer_models_rejected_total", {"reason": kind})
+            for kind in ("untrusted_key", "revoked", "signature", "sha256")} == {
+        "untrusted_key": 1, "revoked": 2, "signature": 1, "sha256": 1}
+    assert running.scorer.slot.current.version == 1
+    produce(s, s.input_topic, events[:500])
+    predictions = read(s, s.output_topic, 500)
+    assert_exactly_once(predictions, s, 500)
+    assert {p["model_version"] for p in predictions} == {1}
+
+    # Rotation: the new public key dropped in, the next version signed with it goes live; the old key still works.
+    trust(s.model_trusted_keys_dir, rotated)
+    publish(loop_settings(s), envelope(8, artifacts["b"], good, rotated))
+    wait_for(lambda: running.scorer.slot.current.version == 8, 60, "v8 (rotated key) live")
+    publish(loop_settings(s), envelope(9, artifacts["a"], good))
+    wait_for(lambda: running.scorer.slot.current.version == 9, 60, "v9 (old key) live")
     running.stop()
 
 
@@ -434,9 +513,9 @@ def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
 
 def spawn(s: ScorerSettings, log_path) -> subprocess.Popen:
     """The scorer as deployed, ``python -m scoring_service`` in a process of its own, configured by ``s``."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_SIGNING_KEY": KEY,
-           **{name.upper(): json.dumps(value) if isinstance(value, dict) else str(value)
-              for name, value in s.model_dump(exclude={"model_signing_key"}).items() if value is not None}}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           **{name.upper(): json.dumps(value) if isinstance(value, dict | list) else str(value)
+              for name, value in s.model_dump().items() if value is not None}}
     with open(log_path, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
@@ -652,7 +731,8 @@ def private_broker(tmp_path) -> broker.BrokerConfig:
 
 
 @pytest.mark.slow
-def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_broker, events, contract, artifacts):
+def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_broker, events, contract, artifacts,
+                                                                      trusted_dir):
     bootstrap = private_broker.bootstrap_servers
     admin = AdminClient({"bootstrap.servers": bootstrap})
     u = uuid.uuid4().hex[:8]
@@ -666,7 +746,7 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
             "flights.scheduled": f"sched-{u}", "flights.predictions": f"pred-{u}", "flights.dlq": f"dlq-{u}",
             "models": f"models-{u}", "models.status": f"status-{u}"},
         group_id=f"scorer-{u}", model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0,
-        model_signing_key=KEY, session_timeout_ms=6000)
+        model_trusted_keys_dir=trusted_dir, session_timeout_ms=6000)
     wait_for(lambda: _served(s), 30, "new topics served")
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     running = Running(s)

@@ -26,13 +26,13 @@ READINGS = 2000  # per machine: 4 machines, 33 hours at one reading a minute
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path) -> LoopSettings:
+def settings(kafka_bootstrap, tmp_path, signing_keys) -> LoopSettings:
     u = uuid.uuid4().hex[:8]
     return LoopSettings(
         use_case="sensor_anomaly", kafka_bootstrap_servers=kafka_bootstrap, loop_data_dir=tmp_path / "data",
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow_artifact_root=tmp_path / "artifacts",
         topic_prefix=f"t{u}.",
-        min_training_rows=500, epochs=10, holdout_days=0.25, model_signing_key="test-signing-key",
+        min_training_rows=500, epochs=10, holdout_days=0.25, **signing_keys.loop,
     )
 
 

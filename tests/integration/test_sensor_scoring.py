@@ -25,8 +25,6 @@ from use_cases.sensor_anomaly.generator import generate, stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-KEY = "sensor-scoring-key"
-
 
 @pytest.fixture(scope="module")
 def readings():
@@ -47,7 +45,7 @@ def models(readings):
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
+def settings(kafka_bootstrap, new_topic, signing_keys) -> ScorerSettings:
     return ScorerSettings(
         use_case="sensor_anomaly", kafka_bootstrap_servers=kafka_bootstrap,
         topic_names={"sensors.readings": new_topic("readings", 3), "sensors.scores": new_topic("scores", 3),
@@ -55,16 +53,16 @@ def settings(kafka_bootstrap, new_topic) -> ScorerSettings:
                      "models": new_topic("models", 1, {"cleanup.policy": "compact",
                                                        "max.message.bytes": str(4 << 20)})},
         batch_size=500, batch_max_wait_ms=20, http_port=0,
-        model_signing_key=KEY, session_timeout_ms=6000)
+        model_trusted_keys_dir=signing_keys.trusted_dir, session_timeout_ms=6000)
 
 
-def _publish(s: ScorerSettings, version: int, model, fitted) -> None:
+def _publish(s: ScorerSettings, keys, version: int, model, fitted) -> None:
     loop = LoopSettings(kafka_bootstrap_servers=s.kafka_bootstrap_servers, topic_names=s.topic_names,
-                        model_signing_key=KEY, use_case="sensor_anomaly")
+                        use_case="sensor_anomaly", **keys.loop)
     publish(loop, build_envelope(
         model_name=s.model_name, model_version=version, run_id=f"run-{version}",
         model_uri=f"models:/{s.model_name}/{version}", preprocessing=fitted.to_dict(), metrics={"f1": 0.8},
-        decision_id=f"d-{version}", artifact=to_bytes(model), key=KEY.encode()))
+        decision_id=f"d-{version}", artifact=to_bytes(model), signer=loop.signer()))
 
 
 def _read(s: ScorerSettings, topic: str, count: int, timeout: float = 90.0) -> list[dict]:
@@ -83,9 +81,10 @@ def _read(s: ScorerSettings, topic: str, count: int, timeout: float = 90.0) -> l
     return out
 
 
-def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, readings, models, scorer_in_thread):
+def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, readings, models, scorer_in_thread,
+                                                                       signing_keys):
     s = settings
-    _publish(s, 1, *models[1])
+    _publish(s, signing_keys, 1, *models[1])
     with scorer_in_thread(s, "sensor-it"):
         events = stream(LoopSettings(topic_names=s.topic_names), readings)
         good = list(zip(events.keys, events.values, strict=True))
@@ -98,7 +97,7 @@ def test_sensor_scorer_swaps_mid_stream_and_dead_letters_bad_readings(settings, 
             producer.produce(s.input_topic, key=key.encode(), value=framing.frame(s.input_topic, value))
             if i == len(good) // 2:
                 producer.flush()
-                _publish(s, 2, *models[2])  # mid-stream: the scorer swaps while readings keep coming
+                _publish(s, signing_keys, 2, *models[2])  # mid-stream: the scorer swaps while readings keep coming
                 for b in bad:
                     producer.produce(s.input_topic, key=b"m000", value=framing.frame(s.input_topic, b))
             if i % 200 == 0:

