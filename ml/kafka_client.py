@@ -132,6 +132,17 @@ class KafkaClientSettings(BaseSettings):
         return {**shared, "bootstrap.servers": self.kafka_bootstrap_servers, **(own or {})}
 
     @property
+    def kafka_identity(self) -> str:
+        """Where and as whom the clients connect, for log lines (never a credential): ``host:port over SASL_SSL as
+        'loop'``, or just the servers in plaintext."""
+        props = {k: v.get_secret_value() for k, v in self.kafka_client_properties.items()
+                 if k in ("security.protocol", "sasl.username")}
+        text = self.kafka_bootstrap_servers
+        if "security.protocol" in props:
+            text += f" over {props['security.protocol'].upper()}"
+        return text + (f" as {props['sasl.username']!r}" if "sasl.username" in props else "")
+
+    @property
     def kafka_security(self) -> str:
         """The security protocol the clients use (``plaintext`` unless configured), for log lines and checks."""
         value = self.kafka_client_properties.get("security.protocol")

@@ -147,9 +147,9 @@ class Scorer:
         consumer = Consumer(consumer_config(s, self.scorer_id))
         consumer.subscribe([s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
-        log.info("scorer %s (%s) consuming %s as group %s (%s), batches of up to %d records / %d ms",
-                 self.scorer_id, s.use_case, s.input_topic, s.group_id, s.delivery_mode, s.batch_size,
-                 s.batch_max_wait_ms)
+        log.info("scorer %s (%s) consuming %s on Kafka at %s as group %s (%s), batches of up to %d records / %d ms",
+                 self.scorer_id, s.use_case, s.input_topic, s.kafka_identity, s.group_id, s.delivery_mode,
+                 s.batch_size, s.batch_max_wait_ms)
         # Batch k is produced, batch k+1 is read and scored, then what has settled since is counted
         # (exactly_once: k's transaction is committed first) and k+1 is sent. Scoring overlaps the network
         # round trips.

@@ -31,6 +31,14 @@ LOG_FILE = "broker.log"
 # pauses, where G1's young collections stopped the broker and held up every produce and fetch. C1 only: on a
 # small machine C2's compile bursts took the CPU from the clients the broker serves; C1 code was no slower.
 JVM_FLAGS = ("-XX:+UseZGC", "-XX:TieredStopAtLevel=1")
+# A TLS broker keeps C2 (here and in infra/compose/sasl-ssl.yml): the intrinsics that make AES-GCM fast are C2's,
+# and C1-compiled TLS made the broker, not the clients, the bottleneck (docs/performance.md).
+TLS_JVM_FLAGS = ("-XX:+UseZGC",)
+
+
+def jvm_flags(cfg: BrokerConfig) -> tuple[str, ...]:
+    """The collector and compiler flags of a node: TLS_JVM_FLAGS when it is secured, else JVM_FLAGS."""
+    return TLS_JVM_FLAGS if cfg.security == "sasl_ssl" else JVM_FLAGS
 
 
 class BrokerConfig(BaseSettings):
@@ -149,7 +157,7 @@ def _java_cmd(java: str, dist: Distribution, cfg: BrokerConfig, *main: str) -> l
     return [
         java,
         f"-Xms{cfg.heap}", f"-Xmx{cfg.heap}",
-        *JVM_FLAGS,
+        *jvm_flags(cfg),
         # As Kafka's own start scripts do: every collection and its pause, in the data directory.
         f"-Xlog:gc*:file={cfg.data_dir / 'gc.log'}:time,uptime,level,tags:filecount=2,filesize=20M",
         "-Djava.awt.headless=true",

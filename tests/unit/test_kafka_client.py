@@ -65,6 +65,7 @@ def test_file_then_environment_then_bootstrap_then_the_clients_own(tmp_path, mon
     monkeypatch.setenv("KAFKA_CLIENT_ID", "from-env")
     s = LoopSettings()
     assert s.kafka_bootstrap_servers == "file:9093" and s.kafka_security == "sasl_ssl"
+    assert s.kafka_identity == "file:9093 over SASL_SSL"
     assert s.kafka_config({"client.id": "own", "group.id": "g"}) == {
         "security.protocol": "SASL_SSL", "sasl.password": SECRET, "client.id": "own",
         "bootstrap.servers": "file:9093", "group.id": "g"}
@@ -83,7 +84,7 @@ def test_secrets_stay_out_of_repr_dumps_and_redacted_logs(monkeypatch):
     for s in (LoopSettings(), ScorerSettings(use_case="flight_delay")):
         assert SECRET not in repr(s) and SECRET not in str(s.model_dump()) and SECRET not in s.model_dump_json()
         assert s.kafka_config()["sasl.password"] == SECRET
-        assert SECRET not in str(redacted(s.kafka_config()))
+        assert SECRET not in str(redacted(s.kafka_config())) and SECRET not in s.kafka_identity
     # Settings re-validated from a dump (as the DAG tasks do) keep their credentials.
     s = LoopSettings()
     assert LoopSettings.model_validate(s.model_dump()).kafka_config()["sasl.password"] == SECRET

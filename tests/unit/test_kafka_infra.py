@@ -261,3 +261,12 @@ def test_the_registry_names_client_settings_it_cannot_carry(tmp_path):
     cfg = registry_server.RegistryConfig(data_dir=tmp_path, kafka_client_config=tmp_path / "missing.properties")
     with pytest.raises(RegistrySetupError, match="cannot read the Kafka client configuration .*missing.properties"):
         registry_server.kafka_client_environment(cfg)
+
+
+def test_a_secured_node_keeps_the_c2_compiler_tls_needs(tmp_path):
+    dist = distribution.Distribution("4.1.1", tmp_path)
+    plain = broker.BrokerConfig(data_dir=tmp_path / "p", security="plaintext")
+    secured = broker.BrokerConfig(data_dir=tmp_path / "s", security="sasl_ssl")
+    assert "-XX:TieredStopAtLevel=1" in broker._java_cmd("java", dist, plain, "kafka.Kafka")
+    cmd = broker._java_cmd("java", dist, secured, "kafka.Kafka")
+    assert "-XX:+UseZGC" in cmd and not [a for a in cmd if a.startswith("-XX:TieredStopAtLevel")]
