@@ -904,8 +904,8 @@ def test_the_secured_compose_runs_the_files_kafka_setup_writes(compose: dict, se
     assert f'--cluster-id="$CLUSTER_ID" -c {cfg.props_file}' in script
     assert script.endswith(f"exec /opt/kafka/bin/kafka-server-start.sh {cfg.props_file}")
     base = service_env(compose["services"]["kafka"])
-    assert service_env(kafka) == {"CLUSTER_ID": base["CLUSTER_ID"],
-                                  "KAFKA_JVM_PERFORMANCE_OPTS": " ".join((*broker.TLS_JVM_FLAGS, "-Djava.awt.headless=true"))}
+    opts = " ".join((*broker.TLS_JVM_FLAGS, "-Djava.awt.headless=true"))
+    assert service_env(kafka) == {"CLUSTER_ID": base["CLUSTER_ID"], "KAFKA_JVM_PERFORMANCE_OPTS": opts}
     assert "ports" not in kafka  # reached from the compose network only
     check = argv_of(kafka["healthcheck"]["test"])
     assert check[check.index("--bootstrap-server") + 1] == cfg.bootstrap_servers
