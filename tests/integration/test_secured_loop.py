@@ -97,7 +97,8 @@ def test_the_acl_matrix_is_enforced_by_the_broker(secured):
     # The replayer reads nothing: it has no group to read under, nor the topic.
     assert _read_error(replayer, topics.predictions).code() == KafkaError.GROUP_AUTHORIZATION_FAILED
     assert _read_error(scorer, models, f"{acls.client_ids.MODEL_WATCHER_GROUP}probe") is None
-    assert _produce(scorer, topics.predictions) is None
+    # Allowed writes go to the DLQ: the predictions topic is read back, record by record, by the loop test.
+    assert _produce(scorer, topics.dlq) is None
     assert _read_error(monitor, topics.predictions) is None
     assert _read_error(loop, topics.labels) is None
     # What each role may do as the broker reports it (DescribeTopics; nothing read or written).
