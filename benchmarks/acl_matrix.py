@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
-from benchmarks.scorer_security import secured_broker  # noqa: E402
+from benchmarks.replay_snapshot import local_broker  # noqa: E402
 from ml import acls, client_ids  # noqa: E402
 from ml.errors import BrokerUnavailable  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
     flight = get("flight_delay")
-    with secured_broker() as cfg:
+    with local_broker("sasl_ssl") as cfg:
         prefix = f"matrix-{uuid.uuid4().hex[:6]}."
 
         def as_role(role: str, **fields) -> LoopSettings:
@@ -98,7 +98,7 @@ def main() -> None:
             settings = LoopSettings(kafka_bootstrap_servers=cfg.bootstrap_servers,
                                     kafka_client_properties={**base, **props})
             try:
-                require_broker(admin_client(settings), cfg.bootstrap_servers, 10)
+                require_broker(admin_client(settings), settings, 10)
                 refused[name] = "allowed"
             except BrokerUnavailable as e:
                 refused[name] = str(e)

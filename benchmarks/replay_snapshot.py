@@ -42,19 +42,26 @@ def kafka_cluster() -> Iterator[str]:
         with schema_registry(external):
             yield external
         return
+    with local_broker("plaintext") as cfg, schema_registry(cfg.bootstrap_servers):
+        yield cfg.bootstrap_servers
+
+
+@contextlib.contextmanager
+def local_broker(security: str) -> Iterator[object]:
+    """A local broker node of ``security`` (plaintext, sasl_ssl: its client files by role) on free ports with its
+    own folder for the duration; yields its ``BrokerConfig``."""
     from infra.kafka import broker, distribution
 
     data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
-                              security="plaintext")
+                              security=security)
     # The broker runs in its own process group: a SIGTERM (e.g. from `timeout`) must unwind this block to
     # stop it, which Python's default SIGTERM does not do.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     node = broker.Broker(cfg, distribution.fetch())
     node.start()
     try:
-        with schema_registry(cfg.bootstrap_servers):
-            yield cfg.bootstrap_servers
+        yield cfg
     finally:
         node.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -12,14 +12,10 @@ ACL checks are all paid. Last stdout line: JSON with per-mode medians and ``sasl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import shutil
 import statistics
 import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -27,7 +23,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import scorer_throughput as bench  # noqa: E402
-from benchmarks.replay_snapshot import kafka_cluster  # noqa: E402
+from benchmarks.replay_snapshot import kafka_cluster, local_broker  # noqa: E402
 from ml import acls, client_ids  # noqa: E402
 from ml.publish import publish  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
@@ -35,23 +31,6 @@ from ml.use_cases import get  # noqa: E402
 from use_cases.flight_delay import preprocessing as features  # noqa: E402
 
 log = logging.getLogger("bench")
-
-
-@contextlib.contextmanager
-def secured_broker() -> Iterator[object]:
-    """A local sasl_ssl broker on free ports for the duration; yields its config (client files by role)."""
-    from infra.kafka import broker, distribution
-
-    data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-secured-"))
-    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
-                              security="sasl_ssl")
-    node = broker.Broker(cfg, distribution.fetch())
-    node.start()
-    try:
-        yield cfg
-    finally:
-        node.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def secured_settings(cfg, **overrides):
@@ -100,7 +79,7 @@ def main() -> None:
     contract = features.fit(flights)
     envelope, _ = bench.model_envelope(contract, 1, seed=1)
     runs: dict[str, list[dict]] = {"plaintext": [], "sasl_ssl": []}
-    with kafka_cluster() as bootstrap, secured_broker() as secured:
+    with kafka_cluster() as bootstrap, local_broker("sasl_ssl") as secured:
         for _ in range(args.rounds):
             s = bench.bench_settings(bootstrap)
             runs["plaintext"].append(measure(s, s, events, envelope))

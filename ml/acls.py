@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
                                    ResourcePatternType, ResourceType)
 
@@ -23,6 +23,10 @@ from ml.settings import LoopSettings
 from ml.use_cases import UseCase
 
 log = logging.getLogger(__name__)
+
+# The cluster's answers to a client that may not manage ACLs (or to a cluster without an authorizer).
+REFUSED = frozenset({KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.SECURITY_DISABLED,
+                     KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION})
 
 ROLES = ("replayer", "loop", "scorer", "monitor")  # the roles with ACLs; "admin" is a super user
 READ, WRITE, DESCRIBE = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
@@ -134,7 +138,7 @@ def apply(settings: LoopSettings, cases: Iterable[UseCase] | None = None, *,
                 fut.result(timeout=timeout)
     except KafkaException as e:
         err = e.args[0] if e.args else e
-        if getattr(err, "code", None) and err.code() in _REFUSED:
+        if getattr(err, "code", None) and err.code() in REFUSED:
             raise AclError(f"Kafka at {settings.kafka_bootstrap_servers} refused to manage ACLs as this client: "
                            f"{err.str()}; run `acls apply` with the admin role's settings "
                            "(KAFKA_CLIENT_CONFIG=.../clients/admin.properties)") from e
@@ -142,16 +146,6 @@ def apply(settings: LoopSettings, cases: Iterable[UseCase] | None = None, *,
     log.info("ACLs on %s: %d created, %d deleted, %d kept%s", settings.kafka_bootstrap_servers, len(created),
              len(deleted), len(wanted) - len(created), " (dry run)" if dry_run else "")
     return AclChanges(created, deleted, len(wanted) - len(created))
-
-
-def _refused_codes() -> frozenset[int]:
-    from confluent_kafka import KafkaError
-
-    return frozenset({KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.SECURITY_DISABLED,
-                      KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION})
-
-
-_REFUSED = _refused_codes()
 
 
 def authorized(settings: LoopSettings, cases: Iterable[UseCase] | None = None, timeout: float = 30.0

@@ -37,8 +37,6 @@ LIBRDKAFKA_NAMESPACES = frozenset({
     "transaction", "transactional",
 })
 NOT_PROPERTIES = frozenset({"KAFKA_CLIENT_CONFIG", "KAFKA_CLIENT_PROPERTIES"})
-# Keys whose values are credentials: shown as "***" by ``redacted``.
-SECRET_MARKERS = ("password", "secret", "jaas", "ssl.key.pem", "ssl_key", "token")
 
 
 class KafkaConfigError(LoopError):
@@ -84,15 +82,6 @@ def read_properties(path: Path) -> dict[str, str]:
             raise KafkaConfigError(f"{path}:{number}: expected key=value")
         out[line[:sep].strip()] = line[sep + 1:].strip()
     return out
-
-
-def is_secret(key: str) -> bool:
-    return any(marker in key for marker in SECRET_MARKERS)
-
-
-def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` fit for a log line: credentials replaced by ``***``."""
-    return {k: "***" if is_secret(k) else v for k, v in config.items()}
 
 
 class KafkaClientSettings(BaseSettings):

@@ -121,7 +121,7 @@ def partition_offsets(settings: LoopSettings, topic: str, timeout: float = 30.0)
     Raises BrokerUnavailable or TopicMissing.
     """
     admin = admin_client(settings)
-    meta = require_broker(admin, settings.kafka_bootstrap_servers, timeout)
+    meta = require_broker(admin, settings, timeout)
     if topic not in meta.topics or meta.topics[topic].error is not None:
         raise TopicMissing(topic, settings.kafka_bootstrap_servers)
     parts = sorted(meta.topics[topic].partitions)

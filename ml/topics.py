@@ -30,21 +30,20 @@ def admin_client(settings: LoopSettings) -> AdminClient:
     errors = ClientErrors()
     # log_level 0 keeps librdkafka from printing connection-refused lines; BrokerUnavailable says it once.
     admin = AdminClient(settings.kafka_config({"log_level": 0, "error_cb": errors}))
-    admin.errors, admin.settings = errors, settings
+    admin.errors = errors
     return admin
 
 
-def require_broker(admin: AdminClient, bootstrap_servers: str, timeout: float) -> ClusterMetadata:
-    """Cluster metadata, or BrokerUnavailable naming the bootstrap servers if no broker answers in time (and why,
-    when librdkafka said: refused credentials, an untrusted certificate)."""
+def require_broker(admin: AdminClient, settings: LoopSettings, timeout: float) -> ClusterMetadata:
+    """Cluster metadata from ``admin`` (an ``admin_client`` of ``settings``), or BrokerUnavailable naming the
+    bootstrap servers if no broker answers in time, and why when librdkafka said (refused credentials, an untrusted
+    certificate)."""
     try:
         return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        errors = getattr(admin, "errors", None)
-        if errors is not None:
-            admin.poll(0.5)  # serves the error callbacks librdkafka queued meanwhile
-        reason = errors.reason(admin.settings) if errors is not None else None
-        raise BrokerUnavailable(bootstrap_servers, reason or (exc.args[0] if exc.args else exc)) from exc
+        admin.poll(0.5)  # serves the error callbacks librdkafka queued meanwhile
+        reason = admin.errors.reason(settings) or (exc.args[0] if exc.args else exc)
+        raise BrokerUnavailable(settings.kafka_bootstrap_servers, reason) from exc
 
 
 def topic_specs(settings: LoopSettings, cases: list[UseCase] | None = None) -> list[NewTopic]:
@@ -76,7 +75,7 @@ def ensure_topics(settings: LoopSettings, cases: list[UseCase] | None = None, ti
     within ``timeout`` seconds.
     """
     admin = admin_client(settings)
-    meta = require_broker(admin, settings.kafka_bootstrap_servers, timeout)
+    meta = require_broker(admin, settings, timeout)
     specs = {s.topic: s for s in topic_specs(settings, cases)}
     created = {t: False for t in specs}
     for topic in specs.keys() & meta.topics.keys():

@@ -4,6 +4,7 @@ broker of its own for the tests that ask for it (``secured_kafka``)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -21,7 +22,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.kafka import broker, distribution, security
 from infra.registry import distribution as registry_distribution, server as registry_server
-from ml.kafka_client import read_properties
 from ml.settings import LoopSettings
 from ml.signing import Signer, write_key_pair
 from ml.topics import wait_until_served
@@ -64,21 +64,28 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     if external:
         yield external
         return
-    dist = distribution.fetch()
-    data_dir = Path(tempfile.mkdtemp(prefix="kafka-test-"))
     # plaintext even when KAFKA_SECURITY is set: the session's clients connect without credentials.
+    with _local_broker(request, "plaintext", "kafka") as cfg:
+        yield cfg.bootstrap_servers
+
+
+@contextlib.contextmanager
+def _local_broker(request: pytest.FixtureRequest, security: str, name: str) -> Iterator[broker.BrokerConfig]:
+    """A local broker node of ``security`` on free ports with its own folder, stopped on leaving (its log kept
+    as ``name`` if a test failed)."""
+    data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-test-"))
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
-                              heap="512m", security="plaintext")
-    node = broker.Broker(cfg, dist)
+                              heap="512m", security=security)
+    node = broker.Broker(cfg, distribution.fetch())
     node.start()
     try:
-        yield cfg.bootstrap_servers
+        yield cfg
     finally:
         # Destroy the clients tests left for the garbage collector while the broker still answers; otherwise
         # librdkafka logs "connection refused" from their threads until the interpreter exits.
         gc.collect()
         node.stop()
-        _keep_log(request, cfg.log_file, "kafka")
+        _keep_log(request, cfg.log_file, name)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -106,7 +113,7 @@ class SecuredKafka:
 
     def properties(self, role: str = security.ADMIN) -> dict[str, str]:
         """``role``'s librdkafka settings, ready for confluent-kafka's clients."""
-        return read_properties(self.client_config(role))
+        return self.cfg.client_settings(role)
 
 
 @pytest.fixture(scope="session")
@@ -114,19 +121,8 @@ def secured_kafka(request: pytest.FixtureRequest) -> Iterator[SecuredKafka]:
     """A local sasl_ssl broker (TLS, one SCRAM-SHA-512 principal per role, the standard authorizer) on free ports
     with its own folder, started only for the tests that ask for it and stopped at the end (its log kept if a test
     failed)."""
-    dist = distribution.fetch()
-    data_dir = Path(tempfile.mkdtemp(prefix="kafka-secured-test-"))
-    cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
-                              heap="512m", security="sasl_ssl")
-    node = broker.Broker(cfg, dist)
-    node.start()
-    try:
+    with _local_broker(request, "sasl_ssl", "kafka-secured") as cfg:
         yield SecuredKafka(cfg)
-    finally:
-        gc.collect()  # as for kafka_bootstrap: clients left to the collector go while the broker answers
-        node.stop()
-        _keep_log(request, cfg.log_file, "kafka-secured")
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

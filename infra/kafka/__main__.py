@@ -18,6 +18,7 @@ import typer
 from infra.kafka import broker, distribution, security
 from infra.kafka.errors import KafkaSetupError
 from infra.local_service import add_commands
+from ml.kafka_client import KafkaConfigError, read_properties
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 add_commands(app, lambda: broker.Broker(broker.BrokerConfig()), what="the broker",
@@ -57,10 +58,10 @@ def check(
     if client_config is None and cfg.secured:
         client_config = cfg.client_config(security.ADMIN)
     try:
-        settings = security.read_properties(client_config) if client_config else {}
-    except OSError as exc:
-        _fail(KafkaSetupError(f"cannot read the client settings {client_config}: {exc.strerror} (a sasl_ssl broker "
-                              f"writes them on its first start: make kafka-up KAFKA_SECURITY=sasl_ssl)"))
+        settings = read_properties(client_config) if client_config else {}
+    except KafkaConfigError as exc:
+        _fail(KafkaSetupError(f"{exc} (a sasl_ssl broker writes them on its first start: make kafka-up "
+                              "KAFKA_SECURITY=sasl_ssl)"))
     try:
         result = round_trip(bootstrap, messages, settings=settings)
     except KafkaSetupError as exc:

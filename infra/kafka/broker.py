@@ -22,7 +22,7 @@ from infra.kafka import distribution, security as sec  # "sec": BrokerConfig.sec
 from infra.kafka.distribution import Distribution, require_tool
 from infra.kafka.errors import KafkaSetupError
 from infra.local_service import AbsolutePath, LocalService, free_port  # noqa: F401 - free_port: callers pick ports
-from ml.kafka_client import read_properties
+from ml.kafka_client import KafkaConfigError, read_properties
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 PID_FILE = "broker.pid"
@@ -279,7 +279,7 @@ class Broker(LocalService):
 
         try:
             settings = self.cfg.client_settings()
-        except FileNotFoundError:
+        except KafkaConfigError:
             return False  # a secured node's client files are written on its first start
         admin = AdminClient({**settings, "bootstrap.servers": self.cfg.bootstrap_servers, "log_level": 0})
         try:

@@ -33,7 +33,7 @@ from infra.compose import kafka_setup
 from infra.kafka import broker, security
 from infra.registry import distribution as registry_distribution, server as registry_server
 from ml import acls, signing, use_cases
-from ml.kafka_client import env_key, env_properties
+from ml.kafka_client import env_key, env_properties, read_properties
 from ml.settings import LoopSettings
 from scoring_service.config import ScorerSettings
 
@@ -838,7 +838,7 @@ def test_the_secured_broker_runs_the_local_secured_settings(tmp_path: Path) -> N
     data, ca_dir = tmp_path / "data", tmp_path / "tls"
     files = kafka_setup.prepare(data, ca_dir, passwords, owner=(os.getuid(), os.getgid()))
     cfg = kafka_setup.broker_config(data)
-    props = security.read_properties(files.server_properties)
+    props = read_properties(files.server_properties)
     assert props == broker.server_properties(cfg, passwords[security.ADMIN])
     local = security.server_properties(kafka_setup.BROKER_HOST, kafka_setup.PORT, kafka_setup.CONTROLLER_PORT, cfg.tls,
                                        passwords[security.ADMIN])
@@ -851,7 +851,7 @@ def test_the_secured_broker_runs_the_local_secured_settings(tmp_path: Path) -> N
     assert props["allow.everyone.if.no.acl.found"] == "false"
     assert props["super.users"] == f"User:{security.ADMIN};{security.BROKER_PRINCIPAL}"
     assert files.scram.read_text().splitlines() == security.scram_arguments(passwords)
-    admin = security.read_properties(files.admin_client)
+    admin = read_properties(files.admin_client)
     assert admin == registry_server.kafka_client_properties(security.client_properties(
         cfg.bootstrap_servers, security.ADMIN, passwords[security.ADMIN], cfg.tls.ca_cert))
     assert admin["sasl.jaas.config"] == security.jaas_config(security.ADMIN, passwords[security.ADMIN])
