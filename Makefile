@@ -9,6 +9,11 @@ export KAFKA_DATA_DIR ?= .local/kafka
 # plaintext (anyone may do anything), or sasl_ssl: TLS with a local CA, one SCRAM-SHA-512 principal per role, ACLs;
 # each role's client settings in $(KAFKA_DATA_DIR)/clients/<role>.properties. Pass it to kafka-up, -status and -down.
 export KAFKA_SECURITY ?= plaintext
+# 1: one node; 3 (or more): a KRaft cluster, node i on KAFKA_PORT + 2(i-1), topics replicated 3 times with
+# min.insync.replicas 2. Pass it to kafka-up (kafka-down and -status find the size in KAFKA_DATA_DIR).
+export KAFKA_NODES ?= 1
+# Every node's listener, for the clients the targets below start (any node may be down when they connect).
+KAFKA_LOCAL_BOOTSTRAP := $(shell for i in $$(seq 0 $$(($(KAFKA_NODES) - 1))); do printf '%slocalhost:%s' "$${sep}" $$(($(KAFKA_PORT) + 2 * i)); sep=,; done)
 export REGISTRY_PORT ?= 8081
 export REGISTRY_DATA_DIR ?= .local/registry
 # Where every client (the loop, the scorer, the DAGs) registers and reads the topics' schemas: the local registry's
@@ -21,7 +26,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DEMO_MONTHS ?= 1-12
 
 .PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status registry-fetch registry-up registry-down \
-	registry-status airflow-up airflow-down airflow-status scorer demo demo-down test test-fast bench clean
+	registry-status airflow-up airflow-down airflow-status scorer demo demo-down helm k8s-check test test-fast bench clean
 
 setup: $(STAMP)  ## Create or update .venv from constraints.txt (no-op when nothing changed)
 
@@ -41,10 +46,10 @@ lock:  ## Re-resolve pyproject.toml and rewrite constraints.txt
 kafka-fetch: setup  ## Fetch the Apache Kafka jars from Maven Central (cached)
 	@$(PY) -m infra.kafka fetch
 
-kafka-up: kafka-fetch  ## Start the local broker on localhost:$(KAFKA_PORT) (KAFKA_SECURITY=sasl_ssl: secured); returns once it answers
+kafka-up: kafka-fetch  ## Start the local broker on localhost:$(KAFKA_PORT) (KAFKA_NODES=3: a cluster; KAFKA_SECURITY=sasl_ssl: secured); returns once it answers
 	@$(PY) -m infra.kafka up
 
-kafka-down: setup  ## Stop the local broker
+kafka-down: setup  ## Stop the local broker (every node of a cluster)
 	@$(PY) -m infra.kafka down
 
 kafka-status: setup
@@ -55,7 +60,7 @@ registry-fetch: setup  ## Fetch Apicurio Registry from Maven Central (cached); n
 
 # kafkasql storage: the schemas live in topics of the local broker, which must run first; a secured one is reached as
 # its admin principal.
-REGISTRY_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)} \
+REGISTRY_ENV := KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)} \
 	$(if $(filter sasl_ssl,$(KAFKA_SECURITY)),KAFKA_CLIENT_CONFIG=$${KAFKA_CLIENT_CONFIG:-$(abspath $(KAFKA_DATA_DIR))/clients/admin.properties})
 registry-up: registry-fetch kafka-up  ## Start the local schema registry on localhost:$(REGISTRY_PORT); returns once it answers
 	@$(REGISTRY_ENV) $(PY) -m infra.registry up
@@ -67,7 +72,7 @@ registry-status: setup
 	@$(REGISTRY_ENV) $(PY) -m infra.registry status
 
 airflow-up: registry-up  ## Start local Airflow (standalone) with the repo's dags/ and plugins/; prints the login
-	@$(PY) -m infra.airflow up
+	@KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)} $(PY) -m infra.airflow up
 
 airflow-down: setup
 	@$(PY) -m infra.airflow down
@@ -76,12 +81,12 @@ airflow-status: setup
 	@$(PY) -m infra.airflow status
 
 scorer: registry-up  ## Run the streaming scorer of USE_CASE (default flight_delay) in the foreground; Ctrl-C stops it
-	@USE_CASE=$${USE_CASE:-flight_delay} $(PY) -m scoring_service
+	@USE_CASE=$${USE_CASE:-flight_delay} KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)} $(PY) -m scoring_service
 
 # A broker or registry that was not running before the demo is stopped after it (also on Ctrl-C): nothing is left
 # behind. The registry stops first: it keeps its schemas in the broker.
 demo: kafka-fetch registry-fetch  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/
-	@export KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-localhost:$(KAFKA_PORT)}; stop=; \
+	@export KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)}; stop=; \
 	$(PY) -m infra.kafka status >/dev/null 2>&1 || stop='$(PY) -m infra.kafka down'; \
 	$(PY) -m infra.registry status >/dev/null 2>&1 || stop="$(PY) -m infra.registry down; $$stop"; \
 	trap "$$stop" EXIT; \
@@ -91,16 +96,37 @@ demo: kafka-fetch registry-fetch  ## The whole loop on 2013 (Airflow DAG per mon
 demo-down: setup  ## Stop what an interrupted demo left running (scorer, Airflow, MLflow)
 	@$(PY) -m infra.demo down
 
-test: kafka-fetch registry-fetch  ## Everything: unit and integration tests against a real broker and registry
+# Helm for the Kubernetes checks, built from the Go module proxy into .local/bin (Go is on the CI machines; no Helm
+# package is). The stamp names the version, so changing HELM_VERSION rebuilds it.
+HELM_VERSION := v4.3.2
+HELM := .local/bin/helm
+HELM_STAMP := .local/bin/.helm-$(HELM_VERSION)
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+CHART := deploy/helm/retrain-loop-scorer
+
+helm: $(HELM_STAMP)  ## Build Helm $(HELM_VERSION) into .local/bin with Go (no-op when built)
+
+$(HELM_STAMP):
+	@test -x "$(GO)" || command -v "$(GO)" >/dev/null || { echo "error: Go not found ($(GO)): building Helm $(HELM_VERSION) for the Kubernetes checks needs Go 1.26 or newer (https://go.dev/doc/install), or set GO=/path/to/go" >&2; exit 1; }
+	GOBIN=$(abspath .local/bin) $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	@touch $@
+
+k8s-check: setup helm  ## Kubernetes deployment without a cluster: helm lint and template of the chart, tests/unit/test_helm.py and test_airflow_values.py
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/values-sasl-ssl.yaml
+	$(HELM) template scorers $(CHART) -f $(CHART)/values-sasl-ssl.yaml --kube-version 1.33.0 >/dev/null
+	$(PY) -m pytest tests/unit/test_helm.py tests/unit/test_airflow_values.py
+
+test: kafka-fetch registry-fetch helm  ## Everything: unit and integration tests against a real broker and registry
 	$(OWN_REGISTRY) $(PY) -m pytest
 
-test-fast: setup  ## Unit tests only
+test-fast: setup helm  ## Unit tests only
 	$(OWN_REGISTRY) $(PY) -m pytest -m "not integration and not slow"
 
 bench: kafka-fetch registry-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
 	@mkdir -p reports/bench
 	@for b in foundation pipeline replay_snapshot train_eval scorer_throughput hot_swap crash_recovery event_trigger model_quality dag_run registry_start \
-		wire_format model_admission scorer_security acl_matrix; do \
+		wire_format model_admission scorer_security acl_matrix cluster_faults; do \
 		echo "benchmarks/$$b.py"; $(OWN_REGISTRY) $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
 	done
 

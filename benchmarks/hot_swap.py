@@ -13,9 +13,10 @@ for as long a stretch before each window, without a publication: the machine's o
 max_gap_anywhere_ms (the whole measured stream), p99_latency_ms / p50 (input record timestamp to prediction
 record timestamp, both broker LogAppendTime, measured part), swap_latency_ms (publication to live, from the
 status record), bad_model_rejected, versions (predictions per model version). Uses KAFKA_BOOTSTRAP_SERVERS if
-set, else starts a local broker. Last stdout line: one JSON object.
+set, else starts a local broker (``--nodes 3``: a three-node cluster, topics replicated three times, acks=all).
+Last stdout line: one JSON object.
 
-    .venv/bin/python benchmarks/hot_swap.py [--rate 5000] [--seconds 30] [--warm-up-seconds 40]
+    .venv/bin/python benchmarks/hot_swap.py [--rate 5000] [--seconds 30] [--warm-up-seconds 40] [--nodes 3]
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def paced_produce(bootstrap: str, topic: str, events, rate: float, conn: Connect
     # sending the next, spinning its broker thread meanwhile (see scoring_service.sink), which took a core
     # from a broker that was slow for a moment. This one does not wait; a retried input would be a new
     # offset, scored and counted like any other.
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
     # Nothing here makes reference cycles; a collection pass over the events and delivery records would
     # pause the stream. The delivery timestamps go to arrays sized up front: a dict growing to a few hundred
     # thousand entries pauses the stream while it resizes.
@@ -172,6 +173,8 @@ def main() -> None:
     defaults = ScorerSettings.model_fields
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
     parser.add_argument("--batch-max-wait-ms", type=int, default=defaults["batch_max_wait_ms"].default)
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="nodes of the local Kafka cluster started (topics replicated 3 times from 3 nodes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
@@ -183,7 +186,7 @@ def main() -> None:
     # Building the models imported TensorFlow here: a full collection over its objects held the GIL for
     # 50-100 ms and paused the paced producer. Nothing made so far is garbage.
     gc.freeze()
-    with kafka_cluster() as bootstrap:
+    with kafka_cluster(args.nodes) as bootstrap:
         s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms,
                            http_port=free_port())
         publish(loop_settings(s), v1)
@@ -253,7 +256,7 @@ def main() -> None:
         "bad_model_reason": rejected[0]["reason_kind"] if rejected else None,
         "versions": dict(Counter(str(p["model_version"]) for p, _ in predictions)),
         "rate": args.rate, "batch_size": args.batch_size, "batch_max_wait_ms": args.batch_max_wait_ms,
-        "warm_up_seconds": args.warm_up_seconds,
+        "warm_up_seconds": args.warm_up_seconds, "nodes": args.nodes,
     }).decode())
 
 

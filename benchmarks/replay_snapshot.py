@@ -34,36 +34,38 @@ from use_cases.flight_delay.source import load_completed  # noqa: E402
 
 
 @contextlib.contextmanager
-def kafka_cluster() -> Iterator[str]:
-    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, or a local broker started for the duration; with a schema
-    registry (``schema_registry``) beside it."""
+def kafka_cluster(nodes: int = 1) -> Iterator[str]:
+    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, or a local broker (a cluster of ``nodes``) started for the
+    duration; with a schema registry (``schema_registry``) beside it."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         with schema_registry(external):
             yield external
         return
-    with local_broker("plaintext") as cfg, schema_registry(cfg.bootstrap_servers):
-        yield cfg.bootstrap_servers
+    with local_broker("plaintext", nodes) as kafka, schema_registry(kafka.bootstrap_servers):
+        yield kafka.bootstrap_servers
 
 
 @contextlib.contextmanager
-def local_broker(security: str) -> Iterator[object]:
-    """A local broker node of ``security`` (plaintext, sasl_ssl: its client files by role) on free ports with its
-    own folder for the duration; yields its ``BrokerConfig``."""
-    from infra.kafka import broker, distribution
+def local_broker(security: str, nodes: int = 1) -> Iterator[object]:
+    """A local broker of ``security`` (plaintext, sasl_ssl: its client files by role), a cluster of ``nodes``, on
+    free ports with its own folder for the duration; yields its ``Cluster`` (``bootstrap_servers``,
+    ``client_settings(role)``, ``nodes``)."""
+    from infra.kafka import broker, cluster, distribution
 
     data_dir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
                               security=security)
+    ports = [(broker.free_port(), broker.free_port()) for _ in range(nodes)] if nodes > 1 else None
     # The broker runs in its own process group: a SIGTERM (e.g. from `timeout`) must unwind this block to
     # stop it, which Python's default SIGTERM does not do.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    node = broker.Broker(cfg, distribution.fetch())
-    node.start()
+    kafka = cluster.Cluster(cfg, distribution.fetch(), ports)
+    kafka.start()
     try:
-        yield cfg
+        yield kafka
     finally:
-        node.stop()
+        kafka.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 

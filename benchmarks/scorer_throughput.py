@@ -5,10 +5,11 @@ own batching and delivery code (``collect``, ``Sink``: flush, then synchronous c
 process, default settings but the topics); (3) naive: the flight preprocessing + ``model.predict`` per record
 on a small sample, no Kafka. Rates are counted from the end of the first batch to the last record, so the
 consumer-group join is not counted; pass-through is the median of three reads after an untimed one. Uses
-KAFKA_BOOTSTRAP_SERVERS if set, else starts a local broker. Last stdout line: JSON with passthrough_eps,
-scorer_eps, naive_eps, ratio_to_passthrough, events.
+KAFKA_BOOTSTRAP_SERVERS if set, else starts a local broker (``--nodes 3``: a three-node cluster, topics replicated
+three times). Last stdout line: JSON with passthrough_eps, scorer_eps, naive_eps, ratio_to_passthrough, events,
+nodes.
 
-    .venv/bin/python benchmarks/scorer_throughput.py [--events 100000] [--batch-size 10000]
+    .venv/bin/python benchmarks/scorer_throughput.py [--events 100000] [--batch-size 10000] [--nodes 3]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ml.keras_models import to_bytes  # noqa: E402
 from ml.publish import build_envelope, publish  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.signing import Signer  # noqa: E402
-from ml.topics import wait_until_served  # noqa: E402
+from ml.topics import replication, wait_until_served  # noqa: E402
 from ml.wire import Framing  # noqa: E402
 from scoring_service.app import IDLE_WAIT_S, Scorer, consumer_config  # noqa: E402
 from scoring_service.batching import collect  # noqa: E402
@@ -72,13 +73,18 @@ def bench_settings(bootstrap: str, **overrides) -> ScorerSettings:
                        model_trusted_keys_dir=trusted_dir(),
                        **{"topic_prefix": f"bench-{u}.", "group_id": f"bench-scorer-{u}", "http_port": 0, **overrides})
     admin = AdminClient(s.kafka_config())
+    # Replicated as the loop's own topics are on a cluster of this size (ml.topics.replication).
+    factor, min_isr = replication(len(admin.list_topics(timeout=30).brokers))
+
+    def topic(name: str, partitions: int, **config: str) -> NewTopic:
+        return NewTopic(name, partitions, factor, config={"min.insync.replicas": str(min_isr), **config})
+
     # Broker-side timestamps: a latency from them is input appended -> prediction appended, which leaves out
     # the benchmark producer's own client-side queueing.
-    topics = [NewTopic(t, PARTITIONS, 1, config={"message.timestamp.type": "LogAppendTime"})
+    topics = [topic(t, PARTITIONS, **{"message.timestamp.type": "LogAppendTime"})
               for t in (s.input_topic, s.output_topic)]
-    topics += [NewTopic(t, 1, 1) for t in (s.dlq_topic, s.status_topic)]
-    topics.append(NewTopic(s.models_topic, 1, 1, config={"cleanup.policy": "compact",
-                                                          "max.message.bytes": str(4 << 20)}))
+    topics += [topic(t, 1) for t in (s.dlq_topic, s.status_topic)]
+    topics.append(topic(s.models_topic, 1, **{"cleanup.policy": "compact", "max.message.bytes": str(4 << 20)}))
     for fut in admin.create_topics(topics).values():
         fut.result(30)
     wait_until_served(loop_settings(s), {s.models_topic: 1}, timeout=30)
@@ -212,13 +218,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
     parser.add_argument("--batch-max-wait-ms", type=int, default=defaults["batch_max_wait_ms"].default)
     parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="nodes of the local Kafka cluster started (topics replicated 3 times from 3 nodes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
     events, flights = flight_events(args.events)
     contract = features.fit(flights)
     envelope, model = model_envelope(contract, 1, seed=1)
-    with kafka_cluster() as bootstrap:
+    with kafka_cluster(args.nodes) as bootstrap:
         s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms)
         produce_all(s, events)
         log.info("%d events on %s", len(events), s.input_topic)
@@ -232,7 +240,7 @@ def main() -> None:
         "passthrough_eps": round(passthrough_eps), "scorer_eps": round(scorer_eps), "naive_eps": round(naive_eps, 1),
         "ratio_to_passthrough": round(scorer_eps / passthrough_eps, 3), "events": len(events),
         "batch_size": args.batch_size, "batch_max_wait_ms": args.batch_max_wait_ms,
-        "naive_sample": args.naive_sample,
+        "naive_sample": args.naive_sample, "nodes": args.nodes,
     }).decode())
 
 

@@ -142,6 +142,24 @@ class LocalService:
         Raises ``error`` when it already runs, a port is taken, or it exits or stays unhealthy within
         ``timeout`` (then its group is stopped and the message carries the log tail).
         """
+        proc = self.launch()
+        self.await_start(proc, timeout)
+        return proc
+
+    def await_start(self, proc: subprocess.Popen, timeout: float | None = None) -> None:
+        """Wait until ``proc`` (from ``launch``) is healthy; on failure (or Ctrl-C) stop its group and raise."""
+        try:
+            waited = self.wait_healthy(self.start_timeout if timeout is None else timeout, proc)
+        except BaseException:  # also Ctrl-C: nothing half-started is left behind
+            # The leader may be gone already while its children live on: stop the group by its id.
+            _stop_group(proc.pid, self.name, self.stop_timeout)
+            self.pid_file.unlink(missing_ok=True)
+            raise
+        log.info("%s ready after %.1f s (pid %d, log %s)", self.name, waited, proc.pid, self.log_file)
+
+    def launch(self) -> subprocess.Popen:
+        """Check that it does not run and its ports are free, prepare, and launch the service in a new session
+        without waiting for it (``start`` waits; a cluster launches every node before any can be healthy)."""
         pid = self.running_pid()
         if pid is not None:
             raise self.error(f"{self.name} already runs (pid {pid} in {self.pid_file}); stop it first")
@@ -157,14 +175,6 @@ class LocalService:
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self.pid_file.write_text(f"{proc.pid}\n")
-        try:
-            waited = self.wait_healthy(self.start_timeout if timeout is None else timeout, proc)
-        except BaseException:  # also Ctrl-C: nothing half-started is left behind
-            # The leader may be gone already while its children live on: stop the group by its id.
-            _stop_group(proc.pid, self.name, self.stop_timeout)
-            self.pid_file.unlink(missing_ok=True)
-            raise
-        log.info("%s ready after %.1f s (pid %d, log %s)", self.name, waited, proc.pid, self.log_file)
         return proc
 
     def up(self, timeout: float | None = None) -> tuple[int, float | None]:
@@ -202,6 +212,30 @@ class LocalService:
             log.info("%s (process group %d) stopped", self.name, pid)
         self.pid_file.unlink(missing_ok=True)
         return pid is not None
+
+    def kill(self) -> bool:
+        """SIGKILL the whole process group with no chance to shut down (a crash); False when nothing ran."""
+        pid = self.running_pid()
+        if pid is not None:
+            kill_group(pid)
+            log.info("%s (process group %d) killed", self.name, pid)
+        self.pid_file.unlink(missing_ok=True)
+        return pid is not None
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid`` at once (a crash, for fault tests) and wait until none of it runs."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.05)
+    try:
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -10,7 +10,8 @@ comes from the ``kafka_default`` connection, MLflow from the Variables ``mlflow_
 ``mlflow_ui_url``, the model signing key from the connection ``MODEL_SIGNING_CONN_ID`` (default
 ``model_signing``: password = the Ed25519 private key in PEM, extra ``{"key_id": ...}`` optional) if it exists;
 unset, the loop's env defaults apply. The Airflow run id is the loop run id, so a retried
-task (``RETRAIN_TASK_RETRIES``, default 2) reuses its snapshot, MLflow run and version.
+task (``RETRAIN_TASK_RETRIES``, default 2, ``RETRAIN_TASK_RETRY_DELAY_S`` apart, default 30) reuses its snapshot,
+MLflow run and version.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def retrain_dag(name: str) -> DAG:
         catchup=False,
         max_active_runs=1,  # snapshots of one topic follow each other: runs must not overlap
         default_args={"retries": int(os.environ.get("RETRAIN_TASK_RETRIES", "2")),
-                      "retry_delay": timedelta(seconds=30)},
+                      "retry_delay": timedelta(seconds=float(os.environ.get("RETRAIN_TASK_RETRY_DELAY_S", "30")))},
         tags=["ml", "kafka", "retraining", name],
         doc_md=f"**{uc.title}**\n\n{inspect.getdoc(type(uc)) or ''}\n\n{__doc__}",
         params={**COMMON_PARAMS, **gate_params(uc)},

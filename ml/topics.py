@@ -46,22 +46,34 @@ def require_broker(admin: AdminClient, settings: LoopSettings, timeout: float) -
         raise BrokerUnavailable(settings.kafka_bootstrap_servers, reason) from exc
 
 
-def topic_specs(settings: LoopSettings, cases: list[UseCase] | None = None) -> list[NewTopic]:
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of a topic on a cluster of ``brokers``: three copies of which two
+    must have a write once there are three brokers, so that one broker may fail with nothing lost and no stop
+    (producers write with acks=all); one copy on a smaller cluster."""
+    factor = min(3, brokers)
+    return factor, 2 if factor >= 3 else 1
+
+
+def topic_specs(settings: LoopSettings, cases: list[UseCase] | None = None, brokers: int = 1) -> list[NewTopic]:
     """The topics of ``cases`` (default: every registered use case) with ``topic_partitions`` partitions,
-    `models` compacted, `models.status` with one partition."""
+    `models` compacted, `models.status` with one partition; each replicated as ``replication(brokers)`` says."""
     cases = use_cases.registered() if cases is None else cases
+    factor, min_isr = replication(brokers)
+
+    def spec(topic: str, partitions: int, config: dict[str, str] | None = None) -> NewTopic:
+        return NewTopic(topic, num_partitions=partitions, replication_factor=factor,
+                        config={**(config or {}), "min.insync.replicas": str(min_isr)})
+
     events = list(dict.fromkeys(settings.topic(t) for uc in cases for t in uc.topics.distinct()))
     # Record timestamps are event times; replayed history is years old, so time-based retention (7 days by
     # default) would delete it within minutes of the replay. The snapshots are the long-term record.
-    specs = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
-                      config={"retention.ms": "-1"}) for t in events]
+    specs = [spec(t, settings.topic_partitions, {"retention.ms": "-1"}) for t in events]
     # One partition keeps every model version in one order; compaction keeps the latest record per key
     # (the model name), so a scorer starting from the beginning finds the current model quickly.
-    specs.append(NewTopic(settings.models_topic, num_partitions=1, replication_factor=-1,
-                          config={"cleanup.policy": "compact",
-                                  "max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}))
+    specs.append(spec(settings.models_topic, 1, {"cleanup.policy": "compact",
+                                                 "max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}))
     # One partition: the rollout check and the plugin read every scorer's reports in the order written.
-    specs.append(NewTopic(settings.status_topic, num_partitions=1, replication_factor=-1))
+    specs.append(spec(settings.status_topic, 1))
     return specs
 
 
@@ -70,13 +82,13 @@ def ensure_topics(settings: LoopSettings, cases: list[UseCase] | None = None, ti
     """Create the topics of ``cases`` (default: every registered use case) and the loop's own that do not
     exist yet; returns topic -> True if created now.
 
-    Existing topics are left as they are (their partition count is logged, not changed); a client whose ACLs do
-    not allow creating a topic leaves it to an admin. Raises BrokerUnavailable if the cluster does not answer
-    within ``timeout`` seconds.
+    Replication follows the size of the cluster as its metadata tells (``replication``). Existing topics are left
+    as they are (their partition count is logged, not changed); a client whose ACLs do not allow creating a topic
+    leaves it to an admin. Raises BrokerUnavailable if the cluster does not answer within ``timeout`` seconds.
     """
     admin = admin_client(settings)
     meta = require_broker(admin, settings, timeout)
-    specs = {s.topic: s for s in topic_specs(settings, cases)}
+    specs = {s.topic: s for s in topic_specs(settings, cases, brokers=len(meta.brokers))}
     created = {t: False for t in specs}
     for topic in specs.keys() & meta.topics.keys():
         log.info("topic %s exists with %d partitions", topic, len(meta.topics[topic].partitions))
@@ -97,8 +109,8 @@ def ensure_topics(settings: LoopSettings, cases: list[UseCase] | None = None, ti
                     continue
                 raise
             created[topic] = True
-            log.info("topic %s created with %d partitions, config %s", topic, specs[topic].num_partitions,
-                     specs[topic].config)
+            log.info("topic %s created with %d partitions, replication factor %d, config %s", topic,
+                     specs[topic].num_partitions, specs[topic].replication_factor, specs[topic].config)
         wait_until_served(settings, {t: specs[t].num_partitions for t, new in created.items() if new}, timeout)
     return created
 

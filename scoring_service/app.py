@@ -41,7 +41,27 @@ COMMITTED_WAIT_S = 5.0
 LEAVE_TIMEOUT_S = 5.0
 
 
-def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
+class FatalErrors:
+    """The consumer's ``error_cb``. librdkafka reports a fatal consumer error (a static member fenced, by a newer
+    instance or, after a group coordinator failover, by its own earlier join) here and not through consume(); the
+    scoring loop raises it, and the orchestrator restarts the process, which rejoins under the same name."""
+
+    def __init__(self) -> None:
+        self.fatal: KafkaError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        # The error event itself carries the code _FATAL; fatal() is set only on errors fetched from the client.
+        if (err.fatal() or err.code() == KafkaError._FATAL) and self.fatal is None:
+            self.fatal = err
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal is not None:
+            log.error("fatal consumer error, stopping (restarted, the replica rejoins under its name): %s",
+                      self.fatal.str())
+            raise KafkaException(self.fatal)
+
+
+def consumer_config(settings: ScorerSettings, client_id: str, errors: FatalErrors | None = None) -> dict:
     config = settings.kafka_config({
         "group.id": settings.group_id,
         "client.id": client_id,
@@ -63,6 +83,8 @@ def consumer_config(settings: ScorerSettings, client_id: str) -> dict:
         "fetch.min.bytes": 1 << 20,
         "on_commit": _log_commit_failure,
     })
+    if errors is not None:
+        config["error_cb"] = errors
     if settings.group_instance_id is not None:
         # A static member: a replica restarted under the same name gets its partitions back at once, without a
         # rebalance, and fences the member it replaces (a zombie of it can commit nothing).
@@ -144,7 +166,8 @@ class Scorer:
         # The sink first: in exactly_once mode init_transactions fences a previous incarnation and settles
         # its open transaction before our consumer reads the committed offsets.
         sink = Sink(s)
-        consumer = Consumer(consumer_config(s, self.scorer_id))
+        errors = FatalErrors()
+        consumer = Consumer(consumer_config(s, self.scorer_id, errors))
         consumer.subscribe([s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         log.info("scorer %s (%s) consuming %s on Kafka at %s as group %s (%s), batches of up to %d records / %d ms",
@@ -158,6 +181,7 @@ class Scorer:
         cadence = Cadence(s.batch_max_wait_ms / 1000)
         try:
             while not self._stop.is_set():
+                errors.raise_if_fatal()
                 self._tick()
                 self._rebalanced = False
                 msgs = collect(consumer.consume, consumer.poll, s.batch_size, cadence.wait_s(), IDLE_WAIT_S)

@@ -58,9 +58,10 @@ class ScorerSettings(TopicNames, KafkaClientSettings):
     transactional_id: str | None = Field(
         None, description="exactly_once only: stable per replica, so a restarted replica fences its old self "
                           "(default <group id>-<replica name>).")
-    session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000,
+    session_timeout_ms: int = Field(30_000, ge=6_000, le=300_000,
                                     description="Consumer group session timeout: how soon the partitions of a "
-                                                "replica that died for good move to the others.")
+                                                "replica that died for good move to the others; longer than a "
+                                                "broker failover, or a replica is fenced by its own rejoin.")
     heartbeat_interval_ms: int = Field(50, ge=10, le=10_000,
                                        description="Consumer group heartbeat interval: how soon a replica learns "
                                                    "that partitions move to it (a hand-over's pause).")

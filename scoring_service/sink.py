@@ -29,6 +29,8 @@ from scoring_service.config import ScorerSettings
 log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes]  # topic, key, value
+# Each waits up to the delivery timeout: together far longer than a new coordinator takes to be elected.
+ABORT_ATTEMPTS = 5
 
 
 class BatchAborted(RuntimeError):
@@ -159,13 +161,27 @@ class Sink:
 
     def _abort(self, exc: KafkaException, batch: InFlight) -> None:
         err: KafkaError = exc.args[0]
-        if err.fatal() or not err.txn_requires_abort():
+        if err.fatal() or not (err.txn_requires_abort() or err.retriable()):
             # Fenced by a newer instance, or an unrecoverable producer: this process must stop.
             raise exc
+        # A retriable error (the transaction coordinator's broker gone, a timeout) aborts the batch too: its input
+        # is read again from the committed offsets, which is simpler than resuming each kind of call.
         log.warning("transaction of %d record(s) for offsets %s aborted: %s", batch.records, batch.offsets, err)
         self._unsettled.clear()
-        self.producer.abort_transaction(self.settings.delivery_timeout_s)
+        self._abort_transaction()
         raise BatchAborted(str(err)) from exc
+
+    def _abort_transaction(self, attempts: int = ABORT_ATTEMPTS) -> None:
+        """Abort the open transaction. While its coordinator moves to another broker the call times out with a
+        retriable error and the abort stays in progress: calling again resumes it (librdkafka's contract)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.producer.abort_transaction(self.settings.delivery_timeout_s)
+                return
+            except KafkaException as e:
+                if not e.args[0].retriable() or attempt == attempts:
+                    raise
+                log.warning("abort_transaction attempt %d failed (%s): retrying", attempt, e.args[0])
 
     def _produce(self, records: Sequence[Record], on_delivery=None) -> None:
         for topic, key, value in records:

@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra.kafka import broker, distribution, security
+from infra.kafka import broker, cluster, distribution, security
 from infra.registry import distribution as registry_distribution, server as registry_server
 from ml.settings import LoopSettings
 from ml.signing import Signer, write_key_pair
@@ -58,34 +58,47 @@ def _keep_log(request: pytest.FixtureRequest, log_file: Path, name: str) -> None
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Bootstrap servers of a real broker: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh local broker
-    on free ports with its own data and log folder, stopped at the end (its log kept if a test failed)."""
+    """Bootstrap servers of a real broker: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh local broker (a cluster
+    of ``$KAFKA_TEST_NODES`` nodes, default 1) on free ports with its own data and log folder, stopped at the end
+    (its log kept if a test failed)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
         return
     # plaintext even when KAFKA_SECURITY is set: the session's clients connect without credentials.
-    with _local_broker(request, "plaintext", "kafka") as cfg:
-        yield cfg.bootstrap_servers
+    nodes = int(os.environ.get("KAFKA_TEST_NODES", "1"))
+    with _local_broker(request, "plaintext", "kafka", nodes) as kafka:
+        yield kafka.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(request: pytest.FixtureRequest) -> Iterator[cluster.Cluster]:
+    """A local three-node KRaft cluster (plaintext) of its own, started only for the tests that ask for it (fault
+    tests kill and restart its nodes: each test leaves every node running) and stopped at the end."""
+    with _local_broker(request, "plaintext", "kafka-cluster", 3) as kafka:
+        yield kafka
 
 
 @contextlib.contextmanager
-def _local_broker(request: pytest.FixtureRequest, security: str, name: str) -> Iterator[broker.BrokerConfig]:
-    """A local broker node of ``security`` on free ports with its own folder, stopped on leaving (its log kept
-    as ``name`` if a test failed)."""
+def _local_broker(request: pytest.FixtureRequest, security: str, name: str,
+                  nodes: int = 1) -> Iterator[cluster.Cluster]:
+    """A local broker of ``security`` (a cluster of ``nodes``) on free ports with its own folder, stopped on leaving
+    (each node's log kept as ``name`` if a test failed)."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-test-"))
     cfg = broker.BrokerConfig(data_dir=data_dir, port=broker.free_port(), controller_port=broker.free_port(),
                               heap="512m", security=security)
-    node = broker.Broker(cfg, distribution.fetch())
-    node.start()
+    ports = [(broker.free_port(), broker.free_port()) for _ in range(nodes)] if nodes > 1 else None
+    kafka = cluster.Cluster(cfg, distribution.fetch(), ports)
+    kafka.start()
     try:
-        yield cfg
+        yield kafka
     finally:
         # Destroy the clients tests left for the garbage collector while the broker still answers; otherwise
         # librdkafka logs "connection refused" from their threads until the interpreter exits.
         gc.collect()
-        node.stop()
-        _keep_log(request, cfg.log_file, name)
+        kafka.stop()
+        for node in kafka.nodes:
+            _keep_log(request, node.log_file, name if nodes == 1 else f"{name}-node-{node.cfg.node_id}")
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -121,8 +134,8 @@ def secured_kafka(request: pytest.FixtureRequest) -> Iterator[SecuredKafka]:
     """A local sasl_ssl broker (TLS, one SCRAM-SHA-512 principal per role, the standard authorizer) on free ports
     with its own folder, started only for the tests that ask for it and stopped at the end (its log kept if a test
     failed)."""
-    with _local_broker(request, "sasl_ssl", "kafka-secured") as cfg:
-        yield SecuredKafka(cfg)
+    with _local_broker(request, "sasl_ssl", "kafka-secured") as kafka:
+        yield SecuredKafka(kafka.node_configs[0])
 
 
 @pytest.fixture(scope="session")
@@ -193,7 +206,7 @@ def new_topic(kafka_bootstrap: str, kafka_admin: AdminClient) -> Callable[..., s
     def make(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
         fut = kafka_admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+            [NewTopic(name, num_partitions=partitions, replication_factor=-1, config=config or {})]
         )[name]
         fut.result(timeout=30)
         created.append(name)

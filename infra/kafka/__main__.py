@@ -1,7 +1,8 @@
-"""`python -m infra.kafka`: fetch, start, stop and check the local single-node Kafka broker.
+"""`python -m infra.kafka`: fetch, start, stop and check the local Kafka broker, or cluster of KAFKA_NODES nodes.
 
 Settings come from the environment (the Makefile passes them through; ``broker.BrokerConfig``):
-KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1), KAFKA_DATA_DIR (.local/kafka),
+KAFKA_NODES (1; node i of a larger cluster listens on KAFKA_PORT + 2(i-1) and the next port, data in
+KAFKA_DATA_DIR/node-<i>), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1), KAFKA_DATA_DIR (.local/kafka),
 KAFKA_SECURITY (plaintext, or sasl_ssl: TLS + SCRAM-SHA-512, client settings per role in KAFKA_DATA_DIR/clients),
 KAFKA_VERSION (the pinned version), KAFKA_DIST_CACHE (~/.cache/retrain-loop/kafka).
 """
@@ -16,13 +17,13 @@ from typing import Annotated
 import typer
 
 from infra.kafka import broker, distribution, security
+from infra.kafka.cluster import Cluster
 from infra.kafka.errors import KafkaSetupError
 from infra.local_service import add_commands
 from ml.kafka_client import KafkaConfigError, read_properties
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-add_commands(app, lambda: broker.Broker(broker.BrokerConfig()), what="the broker",
-             stop_hint="make kafka-down")
+add_commands(app, Cluster.from_env, what="the broker (or every node of the cluster)", stop_hint="make kafka-down")
 
 
 def _fail(exc: Exception) -> None:
@@ -54,7 +55,7 @@ def check(
     from infra.kafka.smoke import round_trip
 
     cfg = broker.BrokerConfig()
-    bootstrap = bootstrap or cfg.bootstrap_servers
+    bootstrap = bootstrap or Cluster(cfg).bootstrap_servers
     if client_config is None and cfg.secured:
         client_config = cfg.client_config(security.ADMIN)
     try:

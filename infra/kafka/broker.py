@@ -1,8 +1,9 @@
-"""Run a single-node Apache Kafka broker (KRaft: broker and controller in one JVM) from the cached jars.
+"""Run an Apache Kafka broker node (KRaft: broker and controller in one JVM) from the cached jars.
 
-Used by ``make kafka-up`` / ``make kafka-down`` (via ``python -m infra.kafka``) and by the pytest fixture.
+Used by ``make kafka-up`` / ``make kafka-down`` (via ``python -m infra.kafka``) and by the pytest fixtures.
 A ``Broker`` is one node: its own process group, ports, and data folder with its logs and pid file, so it can
-be stopped from another process and nothing is left behind.
+be stopped from another process and nothing is left behind. A node of a cluster (``infra.kafka.cluster``) also
+knows its peers: the controller quorum and the replication of the internal topics follow the cluster's size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.kafka import distribution, security as sec  # "sec": BrokerConfig.security is the mode
@@ -23,6 +24,7 @@ from infra.kafka.distribution import Distribution, require_tool
 from infra.kafka.errors import KafkaSetupError
 from infra.local_service import AbsolutePath, LocalService, free_port  # noqa: F401 - free_port: callers pick ports
 from ml.kafka_client import KafkaConfigError, read_properties
+from ml.topics import replication
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 PID_FILE = "broker.pid"
@@ -48,6 +50,13 @@ class BrokerConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True)
 
+    # Nodes of the cluster (KAFKA_NODES): 1 runs one node in data_dir; more run node i in data_dir/node-<i> on
+    # port + 2(i-1) and the port after it (infra.kafka.cluster.node_configs), every node broker and controller.
+    nodes: int = Field(1, ge=1, le=9)
+    # Set by node_configs for a node of a cluster: its id, and (id, port, controller port) of every node.
+    node_id: int = 1
+    peers: tuple[tuple[int, int, int], ...] = ()
+    cluster_dir: Path | None = None  # a cluster's folder: its id, CA and client settings, shared by the nodes
     data_dir: AbsolutePath = Path(".local/kafka")
     port: int = 9092
     controller_port: int = 9093  # port + 1 unless set
@@ -70,7 +79,30 @@ class BrokerConfig(BaseSettings):
 
     @property
     def bootstrap_servers(self) -> str:
+        """This node's listener (what its health check asks)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def cluster_bootstrap_servers(self) -> str:
+        """Every node's listener: what clients are given, so that any one node may be down."""
+        if not self.peers:
+            return self.bootstrap_servers
+        return ",".join(f"{self.host}:{port}" for _, port, _ in self.peers)
+
+    @property
+    def quorum_voters(self) -> str:
+        """``controller.quorum.voters``: every node is a controller."""
+        peers = self.peers or ((self.node_id, self.port, self.controller_port),)
+        return ",".join(f"{node}@{self.host}:{controller}" for node, _, controller in peers)
+
+    @property
+    def cluster_size(self) -> int:
+        return len(self.peers) or 1
+
+    @property
+    def shared_dir(self) -> Path:
+        """Where the files every node of the cluster shares live (the node's own folder when it is alone)."""
+        return self.cluster_dir or self.data_dir
 
     @property
     def log_dirs(self) -> Path:
@@ -94,12 +126,12 @@ class BrokerConfig(BaseSettings):
 
     @property
     def tls(self) -> sec.TlsFiles:
-        """The CA and broker certificates of a secured node."""
-        return sec.TlsFiles(self.data_dir / "tls")
+        """The CA and broker certificates of a secured node (one CA and certificate for all nodes of a cluster)."""
+        return sec.TlsFiles(self.shared_dir / "tls")
 
     @property
     def clients_dir(self) -> Path:
-        return self.data_dir / "clients"
+        return self.shared_dir / "clients"
 
     def client_config(self, role: str = sec.ADMIN) -> Path:
         """The librdkafka properties file of ``role`` (one of ``security.ROLES``) on a secured node."""
@@ -111,18 +143,21 @@ class BrokerConfig(BaseSettings):
         """librdkafka settings of a client of this node: its bootstrap servers, and on a secured node the
         credentials of ``role`` (read from its client file)."""
         if not self.secured:
-            return {"bootstrap.servers": self.bootstrap_servers}
+            return {"bootstrap.servers": self.cluster_bootstrap_servers}
         return read_properties(self.client_config(role))
 
 
 def server_properties(cfg: BrokerConfig, admin_password: str | None = None) -> dict[str, str]:
-    """Broker settings for one node: every internal topic at replication factor 1 and min ISR 1, so that
-    consumer groups, transactions and share groups work; no initial rebalance delay so tests are quick. A secured
-    node (``cfg.security`` sasl_ssl) takes ``security.server_properties`` over them and needs ``admin_password``."""
+    """Broker settings for one node: the internal topics (consumer offsets, transactions, share groups) and
+    auto-created topics replicated as ``replication`` says for the cluster's size, so that consumer groups and
+    transactions work on one node and survive a broker on three; no initial rebalance delay so tests are quick.
+    A secured node (``cfg.security`` sasl_ssl) takes ``security.server_properties`` over them and needs
+    ``admin_password``."""
+    factor, min_isr = (str(n) for n in replication(cfg.cluster_size))
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{cfg.host}:{cfg.controller_port}",
+        "node.id": str(cfg.node_id),
+        "controller.quorum.voters": cfg.quorum_voters,
         "listeners": f"PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
         "advertised.listeners": f"PLAINTEXT://{cfg.host}:{cfg.port}",
         "controller.listener.names": "CONTROLLER",
@@ -130,11 +165,13 @@ def server_properties(cfg: BrokerConfig, admin_password: str | None = None) -> d
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(cfg.log_dirs),
         "num.partitions": "1",
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "default.replication.factor": factor,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": factor,
+        "transaction.state.log.replication.factor": factor,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": factor,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
         # Compaction is on by default; keep the cleaner small for a laptop-sized JVM.
@@ -148,9 +185,21 @@ def server_properties(cfg: BrokerConfig, admin_password: str | None = None) -> d
     return props
 
 
-def _cluster_id() -> str:
+def _new_cluster_id() -> str:
     # Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes without padding.
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def cluster_id(cfg: BrokerConfig) -> str:
+    """The id the storage is formatted with: new for a lone node; for a node of a cluster the cluster's, made once
+    and kept in its folder, since every node of one cluster must carry the same."""
+    if not cfg.peers:
+        return _new_cluster_id()
+    path = cfg.shared_dir / "cluster.id"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_new_cluster_id() + "\n")
+    return path.read_text().strip()
 
 
 def _java_cmd(java: str, dist: Distribution, cfg: BrokerConfig, *main: str) -> list[str]:
@@ -182,7 +231,7 @@ def _format_storage(java: str, dist: Distribution, cfg: BrokerConfig, props_file
     if _formatted(cfg):
         return
     # "=": a random id may start with "-", which the tool would take for an option.
-    main = ["kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(props_file)]
+    main = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id(cfg)}", "-c", str(props_file)]
     argfile = cfg.data_dir / ".storage-format.args"
     if scram:
         # Passwords go through a java @argfile (owner-only, removed after): never on a command line others can read.
@@ -213,7 +262,8 @@ class Broker(LocalService):
 
     @property
     def name(self) -> str:
-        return f"Kafka broker on {self.cfg.bootstrap_servers}" + (" (SASL_SSL)" if self.cfg.secured else "")
+        node = f"node {self.cfg.node_id} of {self.cfg.cluster_size} " if self.cfg.peers else ""
+        return f"Kafka broker {node}on {self.cfg.bootstrap_servers}" + (" (SASL_SSL)" if self.cfg.secured else "")
 
     @property
     def host(self) -> str:
@@ -254,7 +304,7 @@ class Broker(LocalService):
             raise KafkaSetupError(f"the storage in {self.cfg.log_dirs} exists but the SCRAM passwords it was formatted "
                                   f"with are not in {missing} (formatted by a plaintext broker?): use another "
                                   f"KAFKA_DATA_DIR, or remove {self.cfg.data_dir} to start afresh") from None
-        sec.write_client_files(self.cfg.clients_dir, self.cfg.bootstrap_servers, passwords, tls.ca_cert)
+        sec.write_client_files(self.cfg.clients_dir, self.cfg.cluster_bootstrap_servers, passwords, tls.ca_cert)
         props = server_properties(self.cfg, passwords[sec.ADMIN])
         sec.write_private(self.cfg.props_file, "".join(f"{k}={v}\n" for k, v in props.items()))
         _format_storage(self.java, self.dist, self.cfg, self.cfg.props_file,

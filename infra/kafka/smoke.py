@@ -42,7 +42,7 @@ def round_trip(bootstrap: str, messages: int = 10_000, timeout: float = 30.0,
         admin.poll(0)
         raise KafkaSetupError(connection_failure(bootstrap, common, errors, exc)) from exc
     topic = f"smoke-{uuid.uuid4().hex[:8]}"
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=-1)])[topic].result(timeout)
     try:
         producer = Producer({**common, "linger.ms": 5, "enable.idempotence": True})
         failures: list[KafkaError] = []

@@ -171,9 +171,92 @@ def test_storage_format_takes_a_cluster_id_that_starts_with_a_dash(tmp_path, mon
     from infra.kafka import broker, distribution
     from infra.kafka.distribution import require_tool
 
-    monkeypatch.setattr(broker, "_cluster_id", lambda: "-" + "A" * 21)
+    monkeypatch.setattr(broker, "_new_cluster_id", lambda: "-" + "A" * 21)
     cfg = broker.BrokerConfig(data_dir=tmp_path, port=broker.free_port(), controller_port=broker.free_port())
     props = tmp_path / "server.properties"
     props.write_text("".join(f"{k}={v}\n" for k, v in broker.server_properties(cfg).items()))
     broker._format_storage(require_tool("java", "Java 17"), distribution.fetch(), cfg, props)
     assert "cluster.id=-AAAA" in (cfg.log_dirs / "meta.properties").read_text()
+
+
+def _free_run(count: int) -> int:
+    """A port p with p .. p + count - 1 free on the loopback (a cluster's nodes take consecutive ports)."""
+    from infra.local_service import free_port, port_in_use
+
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65535 and not any(port_in_use("127.0.0.1", base + i) for i in range(count)):
+            return base
+    raise AssertionError("no run of free ports found")
+
+
+@pytest.mark.slow
+def test_kafka_up_with_three_nodes_runs_a_replicated_cluster_and_down_stops_every_node(tmp_path):
+    """`make kafka-up KAFKA_NODES=3` as the Makefile runs it; the loop's topics on it get three replicas, two in sync;
+    `kafka-down` without KAFKA_NODES finds the three nodes in the folder and stops them all."""
+    import os
+    import subprocess
+    import sys
+
+    from confluent_kafka.admin import AdminClient
+
+    from ml.settings import LoopSettings
+    from ml.topics import ensure_topics
+
+    base = _free_run(6)
+    env = {**os.environ, "KAFKA_DATA_DIR": str(tmp_path), "KAFKA_PORT": str(base), "KAFKA_HEAP": "512m"}
+    env.pop("KAFKA_NODES", None)
+
+    def cli(*args: str, nodes: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "infra.kafka", *args], capture_output=True, text=True,
+                              env={**env, **({"KAFKA_NODES": nodes} if nodes else {})}, timeout=180)
+
+    up = cli("up", nodes="3")
+    try:
+        assert up.returncode == 0, up.stderr
+        bootstrap = ",".join(f"127.0.0.1:{base + 2 * i}" for i in range(3))
+        assert f"Kafka cluster of 3 nodes on {bootstrap} ready" in up.stdout
+        status = cli("status")
+        assert status.returncode == 0 and "healthy" in status.stdout, status.stdout + status.stderr
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
+        settings = LoopSettings(kafka_bootstrap_servers=bootstrap, topic_prefix="three.")
+        ensure_topics(settings, timeout=30)
+        meta = admin.list_topics(settings.models_topic, timeout=10).topics[settings.models_topic]
+        assert [len(p.replicas) for p in meta.partitions.values()] == [3]
+        resource = ConfigResource(ResourceType.TOPIC, settings.models_topic)
+        config = admin.describe_configs([resource])[resource].result(10)
+        assert config["min.insync.replicas"].value == "2"
+        check = cli("check", "--messages", "1000", nodes="3")
+        assert check.returncode == 0 and "round trip OK" in check.stdout, check.stdout + check.stderr
+    finally:
+        down = cli("down")
+    assert down.returncode == 0 and "Kafka cluster of 3 nodes" in down.stdout, down.stdout + down.stderr
+    assert [p.name for p in tmp_path.glob("node-*/broker.pid")] == []
+    assert cli("status").returncode == 1
+
+
+@pytest.mark.slow
+def test_a_secured_three_node_cluster_shares_one_ca_and_one_set_of_principals(tmp_path):
+    """KAFKA_NODES=3 with KAFKA_SECURITY=sasl_ssl: the nodes talk to each other over SASL_SSL and mutual TLS with
+    one CA; every role's client file names all three nodes; the loop's topics get three replicas."""
+    from confluent_kafka.admin import AdminClient
+
+    from infra.kafka import broker, cluster, distribution
+    from ml.settings import LoopSettings
+    from ml.topics import ensure_topics
+
+    cfg = broker.BrokerConfig(data_dir=tmp_path, security="sasl_ssl", heap="512m")
+    kafka = cluster.Cluster(cfg, distribution.fetch(), [(broker.free_port(), broker.free_port()) for _ in range(3)])
+    kafka.start()
+    try:
+        loop = kafka.client_settings("loop")
+        assert loop["bootstrap.servers"] == kafka.bootstrap_servers and loop["sasl.username"] == "loop"
+        assert sorted(AdminClient(kafka.client_settings()).list_topics(timeout=10).brokers) == [1, 2, 3]
+        admin = LoopSettings(kafka_bootstrap_servers=kafka.bootstrap_servers, topic_prefix="secured3.",
+                             kafka_client_config=kafka.client_config("admin"))
+        ensure_topics(admin, timeout=30)
+        meta = AdminClient(kafka.client_settings()).list_topics(admin.models_topic, timeout=10)
+        assert [len(p.replicas) for p in meta.topics[admin.models_topic].partitions.values()] == [3]
+    finally:
+        kafka.stop()

@@ -2,7 +2,8 @@
 
 docker-compose.yml and its overrides against the Compose Specification schema, the commands each service runs
 against what its image contains, the Dockerfiles through hadolint and a few checks of our own, the environment
-against what the code reads, `${VAR:?}` guards for the secrets, where the model signing key goes, the secured
+against what the code reads, `${VAR:?}` guards for the secrets, Airflow's CeleryExecutor (Redis broker, workers that
+scale and have what the tasks read), where the model signing key goes, the secured
 override (infra/compose/sasl-ssl.yml) against the local secured broker's settings (infra/kafka/security.py) and the
 roles' credentials, and `python -m infra.stack status` without an engine.
 """
@@ -59,7 +60,9 @@ OFFICIAL_BINARIES = {
                      "/opt/kafka/bin/kafka-server-start.sh", "bash"},
     "postgres": {"pg_isready"},                                      # postgres image docs (healthchecks)
     "mlflow": {"mlflow", "python"},                                  # ghcr.io/mlflow/mlflow: `mlflow server`
-    "apache/airflow": {"bash", "python", "curl", "airflow"},        # docker-stack docs: entrypoint, curl checks
+    # docker-stack docs: entrypoint, curl checks; celery: Airflow's own compose file checks its workers with it.
+    "apache/airflow": {"bash", "python", "curl", "airflow", "celery"},
+    "redis": {"redis-cli"},                                          # redis image docs; Airflow's compose file
     # Apicurio's own compose examples health-check this image with curl on its management port
     # (github.com/Apicurio/apicurio-registry, examples/llm-artifact-types/docker-compose.yml).
     "apicurio/apicurio-registry": {"curl"},
@@ -72,6 +75,8 @@ OFFICIAL_ENV = {
     # "Configuration reference" and "Installing Apicurio Registry using Docker"); JAVA_OPTIONS, set by the image's
     # Dockerfile (distro/docker/src/main/docker/Dockerfile.jvm) and read by its start script.
     "apicurio/apicurio-registry": re.compile(r"^(APICURIO_[A-Z_]+|JAVA_OPTIONS)$"),
+    # The image's entrypoint (docker-stack docs, "Signal propagation"), besides Airflow's own variables.
+    "apache/airflow": re.compile(r"^DUMB_INIT_SETSID$"),
 }
 # Variables the project's code or its runtime read besides the settings classes.
 EXTRA_PROJECT_ENV = {"TF_CPP_MIN_LOG_LEVEL"}  # TensorFlow's C++ log level (README, Dockerfile)
@@ -271,10 +276,23 @@ def test_schema_rejects_a_broken_file() -> None:
     assert len(list(validator.iter_errors(bad))) >= 2
 
 
+def scaling_problems(svc: dict) -> list[str]:
+    """Why ``docker compose up --scale <service>=N`` could not run N interchangeable replicas of ``svc``: a fixed
+    container or host name (a name taken twice; Celery names a worker after its host), a fixed host port (bound
+    once), no healthcheck (a replica that hangs would go unnoticed)."""
+    problems = [f"{key} is fixed" for key in ("container_name", "hostname") if key in svc]
+    if svc.get("ports"):
+        problems.append(f"host ports {svc['ports']}")
+    if "healthcheck" not in svc:
+        problems.append("no healthcheck")
+    return problems
+
+
 def test_services_and_dependencies(compose: dict, secured: dict) -> None:
     services = compose["services"]
-    assert {"kafka", "schema-registry", "kafka-init", "postgres", "mlflow", "airflow-init", "airflow-apiserver",
-            "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "scorer", "replayer"} <= set(services)
+    assert {"kafka", "schema-registry", "kafka-init", "postgres", "redis", "mlflow", "airflow-init",
+            "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+            "scorer", "replayer"} <= set(services)
     assert set(secured["services"]) == set(services) | {"kafka-setup", "acls-init"}
     for config in (compose, secured):
         for name, svc in config["services"].items():
@@ -285,8 +303,8 @@ def test_services_and_dependencies(compose: dict, secured: dict) -> None:
                     assert "healthcheck" in target or dep == "mlflow", f"{name} waits for {dep}'s health: none defined"
                 if cond["condition"] == "service_completed_successfully":
                     assert target.get("restart") == "no", f"{dep} is a one-shot: restart must be 'no'"
-    # --scale scorer=N: no fixed name, no host port
-    assert "container_name" not in services["scorer"] and "ports" not in services["scorer"]
+    # --scale scorer=N: no fixed name, no host port (its healthcheck is its image's HEALTHCHECK)
+    assert scaling_problems(services["scorer"]) == ["no healthcheck"]
     assert services["replayer"]["profiles"] == ["replayer"]
     assert compose["name"] == __import__("infra.stack.status", fromlist=["PROJECT"]).PROJECT
 
@@ -344,9 +362,12 @@ def test_project_services_run_modules_of_this_repo(config: Path, expected: set[s
 
 
 def test_airflow_services_run_airflow_subcommands(compose: dict) -> None:
-    from airflow.cli import cli_config
+    """Each command is one the `airflow` CLI parses (with the installed providers' commands: `celery worker` is the
+    Celery provider's); the worker's healthcheck pings that worker through the provider's Celery app."""
+    from airflow.cli import cli_parser
 
-    subcommands = {c.name for c in cli_config.core_commands}
+    parser = cli_parser.get_parser()
+    subcommands = {c.name for c in cli_parser.airflow_commands}
     for name, svc in compose["services"].items():
         if image_of(svc) != "infra/airflow/Dockerfile":
             continue
@@ -354,12 +375,19 @@ def test_airflow_services_run_airflow_subcommands(compose: dict) -> None:
         if argv[0] == "bash":  # the image's /entrypoint runs `bash -c ...` as given
             assert argv[1] == "-c" and "airflow db migrate" in " ".join(argv[2:])
         else:
-            assert len(argv) == 1 and argv[0] in subcommands, f"{name}: `airflow {argv}` is not a subcommand"
+            try:
+                parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"{name}: `airflow {' '.join(argv)}` is not a command of the airflow CLI")
         if "healthcheck" in svc:
             hc = argv_of(svc["healthcheck"]["test"])
             assert hc[0] in OFFICIAL_BINARIES["apache/airflow"], f"{name} healthcheck runs {hc[0]}"
             if hc[0] == "airflow":
                 assert hc[1] in subcommands
+            if hc[0] == "celery":
+                module, _, attr = hc[hc.index("--app") + 1].rpartition(".")
+                assert hasattr(importlib.import_module(module), attr), f"{name}: no Celery app {module}.{attr}"
+                assert hc[hc.index("--app") + 2:] == ["inspect", "ping", "-d", '"celery@$${HOSTNAME}"'], name
 
 
 def test_official_images_use_documented_binaries(compose: dict, secured: dict) -> None:
@@ -387,6 +415,8 @@ def test_official_image_tags_are_pinned(compose: dict) -> None:
     assert compose["services"]["schema-registry"]["image"] == (
         f"apicurio/apicurio-registry:{registry_distribution.REGISTRY_VERSION}")
     assert compose["services"]["postgres"]["image"] == "postgres:16"
+    # Airflow's own compose file's Redis: 7.2, the last under the BSD licence.
+    assert compose["services"]["redis"]["image"] == "redis:7.2-bookworm"
 
 
 def test_the_compose_broker_runs_the_local_brokers_jvm(compose: dict) -> None:
@@ -422,7 +452,7 @@ def test_every_kafka_client_finds_and_waits_for_the_schema_registry(compose: dic
         assert env["SCHEMA_REGISTRY_URL"] == "http://schema-registry:8080/apis/ccompat/v7", name
         assert svc["depends_on"]["schema-registry"] == {"condition": "service_healthy"}, name
         checked.add(name)
-    assert {"kafka-init", "scorer", "sensor-scorer", "replayer", "airflow-scheduler", "airflow-triggerer"} <= checked
+    assert {"kafka-init", "scorer", "sensor-scorer", "replayer", "airflow-worker", "airflow-triggerer"} <= checked
     # With an existing cluster the registry stores there and no longer waits for the bundled broker.
     assert load(OVERRIDE)["services"]["schema-registry"]["depends_on"] == {}
 
@@ -536,6 +566,8 @@ def test_every_variable_a_service_sets_is_read(compose: dict, secured: dict) -> 
                     assert var == "AIRFLOW_CONN_KAFKA_DEFAULT"
                 elif var == "AIRFLOW_ADMIN_PASSWORD":
                     assert "AIRFLOW_ADMIN_PASSWORD" in " ".join(svc["command"])  # read by airflow-init's script
+                elif OFFICIAL_ENV["apache/airflow"].match(var):
+                    continue
                 else:
                     assert var in known | dag_env or env_key(var), f"{name}: nothing reads {var}"
             elif image == "scoring_service/Dockerfile":
@@ -567,7 +599,8 @@ def test_topic_and_trigger_defaults_match_the_code(compose: dict) -> None:
     for var, value in env.items():
         if var.startswith("TOPIC_"):
             assert str(getattr(defaults, var.lower())) == value, var
-    airflow = interpolate(service_env(compose["services"]["airflow-scheduler"]), example_env())
+    # Read where the DAGs are parsed.
+    airflow = interpolate(service_env(compose["services"]["airflow-dag-processor"]), example_env())
     for uc in use_cases.registered():
         for field in ("retrain_schedule", "retrain_every_n"):
             var = uc.env_prefix() + field.upper()
@@ -604,7 +637,7 @@ def test_env_example_has_no_secret_values() -> None:
 
 
 def test_resolved_airflow_settings_are_usable(compose: dict) -> None:
-    env = interpolate(service_env(compose["services"]["airflow-scheduler"]), example_env())
+    env = interpolate(service_env(compose["services"]["airflow-worker"]), example_env())
     conn = json.loads(env["AIRFLOW_CONN_KAFKA_DEFAULT"])
     assert conn["conn_type"] == "kafka" and conn["extra"]["bootstrap.servers"] == env["KAFKA_BOOTSTRAP_SERVERS"]
     db = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
@@ -613,6 +646,7 @@ def test_resolved_airflow_settings_are_usable(compose: dict) -> None:
     # Run artifacts are written where the MLflow server serves them from (same volume, same path).
     mlflow = compose["services"]["mlflow"]
     assert f"mlflow-artifacts:{env['MLFLOW_ARTIFACT_ROOT']}" in mlflow["volumes"]
+    assert f"mlflow-artifacts:{env['MLFLOW_ARTIFACT_ROOT']}" in compose["services"]["airflow-worker"]["volumes"]
     assert f"--artifacts-destination={env['MLFLOW_ARTIFACT_ROOT']}" in mlflow["command"]
     assert "--serve-artifacts" in mlflow["command"]
     # Both databases of the init script are the ones the URLs use.
@@ -627,11 +661,124 @@ def test_dockerignore_keeps_the_venv_out_of_the_build_context() -> None:
     assert {".venv", ".local", ".env", ".git"} <= set(ignored)
 
 
+# --- Airflow's CeleryExecutor: the layout of Airflow's own docker-compose.yaml ------------------------------------
+
+def airflow_services(config: dict) -> dict[str, dict]:
+    """The services of the Airflow image (each with x-airflow-common's environment)."""
+    return {name: svc for name, svc in config["services"].items() if image_of(svc) == "infra/airflow/Dockerfile"}
+
+
+CELERY_SETTINGS = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+                   "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+
+
+@pytest.mark.parametrize("config", [COMPOSE, SECURED], ids=lambda p: p.name)
+def test_airflow_runs_the_celery_executor_with_a_redis_broker(config: Path) -> None:
+    """One executor, broker and result backend for every Airflow component (the scheduler queues on the broker that
+    the workers read); the broker is the redis service, healthy before anything queues or takes a task; the task
+    states are kept in the metadata database."""
+    files = config_of(config)
+    services, airflow = files["services"], airflow_services(files)
+    assert {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+            "airflow-worker"} <= set(airflow)
+    common = service_env(files["x-airflow-common"])
+    assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for name, svc in airflow.items():
+        env = service_env(svc)
+        assert {k: env.get(k) for k in CELERY_SETTINGS} == {k: common[k] for k in CELERY_SETTINGS}, name
+    env = interpolate(common, example_env())
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    redis = services[broker.hostname]
+    assert redis["expose"] == [str(broker.port)] and "ports" not in redis  # inside the network only
+    assert argv_of(redis["healthcheck"]["test"]) == ["redis-cli", "ping"]
+    # The same database, driver and credentials as the metadata (the image has psycopg2, not SQLAlchemy 2.1's default).
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"]).scheme == "db+postgresql+psycopg2"
+    for name, svc in airflow.items():
+        if name != "airflow-init":  # migrates the database only
+            assert svc["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+
+
+def test_celery_workers_scale(compose: dict) -> None:
+    """`docker compose up --scale airflow-worker=N`: N interchangeable workers, each checking itself, stopping warm
+    (the running tasks finish), reaching the Execution API once the API server is healthy."""
+    worker = compose["services"]["airflow-worker"]
+    assert scaling_problems(worker) == []
+    env = service_env(worker)
+    assert env["DUMB_INIT_SETSID"] == "0"
+    assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) >= 1
+    # The scheduler's parallelism would cap the slots of all the workers together.
+    assert "AIRFLOW__CORE__PARALLELISM" not in env
+    assert urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]).hostname == "airflow-apiserver"
+    assert worker["depends_on"]["airflow-apiserver"] == {"condition": "service_healthy"}
+    assert "stop_grace_period" in worker
+
+
+def test_scaling_problems_reject_a_worker_that_cannot_scale(compose: dict) -> None:
+    worker = compose["services"]["airflow-worker"]
+    assert scaling_problems({**worker, "container_name": "airflow-worker"}) == ["container_name is fixed"]
+    assert scaling_problems({**worker, "hostname": "worker"}) == ["hostname is fixed"]
+    assert scaling_problems({**worker, "ports": ["8793:8793"]}) == ["host ports ['8793:8793']"]
+    assert scaling_problems({k: v for k, v in worker.items() if k != "healthcheck"}) == ["no healthcheck"]
+
+
+def task_env() -> set[str]:
+    """Variables the DAGs' tasks read: the loop's and the use cases' settings, the DAG factory's own, the Airflow
+    Variables and the Kafka connection they look up, TensorFlow's."""
+    dag_env, variables = dag_env_and_variables()
+    own = {uc.env_prefix() + f.upper() for uc in use_cases.registered() for f in uc.Settings.model_fields}
+    return ({f.upper() for f in LoopSettings.model_fields} | own | dag_env | EXTRA_PROJECT_ENV
+            | {"AIRFLOW_VAR_" + v.upper() for v in variables} | {"AIRFLOW_CONN_KAFKA_DEFAULT"})
+
+
+@pytest.mark.parametrize("config", [COMPOSE, SECURED], ids=lambda p: p.name)
+def test_the_workers_have_what_the_tasks_read(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tasks run on the workers: every variable a task reads that an Airflow service sets, and every volume of
+    one, the worker has too (each variable with the value of the other processes of the loop's role, which parse the
+    DAGs and watch the topics the tasks read). Resolved as a task resolves them, its settings name no address of
+    the local path, and each path is on a volume or secret of the worker's."""
+    files = config_of(config)
+    airflow = airflow_services(files)
+    worker_svc = airflow["airflow-worker"]
+    worker = service_env(worker_svc)
+    read = task_env()
+    loop_role = {name for name, role in ROLE_OF.items() if role == "loop"}
+    worker_mounts = {volume_target(v) for v in worker_svc["volumes"]}
+    for name, svc in airflow.items():
+        for var, value in service_env(svc).items():
+            if var in read or env_key(var):
+                assert var in worker, f"airflow-worker misses {var}, which {name} sets and the tasks read"
+                if name in loop_role:
+                    assert worker[var] == value, f"{var}: airflow-worker and {name} disagree"
+        missing = {volume_target(v) for v in svc.get("volumes") or []} - worker_mounts
+        assert not missing, f"airflow-worker misses the volumes of {name} at {sorted(missing)}"
+
+    from ml.airflow_tasks import settings_for_run
+
+    for var in [v for v in os.environ if v in read or v.startswith("KAFKA_")]:
+        monkeypatch.delenv(var)
+    env = interpolate(worker, example_env())
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    places = {Path(target) for target in worker_mounts}
+    places |= {Path("/run/secrets") / s.get("target", s["source"]) for s in secrets_of(worker_svc).values()}
+    for uc in use_cases.registered():
+        task = settings_for_run({}, kafka_extra=json.loads(env["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"],
+                                mlflow_tracking_uri=env["AIRFLOW_VAR_MLFLOW_TRACKING_URI"], use_case=uc.name)
+        for field, value in task.model_dump(mode="json").items():
+            assert not re.search(r"localhost|127\.0\.0\.1|\.local\b|sqlite:", json.dumps(value)), f"{field}: {value}"
+            if isinstance(getattr(task, field), Path):
+                path = getattr(task, field)
+                assert any(path.is_relative_to(place) for place in places), f"{field}: {path} is on no worker mount"
+        assert task.model_signing_key_file == Path("/run/secrets", SIGNING_SECRET)
+
+
 # --- model signing keys (Ed25519, ml/signing.py) ----------------------------------------------------------
 
 SIGNING_SECRET = "model_signing_key"
 MODEL_READERS = {"scorer", "sensor-scorer", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                 "airflow-dag-processor", "airflow-triggerer"}
+                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
 
 
 def secrets_of(svc: dict) -> dict[str, dict]:
@@ -644,24 +791,53 @@ def config_of(path: Path) -> dict:
     return load(COMPOSE) if path == COMPOSE else merged(path)
 
 
+def task_runners(config: dict) -> set[str]:
+    """The Airflow services that run task code: with the CeleryExecutor the Celery workers (the scheduler only queues
+    the tasks), with the LocalExecutor the scheduler."""
+    runners = set()
+    for name, svc in airflow_services(config).items():
+        executor = service_env(svc)["AIRFLOW__CORE__EXECUTOR"]
+        command = argv_of(svc["command"])
+        if (executor, command) in (("CeleryExecutor", ["celery", "worker"]), ("LocalExecutor", ["scheduler"])):
+            runners.add(name)
+    return runners
+
+
+def key_holders(config: dict) -> set[str]:
+    return {name for name, svc in config["services"].items() if SIGNING_SECRET in secrets_of(svc)}
+
+
+def test_task_runners_follow_the_executor(compose: dict) -> None:
+    """The helpers the key check stands on: the runners follow the executor, and a key given to the scheduler under
+    the CeleryExecutor is told apart."""
+    assert task_runners(compose) == key_holders(compose) == {"airflow-worker"}
+    local = json.loads(json.dumps(compose))
+    for svc in airflow_services(local).values():
+        svc["environment"]["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
+    assert task_runners(local) == {"airflow-scheduler"}
+    leaked = json.loads(json.dumps(compose))
+    leaked["services"]["airflow-scheduler"]["secrets"] = [SIGNING_SECRET]
+    assert key_holders(leaked) - task_runners(leaked) == {"airflow-scheduler"}
+
+
 @pytest.mark.parametrize("config", [COMPOSE, SECURED], ids=lambda p: p.name)
 def test_the_private_signing_key_is_only_where_the_loop_publishes(config: Path) -> None:
-    """Only airflow-scheduler (its LocalExecutor runs the publish task) gets the private key: a secret file of
-    MODEL_SIGNING_KEY's text that only the Airflow user reads, never a variable; no scorer setting takes one."""
+    """Only the services that run the publish task (the Celery workers) get the private key: a secret file of
+    MODEL_SIGNING_KEY's text that only the Airflow user reads, never a variable; no scorer setting takes one, nor the
+    scheduler, which runs no task code under the CeleryExecutor."""
     files = config_of(config)
     assert files["secrets"] == {SIGNING_SECRET: {"environment": "MODEL_SIGNING_KEY"}}
-    assert {name for name, svc in files["services"].items() if SIGNING_SECRET in secrets_of(svc)} == {
-        "airflow-scheduler"}
-    scheduler = files["services"]["airflow-scheduler"]
-    assert service_env(scheduler)["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # the tasks run in this container
-    mount = secrets_of(scheduler)[SIGNING_SECRET]
+    holders = key_holders(files)
+    assert holders == task_runners(files) == {"airflow-worker"}
+    worker = files["services"]["airflow-worker"]
+    mount = secrets_of(worker)[SIGNING_SECRET]
     airflow_user = [a for i, a in instructions(DOCKERFILES["airflow"]) if i == "USER"][-1]
     assert (mount["uid"], mount["gid"], mount["mode"]) == (airflow_user, "0", 0o400)
-    assert service_env(scheduler)["MODEL_SIGNING_KEY_FILE"] == f"/run/secrets/{mount['target']}"
+    assert service_env(worker)["MODEL_SIGNING_KEY_FILE"] == f"/run/secrets/{mount['target']}"
     for name, svc in files["services"].items():
         env = service_env(svc)
         assert "MODEL_SIGNING_KEY" not in env, f"{name}: the private key as a variable"
-        assert ("MODEL_SIGNING_KEY_FILE" in env) == (name == "airflow-scheduler"), name
+        assert ("MODEL_SIGNING_KEY_FILE" in env) == (name in holders), name
     assert not [f for f in ScorerSettings.model_fields if f.startswith("model_signing")]
 
 
@@ -716,8 +892,9 @@ def test_the_documented_key_commands_make_keys_the_deployment_uses(tmp_path: Pat
 # --- the secured override (infra/compose/sasl-ssl.yml) -----------------------------------------------------
 
 # Each client service's role (infra/kafka/security.py ROLES); kafka-setup alone holds every password.
+# The CeleryExecutor's scheduler runs no task and no trigger: it is no Kafka client.
 ROLE_OF = {"kafka-init": "admin", "acls-init": "admin", "schema-registry": "admin", "scorer": "scorer",
-           "sensor-scorer": "scorer", "replayer": "replayer", "airflow-scheduler": "loop",
+           "sensor-scorer": "scorer", "replayer": "replayer", "airflow-worker": "loop",
            "airflow-dag-processor": "loop", "airflow-triggerer": "loop", "airflow-apiserver": "monitor"}
 CA_PEM = Path("/tls/ca.pem")
 COMPLETED = {"condition": "service_completed_successfully"}
@@ -766,6 +943,8 @@ def test_secured_clients_take_the_local_client_settings(secured: dict) -> None:
             got = {**env_properties(resolved), "bootstrap.servers": resolved["KAFKA_BOOTSTRAP_SERVERS"]}
             assert got == local_client(role), name
         assert "kafka-ca:/tls:ro" in svc["volumes"] and str(CA_PEM.parent) == "/tls", name
+    # The CeleryExecutor's scheduler runs no Kafka client: not even a connection without credentials is left to it.
+    assert "AIRFLOW_CONN_KAFKA_DEFAULT" not in service_env(secured["services"]["airflow-scheduler"])
 
 
 def test_the_code_reads_the_secured_settings(secured: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -783,7 +962,7 @@ def test_the_code_reads_the_secured_settings(secured: dict, monkeypatch: pytest.
 
     for var in [v for v in os.environ if v.startswith("KAFKA_")]:
         monkeypatch.delenv(var)
-    airflow = interpolate(service_env(secured["services"]["airflow-scheduler"]), example_env())
+    airflow = interpolate(service_env(secured["services"]["airflow-worker"]), example_env())
     extra = json.loads(airflow["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"]
     task = settings_for_run({}, kafka_extra=extra, base=LoopSettings())
     assert {k: task.kafka_config()[k] for k in local_client("loop")} == local_client("loop")
@@ -994,3 +1173,76 @@ def test_stack_status_lists_services_health_and_scorer_versions() -> None:
         ("scorer", "kafka-retrain-loop-scorer-2", "healthy", None)]
     assert [r.model_versions for r in rows[1:]] == [{"flight_delay": 3}] * 2
     assert all(c.execs and c.execs[0][:2] == ["python", "-c"] for c in scorers) and not init.execs
+
+
+# --- the Celery worker run, on a real Redis (Debian's redis-server) --------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 9)
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_the_compose_worker_runs_on_redis(compose: dict, tmp_path: Path) -> None:
+    """airflow-worker's command with its Celery settings against a real Redis: the provider and Celery of the lock
+    import and connect, the healthcheck as written answers, and SIGTERM to the main process alone (what
+    DUMB_INIT_SETSID=0 makes dumb-init do) is a warm shutdown. Only the addresses change: Redis on a free local port,
+    SQLite for the metadata and task states (PostgreSQL in the deployment)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    worker = compose["services"]["airflow-worker"]
+    env = interpolate(service_env(worker), example_env())
+    port = _free_port()
+    broker_url = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])._replace(netloc=f"127.0.0.1:{port}").geturl()
+    bin_dir = str(Path(sys.executable).parent)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")} | {
+        **{k: env[k] for k in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CELERY__WORKER_CONCURRENCY", "DUMB_INIT_SETSID")},
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{tmp_path / 'results.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        # The worker's log server: a free port, not the fixed 8793 another Airflow here may hold.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "HOSTNAME": os.uname().nodename,  # set in a container, not always exported by a shell
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+    }
+    redis_log, worker_log = (tmp_path / "redis.log").open("w"), (tmp_path / "worker.log").open("w")
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=redis_log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = None
+    try:
+        assert argv_of(worker["command"]) == ["celery", "worker"]
+        proc = subprocess.Popen([str(Path(bin_dir) / "airflow"), *argv_of(worker["command"])], env=run_env,
+                                stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+        kind, check = worker["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        check = interpolate(check, {})  # $$ -> $, as compose passes it to the shell
+        for _ in range(60):
+            ping = subprocess.run(["sh", "-c", check], env=run_env, capture_output=True, text=True, timeout=30)
+            if ping.returncode == 0 or proc.poll() is not None:
+                break
+        assert ping.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:] + ping.stdout + ping.stderr
+        assert "pong" in ping.stdout
+        log = (tmp_path / "worker.log").read_text()
+        assert re.search(rf"transport: +redis://\S*127\.0\.0\.1:{port}/0", log), log[-3000:]
+        assert re.search(rf"concurrency: {env['AIRFLOW__CELERY__WORKER_CONCURRENCY']} ", log), log[-3000:]
+        proc.terminate()  # the main process only
+        assert proc.wait(timeout=60) == 0
+        assert "Warm shutdown" in (tmp_path / "worker.log").read_text()
+    finally:
+        if proc is not None:
+            _stop(proc)
+        _stop(redis)
+        redis_log.close()
+        worker_log.close()

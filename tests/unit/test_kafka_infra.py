@@ -1,5 +1,6 @@
 """Clear errors from the local-broker tooling: taken ports, missing prerequisites, failed downloads; the secured
-broker's settings, certificates and client files, and how the registry reaches it."""
+broker's settings, certificates and client files, and how the registry reaches it; a cluster's nodes and their
+replication settings."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from infra.kafka import broker, distribution, security
+from infra.kafka import broker, cluster, distribution, security
 from infra.kafka.errors import KafkaSetupError
 from infra.registry import distribution as registry_distribution, server as registry_server
 from infra.registry.distribution import RegistrySetupError
 from ml.kafka_client import read_properties
+from ml.settings import LoopSettings
+from ml.topics import replication, topic_specs
 
 
 def test_start_names_the_port_that_is_taken(tmp_path):
@@ -270,3 +273,66 @@ def test_a_secured_node_keeps_the_c2_compiler_tls_needs(tmp_path):
     assert "-XX:TieredStopAtLevel=1" in broker._java_cmd("java", dist, plain, "kafka.Kafka")
     cmd = broker._java_cmd("java", dist, secured, "kafka.Kafka")
     assert "-XX:+UseZGC" in cmd and not [a for a in cmd if a.startswith("-XX:TieredStopAtLevel")]
+
+
+# ---------------------------------------------------------------- a cluster (KAFKA_NODES=3)
+
+def test_a_three_node_cluster_has_a_node_per_folder_and_port_pair_and_one_quorum(tmp_path):
+    nodes = cluster.node_configs(broker.BrokerConfig(data_dir=tmp_path, port=19092, nodes=3))
+    assert [(n.node_id, n.port, n.controller_port) for n in nodes] == [(1, 19092, 19093), (2, 19094, 19095),
+                                                                       (3, 19096, 19097)]
+    assert [n.data_dir for n in nodes] == [tmp_path / f"node-{i}" for i in (1, 2, 3)]
+    assert {n.shared_dir for n in nodes} == {tmp_path}
+    assert nodes[2].cluster_bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+    props = [broker.server_properties(n) for n in nodes]
+    assert {p["controller.quorum.voters"] for p in props} == {
+        "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"}
+    assert [p["node.id"] for p in props] == ["1", "2", "3"]
+    for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"):
+        assert props[0][key] == "3", key
+    for key in ("min.insync.replicas", "transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr"):
+        assert props[0][key] == "2", key
+
+
+def test_one_node_is_the_single_node_layout(tmp_path):
+    cfg = broker.BrokerConfig(data_dir=tmp_path, port=1234, controller_port=1235)
+    assert cluster.node_configs(cfg) == [cfg]
+    props = broker.server_properties(cfg)
+    assert (props["controller.quorum.voters"], props["min.insync.replicas"]) == ("1@127.0.0.1:1235", "1")
+
+
+@pytest.mark.parametrize(("brokers", "expected"), [(1, (1, 1)), (2, (2, 1)), (3, (3, 2)), (5, (3, 2))])
+def test_replication_follows_the_cluster_size(brokers, expected):
+    assert replication(brokers) == expected
+
+
+def test_topics_on_three_brokers_are_replicated_three_times_with_two_in_sync():
+    specs = topic_specs(LoopSettings(), brokers=3)
+    assert {s.replication_factor for s in specs} == {3}
+    assert {s.config["min.insync.replicas"] for s in specs} == {"2"}
+    assert {s.replication_factor for s in topic_specs(LoopSettings())} == {1}
+
+
+def test_nodes_of_a_cluster_share_one_cluster_id(tmp_path):
+    nodes = cluster.node_configs(broker.BrokerConfig(data_dir=tmp_path, nodes=3))
+    assert len({broker.cluster_id(n) for n in nodes}) == 1
+    lone = broker.BrokerConfig(data_dir=tmp_path / "lone")
+    assert broker.cluster_id(lone) != broker.cluster_id(lone)  # a lone node's storage is formatted once
+
+
+def test_a_folder_of_another_size_is_refused_by_name(tmp_path):
+    (tmp_path / "kraft-logs").mkdir()  # a single node's storage
+    with pytest.raises(KafkaSetupError, match=r"holds a cluster of 1 node\(s\), not 3: start it with KAFKA_NODES=1"):
+        cluster.Cluster(broker.BrokerConfig(data_dir=tmp_path, nodes=3), distribution.Distribution("0", tmp_path)
+                        ).start()
+
+
+def test_down_and_status_find_the_size_in_the_folder(tmp_path, monkeypatch):
+    for i in (1, 2, 3):
+        (tmp_path / f"node-{i}").mkdir()
+    monkeypatch.setenv("KAFKA_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("KAFKA_NODES", raising=False)
+    assert len(cluster.Cluster.from_env().nodes) == 3
+    monkeypatch.setenv("KAFKA_NODES", "1")
+    assert len(cluster.Cluster.from_env().nodes) == 1  # said explicitly: the start refuses the folder

@@ -76,7 +76,7 @@ def test_the_replica_name_makes_the_static_member_and_the_transactional_id():
     assert ScorerSettings(use_case="flight_delay", static_membership=False).group_instance_id is None
     config = consumer_config(s, "client")
     assert config["group.instance.id"] == "flight-delay-scorer-scorer-7"
-    assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (10_000, 50)
+    assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (30_000, 50)
     assert "group.instance.id" not in consumer_config(s.model_copy(update={"static_membership": False}), "client")
 
 
@@ -100,6 +100,6 @@ def test_a_heartbeat_longer_than_a_third_of_the_session_is_refused(console_scrip
     with pytest.raises(ValidationError, match="heartbeat_interval_ms"):
         ScorerSettings(use_case="flight_delay", session_timeout_ms=6000, heartbeat_interval_ms=3000)
     off = subprocess.run([console_script, "--use-case", "flight_delay", "--no-static-membership",
-                          "--heartbeat-interval-ms", "5000"], capture_output=True, text=True, timeout=60,
+                          "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "5000"], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "COLUMNS": "250"})
     assert off.returncode == 2 and "heartbeat_interval_ms" in off.stderr
