@@ -254,7 +254,8 @@ def publish(settings: LoopSettings, envelope: ModelEnvelope) -> PublishResult:
         return PublishResult(**result, published=False)
 
     producer = Producer(settings.kafka_config({
-        # Idempotence (implies acks=all): a retried send after a lost ack cannot write the envelope twice.
+        # Every in-sync replica has the envelope; idempotence: a retried send after a lost ack cannot write it twice.
+        "acks": "all",
         "enable.idempotence": True,
         # The client's own limit (default 1 MB) must not be below the topic's, which was checked above.
         "message.max.bytes": max(limit, 1_000_000) + BATCH_OVERHEAD_BYTES,

@@ -94,7 +94,9 @@ def _producer(settings: LoopSettings, failures: list[KafkaError]) -> Producer:
             failures.append(err)
 
     return Producer(settings.kafka_config({
-        # Idempotence: acks=all and per-partition order with no duplicates when librdkafka retries.
+        # Every in-sync replica has each record (min.insync.replicas 2 of 3 on a cluster); idempotence: per-partition
+        # order with no duplicates when librdkafka retries.
+        "acks": "all",
         "enable.idempotence": True,
         # Java's partitioner, so every client (Kafka Streams, Connect, ...) maps a key to the same partition.
         "partitioner": "murmur2_random",

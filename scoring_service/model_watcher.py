@@ -142,7 +142,7 @@ class ModelWatcher(threading.Thread):
             # The topic is idle almost always: a short long-poll bounds how late a new version is seen.
             "fetch.wait.max.ms": 100,
         }))
-        self._producer = Producer(self.settings.kafka_config({"enable.idempotence": True}))
+        self._producer = Producer(self.settings.kafka_config({"acks": "all", "enable.idempotence": True}))
         try:
             partitions = self._wait_for_topic(consumer)
             if partitions is None:
