@@ -22,6 +22,7 @@ Last stdout line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -34,6 +35,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -149,12 +151,29 @@ def scorer_env(s: ScorerSettings) -> dict[str, str]:
     return {**os.environ, **env}
 
 
-def wait_ready(s: ScorerSettings, scorer: subprocess.Popen, timeout: float = 120.0) -> None:
+@contextlib.contextmanager
+def scorer_process(s: ScorerSettings, log_path: Path) -> Iterator[subprocess.Popen]:
+    """A scorer process on ``s``, ready (``wait_ready``), logging to ``log_path``; stopped with SIGTERM at exit.
+    Its own process and session, as deployed (own container): it shares no GIL with the benchmark's producer, and
+    Linux's scheduler gives its session a share of the CPU of its own (autogroup)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log_file:
+        scorer = subprocess.Popen([sys.executable, "-m", "scoring_service"], env=scorer_env(s), cwd=REPO,
+                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(s, scorer, log_path=log_path)
+        yield scorer
+    finally:
+        scorer.send_signal(signal.SIGTERM)
+        scorer.wait(60)
+
+
+def wait_ready(s: ScorerSettings, scorer: subprocess.Popen, timeout: float = 120.0, log_path: Path = LOG) -> None:
     """Until /readyz answers 200 (a model is live, partitions assigned); raises if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if scorer.poll() is not None:
-            raise RuntimeError(f"scorer exited with {scorer.returncode}; see {LOG}")
+            raise RuntimeError(f"scorer exited with {scorer.returncode}; see {log_path}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{s.http_port}/readyz", timeout=2) as r:
                 if r.status == 200:
@@ -162,7 +181,7 @@ def wait_ready(s: ScorerSettings, scorer: subprocess.Popen, timeout: float = 120
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"scorer not ready within {timeout:.0f} s; see {LOG}")
+    raise RuntimeError(f"scorer not ready within {timeout:.0f} s; see {log_path}")
 
 
 def main() -> None:
@@ -190,14 +209,7 @@ def main() -> None:
         s = bench_settings(bootstrap, batch_size=args.batch_size, batch_max_wait_ms=args.batch_max_wait_ms,
                            http_port=free_port())
         publish(loop_settings(s), v1)
-        LOG.parent.mkdir(parents=True, exist_ok=True)
-        with open(LOG, "w") as log_file:
-            # Its own process and session, as deployed (own container): it shares no GIL with this stream's
-            # producer, and Linux's scheduler gives its session a share of the CPU of its own (autogroup).
-            scorer = subprocess.Popen([sys.executable, "-m", "scoring_service"], env=scorer_env(s), cwd=REPO,
-                                      stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_ready(s, scorer)
+        with scorer_process(s, LOG):
             head = Framing(s).header(s.input_topic)
             framed = [(key, head + value) for key, value in events]
             # Spawned, not forked: this process has imported TensorFlow.
@@ -224,9 +236,6 @@ def main() -> None:
             predictions = read_all(s, s.output_topic, lambda out: len(out) >= len(events),
                                    timeout=120)
             status = read_all(s, s.status_topic, lambda out: len(out) >= 3, timeout=60)
-        finally:
-            scorer.send_signal(signal.SIGTERM)
-            scorer.wait(60)
     sent = {(int(p), int(o)): int(by_offset[p, o]) for p, o in zip(*np.nonzero(by_offset))}
     positions = Counter((p["source_partition"], p["source_offset"]) for p, _ in predictions)
     latency = [ts - sent[(p["source_partition"], p["source_offset"])] for p, ts in predictions

@@ -1,8 +1,10 @@
 """Least-privilege Kafka ACLs for the loop's roles, derived from the use cases' topics and the clients' group ids.
 
-Roles: ``replayer`` writes the use cases' event and label topics; ``loop`` snapshots them, publishes models and
-waits for the scorers' reports; ``scorer`` reads its input and the models, writes predictions, dead letters and
-status reports under its own group and transactional ids; ``monitor`` reads everything and writes nothing.
+Roles: ``replayer`` writes the use cases' event and label topics; ``loop`` snapshots them, publishes models, waits
+for the scorers' reports and, as the live monitor (``ml.monitoring``, which signs what it publishes like the DAG's
+tasks), reads the predictions (its shadow model's too) to roll back, promote and retire; ``scorer`` reads its
+input and the models, writes predictions (its shadow model's too), dead letters and status reports under its own
+group and transactional ids; ``monitor`` (the loop's page, dashboards) reads everything and writes nothing.
 ``admin`` is the cluster's super user (topics, ACLs) and gets no ACL. ``apply`` makes the cluster's ACLs of
 these principals exactly the computed set: it adds what is missing and removes what is no longer granted.
 """
@@ -73,15 +75,16 @@ def grants(settings: LoopSettings, cases: Iterable[UseCase] | None = None) -> li
         scorer_group = client_ids.scorer_group(uc.name)
         for topic in sources:
             out += _topic("replayer", topic, "write") + _topic("loop", topic, "read")
+        out += _topic("loop", t.predictions, "read") + _topic("loop", t.shadow, "read")
         out += _topic("scorer", t.input, "read") + _topic("scorer", t.predictions, "write")
-        out += _topic("scorer", t.dlq, "write")
+        out += _topic("scorer", t.shadow, "write") + _topic("scorer", t.dlq, "write")
         out += [Grant("scorer", "group", scorer_group, "prefixed", "read")]
         out += [Grant("scorer", "transactional_id", scorer_group, "prefixed", op) for op in ("write", "describe")]
         for topic in t.distinct():
             out += _topic("monitor", topic, "read")
     out += _topic("loop", models, "read", "write", "describe_configs") + _topic("loop", status, "read")
     out += _groups("loop", client_ids.SNAPSHOT_GROUP, client_ids.TOPIC_PROBE_GROUP, client_ids.MODELS_READER_GROUP,
-                   client_ids.ROLLOUT_CHECK_GROUP, client_ids.STATUS_READER_GROUP)
+                   client_ids.ROLLOUT_CHECK_GROUP, client_ids.STATUS_READER_GROUP, client_ids.LIVE_MONITOR_GROUP)
     out += _topic("scorer", models, "read") + _topic("scorer", status, "write")
     out += _groups("scorer", client_ids.MODEL_WATCHER_GROUP)
     out += _topic("monitor", models, "read") + _topic("monitor", status, "read")

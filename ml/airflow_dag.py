@@ -1,17 +1,17 @@
 """The retraining DAG of a use case, built the same way for every registered one (``dags/retrain.py`` builds
 one ``retrain_<name>`` per use case; only that file imports this module).
 
-snapshot -> validate -> train -> evaluate -> register -> publish -> verify rollout, each task calling one
-function of ``ml.airflow_tasks`` with the settings of the DAG's use case. Triggers: the use case's cron schedule
-(``<NAME>_RETRAIN_SCHEDULE``), manual runs with Params (one ``gate_margin_<metric>`` per criterion of its gate
-that has a margin), and an AssetWatcher firing once ``<NAME>_RETRAIN_EVERY_N`` records of its labels topic are
-in no snapshot yet (``ml.airflow_trigger``: offsets compared every ``<NAME>_RETRAIN_POLL_INTERVAL_S``). Kafka
-comes from the ``kafka_default`` connection, MLflow from the Variables ``mlflow_tracking_uri`` /
-``mlflow_ui_url``, the model signing key from the connection ``MODEL_SIGNING_CONN_ID`` (default
-``model_signing``: password = the Ed25519 private key in PEM, extra ``{"key_id": ...}`` optional) if it exists;
-unset, the loop's env defaults apply. The Airflow run id is the loop run id, so a retried
-task (``RETRAIN_TASK_RETRIES``, default 2, ``RETRAIN_TASK_RETRY_DELAY_S`` apart, default 30) reuses its snapshot,
-MLflow run and version.
+snapshot -> validate -> train -> evaluate -> register -> publish -> verify rollout, each task calling one function
+of ``ml.airflow_tasks`` with the settings of the DAG's use case. Triggers: the use case's cron schedule
+(``<NAME>_RETRAIN_SCHEDULE``), manual runs with Params (one ``gate_margin_<metric>`` per criterion of its gate that
+has a margin; ``shadow``: publish in shadow, default ``SHADOW_FIRST``), and an AssetWatcher firing once
+``<NAME>_RETRAIN_EVERY_N`` records of its labels topic are in no snapshot yet (``ml.airflow_trigger``: offsets
+compared every ``<NAME>_RETRAIN_POLL_INTERVAL_S``). Kafka comes from the ``kafka_default`` connection, MLflow from
+the Variables ``mlflow_tracking_uri`` / ``mlflow_ui_url``, the model signing key from the connection
+``MODEL_SIGNING_CONN_ID`` (default ``model_signing``: password = the Ed25519 private key in PEM, extra ``{"key_id":
+...}`` optional) if it exists; unset, the loop's env defaults apply. The Airflow run id is the loop run id, so a
+retried task (``RETRAIN_TASK_RETRIES``, default 2, ``RETRAIN_TASK_RETRY_DELAY_S`` apart, default 30) reuses its
+snapshot, MLflow run and version.
 """
 
 from __future__ import annotations
@@ -46,7 +46,18 @@ COMMON_PARAMS = {
                           description="Required when force_promote is on: recorded in the gate decision."),
     "rollout_timeout_s": Param(600, type="number", minimum=0, maximum=3600,
                                description="Wait this long for a scorer to run the new version (0: skip)."),
+    "trigger": Param(None, type=["null", "string"], maxLength=2000,
+                     description="Why this run started (the live monitor says which live metric or drift asked "
+                                 "for it); recorded in the gate decision."),
 }
+
+
+def shadow_param(loop: LoopSettings) -> Param:
+    """The Param that publishes a promoted candidate in shadow (its default: SHADOW_FIRST when the DAG is parsed)."""
+    return Param(loop.shadow_first, type="boolean",
+                 description="Publish the promoted candidate in shadow: the scorers score it beside the champion, "
+                             "to the shadow predictions topic, until it is promoted or retired (default: "
+                             "SHADOW_FIRST).")
 
 
 def gate_params(uc: UseCase) -> dict[str, Param]:
@@ -136,7 +147,7 @@ def retrain_dag(name: str) -> DAG:
                       "retry_delay": timedelta(seconds=float(os.environ.get("RETRAIN_TASK_RETRY_DELAY_S", "30")))},
         tags=["ml", "kafka", "retraining", name],
         doc_md=f"**{uc.title}**\n\n{inspect.getdoc(type(uc)) or ''}\n\n{__doc__}",
-        params={**COMMON_PARAMS, **gate_params(uc)},
+        params={**COMMON_PARAMS, "shadow": shadow_param(loop), **gate_params(uc)},
     )
     def retrain():
         @task
@@ -157,7 +168,7 @@ def retrain_dag(name: str) -> DAG:
         def evaluate(candidate: dict) -> dict:
             req = request()
             return run(steps.evaluate, settings(), candidate, force_reason=req.forced_reason(),
-                       gate_margins=req.gate_margins, mlflow_ui_url=mlflow_ui())
+                       gate_margins=req.gate_margins, trigger=req.trigger, mlflow_ui_url=mlflow_ui())
 
         @task
         def register(candidate: dict, decision: dict) -> dict:
@@ -165,7 +176,7 @@ def retrain_dag(name: str) -> DAG:
 
         @task
         def publish(candidate: dict, decision: dict, registered: dict) -> dict:
-            return run(steps.publish, settings(), candidate, decision, registered)
+            return run(steps.publish, settings(), candidate, decision, registered, shadow=request().shadow)
 
         @task(retries=0)  # the timeout is the wait: retrying would only wait again
         def verify_rollout(published: dict) -> dict:

@@ -64,6 +64,9 @@ class RunRequest(BaseModel):
     force_promote: bool = False
     force_reason: str | None = None
     rollout_timeout_s: float = Field(600.0, ge=0, le=3600)
+    trigger: str | None = Field(None, max_length=2000)  # why the run started (the live monitor's reason)
+    # Publish a promoted candidate in shadow rather than as the champion (None: SHADOW_FIRST).
+    shadow: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -189,12 +192,13 @@ def train(settings: LoopSettings, run_id: str, *, mlflow_ui_url: str | None = No
 
 
 def evaluate(settings: LoopSettings, candidate: dict[str, Any], *, force_reason: str | None = None,
-             gate_margins: dict[str, float] | None = None, mlflow_ui_url: str | None = None) -> dict[str, Any]:
-    """The gate's decision record (a retry returns the one already logged)."""
+             gate_margins: dict[str, float] | None = None, trigger: str | None = None,
+             mlflow_ui_url: str | None = None) -> dict[str, Any]:
+    """The gate's decision record (a retry returns the one already logged); ``trigger``: why the run started."""
     from ml import pipeline
 
     decision = pipeline.evaluate_step(settings, pipeline.Candidate.model_validate(candidate),
-                                      force_reason=force_reason, gate_margins=gate_margins)
+                                      force_reason=force_reason, gate_margins=gate_margins, trigger=trigger)
     return {**_dump(decision), "links": _mlflow_links(settings, mlflow_ui_url, candidate["mlflow_run_id"])}
 
 
@@ -211,28 +215,32 @@ def register(settings: LoopSettings, candidate: dict[str, Any], decision: dict[s
 
 
 def publish(settings: LoopSettings, candidate: dict[str, Any], decision: dict[str, Any],
-            registered: dict[str, Any]) -> dict[str, Any]:
-    """Publish the signed envelope and move @champion; a version already on the topic is not produced again."""
+            registered: dict[str, Any], *, shadow: bool | None = None) -> dict[str, Any]:
+    """Publish the signed envelope and move @champion, or in shadow (``shadow``; None: SHADOW_FIRST) and set
+    @shadow; a version already on the topic in that stage is not produced again."""
     from ml import pipeline
     from ml.gate import DecisionRecord
 
+    stage = "shadow" if (settings.shadow_first if shadow is None else shadow) else "champion"
     result = pipeline.publish_step(settings, pipeline.Candidate.model_validate(candidate),
-                                   DecisionRecord.model_validate(decision), registered["model_version"])
+                                   DecisionRecord.model_validate(decision), registered["model_version"], stage)
     return _dump(result)
 
 
 def verify_rollout(settings: LoopSettings, published: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Wait until a scorer reports the published version live; StopRun when the check is disabled (0 s)."""
+    """Wait until a scorer reports the published version live (in shadow, for a shadow); StopRun when the check
+    is disabled (0 s)."""
     if timeout_s <= 0:
         raise StopRun("rollout_unchecked", "rollout_timeout_s is 0: not waiting for a scorer")
-    return wait_for_live(settings, published["model_version"], timeout_s)
+    return wait_for_live(settings, published["model_version"], timeout_s, stage=published.get("stage", "champion"))
 
 
 # ---------------------------------------------------------------- rollout verification
 
-def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, topic: str | None = None
-                  ) -> dict[str, Any]:
-    """The first status record saying a scorer runs ``settings.model_name`` ``version`` (or a newer one) live.
+def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, topic: str | None = None,
+                  stage: str = "champion") -> dict[str, Any]:
+    """The first status record saying a scorer runs ``settings.model_name`` ``version`` (or a newer one) live;
+    for a ``stage`` "shadow", runs ``version`` in shadow (or live: promoted meanwhile).
 
     Reads the status topic from the beginning (records written before the wait count: a fast scorer may
     report before this task starts). Raises RolloutFailed when a scorer rejects that version, or when no
@@ -287,13 +295,18 @@ def wait_for_live(settings: LoopSettings, version: int, timeout_s: float, *, top
             if status == "rejected" and v == version:
                 raise RolloutFailed(f"scorer {record.get('scorer_id')} rejected {name} v{version} "
                                     f"({record.get('reason_kind')}): {record.get('reason')}")
-            if status == "live" and v >= version:
+            if stage == "shadow" and status in ("shadow", "live") and v == version:
+                log.info("%s v%d is %s on scorer %s (status %s[%d]@%d)", name, v, status, record.get("scorer_id"),
+                         topic, msg.partition(), msg.offset())
+                return record
+            if stage != "shadow" and status == "live" and v >= version:
                 log.info("%s v%d is live on scorer %s (status %s[%d]@%d)%s", name, v, record.get("scorer_id"),
                          topic, msg.partition(), msg.offset(), "" if v == version else f", superseding v{version}")
                 return record
     finally:
         consumer.close()
-    raise RolloutFailed(f"no scorer reported {name} v{version} live on {topic} within {timeout_s:.0f} s "
+    raise RolloutFailed(f"no scorer reported {name} v{version} {'in shadow' if stage == 'shadow' else 'live'} on "
+                        f"{topic} within {timeout_s:.0f} s "
                         f"({seen} status records read){'' if assigned else '; the topic does not exist'}")
 
 

@@ -54,8 +54,8 @@ def list_use_cases() -> None:
             failed = True
             continue
         t = uc.topics.resolved(settings)
-        typer.echo(f"{name}: {uc.title}\n  input {t.input}, labels {t.labels}, predictions {t.predictions}, "
-                   f"dlq {t.dlq}\n  {type(uc).__module__}.{type(uc).__qualname__}")
+        typer.echo(f"{name}: {uc.title}\n  input {t.input}, labels {t.labels}, predictions {t.predictions} (shadow "
+                   f"{t.shadow}), dlq {t.dlq}\n  {type(uc).__module__}.{type(uc).__qualname__}")
         for problem in use_cases.problems(uc):
             typer.secho(f"  problem: {problem}", fg="red")
             failed = True
@@ -249,8 +249,8 @@ def snapshot(
     settings = _settings(use_case)
     uc = use_cases.selected(settings)
     t = uc.topics.resolved(settings)
-    contracts = {t.dlq: DeadLetter, t.predictions: uc.prediction_contract, t.input: uc.input_contract,
-                 t.labels: uc.label_contract}
+    contracts = {t.dlq: DeadLetter, t.predictions: uc.prediction_contract, t.shadow: uc.prediction_contract,
+                 t.input: uc.input_contract, t.labels: uc.label_contract}
     topic = topic or t.labels
     if topic not in contracts:
         _fail(ValueError(f"{topic!r} is not a topic of {uc.name}: {sorted(contracts)}"))
@@ -268,6 +268,9 @@ def retrain(
                                           "id reuses its snapshot, training run and published version."),
     force_reason: str = typer.Option(None, help="Force-promote past the champion comparison (for a changed "
                                                 "preprocessing); the reason is logged and recorded."),
+    shadow: bool = typer.Option(None, "--shadow/--no-shadow", help="Publish a promoted candidate in shadow (scored "
+                                "beside the champion, to the shadow topic) or as the champion (default: "
+                                "SHADOW_FIRST)."),
 ) -> None:
     """Snapshot, validate, train, evaluate, register and publish in this process; prints the outcome.
 
@@ -280,11 +283,64 @@ def retrain(
     settings = _settings(use_case)
     run_id = run_id or f"manual__{datetime.now(UTC):%Y%m%dT%H%M%S}"
     try:
-        outcome = run(settings, run_id, force_reason=force_reason)
+        outcome = run(settings, run_id, force_reason=force_reason, shadow=shadow)
     except (LoopError, ValueError) as exc:
         _fail(exc)
     typer.echo(outcome.model_dump_json(indent=2))
     raise typer.Exit({"skipped": 2, "invalid": 3}.get(outcome.status, 0))
+
+
+@app.command()
+def monitor(use_case: str = USE_CASE) -> None:
+    """Run the live monitor of a use case until interrupted: predictions joined with their labels per version,
+    live metrics to /metrics and MLflow, rollbacks, shadow verdicts and retraining requests (MONITOR_*)."""
+    import signal
+
+    from ml.monitoring.service import Monitor
+    from ml.monitoring.settings import MonitorSettings
+
+    _settings(use_case)
+    try:
+        service = Monitor(MonitorSettings(use_case=use_case))
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        service.run()
+    except KeyboardInterrupt:
+        service.stop()
+
+
+@app.command("promote-shadow")
+def promote_shadow(use_case: str = USE_CASE,
+                   version: int = typer.Option(..., "--version", help="The shadow's version (a check: it must be "
+                                                                      "the one in shadow).")) -> None:
+    """Make the shadow version the champion: its envelope signed anew as champion (same artifact: the scorers take
+    it live without loading it again), published, the shadow retired, @champion moved. Safe to repeat."""
+    from ml.pipeline import promote_shadow_step
+
+    settings = _settings(use_case)
+    try:
+        result = promote_shadow_step(settings, version)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(result.model_dump_json(indent=2))
+
+
+@app.command("retire-shadow")
+def retire_shadow(use_case: str = USE_CASE,
+                  reason: str = typer.Option("", help="Why: carried by the tombstone, reported by the scorers.")
+                  ) -> None:
+    """Retire the use case's shadow model: a tombstone on its shadow key (the scorers stop scoring it), @shadow
+    removed. Safe to repeat."""
+    from ml.pipeline import retire_shadow_step
+
+    settings = _settings(use_case)
+    try:
+        result = retire_shadow_step(settings, reason)
+    except (LoopError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(result.model_dump_json(indent=2))
 
 
 def with_use_case_commands() -> typer.Typer:

@@ -9,6 +9,7 @@ MODELS_READER_GROUP = "models-reader-"  # publish reads the models topic before 
 ROLLOUT_CHECK_GROUP = "rollout-check-"  # the DAG's wait for the scorers' "live" reports
 STATUS_READER_GROUP = "status-reader-"  # the plugin page's and the report's read of the status topic
 MODEL_WATCHER_GROUP = "model-watcher-"  # each scorer replica's reader of the models topic
+LIVE_MONITOR_GROUP = "live-monitor"  # the live monitor's reader of predictions and labels (assign only)
 
 
 def scorer_group(use_case: str) -> str:

@@ -64,13 +64,14 @@ class DeadLetter(Contract):
 
 
 class ModelStatus(Contract):
-    """`models.status` v1: a scorer took a model version live or refused it; key = model name. The DAG's rollout
-    check waits for "live", the loop's page shows both."""
+    """`models.status` v1: a scorer took a model version live (``live``: the champion, ``shadow``: scored beside
+    it to the shadow topic), cleared its shadow (``retired``) or refused an envelope; key = model name. The DAG's
+    rollout check waits for "live" (or "shadow"), the loop's page shows them."""
 
     EVENT_TIME: ClassVar[str] = "at"
 
     schema_version: Literal[1] = 1
-    status: Literal["live", "rejected"]
+    status: Literal["live", "rejected", "shadow", "retired"]
     model_name: str
     model_version: int | None  # None when a refused envelope does not say which version it claims to be
     reason_kind: str
@@ -83,7 +84,8 @@ class ModelStatus(Contract):
     previous_version: int | None = None  # live: the version it replaced
     load_ms: float | None = None  # live: load and warm-up time
     swap_ms: float | None = None  # live: publication to live
-    serving_version: int | None = None  # rejected: the version that keeps serving
+    serving_version: int | None = None  # rejected, shadow, retired: the champion's version then
+    stage: Literal["champion", "shadow"] | None = None  # the envelope's (rejected: its key's); None before stages
 
 
 _ARROW_TYPES: dict[type, pa.DataType] = {

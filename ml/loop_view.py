@@ -1,5 +1,6 @@
 """What the Airflow plugin page shows: every model version on the model topic with its metrics, its gate
-decision and which scorers run it (from the status topic). Plain functions, testable without Airflow."""
+decision (with the intervals of its metrics' differences from the champion) and which scorers run it (from the
+status topic). Plain functions, testable without Airflow."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ml.bootstrap import Interval
 from ml.client_ids import STATUS_READER_GROUP
 from ml.errors import BrokerUnavailable, LoopError
 from ml.settings import LoopSettings
@@ -31,6 +33,7 @@ class VersionRow(BaseModel):
     decision_id: str
     verdict: str | None = None
     reasons: list[str] = []
+    intervals: dict[str, Interval] = {}  # the gate's interval of each metric's difference from the champion
     live_on: list[str] = []  # scorer ids whose latest status is "live" with this version
     rejected_by: dict[str, str] = {}  # scorer id -> reason
 
@@ -127,4 +130,5 @@ def model_versions(settings: LoopSettings, *, with_decisions: bool = True, timeo
                 log.warning("no decision for run %s: %s", row.run_id, e)
                 continue
             row.verdict, row.reasons = decision.get("verdict"), decision.get("reasons", [])
+            row.intervals = {k: Interval.model_validate(v) for k, v in (decision.get("intervals") or {}).items()}
     return sorted(rows.values(), key=lambda r: r.model_version, reverse=True)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +29,10 @@ from ml.new_records import Announcement
 from ml.settings import LoopSettings
 from ml.split import time_split
 from ml.use_cases import UseCase
+
+if TYPE_CHECKING:
+    from ml.bootstrap import Interval
+    from ml.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ class Outcome(BaseModel):
     decision_id: str | None = None
     model_version: int | None = None
     published_offset: int | None = None
+    stage: Literal["champion", "shadow"] | None = None  # published: as the champion or in shadow
     seconds: dict[str, float] = {}
 
 
@@ -188,13 +195,63 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
     return candidate
 
 
-def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason: str | None = None,
-                  gate_margins: dict[str, float] | None = None):
-    """Score the challenger and the champion on the same most recent held-out rows and gate them with the use
-    case's criteria (``gate_margins``: this run's margins by metric, over the use case's).
+@dataclass(frozen=True)
+class Scored:
+    """One model judged on labelled rows: its preprocessing, its metrics and, when the use case gives metric
+    functions, its per-row scores (what an interval of a metric's difference is computed from)."""
 
-    Returns the ``DecisionRecord``, which is logged to the candidate's MLflow run whatever the verdict. A
-    retry returns the decision already logged (after a promotion the champion would be the candidate itself).
+    preprocessing: Preprocessing
+    metrics: dict[str, float]
+    scores: np.ndarray | None = None
+
+
+def score_model(uc: UseCase, model, preprocessing: Preprocessing, rows: pd.DataFrame) -> Scored:
+    """``model``'s metrics on labelled ``rows``, scoring each row once for the metrics and for the interval."""
+    if not uc.metric_functions(preprocessing):
+        return Scored(preprocessing, uc.evaluate(model, preprocessing, rows))
+    scores = uc.scores(model, preprocessing, rows)
+    return Scored(preprocessing, uc.evaluate(model, preprocessing, rows, scores=scores), scores)
+
+
+def gate_intervals(settings: LoopSettings, uc: UseCase, criteria, rows: pd.DataFrame, challenger: Scored,
+                   champion: Scored) -> dict[str, Interval]:
+    """Metric -> the ``settings.gate_ci_level`` interval of challenger minus champion on ``rows`` (a paired
+    bootstrap of ``settings.gate_bootstrap_samples`` resamples, seeded by ``settings.seed``), for each criterion
+    with a margin whose metric both models' metric functions compute, all on the same resamples. Empty when
+    ``settings.gate_interval`` is off, a model has no scores, or the rows are too few for an interval (logged at
+    WARNING): the gate then compares point values."""
+    from ml.bootstrap import paired_bootstraps
+
+    if not settings.gate_interval or challenger.scores is None or champion.scores is None:
+        return {}
+    ours, theirs = uc.metric_functions(challenger.preprocessing), uc.metric_functions(champion.preprocessing)
+    judged = [c.metric for c in criteria if c.margin is not None and c.metric in ours and c.metric in theirs]
+    if not judged:
+        return {}
+    started = time.perf_counter()
+    try:
+        intervals = paired_bootstraps(
+            rows[uc.label].to_numpy(), challenger.scores, champion.scores, {k: ours[k] for k in judged},
+            champion_metrics={k: theirs[k] for k in judged}, samples=settings.gate_bootstrap_samples,
+            level=settings.gate_ci_level, seed=settings.seed)
+    except ValueError as e:  # too few rows of a class for any resample to define a metric
+        log.warning("no gate interval on %d rows: %s; the gate compares point values", len(rows), e)
+        return {}
+    log.info("gate intervals on %d rows, %d resamples, in %.2f s: %s", len(rows), settings.gate_bootstrap_samples,
+             time.perf_counter() - started, ", ".join(f"{k} {v.describe()}" for k, v in intervals.items()) or "none")
+    return intervals
+
+
+def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason: str | None = None,
+                  gate_margins: dict[str, float] | None = None, trigger: str | None = None):
+    """Score the challenger and the champion on the same most recent held-out rows and gate them with the use
+    case's criteria (``gate_margins``: this run's margins by metric, over the use case's), with a confidence
+    interval of each margin metric's difference unless ``settings.gate_interval`` is off (``gate_intervals``).
+    ``trigger``: why the run started, recorded in the decision.
+
+    Returns the ``DecisionRecord``, which is logged to the candidate's MLflow run whatever the verdict (the
+    intervals' bounds also as metrics ``holdout_<metric>_diff_low`` / ``_diff_high``). A retry returns the
+    decision already logged (after a promotion the champion would be the candidate itself).
     """
     from ml.gate import DecisionRecord, decide
     from ml.registry import Registry
@@ -210,9 +267,9 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
     df, _ = _load(settings, uc, candidate.snapshot_ids)
     _, holdout = split(settings, uc, df)
     challenger = uc.load_preprocessing(registry.preprocessing(candidate.mlflow_run_id))
-    challenger_metrics = uc.evaluate(registry.load_model(candidate.model_uri), challenger, holdout)
+    challenger_scored = score_model(uc, registry.load_model(candidate.model_uri), challenger, holdout)
     champion = registry.champion()
-    champion_preprocessing, champion_metrics = None, None
+    champion_preprocessing, champion_scored, intervals = None, None, {}
     start = holdout[uc.time_order[0]].min()
     if champion is not None:
         try:
@@ -226,7 +283,8 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
                         "forced (%s)", champion.version, e, force_reason)
             champion = None
     if champion is not None:
-        champion_metrics = uc.evaluate(registry.load_model(champion.version), champion_preprocessing, holdout)
+        champion_scored = score_model(uc, registry.load_model(champion.version), champion_preprocessing, holdout)
+        intervals = gate_intervals(settings, uc, criteria, holdout, challenger_scored, champion_scored)
         # A champion that trained on holdout rows would look better than it is.
         if pd.Timestamp(champion_preprocessing.fitted_through) >= start:
             log.warning("champion v%d was fitted on rows through %s, overlapping the holdout starting %s",
@@ -234,16 +292,22 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
     log.info("scored challenger (preprocessing %s) and champion %s on %d holdout rows", challenger.fingerprint,
              f"v{champion.version} (preprocessing {champion_preprocessing.fingerprint})" if champion else "none",
              len(holdout))
-    decision = decide(uc.name, criteria, challenger_metrics, champion_metrics, force_reason=force_reason,
+    decision = decide(uc.name, criteria, challenger_scored.metrics,
+                      champion_scored.metrics if champion_scored else None, force_reason=force_reason,
                       challenger_preprocessing=challenger.fingerprint,
                       champion_preprocessing=champion_preprocessing.fingerprint if champion else None,
                       holdout_from=start.to_pydatetime(),
-                      holdout_to=holdout[uc.time_order[0]].max().to_pydatetime())
+                      holdout_to=holdout[uc.time_order[0]].max().to_pydatetime(), intervals=intervals,
+                      trigger=trigger)
     registry.log_decision(candidate.mlflow_run_id, decision)
     registry.log_metrics(candidate.mlflow_run_id, {f"holdout_{k}": v for k, v in decision.challenger.items()})
     if decision.champion is not None:
         registry.log_metrics(candidate.mlflow_run_id,
                              {f"champion_holdout_{k}": v for k, v in decision.champion.items()})
+    if decision.intervals:
+        registry.log_metrics(candidate.mlflow_run_id, {
+            f"holdout_{k}_diff{suffix}": value for k, iv in decision.intervals.items()
+            for suffix, value in (("", iv.point), ("_low", iv.low), ("_high", iv.high))})
     return decision
 
 
@@ -258,14 +322,15 @@ def register_step(settings: LoopSettings, candidate: Candidate, decision) -> int
     return Registry(settings).register(candidate.mlflow_run_id, candidate.model_uri)
 
 
-def publish_step(settings: LoopSettings, candidate: Candidate, decision, version: int | None):
-    """Publish the signed envelope of ``version`` to the model topic, then point ``@champion`` at it.
+def publish_step(settings: LoopSettings, candidate: Candidate, decision, version: int | None,
+                 stage: Literal["champion", "shadow"] = "champion"):
+    """Publish the signed envelope of ``version`` to the model topic as ``stage``, then point ``@champion`` at it
+    (a shadow: ``@shadow``; the champion stays, until the shadow is promoted: ``promote_shadow_step``).
 
     Returns the ``PublishResult``, or None when there is nothing to publish (gate rejected). Publishing a
-    version that is already the latest on the topic is a no-op.
+    version that is already the latest of its stage on the topic is a no-op.
     """
-    from ml.keras_models import to_bytes
-    from ml.publish import build_envelope, publish
+    from ml.publish import publish
     from ml.registry import Registry
 
     if version is None:
@@ -273,24 +338,80 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
                  decision.verdict)
         return None
     registry = Registry(settings)
-    artifact = to_bytes(registry.load_model(version))
-    envelope = build_envelope(
-        model_name=settings.model_name, model_version=version, run_id=candidate.mlflow_run_id,
-        model_uri=f"models:/{settings.model_name}/{version}",
-        preprocessing=registry.preprocessing(candidate.mlflow_run_id),
-        metrics=decision.challenger, decision_id=decision.decision_id, artifact=artifact,
-        signer=settings.signer(),
-    )
-    result = publish(settings, envelope)
-    registry.promote(version)
+    result = publish(settings, version_envelope(settings, registry, version, candidate.mlflow_run_id,
+                                                decision.challenger, decision.decision_id, stage))
+    if stage == "shadow":
+        registry.mark_shadow(version)
+    else:
+        registry.promote(version)
     if result.published:  # a retry that produced nothing keeps the offset of the first publish
         registry.client().set_tag(candidate.mlflow_run_id, "published_offset", str(result.offset))
     return result
 
 
+def version_envelope(settings: LoopSettings, registry, version: int, run_id: str, metrics: dict[str, float],
+                     decision_id: str, stage: Literal["champion", "shadow"] = "champion"):
+    """The signed envelope of the registered ``version`` (trained in MLflow run ``run_id``, judged by
+    ``decision_id`` with the challenger's ``metrics``) for ``stage``, its model and preprocessing read from MLflow."""
+    from ml.keras_models import to_bytes
+    from ml.publish import build_envelope
+
+    return build_envelope(model_name=settings.model_name, model_version=version, run_id=run_id,
+                          model_uri=f"models:/{settings.model_name}/{version}",
+                          preprocessing=registry.preprocessing(run_id), metrics=metrics, decision_id=decision_id,
+                          artifact=to_bytes(registry.load_model(version)), signer=settings.signer(), stage=stage)
+
+
+def republish_step(settings: LoopSettings, version: int):
+    """Publish the registered ``version`` again as the champion and point ``@champion`` at it: a rollback (the
+    scorers take the newest envelope, whatever its version). Rebuilt from MLflow and signed now: the compacted
+    topic may no longer hold the old record. Returns the ``PublishResult``; raises LoopError when the version has
+    no gate decision in MLflow."""
+    from ml.publish import publish
+    from ml.registry import Registry
+
+    registry = Registry(settings)
+    run_id = registry.client().get_model_version(registry.name, str(version)).run_id
+    decision = registry.decision(run_id)
+    if decision is None:
+        raise LoopError(f"{registry.name} v{version} (run {run_id}) has no gate decision in MLflow: not republished")
+    result = publish(settings, version_envelope(settings, registry, version, run_id, decision["challenger"],
+                                                decision["decision_id"]))
+    registry.promote(version)
+    return result
+
+
+def promote_shadow_step(settings: LoopSettings, version: int):
+    """Make the shadow ``version`` the champion (``ml.publish.promote_shadow``: signed anew as a champion with the
+    same artifact, published, the shadow key retired), then point ``@champion`` at it and drop ``@shadow``.
+    Returns the ``PublishResult``; raises LoopError when ``version`` is not the shadow (nor the champion)."""
+    from ml.publish import promote_shadow
+    from ml.registry import Registry
+
+    result = promote_shadow(settings, version)
+    registry = Registry(settings)
+    registry.promote(version)
+    registry.clear_shadow()
+    return result
+
+
+def retire_shadow_step(settings: LoopSettings, reason: str = ""):
+    """Retire the model's shadow (``ml.publish.retire_shadow``: a tombstone on its shadow key, ``reason`` in its
+    header) and drop ``@shadow``. Returns the ``RetireResult``."""
+    from ml.publish import retire_shadow
+    from ml.registry import Registry
+
+    result = retire_shadow(settings, settings.model_name, reason=reason)
+    Registry(settings).clear_shadow()
+    return result
+
+
 def retrain(settings: LoopSettings, loop_run_id: str, *, force_reason: str | None = None,
-            gate_margins: dict[str, float] | None = None) -> Outcome:
-    """Run every step in this process and say how it ended (published, rejected, skipped, invalid)."""
+            gate_margins: dict[str, float] | None = None, shadow: bool | None = None,
+            trigger: str | None = None) -> Outcome:
+    """Run every step in this process and say how it ended (published, rejected, skipped, invalid). ``shadow``:
+    publish a promoted candidate in shadow (None: ``settings.shadow_first``). ``trigger``: why the run started,
+    recorded in the gate's decision."""
     seconds: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -313,13 +434,15 @@ def retrain(settings: LoopSettings, loop_run_id: str, *, force_reason: str | Non
     except InsufficientData as exc:
         return Outcome(status="skipped", reason=str(exc), **base)
     decision = timed("evaluate", evaluate_step, settings, candidate, force_reason=force_reason,
-                     gate_margins=gate_margins)
+                     gate_margins=gate_margins, trigger=trigger)
     version = timed("register", register_step, settings, candidate, decision)
-    result = timed("publish", publish_step, settings, candidate, decision, version)
+    stage = "shadow" if (settings.shadow_first if shadow is None else shadow) else "champion"
+    result = timed("publish", publish_step, settings, candidate, decision, version, stage)
     outcome = Outcome(
         status="published" if result is not None else "rejected", reason="; ".join(decision.reasons),
         mlflow_run_id=candidate.mlflow_run_id, decision_id=decision.decision_id, model_version=version,
-        published_offset=result.offset if result is not None else None, **base,
+        published_offset=result.offset if result is not None else None,
+        stage=stage if result is not None else None, **base,
     )
     log.info("%s retraining %s %s: snapshot %s, MLflow run %s, version %s, steps %s", settings.use_case,
              loop_run_id, outcome.status, manifest.snapshot_id, candidate.mlflow_run_id, version, seconds)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+SHADOW_ALIAS = "shadow"
 MODEL_ARTIFACT = "model"
 DECISION_FILE = "decision.json"
 LINEAGE_FILE = "lineage/snapshot_manifests.json"
@@ -264,6 +265,24 @@ class Registry:
         """Point the ``champion`` alias at ``version``."""
         self.client().set_registered_model_alias(self.name, CHAMPION_ALIAS, str(version))
         log.info("%s v%d is now @%s", self.name, version, CHAMPION_ALIAS)
+
+    def mark_shadow(self, version: int) -> None:
+        """Point the ``shadow`` alias at ``version`` (published in shadow: ``@champion`` does not move)."""
+        self.client().set_registered_model_alias(self.name, SHADOW_ALIAS, str(version))
+        log.info("%s v%d is now @%s", self.name, version, SHADOW_ALIAS)
+
+    def clear_shadow(self) -> int | None:
+        """Remove the ``shadow`` alias; the version it pointed at, None when there was none."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            version = int(client.get_model_version_by_alias(self.name, SHADOW_ALIAS).version)
+        except MlflowException:  # no such alias (or no such model yet): nothing to clear
+            return None
+        client.delete_registered_model_alias(self.name, SHADOW_ALIAS)
+        log.info("%s v%d is no longer @%s", self.name, version, SHADOW_ALIAS)
+        return version
 
     def _download_json(self, run_id: str, path: str) -> Any:
         with tempfile.TemporaryDirectory() as tmp:

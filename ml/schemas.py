@@ -76,7 +76,8 @@ def topic_schemas(names: TopicNames, cases: Iterable[Any] | None = None) -> list
     for uc in cases:
         topics = uc.topics.resolved(names)
         pairs += [(topics.input, uc.input_contract), (topics.labels, uc.label_contract),
-                  (topics.predictions, uc.prediction_contract), (topics.dlq, DeadLetter)]
+                  (topics.predictions, uc.prediction_contract), (topics.shadow, uc.prediction_contract),
+                  (topics.dlq, DeadLetter)]
     pairs += [(names.models_topic, ModelEnvelope), (names.status_topic, ModelStatus)]
     found: dict[str, type[BaseModel]] = {}
     for topic, contract in pairs:

@@ -104,6 +104,15 @@ class LoopSettings(TopicNames, KafkaClientSettings):
     holdout_days: float = Field(7.0, gt=0)
     epochs: int = Field(20, ge=1)
     seed: int = 42
+    # The gate's confidence interval of each margin metric's difference (a paired bootstrap on the holdout, seeded
+    # by `seed`): a challenger replaces the champion only when the interval's bound on its worse side clears the
+    # margin. Off: the point values alone decide, as before.
+    gate_interval: bool = True
+    gate_ci_level: float = Field(0.95, ge=0.5, le=0.999)
+    gate_bootstrap_samples: int = Field(1000, ge=100)
+    # A promoted candidate goes live in shadow first (scored beside the champion, to the shadow predictions topic)
+    # rather than as the champion; the retraining DAG's Param `shadow` defaults to it.
+    shadow_first: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """The loop's Kafka topics: reachability check and idempotent creation with the documented settings.
 
-The topics are those of the use cases (input, labels, predictions, DLQ; ``ml.use_cases``) and the loop's own:
-the compacted `models` topic of signed envelopes and the `models.status` topic of scorer reports.
+The topics are those of the use cases (input, labels, predictions, shadow predictions, DLQ; ``ml.use_cases``) and
+the loop's own: the compacted `models` topic of signed envelopes and the `models.status` topic of scorer reports.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ml.bootstrap import Metric as MetricFunction
 from ml.contracts import Contract, ScoredEvent
 from ml.gate import Criterion, with_overrides
 from ml.preprocessing import Preprocessing, schema_problems
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from ml.validation import Suite
 
 ENTRY_POINT_GROUP = "kafka_retrain_loop.use_cases"
+SHADOW_TOPIC_SUFFIX = ".shadow"
 
 
 class UnknownUseCase(ValueError):
@@ -58,13 +60,31 @@ class UseCaseTopics:
     predictions: str  # the scorer's output
     dlq: str  # inputs the scorer could not score, with the reason
 
+    @property
+    def shadow(self) -> str:
+        """The shadow model's predictions (same contract as ``predictions``): ``<predictions>.shadow``."""
+        return f"{self.predictions}{SHADOW_TOPIC_SUFFIX}"
+
     def resolved(self, names: TopicNames) -> UseCaseTopics:
-        """The actual topic names under ``names``' prefix and renames."""
+        """The actual topic names under ``names``' prefix and renames (the shadow topic follows its predictions
+        topic's actual name)."""
         return UseCaseTopics(*(names.topic(t) for t in (self.input, self.labels, self.predictions, self.dlq)))
 
     def distinct(self) -> list[str]:
         """Each topic once, in role order."""
-        return list(dict.fromkeys((self.input, self.labels, self.predictions, self.dlq)))
+        return list(dict.fromkeys((self.input, self.labels, self.predictions, self.shadow, self.dlq)))
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """How predictions meet their labels after the fact: the field both carry (``key``), the prediction's score
+    and decision fields, and the live metric watched per version (``metric``, which way is better)."""
+
+    key: str  # a field of ``prediction_contract`` and of ``label_contract``
+    score: str  # the prediction's model output the metrics read (a probability, an anomaly score)
+    decision: str  # the prediction's boolean decision at the model's threshold
+    metric: str  # the live metric the monitor judges versions by (a key of ``live_metrics``)
+    higher_is_better: bool = True
 
 
 class UseCaseSettings(BaseSettings):
@@ -102,6 +122,7 @@ class UseCase(ABC):
     ui_metrics: ClassVar[tuple[str, ...]]  # evaluation metrics the loop's page shows per version
     preprocessing: ClassVar[type[Preprocessing]]
     output_bounds: ClassVar[tuple[float, float] | None] = None  # every model output lies within, if set
+    live: ClassVar[LiveSpec | None] = None  # how the monitor joins predictions with labels (None: not monitored)
     Settings: ClassVar[type[UseCaseSettings]] = UseCaseSettings
 
     def __init__(self, settings: UseCaseSettings | None = None) -> None:
@@ -126,9 +147,27 @@ class UseCase(ABC):
         for ``settings.seed``. Raises ValueError when the rows cannot train a model."""
 
     @abstractmethod
-    def evaluate(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame) -> dict[str, float]:
+    def evaluate(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame, *,
+                 scores: np.ndarray | None = None) -> dict[str, float]:
         """Metrics of ``model`` (read through its own ``preprocessing``) on labelled ``rows``: every metric of
-        ``gate`` and ``ui_metrics``, plus ``rows``. Raises ValueError when the rows cannot judge a model."""
+        ``gate`` and ``ui_metrics``, plus ``rows``. Raises ValueError when the rows cannot judge a model.
+
+        ``scores``: ``self.scores(model, preprocessing, rows)`` when the caller has them already (the gate scores
+        each model once for its metrics and their interval). Only a use case with ``metric_functions`` is
+        passed them."""
+
+    def scores(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame) -> np.ndarray:
+        """The model's output per row of ``rows`` that ``metric_functions`` read (a probability, an anomaly
+        score), shape (n,). Needed only with ``metric_functions``."""
+        raise NotImplementedError(f"use case {self.name} gives no per-row scores")
+
+    def metric_functions(self, preprocessing: Preprocessing) -> Mapping[str, MetricFunction]:
+        """Metric name -> ``fn(y, scores, weights)`` computing that metric of ``evaluate`` from the labels, the
+        ``scores`` of a model with ``preprocessing`` and per-row weights (None: each row once), for the metrics
+        of ``gate`` the gate may put a confidence interval on (``ml.bootstrap``: mark a function ``batched``
+        when it also takes a (k, n) weight matrix, and the bootstrap is much faster). Empty by default: the
+        gate then compares point values only."""
+        return {}
 
     def load_preprocessing(self, data: Mapping[str, Any]) -> Preprocessing:
         """A fitted preprocessing from its dict (MLflow, an envelope); ValueError when it is not this use
@@ -178,6 +217,13 @@ class UseCase(ABC):
         """This use case's fields of the prediction records of ``table``'s rows, given the model ``inputs`` and
         ``outputs``: JSON-literal columns (``ml.json_columns.json_column``) or constants (``literal``). The
         scorer adds the fields of ``ScoredEvent``."""
+
+    # ------------------------------------------------------------ live monitoring (the monitor)
+
+    def live_metrics(self, y: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        """Metrics of predictions joined with their labels (``y``: labels, ``scores`` and ``decisions``: the
+        fields ``live`` names); every key a metric name, NaN where the rows cannot define it (one class)."""
+        raise NotImplementedError(f"use case {self.name} declares no live metrics")
 
     # ------------------------------------------------------------ tools
 
@@ -294,6 +340,14 @@ def problems(uc: UseCase) -> list[str]:
         found.append("ui_metrics is empty: the loop's page would show no metric")
     if not all([uc.topics.input, uc.topics.labels, uc.topics.predictions, uc.topics.dlq]):
         found.append(f"a topic has no name: {uc.topics}")
+    if uc.live is not None:
+        predicted = uc.prediction_contract.model_fields
+        absent = [f for f in (uc.live.key, uc.live.score, uc.live.decision) if f not in predicted]
+        if absent or uc.live.key not in labels:
+            found.append(f"live names fields {absent or [uc.live.key]} missing from "
+                         f"{uc.prediction_contract.__name__ if absent else uc.label_contract.__name__}")
+    if cls.metric_functions is not UseCase.metric_functions and cls.scores is UseCase.scores:
+        found.append("metric_functions without scores: the gate has no scores to compute them from")
     try:
         uc.gate_criteria()
     except ValueError as e:  # the environment's overrides of its gate

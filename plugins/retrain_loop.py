@@ -2,8 +2,9 @@
 
 - A page (FastAPI app under ``/retrain-loop``, shown in the UI's navigation as an external view) with one
   section per registered use case, listing the model versions on the model topic with the metrics the use case
-  shows, the gate decision and which scorers run them (from the status topic); ``/retrain-loop/api/models``
-  gives the same as JSON (``?use_case=<name>`` for one).
+  shows (each with the gate's confidence interval of its difference from the champion, when the gate had one),
+  the gate decision and which scorers run them (from the status topic); ``/retrain-loop/api/models`` gives the
+  same as JSON (``?use_case=<name>`` for one).
 - ``/retrain-loop/data-docs/...`` serves the Great Expectations Data Docs of every run.
 - Task instance links "MLflow run" and "Data Docs", read from the XComs the tasks push
   (``ml.airflow_tasks.MLFLOW_RUN_LINK`` / ``DATA_DOCS_LINK``).
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/retrain-loop"
 STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:2em}"
          "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}.err{color:#b00}"
-         "small{color:#555}h2{margin-bottom:0.2em}")
+         "small{color:#555}h2{margin-bottom:0.2em}.ci{white-space:nowrap}")
 
 
 def _settings(use_case: str) -> LoopSettings:
@@ -121,6 +122,20 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _signed(value: float) -> str:
+    return f"{value:+.4f}".replace("-", "\u2212")  # a minus sign as wide as the plus
+
+
+def _metric_cell(value: float | None, interval) -> str:
+    """A metric's value and, when the gate had one, the interval of its difference from the champion."""
+    if interval is None:
+        return f"<td>{_number(value)}</td>"
+    return (f"<td>{_number(value)}<br><small class=ci title='challenger minus champion on the same held-out events, "
+            f"{interval.level_text()} bootstrap confidence interval of {interval.samples} resamples'>"
+            f"\u0394 {_signed(interval.point)} [{_signed(interval.low)}, {_signed(interval.high)}] "
+            f"{interval.level_text()}</small></td>")
+
+
 def _section(name: str) -> str:
     """One use case's table of versions, or the reason it cannot be shown."""
     from ml.loop_view import model_versions
@@ -133,18 +148,41 @@ def _section(name: str) -> str:
         rows, error = [], f"<p class=err>{html.escape(str(e))}</p>"
     if not rows and not error:
         error = f"<p>No version of {html.escape(settings.model_name)} published yet.</p>"
+    legend = ("<p><small>\u0394: a metric's difference from the champion the gate compared the version with "
+              "(it minus the champion, on the same held-out events) and its bootstrap confidence interval; unless "
+              "forced, the gate promotes only when the interval's bound on the worse side stays within the "
+              "margin.</small></p>") if any(r.intervals for r in rows) else ""
     head = "".join(f"<th>{html.escape(m)}</th>" for m in uc.ui_metrics)
     body = "".join(
         f"<tr><td>v{r.model_version}</td><td>{html.escape(r.created_at[:19])}</td>"
-        + "".join(f"<td>{_number(r.metrics.get(m))}</td>" for m in uc.ui_metrics)
+        + "".join(_metric_cell(r.metrics.get(m), r.intervals.get(m)) for m in uc.ui_metrics)
         + f"<td>{html.escape(r.verdict or 'n/a')}<br><small>{html.escape('; '.join(r.reasons))}</small></td>"
         f"<td>{html.escape(', '.join(r.live_on) or '-')}</td>"
         f"<td>{html.escape('; '.join(f'{k}: {v}' for k, v in r.rejected_by.items()) or '-')}</td>"
         f"<td><code>{html.escape(r.run_id)}</code></td></tr>" for r in rows)
     return (f"<section id='{html.escape(name)}'><h2>{html.escape(settings.model_name)}</h2>"
-            f"<p>{html.escape(uc.title)}</p>{error}<table><tr><th>version</th><th>created (UTC)</th>{head}"
+            f"<p>{html.escape(uc.title)}</p>{error}{legend}<table><tr><th>version</th><th>created (UTC)</th>{head}"
             "<th>gate decision</th><th>live on scorers</th><th>rejected by</th><th>MLflow run</th></tr>"
-            f"{body}</table></section>")
+            f"{body}</table>{_live_figure(uc, settings)}</section>")
+
+
+def _live_figure(uc, settings: LoopSettings) -> str:
+    """The live metric of every version over time, as the monitor logged it in MLflow, decisions marked."""
+    from ml.monitoring.live_view import read_series, svg
+    from ml.registry import Registry
+
+    if uc.live is None:
+        return ""
+    try:
+        drawing = svg(read_series(Registry(settings), uc.live.metric), uc.live.metric)
+    except Exception as e:  # noqa: BLE001 - MLflow down: the table above still shows what Kafka holds
+        log.warning("no live metrics for %s: %s", uc.name, e)
+        return f"<p class=err>Live metrics unavailable: {html.escape(str(e)[:300])}</p>"
+    if not drawing:
+        return "<p>No live metrics yet: the monitor (<code>python -m ml monitor</code>) logs one point per window.</p>"
+    return (f"<figure><figcaption>Live {html.escape(uc.live.metric)} per version (one point per window of labelled "
+            "predictions; dashed: as a shadow; vertical: the monitor's decisions)</figcaption>"
+            f"{drawing}</figure>")
 
 
 @app.get("/", response_class=HTMLResponse)

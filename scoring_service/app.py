@@ -1,8 +1,10 @@
-"""The scoring loop: consume the use case's input topic in batches, score each batch with the serving model,
-deliver outputs and dead letters, commit input offsets; with the model watcher and ops server beside it.
+"""The scoring loop: consume the use case's input topic in batches, score each batch with the serving model (and
+the shadow model, if one is live: its predictions go to the shadow topic in the same delivery), deliver outputs and
+dead letters, commit input offsets; with the model watcher and ops server beside it.
 
 No partition is consumed before a model is live: the consumer subscribes only once the first valid model has
-gone live, so nothing is read, dropped or committed without a model.
+gone live (and the models topic's history has been read, so a shadow chosen at start scores the first events too),
+so nothing is read, dropped or committed without a model.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from scoring_service.batching import Cadence, collect
 from scoring_service.config import ScorerSettings
 from scoring_service.model_watcher import ModelSlot, ModelWatcher
 from scoring_service.ops import Metrics, OpsServer
-from scoring_service.scoring import InputBatch, OutputFrames, score_batch
+from scoring_service.scoring import InputBatch, OutputFrames, ShadowFailure, score_batch
 from scoring_service.sink import BatchAborted, InFlight, Record, Sink
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ IDLE_WAIT_S = 0.1
 COMMITTED_WAIT_S = 5.0
 # How long a stopping replica waits for its LeaveGroup to be sent before it closes anyway.
 LEAVE_TIMEOUT_S = 5.0
+# A shadow failing batch after batch is logged at most this often (each failure is counted).
+SHADOW_FAILURE_LOG_S = 30.0
 
 
 class FatalErrors:
@@ -112,14 +116,17 @@ class Scorer:
         self.ops = OpsServer(settings.http_port, self.metrics, self.live, self.ready)
         self.decoder = TopicDecoder(settings, settings.input_topic, self.use_case.input_contract)
         framing = Framing(settings)  # registers the output schemas if needed: a registry problem stops the start
-        self.frames = OutputFrames(framing.header(settings.output_topic), framing.header(settings.dlq_topic))
+        self.frames = OutputFrames(framing.header(settings.output_topic), framing.header(settings.dlq_topic),
+                                   framing.header(settings.shadow_topic))
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
         self._last_tick = time.monotonic()
         self._last_lag = 0.0
         self._last_heartbeat_poke = 0.0
         self._last_version: int | None = None
-        self._totals = {"in": 0, "out": 0, "dlq": 0, "batches": 0}
+        self._last_shadow: int | None = None
+        self._shadow_failures_logged: dict[tuple[int, str], tuple[float, int]] = {}  # -> (logged at, since then)
+        self._totals = {"in": 0, "out": 0, "dlq": 0, "batches": 0, "shadow": 0}
         # Owned by the scoring thread (rebalance callbacks run on it too, inside consume()).
         self._sink: Sink | None = None
         self._unsettled: deque[_Batch] = deque()  # sent, not yet delivered (or committed), oldest first
@@ -146,14 +153,16 @@ class Scorer:
             self.watcher.stop()
             self.watcher.join(30)
             self.ops.stop()
-            log.info("scorer %s stopped: %d batches, %d in, %d predictions, %d dead letters", self.scorer_id,
-                     self._totals["batches"], self._totals["in"], self._totals["out"], self._totals["dlq"])
+            log.info("scorer %s stopped: %d batches, %d in, %d predictions, %d dead letters, %d shadow predictions",
+                     self.scorer_id, self._totals["batches"], self._totals["in"], self._totals["out"],
+                     self._totals["dlq"], self._totals["shadow"])
 
     def _wait_for_model(self) -> bool:
         logged = False
         while not self._stop.is_set():
             self._tick()
-            if self.slot.loaded.wait(0.2):
+            # The history read first (champion and shadow chosen), then a champion live.
+            if self.watcher.started.wait(0.2) and self.slot.loaded.wait(0.2):
                 return True
             if not logged:
                 log.info("no valid model on %s yet: not consuming %s", self.settings.models_topic,
@@ -290,10 +299,13 @@ class Scorer:
         if not len(inputs):
             return None
         started = time.perf_counter()
-        model = self.slot.current  # read once: this one version scores the whole batch
-        scored = score_batch(inputs, model, self.use_case, self.decoder, self.frames)
+        serving = self.slot.serving  # read once: one champion version (and at most one shadow) score the batch
+        model, shadow = serving.current, serving.shadow
+        scored = score_batch(inputs, model, self.use_case, self.decoder, self.frames, shadow=shadow)
         out = [(self.settings.output_topic, k, v) for k, v in scored.predictions]
         out += [(self.settings.dlq_topic, k, v) for k, v in scored.dead_letters]
+        # In the same delivery as the champion's: one transaction in exactly_once, one commit in at_least_once.
+        out += [(self.settings.shadow_topic, k, v) for k, v in scored.shadow_predictions]
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         for p in np.unique(inputs.partitions).tolist():
@@ -302,7 +314,8 @@ class Scorer:
         # The committed offset is the next one to read.
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
         return _Batch(out, offsets, first, last, len(inputs), len(scored.predictions), scored.dead_letter_classes,
-                      model.name, model.version, started)
+                      model.name, model.version, started, shadow_version=shadow.version if shadow else None,
+                      n_shadow=len(scored.shadow_predictions), shadow_failure=scored.shadow_failure)
 
     def _send(self, batch: _Batch, consumer: Consumer) -> None:
         try:
@@ -343,8 +356,33 @@ class Scorer:
             log.info("first batch scored by %s v%d: %s", batch.model_name, batch.model_version,
                      _ranges(batch.first, batch.last))
             self._last_version = batch.model_version
+        if batch.shadow_version is not None or self._last_shadow is not None:
+            self._count_shadow(batch)
         log.debug("batch %s: %d predictions, %d dead letters, model v%d, %.1f ms", _ranges(batch.first, batch.last),
                   batch.n_predictions, len(batch.dead_letter_classes), batch.model_version, elapsed * 1000)
+
+    def _count_shadow(self, batch: _Batch) -> None:
+        m = self.metrics
+        m.shadow_predictions_out.inc(batch.n_shadow)
+        self._totals["shadow"] += batch.n_shadow
+        if batch.shadow_version != self._last_shadow:
+            log.info("first batch %s: %s", f"scored by shadow v{batch.shadow_version}" if batch.shadow_version
+                     else "without a shadow", _ranges(batch.first, batch.last))
+            self._last_shadow = batch.shadow_version
+        failure = batch.shadow_failure
+        if failure is None:
+            return
+        m.shadow_failures.labels(failure.reason).inc()
+        key = (batch.shadow_version, failure.reason)
+        logged_at, since = self._shadow_failures_logged.get(key, (-SHADOW_FAILURE_LOG_S, 0))
+        now = time.monotonic()
+        if now - logged_at < SHADOW_FAILURE_LOG_S:
+            self._shadow_failures_logged[key] = (logged_at, since + 1)
+            return
+        self._shadow_failures_logged[key] = (now, 0)
+        log.warning("shadow v%d failed on batch %s (%s): %s; its outputs of that batch skipped, the champion's "
+                    "delivered%s", batch.shadow_version, _ranges(batch.first, batch.last), failure.reason,
+                    failure.detail, f" ({since} more such batch(es) since the last report)" if since else "")
 
     def _rewind(self, consumer: Consumer, to: dict[tuple[str, int], int], what: str) -> None:
         self.metrics.aborted.inc()
@@ -397,12 +435,14 @@ class Scorer:
 
     def ready(self) -> tuple[bool, str]:
         """/readyz: a model is serving and partitions are assigned."""
-        model = self.slot.current
+        serving = self.slot.serving
+        model = serving.current
         if model is None:
             return False, "no model loaded"
         if not self._assigned:
             return False, f"{model.name} v{model.version} loaded, no partitions assigned"
-        return True, f"{model.name} v{model.version} serving {len(self._assigned)} partition(s)"
+        shadow = f", shadow v{serving.shadow.version}" if serving.shadow else ""
+        return True, f"{model.name} v{model.version} serving {len(self._assigned)} partition(s){shadow}"
 
 
 @dataclass
@@ -420,6 +460,9 @@ class _Batch:
     model_version: int
     started: float
     in_flight: InFlight | None = None
+    shadow_version: int | None = None
+    n_shadow: int = 0
+    shadow_failure: ShadowFailure | None = None
 
 
 def _names(partitions: list[TopicPartition]) -> str:

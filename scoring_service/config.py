@@ -145,6 +145,11 @@ class ScorerSettings(TopicNames, KafkaClientSettings):
     def dlq_topic(self) -> str:
         return self.topics.dlq
 
+    @property
+    def shadow_topic(self) -> str:
+        """Where the shadow model's predictions go (``<predictions topic>.shadow``)."""
+        return self.topics.shadow
+
     def trust_store(self) -> TrustStore:
         """The public keys and revocations model envelopes are checked against (the folder is read per envelope;
         absolute, so a refusal's reason names it unambiguously)."""

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -58,19 +58,34 @@ class AdmissionPolicy:
 
 @dataclass(frozen=True)
 class Admission:
-    """A verified envelope of our model: ``plan`` is None when it is the version already serving."""
+    """A verified envelope of our model: ``plan`` is None when it is a version already loaded (serving, or in
+    shadow)."""
 
     model_name: str
     model_version: int
     artifact_sha256: str
     preprocessing: Preprocessing
     plan: ForwardPlan | None
+    stage: str = "champion"
 
 
-def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
-          load: Callable[[bytes], Any]) -> Admission | None:
+Loaded = tuple[int, str]  # (version, artifact SHA-256) of a model the scorer holds
+
+
+def _loaded(serving: Loaded | Collection[Loaded] | None) -> set[Loaded]:
+    if serving is None:
+        return set()
+    if isinstance(serving, tuple) and len(serving) == 2 and isinstance(serving[0], int):  # one pair
+        return {tuple(serving)}
+    return {tuple(pair) for pair in serving}
+
+
+def admit(raw: bytes, policy: AdmissionPolicy, serving: Loaded | Collection[Loaded] | None,
+          load: Callable[[bytes], Any], stage: str = "champion") -> Admission | None:
     """Every check of one `models` record, with ``load`` (bytes -> Keras model); None when the record is
-    another model's. ``serving`` is the (version, artifact SHA-256) serving now. Raises ModelRefused."""
+    another model's. ``serving``: the (version, artifact SHA-256) of each model loaded now (the champion's and
+    the shadow's), not loaded again. ``stage``: the stage the record's key stands for, which the signed
+    envelope must say too. Raises ModelRefused."""
     try:
         trusted = policy.trust.read()
     except SigningKeyError as e:  # an unreadable revocation list: refuse rather than ignore a revocation
@@ -82,11 +97,14 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
     if envelope.model_name != policy.model_name:
         return None
     version, sha256 = envelope.model_version, envelope.artifact_sha256
+    if envelope.stage != stage:  # e.g. a shadow's envelope copied under the champion key: the signature holds
+        raise ModelRefused("stage", f"{envelope.model_name} v{version} is signed as a {envelope.stage}, but its "
+                                    f"record is keyed as a {stage}'s", version)
     try:
         use_case = use_cases.get(policy.use_case)
         preprocessing = model_checks.read_preprocessing(use_case, envelope.preprocessing)
-        if serving == (version, sha256):
-            return Admission(envelope.model_name, version, sha256, preprocessing, plan=None)
+        if (version, sha256) in _loaded(serving):
+            return Admission(envelope.model_name, version, sha256, preprocessing, plan=None, stage=stage)
         artifact = envelope.artifact()
         model_checks.check_archive(artifact, policy.max_model_bytes)
         try:
@@ -101,7 +119,7 @@ def admit(raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None,
         raise
     except UnsupportedModel as e:
         raise ModelRefused("architecture", str(e), version) from e
-    return Admission(envelope.model_name, version, sha256, preprocessing, plan)
+    return Admission(envelope.model_name, version, sha256, preprocessing, plan, stage)
 
 
 def keras_output_of(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -117,7 +135,7 @@ def keras_output_of(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 
 def _serve(conn: Connection) -> None:
-    """The child's loop: ("admit", (raw, policy, serving)) -> ("ok", Admission | None) or
+    """The child's loop: ("admit", (raw, policy, serving, stage)) -> ("ok", Admission | None) or
     ("error", kind, reason, version)."""
     # Ctrl-C reaches the whole process group: the scorer shuts down and closes the pipe, which ends this loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -155,7 +173,8 @@ def _serve(conn: Connection) -> None:
         try:
             if op != "admit":
                 raise ModelRefused("load", f"unknown request {op!r}")
-            conn.send(("ok", admit(*payload, load=from_bytes)))
+            raw, policy, serving, stage = payload
+            conn.send(("ok", admit(raw, policy, serving, from_bytes, stage)))
         except ModelRefused as e:
             conn.send(("error", e.kind, e.reason, e.version))
 
@@ -188,9 +207,11 @@ class ModelLoader:
         self._conn = Connection(ours.detach())
         log.info("model loader process %d started", self._process.pid)
 
-    def admit(self, raw: bytes, policy: AdmissionPolicy, serving: tuple[int, str] | None) -> Admission | None:
+    def admit(self, raw: bytes, policy: AdmissionPolicy, serving: Loaded | Collection[Loaded] | None,
+              stage: str = "champion") -> Admission | None:
         """``admit`` run in the child on a `models` record value; raises ModelRefused."""
-        return self._request("admit", (raw, policy, serving))
+        loaded = sorted(_loaded(serving))  # plain data across the pipe
+        return self._request("admit", (raw, policy, loaded, stage))
 
     def _request(self, op: str, payload: Any) -> Any:
         self.start()

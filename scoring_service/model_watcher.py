@@ -9,9 +9,16 @@ loaded with ``safe_mode=True`` and a numpy pass derived from it, warmed up on a 
 output (all of it in the model loader's child process, so none of that work holds this process's GIL), and only
 then swapped in, as one reference the scoring loop reads once per batch.
 
-A refused envelope leaves the serving model in place; it is logged, counted and reported on the status
-topic, as is each version that goes live (a DAG waits for that record). The watcher is in no consumer
-group: every replica assigns the partitions itself and keeps no offsets, so each one sees every version.
+A shadow (an envelope signed with the stage "shadow", keyed ``<model name>@shadow``) goes through the very same
+checks and into the slot's shadow place, beside the champion: the scoring loop scores every batch with both. A
+tombstone on the shadow key clears it; a champion envelope of the shadow's version and SHA-256 goes live with the
+model already loaded, and clears the shadow. At start, the newest record of each key decides (the champion's with
+the fallback above; the shadow's alone: a tombstone or a refusal there means no shadow).
+
+A refused envelope leaves the serving models in place (a refused shadow never touches the champion); it is
+logged, counted and reported on the status topic, as is each version that goes live ("live", "shadow") and each
+shadow cleared ("retired"); a DAG waits for those records. The watcher is in no consumer group: every replica
+assigns the partitions itself and keeps no offsets, so each one sees every version.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ from ml.client_ids import MODEL_WATCHER_GROUP
 from ml.contracts import ModelStatus
 from ml.errors import SchemaRegistryUnavailable, SigningKeyError
 from ml.numpy_forward import NumpyForward
+from ml.publish import CHAMPION, REASON_HEADER, SHADOW, Stage, shadow_key
 from ml.topic_history import TopicHistory
 from ml.use_cases import UseCase
 from ml.wire import Framing, TopicReader, WireError
 from scoring_service.config import ScorerSettings
 from scoring_service.model_checks import ModelRefused
-from scoring_service.model_loader import AdmissionPolicy, ModelLoader
+from scoring_service.model_loader import Admission, AdmissionPolicy, ModelLoader
 from scoring_service.ops import Metrics
 from scoring_service.scoring import ServingModel
 
@@ -43,6 +51,8 @@ log = logging.getLogger(__name__)
 
 STATUS_LIVE = "live"
 STATUS_REJECTED = "rejected"
+STATUS_SHADOW = "shadow"
+STATUS_RETIRED = "retired"
 TOPIC_WAIT_LOG_S = 30.0
 REGISTRY_RETRY_S = 2.0
 
@@ -60,21 +70,56 @@ class EnvelopeAt:
         return cls(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
 
 
+@dataclass(frozen=True)
+class Serving:
+    """The models of a batch: the champion (None before the first one) and the shadow (None: no shadow)."""
+
+    current: ServingModel | None = None
+    shadow: ServingModel | None = None
+
+
 class ModelSlot:
-    """The single reference to the serving model. The scoring loop reads ``current`` once per batch, so a
-    batch is scored by exactly one version; assigning a Python attribute is atomic."""
+    """The single reference to the serving models, champion and shadow together. The scoring loop reads
+    ``serving`` once per batch, so a batch is scored by exactly one champion version (and at most one shadow);
+    assigning a Python attribute is atomic, and the model watcher is the only writer."""
 
     def __init__(self) -> None:
-        self._current: ServingModel | None = None
+        self._serving = Serving()
         self.loaded = threading.Event()
 
     @property
+    def serving(self) -> Serving:
+        return self._serving
+
+    @property
     def current(self) -> ServingModel | None:
-        return self._current
+        return self._serving.current
+
+    @property
+    def shadow(self) -> ServingModel | None:
+        return self._serving.shadow
 
     def swap(self, model: ServingModel) -> ServingModel | None:
-        previous, self._current = self._current, model
+        """Make ``model`` the champion; the previous champion."""
+        previous, self._serving = self._serving.current, Serving(model, self._serving.shadow)
         self.loaded.set()
+        return previous
+
+    def promote(self, model: ServingModel) -> ServingModel | None:
+        """Make ``model`` (the shadow's version) the champion and clear the shadow, in one step: no batch is scored
+        by it as champion and shadow at once. The previous champion."""
+        previous, self._serving = self._serving.current, Serving(model, None)
+        self.loaded.set()
+        return previous
+
+    def swap_shadow(self, model: ServingModel) -> ServingModel | None:
+        """Make ``model`` the shadow; the previous shadow."""
+        previous, self._serving = self._serving.shadow, Serving(self._serving.current, model)
+        return previous
+
+    def clear_shadow(self) -> ServingModel | None:
+        """No shadow any more; the one cleared."""
+        previous, self._serving = self._serving.shadow, Serving(self._serving.current, None)
         return previous
 
 
@@ -90,6 +135,9 @@ class ModelWatcher(threading.Thread):
         self.metrics = metrics
         self.scorer_id = scorer_id
         self.error: BaseException | None = None
+        # Set once the topic's history has chosen the champion and the shadow: consuming waits for both, so that
+        # after a restart the first events are shadowed too.
+        self.started = threading.Event()
         self._stopping = threading.Event()
         self._policy = AdmissionPolicy(model_name=settings.model_name, use_case=use_case.name,
                                        trust=settings.trust_store(), max_model_bytes=settings.max_model_bytes,
@@ -98,6 +146,8 @@ class ModelWatcher(threading.Thread):
         self.loader = ModelLoader(settings.model_load_timeout_s)
         self._envelopes = TopicReader(settings, settings.models_topic)
         self._status_frame = Framing(settings).header(settings.status_topic)
+        self._keys = {CHAMPION: settings.model_name.encode(), SHADOW: shadow_key(settings.model_name).encode()}
+        self._consumer: Consumer | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -143,27 +193,42 @@ class ModelWatcher(threading.Thread):
             "fetch.wait.max.ms": 100,
         }))
         self._producer = Producer(self.settings.kafka_config({"acks": "all", "enable.idempotence": True}))
+        self._consumer = consumer
         try:
             partitions = self._wait_for_topic(consumer)
             if partitions is None:
                 return
-            # End offsets fixed now: everything before them is the history to choose the current model from.
+            # End offsets fixed now: everything before them is the history to choose the current models from.
             history = TopicHistory.open(consumer, topic, partitions, timeout_s=30)
-            candidates = [msg for msg in history.records(stop=self._stopping.is_set)
-                          if not self._is_event(msg) and self._may_be_ours(msg)]
+            records: dict[Stage, list[Message]] = {CHAMPION: [], SHADOW: []}
+            for msg in history.records(stop=self._stopping.is_set):
+                stage = None if self._is_event(msg) else self._stage_of(msg)
+                if stage is not None:
+                    records[stage].append(msg)
             if history.pending:  # stopped
                 return
-            log.info("read %d record(s) that may be %s from %s up to end offsets %s at start", len(candidates),
-                     self.settings.model_name, topic, history.ends)
+            champions = [msg for msg in records[CHAMPION] if msg.value() is not None]  # compaction's deletes aside
+            log.info("read %d record(s) that may be %s's champion and %d of its shadow key from %s up to end offsets "
+                     "%s at start", len(champions), self.settings.model_name, len(records[SHADOW]), topic,
+                     history.ends)
             # Newest first: an older version serves only when every newer one is refused.
-            for msg in reversed(candidates):
-                if self._admit(msg):
+            for msg in reversed(champions):
+                if self._admit(msg, CHAMPION):
                     break
+            # The shadow key's newest record alone decides: a tombstone (retired) or a refused envelope, no shadow.
+            if records[SHADOW] and records[SHADOW][-1].value() is not None:
+                self._admit(records[SHADOW][-1], SHADOW)
+            self.started.set()
             history.follow_from_ends()
             while not self._stopping.is_set():
                 msg = consumer.poll(0.5)
-                if msg is not None and not self._is_event(msg) and self._may_be_ours(msg):
-                    self._admit(msg)
+                stage = None if msg is None or self._is_event(msg) else self._stage_of(msg)
+                if stage is None:
+                    continue
+                if msg.value() is not None:
+                    self._admit(msg, stage)
+                elif stage == SHADOW:
+                    self._retire(msg)
         finally:
             consumer.close()
             self._producer.flush(10)
@@ -193,15 +258,16 @@ class ModelWatcher(threading.Thread):
         log.warning("reading %s: %s", self.settings.models_topic, err)
         return True  # not an envelope; librdkafka retries transient errors itself
 
-    def _may_be_ours(self, msg: Message) -> bool:
-        """False for a tombstone (compaction's delete marker) and for a record keyed with another model name."""
-        if msg.value() is None:
-            return False
-        if msg.key() is not None and msg.key() != self.settings.model_name.encode():
-            log.debug("skipping %s[%d]@%d: key %r is another model", msg.topic(), msg.partition(), msg.offset(),
-                      msg.key())
-            return False
-        return True
+    def _stage_of(self, msg: Message) -> Stage | None:
+        """The stage a record of our model is keyed as (no key: a champion's, as before stages); None for a record
+        keyed with another model name."""
+        key = msg.key()
+        if key is None or key == self._keys[CHAMPION]:
+            return CHAMPION
+        if key == self._keys[SHADOW]:
+            return SHADOW
+        log.debug("skipping %s[%d]@%d: key %r is another model", msg.topic(), msg.partition(), msg.offset(), key)
+        return None
 
     def _payload(self, msg: Message) -> bytes | None:
         """The envelope in the record's frame, None when stopped; raises WireError for a bad frame. Waits out a
@@ -215,62 +281,148 @@ class ModelWatcher(threading.Thread):
                 self._stopping.wait(REGISTRY_RETRY_S)
         return None
 
-    def _admit(self, msg: Message) -> bool:
-        """Check the record's frame, then its envelope in the loader child, and swap it in; False when it is
-        not a model of ours that serves (refusals are reported)."""
-        at, current = EnvelopeAt.of(msg), self.slot.current
+    def _admit(self, msg: Message, stage: Stage) -> bool:
+        """Check the record's frame, then its envelope in the loader child, and take it live as ``stage``; False
+        when it is not a model of ours that serves (refusals are reported)."""
+        at, serving = EnvelopeAt.of(msg), self.slot.serving
         started = time.perf_counter()
         try:
             raw = self._payload(msg)
         except WireError as e:
-            self._reject(at, e.kind, e.reason, None)
+            self._reject(at, stage, e.kind, e.reason, None)
             return False
         if raw is None:
             return False
+        loaded = [(m.version, m.artifact_sha256) for m in (serving.current, serving.shadow) if m is not None]
         try:
-            admission = self.loader.admit(raw, self._policy, current and (current.version, current.artifact_sha256))
+            admission = self.loader.admit(raw, self._policy, loaded, stage=stage)
         except ModelRefused as e:
-            self._reject(at, e.kind, e.reason, e.version if e.version is not None else _claimed_version(raw))
+            self._reject(at, stage, e.kind, e.reason, e.version if e.version is not None else _claimed_version(raw))
             return False
         if admission is None:  # a keyless record of another model
             return False
-        if admission.plan is None:
+        if stage == SHADOW:
+            return self._go_shadow(admission, at, serving, started)
+        return self._go_live(admission, at, serving, started)
+
+    def _model(self, admission: Admission) -> ServingModel:
+        return ServingModel(name=admission.model_name, version=admission.model_version,
+                            preprocessing=admission.preprocessing, forward=NumpyForward.from_plan(admission.plan),
+                            artifact_sha256=admission.artifact_sha256)
+
+    def _go_live(self, admission: Admission, at: EnvelopeAt, serving: Serving, started: float) -> bool:
+        """Make an admitted champion envelope the serving model. The shadow's version goes live with the shadow's
+        loaded model when the SHA-256 is the same, and leaves the shadow place either way."""
+        ident, shadow = (admission.model_version, admission.artifact_sha256), serving.shadow
+        if admission.plan is None and _ident(serving.current) == ident:
             log.info("%s v%d at %s[%d]@%d is already serving", admission.model_name, admission.model_version,
                      at.topic, at.partition, at.offset)
             return True
-        model = ServingModel(name=admission.model_name, version=admission.model_version,
-                             preprocessing=admission.preprocessing, forward=NumpyForward.from_plan(admission.plan),
-                             artifact_sha256=admission.artifact_sha256)
-        previous = self.slot.swap(model)
+        if admission.plan is None and _ident(shadow) != ident:  # the loader skips only what the slot holds
+            log.warning("%s v%d at %s[%d]@%d: not loaded, yet neither serving nor in shadow", admission.model_name,
+                        admission.model_version, at.topic, at.partition, at.offset)
+            return False
+        model = shadow if admission.plan is None else self._model(admission)
+        promoted = shadow is not None and shadow.version == model.version
+        previous = self.slot.promote(model) if promoted else self.slot.swap(model)
         load_ms = (time.perf_counter() - started) * 1000
         # Publication to live: what a DAG waiting for the status record sees.
         swap_ms = max(0.0, time.time() * 1000 - at.timestamp_ms)
         self.metrics.swaps.inc()
         self.metrics.model_version.labels(model.name).set(model.version)
-        log.info("model %s v%d live (was %s) from %s[%d]@%d: loaded and warmed up in %.0f ms, %.0f ms after "
-                 "publication, preprocessing %s", model.name, model.version,
-                 f"v{previous.version}" if previous else "none", at.topic, at.partition, at.offset, load_ms,
-                 swap_ms, model.preprocessing.fingerprint)
-        self._report(STATUS_LIVE, at, model.version, reason="", kind="", extra={
+        log.info("model %s v%d live (was %s) from %s[%d]@%d: %s in %.0f ms, %.0f ms after publication, "
+                 "preprocessing %s", model.name, model.version, f"v{previous.version}" if previous else "none",
+                 at.topic, at.partition, at.offset, "the shadow's model, not loaded again" if model is shadow else
+                 "loaded and warmed up", load_ms, swap_ms, model.preprocessing.fingerprint)
+        self._report(STATUS_LIVE, at, model.version, CHAMPION, reason="", kind="", extra={
             "previous_version": previous.version if previous else None, "load_ms": round(load_ms, 1),
             "swap_ms": round(swap_ms, 1)})
+        if promoted:
+            self.metrics.shadow_model_version.labels(model.name).set(0)
+            reason = f"v{model.version} went live as the champion" + (
+                "" if model is shadow else " (other artifact bytes: loaded again)")
+            log.info("shadow %s v%d cleared: %s", model.name, shadow.version, reason)
+            self._report(STATUS_RETIRED, at, shadow.version, SHADOW, reason=reason, kind="promoted",
+                         extra={"serving_version": model.version})
         return True
 
-    def _reject(self, at: EnvelopeAt, kind: str, reason: str, version: int | None) -> None:
-        self.metrics.rejected.labels(kind).inc()
+    def _go_shadow(self, admission: Admission, at: EnvelopeAt, serving: Serving, started: float) -> bool:
+        """Make an admitted shadow envelope the shadow model, unless its version is the champion's already."""
+        current, version = serving.current, admission.model_version
+        if current is not None and current.version == version:
+            log.info("shadow envelope of %s v%d at %s[%d]@%d: that version is the champion already, not shadowed",
+                     admission.model_name, version, at.topic, at.partition, at.offset)
+            return False
+        if _ident(serving.shadow) == (version, admission.artifact_sha256):
+            log.info("%s v%d at %s[%d]@%d is already the shadow", admission.model_name, version, at.topic,
+                     at.partition, at.offset)
+            return True
+        if admission.plan is None:  # the loader skips only what the slot holds
+            return False
+        problem = self._shadow_topic_problem()
+        if problem is not None:
+            self._reject(at, SHADOW, "shadow_topic", problem, version)
+            return False
+        model = self._model(admission)
+        previous = self.slot.swap_shadow(model)
+        load_ms = (time.perf_counter() - started) * 1000
+        swap_ms = max(0.0, time.time() * 1000 - at.timestamp_ms)
+        self.metrics.shadow_model_version.labels(model.name).set(model.version)
+        log.info("shadow model %s v%d live beside %s (shadow before: %s) from %s[%d]@%d: loaded and warmed up in "
+                 "%.0f ms, %.0f ms after publication, its predictions to %s", model.name, model.version,
+                 f"v{current.version}" if current else "no champion yet", f"v{previous.version}" if previous else
+                 "none", at.topic, at.partition, at.offset, load_ms, swap_ms, self.settings.shadow_topic)
+        self._report(STATUS_SHADOW, at, model.version, SHADOW, reason="", kind="", extra={
+            "previous_version": previous.version if previous else None, "load_ms": round(load_ms, 1),
+            "swap_ms": round(swap_ms, 1), "serving_version": current.version if current else None})
+        return True
+
+    def _shadow_topic_problem(self) -> str | None:
+        """Why the shadow's predictions could not be written (its topic missing or hidden from this scorer), or
+        None. Such a shadow is refused: a record to a missing topic would fail the champion's batch with it."""
+        topic = self.settings.shadow_topic
+        try:
+            found = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as e:
+            return f"cannot check the shadow predictions topic {topic}: {e}"
+        if found is None or found.error is not None or not found.partitions:
+            why = found.error.str() if found is not None and found.error is not None else "no partitions"
+            return (f"the shadow predictions topic {topic} cannot be written ({why}): create it with "
+                    "`python -m ml topics`, grant the scorer role write on it (`python -m ml acls apply`)")
+        return None
+
+    def _retire(self, msg: Message) -> None:
+        """A tombstone on the shadow key: clear the shadow, if there is one."""
+        at, previous = EnvelopeAt.of(msg), self.slot.clear_shadow()
+        if previous is None:
+            log.info("tombstone on %s at %s[%d]@%d: no shadow to clear", self._keys[SHADOW].decode(), at.topic,
+                     at.partition, at.offset)
+            return
+        given = dict(msg.headers() or []).get(REASON_HEADER)
+        reason = given.decode(errors="replace") if given else f"tombstone on {self._keys[SHADOW].decode()}"
         current = self.slot.current
-        log.warning("refused model envelope v%s at %s[%d]@%d (%s): %s; still serving %s", version, at.topic,
-                    at.partition, at.offset, kind, reason, f"v{current.version}" if current else "no model")
-        self._report(STATUS_REJECTED, at, version, reason=reason, kind=kind,
+        self.metrics.shadow_model_version.labels(previous.name).set(0)
+        log.info("shadow %s v%d retired at %s[%d]@%d (%s); %s serving", previous.name, previous.version, at.topic,
+                 at.partition, at.offset, reason, f"v{current.version}" if current else "no model")
+        self._report(STATUS_RETIRED, at, previous.version, SHADOW, reason=reason, kind="tombstone",
                      extra={"serving_version": current.version if current else None})
 
-    def _report(self, status: str, at: EnvelopeAt, version: int | None, *, reason: str, kind: str,
+    def _reject(self, at: EnvelopeAt, stage: Stage, kind: str, reason: str, version: int | None) -> None:
+        self.metrics.rejected.labels(kind).inc()
+        current, shadow = self.slot.current, self.slot.shadow
+        log.warning("refused %s envelope v%s at %s[%d]@%d (%s): %s; still serving %s (shadow: %s)", stage, version,
+                    at.topic, at.partition, at.offset, kind, reason, f"v{current.version}" if current else "no model",
+                    f"v{shadow.version}" if shadow else "none")
+        self._report(STATUS_REJECTED, at, version, stage, reason=reason, kind=kind,
+                     extra={"serving_version": current.version if current else None})
+
+    def _report(self, status: str, at: EnvelopeAt, version: int | None, stage: Stage, *, reason: str, kind: str,
                 extra: dict) -> None:
         """One record on the status topic (key = model name); a failure to report is logged, not fatal."""
         record = ModelStatus(
             status=status, model_name=self.settings.model_name, model_version=version, reason_kind=kind,
             reason=reason, scorer_id=self.scorer_id, envelope_topic=at.topic, envelope_partition=at.partition,
-            envelope_offset=at.offset, at=datetime.now(UTC), **extra)
+            envelope_offset=at.offset, at=datetime.now(UTC), stage=stage, **extra)
         value = self._status_frame + record.model_dump_json().encode()
         errors: list[KafkaError] = []
         self._producer.produce(self.settings.status_topic, key=self.settings.model_name.encode(),
@@ -278,6 +430,10 @@ class ModelWatcher(threading.Thread):
         if self._producer.flush(10) or errors:
             log.error("status record %s v%s not delivered to %s: %s", status, version,
                       self.settings.status_topic, errors or "flush timed out")
+
+
+def _ident(model: ServingModel | None) -> tuple[int, str] | None:
+    return (model.version, model.artifact_sha256) if model is not None else None
 
 
 def _claimed_version(raw: bytes) -> int | None:

@@ -34,6 +34,12 @@ class Metrics:
                          ["topic", "partition"], registry=r)
         self.aborted = Counter("scorer_transactions_aborted", "exactly_once batches aborted and re-read.",
                                registry=r)
+        self.shadow_model_version = Gauge("scorer_shadow_model_version", "Version of the shadow model (0: none).",
+                                          ["model_name"], registry=r)
+        self.shadow_predictions_out = Counter("scorer_shadow_predictions_out", "Shadow predictions delivered.",
+                                              registry=r)
+        self.shadow_failures = Counter("scorer_shadow_failures", "Batches whose shadow outputs were skipped because "
+                                       "the shadow model failed on them, by reason.", ["reason"], registry=r)
 
 
 class OpsServer:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ml.monitoring.live_view import read_series, segments, serving_order
 from ml.settings import LoopSettings
 from ml.topic_reader import read_topic
 from use_cases.flight_delay.contracts import FlightCompleted, FlightPrediction
@@ -87,25 +88,25 @@ def tree_auc(settings: LoopSettings, labelled: pd.DataFrame, month: int) -> floa
 
 
 def swap_gaps(predictions: pd.DataFrame) -> list[dict[str, Any]]:
-    """For each version after the first (by first prediction): the pause between the last prediction before
-    its first one and that first one (``gap_ms``), and the median interval between prediction batches in
-    the ``GAP_CONTEXT_MS`` before (``typical_gap_ms``): a gap near the typical one means no visible pause.
-    ``last_old_ms`` / ``first_new_ms`` are the two predictions' times (epoch ms)."""
+    """For each change of the scoring version over time (a swap, a promotion, a rollback to an older one): the
+    pause between the last prediction before the new version's first one and that first one (``gap_ms``), and
+    the median interval between prediction batches in the ``GAP_CONTEXT_MS`` before (``typical_gap_ms``): a gap
+    near the typical one means no visible pause. ``last_old_ms`` / ``first_new_ms`` are the two predictions'
+    times (epoch ms). One scorer scores each batch with one version, so the batches' times tell the changes."""
     if predictions.empty:
         return []
-    t = _ms(predictions["scored_at"])
-    versions = predictions["model_version"].to_numpy(dtype="int64")
-    stamps = np.unique(t)
+    frame = pd.DataFrame({"t": _ms(predictions["scored_at"]),
+                          "v": predictions["model_version"].to_numpy(dtype="int64")})
+    batches = frame.groupby("t")["v"].max().sort_index()
+    stamps, versions = batches.index.to_numpy(), batches.to_numpy()
     out = []
-    firsts = sorted((int(t[versions == v].min()), int(v)) for v in np.unique(versions))
-    for (_, prev), (t_first, v) in zip(firsts, firsts[1:]):
-        before = stamps[stamps < t_first]
-        if not len(before):
-            continue
+    for i in np.flatnonzero(versions[1:] != versions[:-1]) + 1:
+        t_first, before = int(stamps[i]), stamps[:i]
         window = before[before >= t_first - GAP_CONTEXT_MS]
         typical = float(np.median(np.diff(window))) if len(window) > 1 else None
-        out.append({"model_version": v, "previous_version": prev, "gap_ms": int(t_first - before[-1]),
-                    "typical_gap_ms": typical, "last_old_ms": int(before[-1]), "first_new_ms": t_first})
+        out.append({"model_version": int(versions[i]), "previous_version": int(versions[i - 1]),
+                    "gap_ms": int(t_first - before[-1]), "typical_gap_ms": typical, "last_old_ms": int(before[-1]),
+                    "first_new_ms": t_first})
     return out
 
 
@@ -181,12 +182,18 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
         rate = throughput(firsts[firsts["flight_id"].isin(group["flight_id"])])
         months[-1].update(scoring_seconds=rate["seconds"], per_s=rate["per_s"], peak_per_s=rate["peak_per_s"])
     live = [r for r in read_status(settings) if r.get("model_name") == settings.model_name]
-    gaps = {g["model_version"]: g for g in swap_gaps(predictions)}
+    # The k-th time a version went live is its k-th change in the prediction stream.
+    changes: dict[int, list[dict[str, Any]]] = {}
+    if not predictions.empty:  # the first version to score went live before any prediction: no gap
+        changes[int(predictions.sort_values("scored_at")["model_version"].iloc[0])] = [{}]
+    for g in swap_gaps(predictions):
+        changes.setdefault(g["model_version"], []).append(g)
     swaps = []
     for r in live:
         if r.get("status") != "live":
             continue
-        gap = gaps.get(r["model_version"], {})
+        pending = changes.get(r["model_version"], [])
+        gap = pending.pop(0) if pending else {}
         live_ms = pd.Timestamp(r["at"]).value // 1_000_000 if r.get("at") else None
         swaps.append({"model_version": r["model_version"], "previous_version": r.get("previous_version"),
                       "live_at": r.get("at"), "scorer_id": r.get("scorer_id"),
@@ -195,6 +202,8 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
                       "while_scoring": bool(gap and live_ms is not None
                                             and live_ms - gap["last_old_ms"] <= BUSY_WITHIN_MS)})
     busy = [w["gap_ms"] for w in swaps if w["while_scoring"]]
+    stages = [{"status": r["status"], "model_version": r.get("model_version"), "at": r.get("at"),
+               "reason": r.get("reason")} for r in live if r.get("status") in ("live", "shadow", "retired")]
     refused = [{"model_version": r.get("model_version"), "reason": f"{r.get('reason_kind')}: {r.get('reason')}",
                 "scorer_id": r.get("scorer_id")} for r in live if r.get("status") == "rejected"]
     summary = {
@@ -213,23 +222,85 @@ def build(settings: LoopSettings, runs: Sequence[dict[str, Any]], out_dir: Path,
         "runs": list(runs), "swaps": swaps, "refused_by_scorer": refused,
         "max_swap_gap_ms_while_scoring": max(busy, default=None),
         "throughput": throughput(predictions),
+        "stages": stages, "monitor": monitor_record(settings),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    _figure(summary, predictions, out_dir / FIGURE)
+    _figure(summary, predictions, out_dir / FIGURE, live_series(settings))
     (out_dir / PAGE).write_text(_page(summary))
     log.info("report in %s: %d months, %d prediction records, loop beat frozen in months %s", out_dir,
              len(months), len(predictions), summary["loop_beat_frozen_months"])
     return summary
 
 
-def _figure(summary: dict[str, Any], predictions: pd.DataFrame, path: Path) -> None:
+def monitor_record(settings: LoopSettings) -> dict[str, Any]:
+    """The live monitor's decisions (its decision log) and windows per version (MLflow), for the summary."""
+    from ml.monitoring.settings import MonitorSettings
+
+    path = MonitorSettings(use_case=settings.use_case, loop_data_dir=settings.loop_data_dir).decision_log
+    decisions = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {"decisions": [{k: d.get(k) for k in ("at", "action", "model_version", "target_version", "metric", "value",
+                                                  "reference", "events", "reason", "done")} for d in decisions],
+            "windows": {str(s.version): {"champion": len(s.champion), "shadow": len(s.shadow)}
+                        for s in live_series(settings)}}
+
+
+def live_series(settings: LoopSettings):
+    """Each version's live ROC AUC windows as the monitor logged them in MLflow ([] without MLflow)."""
+    from ml.registry import Registry
+
+    try:
+        return read_series(Registry(settings), FlightDelay.live.metric)
+    except Exception as e:  # noqa: BLE001 - the report still shows what the topics hold
+        log.warning("no live series from MLflow: %s", e)
+        return []
+
+
+def _live_panel(ax, summary: dict[str, Any], series) -> None:
+    """The live metric per version over time, with promotions, shadows, retirements and rollbacks marked."""
+    if not series:
+        ax.text(0.5, 0.5, "no monitor windows", ha="center", transform=ax.transAxes)
+        return
+    t0 = min(t for s in series for t, _ in s.champion + s.shadow) if any(s.champion or s.shadow for s in series) \
+        else 0.0
+    served = serving_order(series)
+    for i, s in enumerate(series):
+        color = f"C{i % 10}"
+        if s.shadow:
+            ax.plot([t - t0 for t, _ in s.shadow], [v for _, v in s.shadow], ".--", color=color, alpha=0.7,
+                    label=f"v{s.version} (shadow)" if not s.champion else None)
+        for k, part in enumerate(segments(s, served)):  # a line stops while another version serves
+            ax.plot([t - t0 for t, _ in part], [v for _, v in part], "o-", ms=3, color=color,
+                    label=f"v{s.version}" if k == 0 else None)
+    marks = {"live": ("C2", "live"), "shadow": ("C1", "shadow"), "retired": ("0.5", "retired")}
+    for r in summary["stages"]:
+        if r.get("at"):
+            at = pd.Timestamp(r["at"]).value / 1e9 - t0
+            color, name = marks[r["status"]]
+            ax.axvline(at, color=color, lw=0.7, ls=":")
+            ax.text(at, 1.0, f"v{r['model_version']} {name}", color=color, fontsize=6, rotation=90, va="top",
+                    transform=ax.get_xaxis_transform())
+    for d in summary["monitor"]["decisions"]:
+        if d["action"] == "rollback" and d.get("at"):
+            at = pd.Timestamp(d["at"]).value / 1e9 - t0
+            ax.axvline(at, color="C3", lw=1.5)
+            ax.text(at, 0.02, f" rollback v{d['model_version']}→v{d['target_version']}", color="C3",
+                    fontsize=7, transform=ax.get_xaxis_transform())
+    ax.set(title="Live ROC AUC per version, one point per monitor window (dashed: as a shadow)\n"
+                 "dotted: a version live, in shadow, retired; red: the monitor's automatic rollback",
+           xlabel="seconds since the first window", ylabel="ROC AUC")
+    ax.legend(loc="best", fontsize=7, ncol=4)
+    ax.grid(alpha=0.3)
+
+
+def _figure(summary: dict[str, Any], predictions: pd.DataFrame, path: Path, series=()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), gridspec_kw={"height_ratios": [3, 2]})
+    fig, (top, live, bottom) = plt.subplots(3, 1, figsize=(10, 11), gridspec_kw={"height_ratios": [3, 3, 2]})
+    _live_panel(live, summary, series)
     months = summary["months"]
     x = [m["month"] for m in months]
     top.plot(x, [m["auc_loop"] for m in months], "o-", label="continuous retraining (live predictions)")
@@ -332,6 +403,17 @@ def _page(s: dict[str, Any]) -> str:
                      f"{'-' if w['gap_ms'] is None else 'yes' if w['while_scoring'] else 'no (idle)'} |")
     for r in s["refused_by_scorer"]:
         lines.append(f"\nRefused by scorer {r['scorer_id']}: v{r['model_version']} ({r['reason']})")
+    lines += ["", "## Live monitor decisions", "",
+              "The monitor (`python -m ml monitor`) joins the predictions with the labels as they arrive and judges "
+              "each window of labelled events; the figure's middle panel shows the windows.", "",
+              "| at | action | version | to | metric | value | compared with | events | reason | done |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in s["monitor"]["decisions"]:
+        lines.append(f"| {d['at']} | {d['action']} | v{d['model_version']} | "
+                     f"{('v%s' % d['target_version']) if d.get('target_version') else '-'} | {d['metric']} | "
+                     f"{_fmt(d['value'])} | {_fmt(d['reference'])} | {d['events']} | {d['reason']} | {d['done']} |")
+    if not s["monitor"]["decisions"]:
+        lines.append("| - | none | | | | | | | | |")
     t = s["throughput"]
     lines += ["", "Largest prediction gap at a swap while scoring: "
                   f"{_fmt(s['max_swap_gap_ms_while_scoring'], '.0f')} ms.", "",

@@ -51,7 +51,8 @@ DAG_ID = dag_id(USE_CASE)
 HEAD_SPREAD = 2.5
 FIRST_RUN_GUESS_S = 60.0
 MIN_HEAD_RATE = 2.0  # events/s
-HEAD_SLICE_S = 2.0  # the head is fed to its producer in slices of about this long, checking the run between them
+HEAD_SLICE_S = 2.0
+MONITOR_SETTLE_S = 2.0  # the head is fed to its producer in slices of about this long, checking the run between them
 
 
 class DemoSettings(BaseSettings):
@@ -71,8 +72,20 @@ class DemoSettings(BaseSettings):
     airflow_port: int = 8080
     mlflow_port: int = 5000
     scorer_port: int = 8000
+    monitor_port: int = 9108
+    monitor_window_events: int = Field(1000, ge=50, description="Labelled predictions per live-metric window.")
+    shadow_window_events: int = Field(3000, ge=50, description="Labelled events scored by champion and shadow "
+                                                               "before the monitor decides the shadow.")
+    shadow_months: str = Field("3,4,9,10", pattern=r"^(\d{1,2}(,\d{1,2})*)?$", description="Months whose DAG run "
+                               "publishes its version in shadow (the monitor promotes or retires it).")
+    bad_model_month: int | None = Field(7, ge=0, le=12, description="Before the rest of this month streams, a "
+                                        "scripted bad-but-valid version (shuffled labels) is published past the "
+                                        "gate; the monitor must roll it back (0 or unset: none).")
     run_timeout_s: float = Field(1800.0, gt=0, description="Longest a DAG run may take.")
     rollout_timeout_s: float = Field(600.0, ge=0, description="The runs' wait for the scorer to go live.")
+
+    def in_shadow(self, month: int) -> bool:
+        return str(month) in self.shadow_months.split(",")
 
     def head_rate(self, events: int, previous_run_s: float | None) -> float:
         """Events/s of a month's head: its ``events`` spread over ``HEAD_SPREAD`` times the previous DAG run, so
@@ -158,6 +171,59 @@ class Scorer(LocalService):
         return answers(f"http://127.0.0.1:{self.port}/healthz")
 
 
+class MonitorProcess(LocalService):
+    """``python -m ml monitor`` of a demo run (the live monitor), with the loop's ``env``; retraining requests are
+    recorded, not sent: the demo triggers one run per month itself."""
+
+    pid_name = "monitor.pid"
+    marker = b"monitor"
+    cwd = REPO
+
+    def __init__(self, demo: DemoSettings, env: dict[str, str] | None = None) -> None:
+        super().__init__(demo.home)
+        self.demo, self.env = demo, env or {}
+
+    @property
+    def name(self) -> str:
+        return f"demo monitor on port {self.demo.monitor_port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "monitor.log"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "ml", "monitor"]
+
+    def environment(self) -> dict[str, str]:
+        return {**self.env, "MONITOR_HTTP_PORT": str(self.demo.monitor_port),
+                "MONITOR_WINDOW_EVENTS": str(self.demo.monitor_window_events),
+                "MONITOR_SHADOW_WINDOW_EVENTS": str(self.demo.shadow_window_events)}
+
+    def ports(self) -> list[tuple[int, str, str]]:
+        return [(self.demo.monitor_port, "monitor /metrics", "DEMO_MONITOR_PORT")]
+
+    def healthy(self) -> bool:
+        return answers(f"http://127.0.0.1:{self.demo.monitor_port}/metrics")
+
+
+def wait_serving(port: int, version: int, timeout: float) -> bool:
+    """Whether the demo scorer serves ``version`` (its /metrics) within ``timeout`` seconds."""
+    import re
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                found = re.search(rb"^scorer_model_version\{[^}]*\} ([0-9.]+)$", r.read(), re.M)
+            if found and int(float(found.group(1))) == version:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def scorer_group(demo: DemoSettings) -> str | None:
     """The consumer group of the running scorer (from its environment), for the caught-up check."""
     pid = Scorer(demo).running_pid()
@@ -195,8 +261,8 @@ def wait_scored(settings: LoopSettings, group: str, timeout: float) -> bool:
 # ---------------------------------------------------------------- start, reset, stop
 
 def stop_all(demo: DemoSettings) -> list[str]:
-    """Stop the scorer, Airflow and MLflow recorded under ``demo.home``; the names of those that ran."""
-    services = {"scorer": Scorer(demo), "Airflow": airflow_local.Airflow(demo.airflow),
+    """Stop the scorer, the monitor, Airflow and MLflow recorded under ``demo.home``; the names of those that ran."""
+    services = {"scorer": Scorer(demo), "monitor": MonitorProcess(demo), "Airflow": airflow_local.Airflow(demo.airflow),
                 "MLflow": mlflow_local.Mlflow(demo.mlflow)}
     return [name for name, service in services.items() if service.stop()]
 
@@ -368,16 +434,20 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
         env = loop_env(demo, settings)
         airflow_local.Airflow(demo.airflow, loop_env=env).start()
         Scorer(demo, env).start()
+        MonitorProcess(demo, env).start()
         api = AirflowApi(demo.airflow, DAG_ID)
         api.wait_parsed_and_unpause()
         say(f"ready in {time.monotonic() - started:.0f} s: MLflow {demo.mlflow.url}, Airflow {demo.airflow.url}, "
-            f"scorer http://127.0.0.1:{demo.scorer_port}/metrics")
+            f"scorer http://127.0.0.1:{demo.scorer_port}/metrics, monitor http://127.0.0.1:{demo.monitor_port}/metrics")
         runs, seen = [], 0
         say(f"2013-{first:02d}: replaying (no model yet: the scorer waits for the first one)")
         replay(settings, (first, first), limit=demo.limit, progress=True)
         for month in range(first, last + 1):
-            run_id = api.trigger(f"demo-2013-{month:02d}", {"rollout_timeout_s": demo.rollout_timeout_s})
-            say(f"triggered DAG run {run_id} (trains on months {first}-{month})")
+            shadow = demo.in_shadow(month) and month > first
+            run_id = api.trigger(f"demo-2013-{month:02d}", {"rollout_timeout_s": demo.rollout_timeout_s,
+                                                            "shadow": shadow})
+            say(f"triggered DAG run {run_id} (trains on months {first}-{month}"
+                f"{'; publishes in shadow' if shadow else ''})")
             rest = None
             if month < last:
                 api.wait_task(run_id, "snapshot", demo.run_timeout_s)
@@ -391,6 +461,14 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
             lines, seen = status_lines(settings, seen)
             for line in lines:
                 say(line)
+            if rest is not None and month + 1 == demo.bad_model_month:
+                from infra.demo.bad_model import publish_bad_version
+
+                bad = publish_bad_version(settings, f"demo-bad-2013-{month + 1:02d}")
+                served = wait_serving(demo.scorer_port, bad, 120)
+                say(f"published a scripted bad-but-valid version v{bad} (trained on shuffled labels) past the gate"
+                    f"{'; the scorer serves it' if served else '; the scorer did not take it live within 120 s'}: "
+                    "the monitor should roll it back")
             if rest is not None and len(rest.values):
                 say(f"2013-{month + 1:02d}: streaming its other {len(rest.values)} events at "
                     f"{f'{demo.rate:.0f} events/s' if demo.rate else 'full speed'}")
@@ -398,7 +476,10 @@ def run(demo: DemoSettings, say: Callable[[str], None], *, hold: Callable[[], No
         group = scorer_group(demo)
         if group and not wait_scored(settings, group, timeout=120):
             say("warning: the scorer had not scored every scheduled flight after 120 s; the report shows what it had")
+        time.sleep(MONITOR_SETTLE_S)  # the monitor's last windows and decisions land in MLflow
         summary = report.build(settings, runs, demo.report_dir, wall_seconds=time.monotonic() - started)
+        for d in summary["monitor"]["decisions"]:
+            say(f"monitor: {d['action']} v{d['model_version']}: {d['reason']}; {d['done']}")
         beat = summary["loop_beat_frozen_months"]
         say(f"report: {demo.report_dir}/{report.PAGE} ({report.FIGURE}, {report.SUMMARY}); the loop beat the "
             f"frozen January model in {len(beat)} of {len(summary['compared_months'])} compared months "

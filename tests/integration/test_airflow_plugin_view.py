@@ -190,6 +190,8 @@ def test_in_a_browser_the_page_asks_for_the_login_comes_back_with_the_versions_a
             page.screenshot(path=KEPT_LOGS / "plugin-page-after-login.png", full_page=True)
             section = page.inner_text("section#flight_delay")
             assert "v1" in section and "run-1" in section and "0.7100" in section, section
+            # No monitor ran here: the live figure says so (tests/integration/test_monitor.py draws one).
+            assert "No live metrics yet" in section, section
 
             # The UI's navigation entry (external view) shows the page in a frame, signed in by the same cookie.
             page.goto(f"{cfg.url}/plugin/retrain-loop")

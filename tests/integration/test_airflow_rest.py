@@ -17,6 +17,8 @@ import pytest
 from infra.airflow import local
 from infra.kafka.broker import free_port
 from ml import use_cases
+from ml.monitoring.airflow_runs import AirflowRuns
+from ml.registry import Registry
 from ml.settings import LoopSettings
 from use_cases.flight_delay.replay import replay_frame
 from use_cases.flight_delay.source import load_completed
@@ -47,13 +49,13 @@ def airflow(kafka_bootstrap, tmp_path, signing_keys):
     cfg = local.AirflowConfig(home=tmp_path / "airflow", port=free_port(), kafka_bootstrap_servers=kafka_bootstrap)
     local.Airflow(cfg, loop_env=loop_env).start()
     try:
-        yield cfg
+        yield cfg, settings
     finally:
         local.Airflow(cfg).stop()
 
 
 def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(airflow, until):
-    cfg = airflow
+    cfg, settings = airflow
     token = local.token(cfg)
     until("the DAG to be parsed", lambda: local.api(cfg, "GET", f"/api/v2/dags/{DAG_ID}", token)[0] == 200, 120)
     assert local.api(cfg, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": False})[0] == 200
@@ -63,10 +65,13 @@ def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(
                          {"logical_date": datetime.now(UTC).isoformat(), "conf": {"epochs": 0}})
     assert status == 400, body
 
-    status, run = local.api(cfg, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
-                        {"logical_date": datetime.now(UTC).isoformat(), "conf": {"rollout_timeout_s": 0}})
-    assert status == 200, run
-    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}"
+    # Started as the live monitor starts a retraining: its own client, the reason in the run's conf.
+    reason = "monitor decision d-1: live roc_auc 0.61 of v3 fell below its gate-time 0.70 by more than 0.03"
+    runs = AirflowRuns(cfg.url, local.ADMIN_USER, local.admin_password(cfg))
+    run_id = runs.trigger(DAG_ID, f"live_retrain_{uuid.uuid4().hex[:8]}", {"rollout_timeout_s": 0,
+                                                                           "trigger": reason})
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
+    assert local.api(cfg, "GET", path, token)[1]["conf"]["trigger"] == reason
     final = until("the run to finish", lambda: (r := local.api(cfg, "GET", path, token)[1])["state"] in
                    ("success", "failed") and r, 600, every=5)
     tis = local.api(cfg, "GET", f"{path}/taskInstances", token)[1]["task_instances"]
@@ -74,6 +79,10 @@ def test_a_run_triggered_through_the_rest_api_publishes_and_the_plugin_shows_it(
     assert final["state"] == "success", (states, local.Airflow(cfg).log_tail())
     assert states == {"snapshot": "success", "validate": "success", "train": "success", "evaluate": "success",
                       "register": "success", "publish": "success", "verify_rollout": "skipped"}
+    # The gate's decision record keeps why the run started.
+    registry = Registry(settings)
+    (version,) = registry.client().search_model_versions("name = 'flight_delay'")
+    assert registry.decision(version.run_id)["trigger"] == reason
 
     links = local.api(cfg, "GET", f"{path}/taskInstances/train/links", token)[1]["extra_links"]
     assert "/#/experiments/" in links["MLflow run"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ml.settings import LoopSettings
 from ml.wire import TopicReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KEPT_LOGS = Path(__file__).resolve().parents[2] / ".local" / "test-logs"
 
 
 def read_values(bootstrap: str, topic: str) -> list[dict]:
@@ -73,12 +76,18 @@ def demo_env(kafka_bootstrap, monkeypatch, signing_keys):
 
 def test_a_two_month_demo_reports_what_the_topics_hold(demo_env, tmp_path):
     settings = demo_env
+    # February: v1 (January's run) serves its head; then the scripted bad version, until the monitor rolls it
+    # back to v1 after 300 of its predictions met their labels. February's run publishes in shadow.
     demo = demo_run.DemoSettings(months="1-2", limit=3000, rate=150, home=tmp_path / "demo",
                                  report_dir=tmp_path / "report", airflow_port=free_port(),
-                                 mlflow_port=free_port(), scorer_port=free_port())
+                                 mlflow_port=free_port(), scorer_port=free_port(), monitor_port=free_port(),
+                                 monitor_window_events=300, shadow_months="2", bad_model_month=2)
     lines: list[str] = []
     summary = demo_run.run(demo, lines.append)
 
+    # The figure kept for a look (live AUC, the monitor's windows and decisions, throughput).
+    KEPT_LOGS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(demo.report_dir / report.FIGURE, KEPT_LOGS / "demo-report.png")
     # Nothing the demo started is left running.
     assert processes_using(demo.home) == [], lines
     assert {p.name for p in demo.report_dir.iterdir()} == {report.SUMMARY, report.FIGURE, report.PAGE}
@@ -89,6 +98,17 @@ def test_a_two_month_demo_reports_what_the_topics_hold(demo_env, tmp_path):
     # One successful DAG run per month; the first one published v1 (no champion to beat).
     assert [(r["month"], r["state"]) for r in summary["runs"]] == [(1, "success"), (2, "success")]
     assert summary["runs"][0]["verdict"] == "promote" and summary["runs"][0]["model_version"] == 1
+
+    # The scripted bad version (v2) was rolled back to v1 by the monitor, once, on its live AUC.
+    rollbacks = [d for d in summary["monitor"]["decisions"] if d["action"] == "rollback"]
+    assert [(d["model_version"], d["target_version"]) for d in rollbacks] == [(2, 1)], summary["monitor"]
+    assert rollbacks[0]["value"] < rollbacks[0]["reference"] and rollbacks[0]["done"].startswith("published v1")
+    assert any(line.startswith("monitor: rollback v2") for line in lines), lines
+    stages = [(r["status"], r["model_version"]) for r in summary["stages"]]
+    assert stages[:3] == [("live", 1), ("live", 2), ("live", 1)], stages
+    # February's run went live in shadow beside v1 (nothing streamed after it: no verdict yet).
+    assert summary["runs"][1]["model_version"] == 3 and ("shadow", 3) in stages, stages
+    assert summary["monitor"]["windows"]["1"]["champion"] >= 2 and summary["monitor"]["windows"]["2"]["champion"] >= 1
 
     # The report's numbers against the topics, read independently.
     preds = [p for p in read_values(settings.kafka_bootstrap_servers, settings.topic("flights.predictions"))]
@@ -109,13 +129,11 @@ def test_a_two_month_demo_reports_what_the_topics_hold(demo_env, tmp_path):
         assert 0.5 < month["auc_frozen"] < 1
     # January's backlog waited for v1, trained on January: in-sample, so not compared.
     assert summary["months"][0]["in_sample"] and summary["months"][0]["model_versions"] == [1]
-    # February (its head streamed while v1 trained, the rest once v1 was live) was scored by v1 alone, the
-    # version trained on every earlier month; scored offline from flights.completed with the training code
-    # path, v1 gives the same AUC as live.
+    # February (its head streamed while v1 trained, the rest once v1 was live) was scored by v1, the version
+    # trained on every earlier month, but for the bad version's stretch.
     february = summary["months"][1]
-    assert february["previous_month_version"] == 1 and february["share_previous_month_version"] == 1.0
-    assert february["share_by_version"] == {"1": 1.0}
-    assert february["auc_previous_month_version"] == pytest.approx(february["auc_loop"], abs=1e-3)
+    assert february["previous_month_version"] == 1 and set(february["share_by_version"]) == {"1", "2"}
+    assert 0.5 < february["share_previous_month_version"] < 1
     assert 0.5 < february["auc_tree"] < 1 and summary["months"][0]["auc_tree"] is None
     assert any(line.startswith("2013-02: streaming its first 300 events") for line in lines), lines
     assert [s["model_version"] for s in summary["swaps"]][0] == 1

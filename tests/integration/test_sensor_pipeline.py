@@ -75,7 +75,14 @@ def test_retrain_publishes_an_autoencoder_whose_envelope_rebuilds_the_scores(hig
     challenger, champion = decision["challenger"], decision["champion"]
     assert challenger["rows"] == champion["rows"]
     gate = {c.metric: c for c in SensorAnomaly().gate_criteria()}
-    promote = (challenger["f1"] >= champion["f1"] - gate["f1"].margin
+    # The interval of the F1 difference on the same readings, each model at its own threshold (GATE_INTERVAL).
+    interval = decision["intervals"]["f1"]
+    assert interval["point"] == pytest.approx(challenger["f1"] - champion["f1"])
+    assert interval["low"] <= interval["point"] <= interval["high"]
+    assert (interval["level"], interval["samples"]) == (settings.gate_ci_level, settings.gate_bootstrap_samples)
+    assert registry.client().get_run(second.mlflow_run_id).data.metrics["holdout_f1_diff_low"] == pytest.approx(
+        interval["low"])
+    promote = (challenger["f1"] >= champion["f1"] - gate["f1"].margin and interval["low"] >= -gate["f1"].margin
                and challenger["precision"] >= gate["precision"].floor
                and challenger["recall"] >= gate["recall"].floor)
     assert decision["verdict"] == ("promote" if promote else "reject")

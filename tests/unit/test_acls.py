@@ -17,11 +17,20 @@ def test_only_the_loop_writes_models_and_each_role_keeps_to_its_topics():
     grants = acls.grants(s, [get("flight_delay")])
     topics = get("flight_delay").topics.resolved(s)
     assert [r for r in acls.ROLES if _allowed(grants, r, "topic", s.models_topic, "write")] == ["loop"]
+    assert _allowed(grants, "loop", "topic", s.models_topic, "describe_configs")  # publish checks the size
     assert _allowed(grants, "scorer", "topic", s.models_topic, "read")
     assert not _allowed(grants, "replayer", "topic", topics.predictions, "read")
     assert _allowed(grants, "replayer", "topic", topics.input, "write")
     assert not _allowed(grants, "scorer", "topic", topics.input, "write")
     assert [r for r in acls.ROLES if _allowed(grants, r, "topic", topics.predictions, "write")] == ["scorer"]
+    # The shadow model's predictions: written by the scorer alone, read by the loop (its live monitor judges the
+    # shadow) and the read-only monitor role.
+    assert topics.shadow == "team-a.flights.predictions.shadow"
+    assert [r for r in acls.ROLES if _allowed(grants, r, "topic", topics.shadow, "write")] == ["scorer"]
+    assert [r for r in acls.ROLES if _allowed(grants, r, "topic", topics.shadow, "read")] == ["loop", "monitor"]
+    for topic in (topics.labels, topics.predictions, topics.shadow, s.status_topic):
+        assert _allowed(grants, "monitor", "topic", topic, "read") and _allowed(grants, "loop", "topic", topic, "read")
+    assert _allowed(grants, "loop", "group", acls.client_ids.LIVE_MONITOR_GROUP, "read")
     assert not any(g.operation == "write" for g in grants if g.role == "monitor")
     # Every topic name carries the prefix: a team's roles reach only its own namespace.
     assert all(g.name.startswith("team-a.") for g in grants if g.resource == "topic")

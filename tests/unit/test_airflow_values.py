@@ -182,7 +182,8 @@ def test_secrets_come_from_secrets(values: dict) -> None:
 
 def test_airflow_and_the_scorers_share_cluster_keys_and_topics(values: dict) -> None:
     """The same Kafka (the secured example's address and CA Secret), the same trusted public keys and the same topic
-    naming as the scorers' chart: the DAGs and the scorers must agree on all three."""
+    naming as the scorers' chart: the DAGs and the scorers must agree on all three. The chart's live monitors, which
+    publish as the workers do, are the workers' KafkaUser."""
     chart = REPO / "deploy" / "helm" / "retrain-loop-scorer"
     scorers = yaml.safe_load((chart / "values.yaml").read_text())
     secured = yaml.safe_load((chart / "values-sasl-ssl.yaml").read_text())["kafka"]
@@ -202,3 +203,8 @@ def test_airflow_and_the_scorers_share_cluster_keys_and_topics(values: dict) -> 
     assert ca["items"] == [{"key": secured["tls"]["caKey"], "path": secured["tls"]["caKey"]}]
     assert env["TOPIC_PREFIX"] == scorers["topics"]["prefix"]
     assert int(env["TOPIC_PARTITIONS"]) == scorers["topics"]["partitions"]
+    # The scorers' chart's live monitors publish signed envelopes as the workers do: the same KafkaUser and Secret.
+    monitor = yaml.safe_load((chart / "values-sasl-ssl.yaml").read_text())["monitor"]["kafka"]["sasl"]
+    (password,) = values["secret"]
+    assert (monitor["username"], monitor["existingSecret"], monitor["passwordKey"]) == (
+        env["KAFKA_SASL_USERNAME"], password["secretName"], password["secretKey"])

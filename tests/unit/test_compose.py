@@ -3,7 +3,8 @@
 docker-compose.yml and its overrides against the Compose Specification schema, the commands each service runs
 against what its image contains, the Dockerfiles through hadolint and a few checks of our own, the environment
 against what the code reads, `${VAR:?}` guards for the secrets, Airflow's CeleryExecutor (Redis broker, workers that
-scale and have what the tasks read), where the model signing key goes, the secured
+scale and have what the tasks read), the live monitors (what they run, mount and reach), where the model signing key
+goes, the secured
 override (infra/compose/sasl-ssl.yml) against the local secured broker's settings (infra/kafka/security.py) and the
 roles' credentials, and `python -m infra.stack status` without an engine.
 """
@@ -33,8 +34,9 @@ from cryptography import x509
 from infra.compose import kafka_setup
 from infra.kafka import broker, security
 from infra.registry import distribution as registry_distribution, server as registry_server
-from ml import acls, signing, use_cases
+from ml import acls, client_ids, signing, use_cases
 from ml.kafka_client import env_key, env_properties, read_properties
+from ml.monitoring.settings import MonitorSettings
 from ml.settings import LoopSettings
 from scoring_service.config import ScorerSettings
 
@@ -292,7 +294,7 @@ def test_services_and_dependencies(compose: dict, secured: dict) -> None:
     services = compose["services"]
     assert {"kafka", "schema-registry", "kafka-init", "postgres", "redis", "mlflow", "airflow-init",
             "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
-            "scorer", "replayer"} <= set(services)
+            "scorer", "monitor", "sensor-monitor", "replayer"} <= set(services)
     assert set(secured["services"]) == set(services) | {"kafka-setup", "acls-init"}
     for config in (compose, secured):
         for name, svc in config["services"].items():
@@ -345,8 +347,9 @@ def check_python_m(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize(("config", "expected"), [
-    (COMPOSE, {"kafka-init", "schemas-init", "scorer", "sensor-scorer", "replayer"}),
-    (SECURED, {"kafka-init", "schemas-init", "scorer", "sensor-scorer", "replayer", "kafka-setup", "acls-init"}),
+    (COMPOSE, {"kafka-init", "schemas-init", "scorer", "sensor-scorer", "monitor", "sensor-monitor", "replayer"}),
+    (SECURED, {"kafka-init", "schemas-init", "scorer", "sensor-scorer", "monitor", "sensor-monitor", "replayer",
+               "kafka-setup", "acls-init"}),
 ], ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_project_services_run_modules_of_this_repo(config: Path, expected: set[str]) -> None:
     checked = set()
@@ -452,7 +455,8 @@ def test_every_kafka_client_finds_and_waits_for_the_schema_registry(compose: dic
         assert env["SCHEMA_REGISTRY_URL"] == "http://schema-registry:8080/apis/ccompat/v7", name
         assert svc["depends_on"]["schema-registry"] == {"condition": "service_healthy"}, name
         checked.add(name)
-    assert {"kafka-init", "scorer", "sensor-scorer", "replayer", "airflow-worker", "airflow-triggerer"} <= checked
+    assert {"kafka-init", "scorer", "sensor-scorer", "monitor", "sensor-monitor", "replayer", "airflow-worker",
+            "airflow-triggerer"} <= checked
     # With an existing cluster the registry stores there and no longer waits for the bundled broker.
     assert load(OVERRIDE)["services"]["schema-registry"]["depends_on"] == {}
 
@@ -531,6 +535,16 @@ def settings_env() -> set[str]:
     return {f.upper() for f in (*LoopSettings.model_fields, *ScorerSettings.model_fields)} | own
 
 
+def monitor_env() -> set[str]:
+    """What `python -m ml monitor` reads: MonitorSettings (the loop's settings and its own), the use cases' own."""
+    own = {uc.env_prefix() + f.upper() for uc in use_cases.registered() for f in uc.Settings.model_fields}
+    return {f.upper() for f in MonitorSettings.model_fields} | own | EXTRA_PROJECT_ENV
+
+
+def runs_monitor(svc: dict) -> bool:
+    return argv_of(svc.get("command") or [])[:4] == ["python", "-m", "ml", "monitor"]
+
+
 def dag_env_and_variables() -> tuple[set[str], set[str]]:
     """Variables the DAG factory reads with os.environ and the Airflow Variables the DAGs and plugins read."""
     sources = (*(REPO / "dags").glob("*.py"), *(REPO / "plugins").glob("*.py"), REPO / "ml" / "airflow_dag.py")
@@ -570,6 +584,8 @@ def test_every_variable_a_service_sets_is_read(compose: dict, secured: dict) -> 
                     continue
                 else:
                     assert var in known | dag_env or env_key(var), f"{name}: nothing reads {var}"
+            elif image == "scoring_service/Dockerfile" and runs_monitor(svc):
+                assert var in monitor_env() or env_key(var), f"{name}: {var} is not a MonitorSettings variable"
             elif image == "scoring_service/Dockerfile":
                 assert var in known or env_key(var), f"{name}: {var} is not a LoopSettings/ScorerSettings variable"
             elif kind in OFFICIAL_ENV:
@@ -777,8 +793,8 @@ def test_the_workers_have_what_the_tasks_read(config: Path, monkeypatch: pytest.
 # --- model signing keys (Ed25519, ml/signing.py) ----------------------------------------------------------
 
 SIGNING_SECRET = "model_signing_key"
-MODEL_READERS = {"scorer", "sensor-scorer", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
+MODEL_READERS = {"scorer", "sensor-scorer", "monitor", "sensor-monitor", "airflow-init", "airflow-apiserver",
+                 "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
 
 
 def secrets_of(svc: dict) -> dict[str, dict]:
@@ -807,33 +823,49 @@ def key_holders(config: dict) -> set[str]:
     return {name for name, svc in config["services"].items() if SIGNING_SECRET in secrets_of(svc)}
 
 
+def monitors(config: dict) -> set[str]:
+    """The live monitors: they publish rollbacks and shadow promotions, so they sign too."""
+    return {name for name, svc in config["services"].items() if runs_monitor(svc)}
+
+
+def image_uid(dockerfile: Path) -> str:
+    return re.search(r"useradd [^\n]*--uid (\d+)", dockerfile.read_text()).group(1)
+
+
 def test_task_runners_follow_the_executor(compose: dict) -> None:
     """The helpers the key check stands on: the runners follow the executor, and a key given to the scheduler under
     the CeleryExecutor is told apart."""
-    assert task_runners(compose) == key_holders(compose) == {"airflow-worker"}
+    assert task_runners(compose) == key_holders(compose) - monitors(compose) == {"airflow-worker"}
     local = json.loads(json.dumps(compose))
     for svc in airflow_services(local).values():
         svc["environment"]["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
     assert task_runners(local) == {"airflow-scheduler"}
     leaked = json.loads(json.dumps(compose))
     leaked["services"]["airflow-scheduler"]["secrets"] = [SIGNING_SECRET]
-    assert key_holders(leaked) - task_runners(leaked) == {"airflow-scheduler"}
+    assert key_holders(leaked) - task_runners(leaked) - monitors(leaked) == {"airflow-scheduler"}
 
 
 @pytest.mark.parametrize("config", [COMPOSE, SECURED], ids=lambda p: p.name)
 def test_the_private_signing_key_is_only_where_the_loop_publishes(config: Path) -> None:
-    """Only the services that run the publish task (the Celery workers) get the private key: a secret file of
-    MODEL_SIGNING_KEY's text that only the Airflow user reads, never a variable; no scorer setting takes one, nor the
-    scheduler, which runs no task code under the CeleryExecutor."""
+    """Only the services that publish get the private key: those that run the publish task (the Celery workers) and
+    the live monitors (rollbacks, shadow promotions). A secret file of MODEL_SIGNING_KEY's text that only the
+    service's user reads, never a variable; no scorer setting takes one, nor the scheduler, which runs no task code
+    under the CeleryExecutor."""
     files = config_of(config)
     assert files["secrets"] == {SIGNING_SECRET: {"environment": "MODEL_SIGNING_KEY"}}
     holders = key_holders(files)
-    assert holders == task_runners(files) == {"airflow-worker"}
-    worker = files["services"]["airflow-worker"]
-    mount = secrets_of(worker)[SIGNING_SECRET]
+    assert task_runners(files) == {"airflow-worker"} and monitors(files) == {"monitor", "sensor-monitor"}
+    assert holders == task_runners(files) | monitors(files)
     airflow_user = [a for i, a in instructions(DOCKERFILES["airflow"]) if i == "USER"][-1]
-    assert (mount["uid"], mount["gid"], mount["mode"]) == (airflow_user, "0", 0o400)
-    assert service_env(worker)["MODEL_SIGNING_KEY_FILE"] == f"/run/secrets/{mount['target']}"
+    for name in holders:
+        svc = files["services"][name]
+        mount = secrets_of(svc)[SIGNING_SECRET]
+        # The monitors run the project image as its user (uid 10001), in group 0 (see test_the_monitors_reach...).
+        owner = airflow_user if name in task_runners(files) else image_uid(DOCKERFILES["scorer"])
+        assert (mount["uid"], mount["gid"], mount["mode"]) == (owner, "0", 0o400), name
+        if "user" in svc:
+            assert svc["user"].split(":")[0] == owner, name
+        assert service_env(svc)["MODEL_SIGNING_KEY_FILE"] == f"/run/secrets/{mount['target']}", name
     for name, svc in files["services"].items():
         env = service_env(svc)
         assert "MODEL_SIGNING_KEY" not in env, f"{name}: the private key as a variable"
@@ -889,13 +921,92 @@ def test_the_documented_key_commands_make_keys_the_deployment_uses(tmp_path: Pat
     assert signer.key_id == public.stem and signing.verify(keys[signer.key_id], signer.sign(b"model"), b"model")
 
 
+# --- the live monitors (python -m ml monitor, ml/monitoring/) ------------------------------------------------------
+
+def test_the_monitors_run_once_per_scored_use_case(compose: dict) -> None:
+    """One monitor per use case a scorer serves, its command and USE_CASE naming the same one; /metrics on the port
+    it exposes and checks; it starts once the registry, MLflow and Airflow's API answer, and restarts."""
+    services = compose["services"]
+    scored = {service_env(s)["USE_CASE"] for s in services.values()
+              if argv_of(s.get("command") or [])[:3] == ["python", "-m", "scoring_service"]}
+    monitored = {}
+    for name in monitors(compose):
+        svc, env = services[name], service_env(services[name])
+        argv = argv_of(svc["command"])
+        assert argv[:5] == ["python", "-m", "ml", "monitor", "--use-case"] and len(argv) == 6, name
+        assert argv[5] == env["USE_CASE"], name
+        monitored[argv[5]] = name
+        port = env["MONITOR_HTTP_PORT"]
+        assert svc["expose"] == [port] and "ports" not in svc, name
+        check = " ".join(argv_of(svc["healthcheck"]["test"]))
+        assert "'/metrics'" in check and "os.environ['MONITOR_HTTP_PORT']" in check, name
+        assert {dep: svc["depends_on"][dep]["condition"] for dep in ("mlflow", "airflow-apiserver")} == {
+            "mlflow": "service_healthy", "airflow-apiserver": "service_healthy"}, name
+        assert svc["restart"] == "unless-stopped" and "stop_grace_period" in svc, name
+    assert set(monitored) == scored == {"flight_delay", "sensor_anomaly"}
+    assert monitored == {"flight_delay": "monitor", "sensor_anomaly": "sensor-monitor"}
+    # The default of the code is the port compose sets.
+    assert services["monitor"]["expose"] == [str(MonitorSettings.model_fields["monitor_http_port"].default)]
+
+
+@pytest.mark.parametrize("name", ["monitor", "sensor-monitor"])
+def test_the_monitors_reach_what_they_read_and_write(compose: dict, name: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor's settings, resolved as `python -m ml monitor` reads them: the loop's MLflow, artifacts and
+    snapshots on the same volumes and paths as the Airflow workers (it reads models and training snapshots, writes
+    decision records and its log), every path on a mount or secret of its own, no address of the local path, and
+    Airflow's API as the admin user airflow-init sets the password of."""
+    services = compose["services"]
+    svc, worker = services[name], services["airflow-worker"]
+    env = interpolate(service_env(svc), example_env())
+    worker_env = interpolate(service_env(worker), example_env())
+    for var in [v for v in os.environ if v in monitor_env() or v.startswith(("KAFKA_", "AIRFLOW"))]:
+        monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    settings = MonitorSettings()
+    assert settings.use_case == env["USE_CASE"]
+    assert settings.mlflow_tracking_uri == worker_env["AIRFLOW_VAR_MLFLOW_TRACKING_URI"]
+    for path, volume in ((settings.mlflow_artifact_root, "mlflow-artifacts"), (settings.loop_data_dir, "loop-data")):
+        mount = f"{volume}:{path}"
+        assert mount in svc["volumes"] and mount in worker["volumes"], f"{name}: {mount} is not the workers'"
+    assert str(settings.loop_data_dir) == worker_env["LOOP_DATA_DIR"]
+    assert str(settings.mlflow_artifact_root) == worker_env["MLFLOW_ARTIFACT_ROOT"]
+    places = {Path(volume_target(v)) for v in svc["volumes"]}
+    places |= {Path("/run/secrets") / s.get("target", s["source"]) for s in secrets_of(svc).values()}
+    for field, value in settings.model_dump(mode="json").items():
+        assert not re.search(r"localhost|127\.0\.0\.1|\.local\b|sqlite:", json.dumps(value)), f"{field}: {value}"
+        if isinstance(getattr(settings, field), Path):
+            path = getattr(settings, field)
+            assert any(path.is_relative_to(place) for place in places), f"{field}: {path} is on no mount of {name}"
+    for path in (settings.decision_log, settings.snapshot_dir):
+        assert path.is_relative_to(settings.loop_data_dir)
+    # Group 0, the group the Airflow image gives the shared folders (group-writable, its umask 0002), so the monitor
+    # writes where the workers wrote; its user is the project image's.
+    user, group = svc["user"].split(":")
+    shared = re.search(r"chown -R \d+:(\d+) [^&]*/opt/airflow/loop-data", DOCKERFILES["airflow"].read_text())
+    assert (user, group) == (image_uid(DOCKERFILES["scorer"]), shared.group(1))
+    # Airflow's REST API on the API server, as a user of the simple auth manager, with airflow-init's password.
+    api = services["airflow-apiserver"]
+    url = urlsplit(settings.airflow_api_url)
+    assert url.hostname == "airflow-apiserver" and str(url.port) == api["ports"][0].rsplit(":", 1)[1]
+    users = dict(u.split(":") for u in worker_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
+    assert settings.airflow_api_username in users
+    init = interpolate(service_env(services["airflow-init"]), example_env())
+    assert settings.airflow_api_password.get_secret_value() == init["AIRFLOW_ADMIN_PASSWORD"]
+    assert settings.monitor_http_port == int(svc["expose"][0])
+
+
 # --- the secured override (infra/compose/sasl-ssl.yml) -----------------------------------------------------
 
 # Each client service's role (infra/kafka/security.py ROLES); kafka-setup alone holds every password.
-# The CeleryExecutor's scheduler runs no task and no trigger: it is no Kafka client.
+# The CeleryExecutor's scheduler runs no task and no trigger: it is no Kafka client. The live monitors publish
+# signed envelopes as the publish task does: the loop role, as the Airflow workers; the read-only monitor role is the
+# API server's page.
 ROLE_OF = {"kafka-init": "admin", "acls-init": "admin", "schema-registry": "admin", "scorer": "scorer",
-           "sensor-scorer": "scorer", "replayer": "replayer", "airflow-worker": "loop",
-           "airflow-dag-processor": "loop", "airflow-triggerer": "loop", "airflow-apiserver": "monitor"}
+           "sensor-scorer": "scorer", "monitor": "loop", "sensor-monitor": "loop", "replayer": "replayer",
+           "airflow-worker": "loop", "airflow-dag-processor": "loop", "airflow-triggerer": "loop",
+           "airflow-apiserver": "monitor"}
 CA_PEM = Path("/tls/ca.pem")
 COMPLETED = {"condition": "service_completed_successfully"}
 
@@ -924,6 +1035,24 @@ def test_each_service_gets_only_its_roles_credentials(secured: dict) -> None:
         assert holds == expected, f"{name} holds the passwords of {sorted(holds)}, not of {sorted(expected)}"
 
 
+def test_the_monitor_role_goes_to_read_only_clients_and_signers_are_the_loop(secured: dict) -> None:
+    """ml/acls.py's `monitor` role reads and never writes, and only a client that publishes nothing holds it: the
+    API server's page, which has no signing key. Every service that signs (the Celery workers, the live monitors) is
+    the loop role, which may write `models` and reads what the live monitors join, under their group."""
+    settings = LoopSettings()
+    granted = acls.grants(settings)
+    assert {g.operation for g in granted if g.role == "monitor"} <= {"read", "describe"}
+    readers = {name for name, role in ROLE_OF.items() if role == "monitor"}
+    assert readers == {"airflow-apiserver"} and not readers & key_holders(secured)
+    assert key_holders(secured) == {"airflow-worker", "monitor", "sensor-monitor"}
+    assert {ROLE_OF[name] for name in key_holders(secured)} == {"loop"}
+    loop = {(g.resource, g.name, g.operation) for g in granted if g.role == "loop"}
+    assert {("topic", settings.models_topic, "write"), ("group", client_ids.LIVE_MONITOR_GROUP, "read")} <= loop
+    for uc in use_cases.registered():
+        t = uc.topics.resolved(settings)
+        assert {("topic", t.predictions, "read"), ("topic", t.shadow, "read")} <= loop, uc.name
+
+
 def test_secured_clients_take_the_local_client_settings(secured: dict) -> None:
     """Each client's settings, read as the code reads them, are the local broker's client file of its role: the
     scorers' and the one-shots' KAFKA_* variables, the Airflow connection's extra, the registry's storage."""
@@ -948,8 +1077,8 @@ def test_secured_clients_take_the_local_client_settings(secured: dict) -> None:
 
 
 def test_the_code_reads_the_secured_settings(secured: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scorer's settings object and an Airflow task's (settings_for_run with the connection) end up with the
-    role's librdkafka configuration."""
+    """A scorer's settings object, an Airflow task's (settings_for_run with the connection) and a monitor's end up
+    with their role's librdkafka configuration (the monitor's: the loop role's, as the task's)."""
     from ml.airflow_tasks import settings_for_run
 
     for var in [v for v in os.environ if v.startswith("KAFKA_")]:
@@ -966,6 +1095,13 @@ def test_the_code_reads_the_secured_settings(secured: dict, monkeypatch: pytest.
     extra = json.loads(airflow["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"]
     task = settings_for_run({}, kafka_extra=extra, base=LoopSettings())
     assert {k: task.kafka_config()[k] for k in local_client("loop")} == local_client("loop")
+
+    for var in [v for v in os.environ if v.startswith("KAFKA_")]:
+        monkeypatch.delenv(var)
+    for var, value in interpolate(service_env(secured["services"]["monitor"]), example_env()).items():
+        monkeypatch.setenv(var, value)
+    monitor = MonitorSettings()
+    assert {k: monitor.kafka_config()[k] for k in local_client("loop")} == local_client("loop")
 
 
 def test_acls_are_applied_before_any_client_of_a_role(compose: dict, secured: dict) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from ml.bootstrap import Interval
 from ml.gate import Criterion, DecisionRecord, decide, with_overrides
 from ml.split import time_split
 
@@ -121,6 +122,61 @@ def test_record_round_trips_through_json_with_a_unique_id():
     assert a.created_at.tzinfo is not None
     restored = DecisionRecord.model_validate(json.loads(a.model_dump_json()))
     assert restored == a
+
+
+# ---------------------------------------------------------------- confidence intervals of the differences
+
+
+def ci(metric: str, low: float, high: float, point: float) -> Interval:
+    return Interval(metric=metric, level=0.95, samples=1000, low=low, high=high, point=point)
+
+
+def test_a_higher_is_better_metric_needs_the_intervals_low_bound_within_the_margin():
+    # AUC +0.0062 on the point, but the champion may be better by up to 0.0131 (> margin 0.01): rejected.
+    unsure = gate(m(0.7712, 0.55), m(0.7650, 0.56), intervals={"roc_auc": ci("roc_auc", -0.0131, 0.0254, 0.0062)})
+    assert unsure.verdict == "reject"
+    assert ("roc_auc 0.7712 vs champion 0.7650 (delta +0.0062, 95% CI [-0.0131, +0.0254], margin 0.0100): "
+            "within the margin, but not at 95% confidence") in unsure.reasons
+    sure = gate(m(0.7712, 0.55), m(0.7650, 0.56), intervals={"roc_auc": ci("roc_auc", -0.0031, 0.0154, 0.0062)})
+    assert sure.verdict == "promote"
+    assert ("roc_auc 0.7712 vs champion 0.7650 (delta +0.0062, 95% CI [-0.0031, +0.0154], margin 0.0100): ok"
+            in sure.reasons)
+    assert sure.intervals == {"roc_auc": ci("roc_auc", -0.0031, 0.0154, 0.0062)}
+    # log_loss had no interval: its point difference decides, as without intervals.
+    assert "log_loss 0.5500 vs champion 0.5600 (delta -0.0100, margin 0.0200): ok" in sure.reasons
+
+
+def test_a_lower_is_better_metric_needs_the_intervals_high_bound_within_the_margin():
+    challenger, champion = m(0.75, 0.565), m(0.75, 0.56)  # log loss 0.005 worse: within the margin of 0.02
+    assert gate(challenger, champion).promote
+    unsure = gate(challenger, champion, intervals={"log_loss": ci("log_loss", -0.012, 0.025, 0.005)})
+    assert not unsure.promote and "not at 95% confidence" in unsure.reasons[-1]
+    assert gate(challenger, champion, intervals={"log_loss": ci("log_loss", -0.012, 0.019, 0.005)}).promote
+    # An interval never makes a point value beyond the margin acceptable.
+    worse = gate(m(0.75, 0.59), champion, intervals={"log_loss": ci("log_loss", -0.01, 0.015, 0.03)})
+    assert not worse.promote and worse.reasons[-1].endswith("worse than allowed")
+
+
+def test_intervals_change_nothing_without_a_champion_or_when_forced_and_are_recorded():
+    interval = {"roc_auc": ci("roc_auc", -0.05, 0.02, -0.01)}
+    forced = gate(m(0.70, 0.56), m(0.71, 0.56), intervals=interval, force_reason="preprocessing v2")
+    assert forced.promote and forced.force_promote and forced.intervals == interval
+    assert not any("CI" in r for r in forced.reasons)
+    alone = gate(m(0.70, 0.56), None, intervals=interval)
+    assert alone.promote and alone.intervals == interval
+    with pytest.raises(ValueError, match=r"intervals \['auc'\]"):
+        gate(m(0.70, 0.56), m(0.71, 0.56), intervals={"auc": ci("auc", -0.05, 0.02, -0.01)})
+
+
+def test_a_record_carries_its_intervals_and_trigger_through_json_and_an_old_record_still_loads():
+    record = gate(m(0.75, 0.55), m(0.74, 0.56), intervals={"roc_auc": ci("roc_auc", -0.001, 0.02, 0.01)},
+                  trigger="live roc_auc 0.61 below 0.66 at the gate")
+    assert record.trigger == "live roc_auc 0.61 below 0.66 at the gate"
+    assert DecisionRecord.model_validate(json.loads(record.model_dump_json())) == record
+    old = json.loads(gate(m(0.75, 0.55), m(0.74, 0.56)).model_dump_json())
+    del old["intervals"], old["trigger"]  # a record logged before intervals and triggers
+    restored = DecisionRecord.model_validate(old)
+    assert restored.intervals == {} and restored.trigger is None and restored.promote
 
 
 # ---------------------------------------------------------------- the time-ordered split

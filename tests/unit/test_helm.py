@@ -2,9 +2,10 @@
 
 The scorers' chart (deploy/helm/retrain-loop-scorer/) linted and rendered by Helm with its default values and with the
 secured example; every rendered object validated against the Kubernetes schemas (kubernetes-validate) or KEDA's CRDs;
-the rendered environment against the settings the code reads and against docker-compose.yml's scorers; probes against
-what the scorer serves; KEDA's group and topic against the scorer's own; replicas against partitions; secrets only
-through Secrets. The Strimzi example (deploy/kubernetes/strimzi-kafka.yaml) against Strimzi's CRDs, ml/topics.py and
+the rendered environment against the settings the code reads and against docker-compose.yml's scorers and monitors;
+probes against what the scorer and the monitor serve; KEDA's group and topic against the scorer's own; replicas
+against partitions; one monitor per use case, with the Airflow workers' data, key and API; secrets only through
+Secrets. The Strimzi example (deploy/kubernetes/strimzi-kafka.yaml) against Strimzi's CRDs, ml/topics.py and
 ml/acls.py. Helm is .local/bin/helm (`make helm`) or the one on PATH.
 """
 
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -30,14 +32,16 @@ import yaml
 from ml import acls, use_cases
 from ml.client_ids import scorer_group
 from ml.kafka_client import env_key
+from ml.monitoring.settings import MonitorSettings
 from ml.settings import LoopSettings
 from ml.topics import topic_specs
 from scoring_service.config import ScorerSettings
-from test_compose import COMPOSE, EXTRA_PROJECT_ENV, interpolate, service_env
+from test_compose import COMPOSE, EXTRA_PROJECT_ENV, example_env, interpolate, monitor_env, service_env
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "retrain-loop-scorer"
 SECURED_VALUES = CHART / "values-sasl-ssl.yaml"
+AIRFLOW_VALUES = REPO / "deploy" / "helm" / "airflow-values.yaml"
 STRIMZI = REPO / "deploy" / "kubernetes" / "strimzi-kafka.yaml"
 DATA = Path(__file__).parent / "data"
 # CRDs vendored unchanged (tests/unit/data/NOTICE.md).
@@ -156,6 +160,8 @@ def secured() -> list[dict]:
 # A secured cluster whose password and CA are given as values (the chart makes their Secrets), with a topic prefix
 # and trusted keys given as values too.
 TEST_PASSWORD = "pw-for-the-helm-test-0123456789"
+TEST_LOOP_PASSWORD = "pw-of-the-loop-role-9876543210"
+TEST_AIRFLOW_PASSWORD = "pw-of-the-airflow-admin-5555555555"
 TEST_CA = "-----BEGIN CERTIFICATE-----\nMIIBtestCAcertificate\n-----END CERTIFICATE-----\n"
 TEST_KEY = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAtestpublickey\n-----END PUBLIC KEY-----\n"
 
@@ -164,7 +170,9 @@ TEST_KEY = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAtestpublickey\n-----END 
 def inline_secrets() -> list[dict]:
     return render(sets=("kafka.securityProtocol=SASL_SSL", f"kafka.sasl.password={TEST_PASSWORD}",
                         f"kafka.tls.caCert={TEST_CA}", "topics.prefix=team-a.",
-                        f"modelTrust.publicKeys.prod-2026={TEST_KEY}"))
+                        f"modelTrust.publicKeys.prod-2026={TEST_KEY}",
+                        f"monitor.kafka.sasl.password={TEST_LOOP_PASSWORD}", "monitor.airflow.existingSecret=",
+                        f"monitor.airflow.password={TEST_AIRFLOW_PASSWORD}"))
 
 
 RENDERS = ["default", "secured", "inline_secrets"]
@@ -184,6 +192,8 @@ def test_helm_lint_passes(values: Path | None) -> None:
     ("scorers:\n  - {useCase: flight_delay, inputTopic: flights.scheduled, settings: {TRANSACTIONAL_ID: x}}\n",
      "TRANSACTIONAL_ID"),  # one id for all replicas: they would fence each other
     ("kafka:\n  properties: {sasl.password: x}\n", "sasl.password"),  # a credential as a plain variable
+    ("monitor:\n  settings: {MONITOR_HTTP_PORT: 1}\n", "MONITOR_HTTP_PORT"),  # the chart's, as the Service's port
+    ("monitor:\n  replicas: 2\n", "replicas"),  # never more than one
 ])
 def test_schema_refuses_broken_values(tmp_path: Path, bad: str, message: str) -> None:
     values = tmp_path / "bad.yaml"
@@ -197,6 +207,10 @@ def test_schema_refuses_broken_values(tmp_path: Path, bad: str, message: str) ->
     (("autoscaling.enabled=false", "replicas=4"), "replicas 4 exceeds topics.partitions 3"),
     (("kafka.securityProtocol=SASL_SSL",), "SASL needs the password"),
     (("modelTrust.existingSecret=",), "modelTrust"),
+    (("kafka.securityProtocol=SASL_SSL", "kafka.sasl.password=x"), "monitor: SASL needs the password"),
+    (("monitor.airflow.existingSecret=",), "Airflow's API needs the password"),
+    (("monitor.sharedData.claimName=",), "monitor.sharedData.claimName"),
+    (("monitor.signingKey.existingSecret=",), "monitor.signingKey.existingSecret"),
 ])
 def test_template_refuses_what_cannot_work(sets: tuple[str, ...], message: str) -> None:
     proc = template(sets=sets)
@@ -256,7 +270,7 @@ def test_rendered_objects_validate(rendered: str, request: pytest.FixtureRequest
     docs = request.getfixturevalue(rendered)
     crds = crd_validators(KEDA_CRDS)
     kinds = {d["kind"] for d in docs}
-    assert {"StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject", "ServiceAccount"} <= kinds
+    assert {"StatefulSet", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "ServiceAccount"} <= kinds
     for doc in docs:
         errors = schema_errors(doc, crds)
         assert not errors, f"{doc['kind']} {doc['metadata']['name']}: {errors}"
@@ -463,16 +477,22 @@ def test_secrets_only_through_secret_objects(inline_secrets: list[dict]) -> None
     """A password or key given as a value ends up in a Secret only; pods get it by secretKeyRef or a read-only
     mount, never as a literal variable."""
     others = yaml.safe_dump([d for d in inline_secrets if d["kind"] != "Secret"])
-    for secret in (TEST_PASSWORD, TEST_CA.splitlines()[1], TEST_KEY.splitlines()[1]):
+    for secret in (TEST_PASSWORD, TEST_LOOP_PASSWORD, TEST_AIRFLOW_PASSWORD, TEST_CA.splitlines()[1],
+                   TEST_KEY.splitlines()[1]):
         assert secret not in others and base64.b64encode(secret.encode()).decode()[:20] not in others
     secrets = {s["metadata"]["name"]: s for s in of_kind(inline_secrets, "Secret")}
     assert {"scorers-retrain-loop-scorer-kafka", "scorers-retrain-loop-scorer-kafka-ca",
-            "scorers-retrain-loop-scorer-trusted-keys"} == set(secrets)
+            "scorers-retrain-loop-scorer-trusted-keys", "scorers-retrain-loop-scorer-monitor"} == set(secrets)
     assert base64.b64decode(secrets["scorers-retrain-loop-scorer-kafka"]["data"]["password"]).decode() == TEST_PASSWORD
+    # The monitors' passwords: the loop role's (not the scorers'), the Airflow API user's.
+    for deployment in of_kind(inline_secrets, "Deployment"):
+        env = pod_env(inline_secrets, deployment)
+        assert (env["KAFKA_SASL_PASSWORD"], env["AIRFLOW_API_PASSWORD"]) == (TEST_LOOP_PASSWORD,
+                                                                          TEST_AIRFLOW_PASSWORD)
     trusted = secrets["scorers-retrain-loop-scorer-trusted-keys"]["data"]
     assert list(trusted) == ["prod-2026.pem"]  # <key id>.pem, as ml.signing.TrustStore reads the folder
     for doc in (*inline_secrets, *render(SECURED_VALUES)):
-        if doc["kind"] != "StatefulSet":
+        if doc["kind"] not in ("StatefulSet", "Deployment"):
             continue
         container, pod = scorer_container(doc), doc["spec"]["template"]["spec"]
         for item in container["env"]:
@@ -486,9 +506,10 @@ def test_secrets_only_through_secret_objects(inline_secrets: list[dict]) -> None
 
 
 def test_pods_run_as_the_images_user_on_a_read_only_root(default: list[dict]) -> None:
+    """Scorers and monitors: the image's user, a read-only root, /tmp the one writable folder of the image's."""
     dockerfile = (REPO / "scoring_service" / "Dockerfile").read_text()
     uid = int(re.search(r"useradd [^\n]*--uid (\d+)", dockerfile).group(1))
-    for sts in of_kind(default, "StatefulSet"):
+    for sts in (*of_kind(default, "StatefulSet"), *of_kind(default, "Deployment")):
         pod = sts["spec"]["template"]["spec"]
         container = scorer_container(sts)
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == uid
@@ -502,8 +523,200 @@ def test_pods_run_as_the_images_user_on_a_read_only_root(default: list[dict]) ->
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
         trusted = pod_env(default, sts)["MODEL_TRUSTED_KEYS_DIR"]
         assert any(m["mountPath"] == trusted and m["readOnly"] for m in container["volumeMounts"])
-        # SIGTERM finishes a batch, commits and leaves the group: at least compose's grace period.
-        assert pod["terminationGracePeriodSeconds"] >= 60
+        if sts["kind"] == "StatefulSet":
+            # SIGTERM finishes a batch, commits and leaves the group: at least compose's grace period.
+            assert pod["terminationGracePeriodSeconds"] >= 60
+        else:
+            # The monitor writes into the Airflow workers' claim: in the group the Airflow image gives its files
+            # (group-writable), as docker-compose.yml runs it.
+            airflow = (REPO / "infra" / "airflow" / "Dockerfile").read_text()
+            shared_gid = int(re.search(r"chown -R \d+:(\d+) [^&]*/opt/airflow/loop-data", airflow).group(1))
+            assert pod["securityContext"]["runAsGroup"] == shared_gid
+            compose = yaml.safe_load(COMPOSE.read_text())["services"]["monitor"]
+            assert compose["user"] == f"{uid}:{shared_gid}"
+
+
+# --- the live monitors ---------------------------------------------------------------------------------------------
+
+MONITOR_COMMAND = ["python", "-m", "ml", "monitor", "--use-case"]
+
+
+def monitor_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> MonitorSettings:
+    """The settings `python -m ml monitor` builds from ``env`` alone."""
+    for var in [v for v in os.environ if v.startswith(("KAFKA_", "AIRFLOW")) or v in monitor_env()]:
+        monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    return MonitorSettings()
+
+
+@pytest.mark.parametrize("rendered", RENDERS)
+def test_every_variable_is_read_by_the_monitor(rendered: str, request: pytest.FixtureRequest,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each variable of a monitor is a MonitorSettings field (the loop's settings and its own), a use case's own,
+    TF_CPP_MIN_LOG_LEVEL or a librdkafka property; the settings are valid, the command names their use case, and the
+    Kafka client is the `loop` role's (it publishes signed envelopes, as the Airflow workers), not the scorers'."""
+    docs = request.getfixturevalue(rendered)
+    deployments = of_kind(docs, "Deployment")
+    assert len(deployments) == len(use_cases.names())
+    for deployment in deployments:
+        name, env = deployment["metadata"]["name"], pod_env(docs, deployment)
+        for var in env:
+            assert var in monitor_env() or env_key(var), f"{name}: nothing reads {var}"
+        settings = monitor_settings(env, monkeypatch)
+        assert scorer_container(deployment)["command"] == [*MONITOR_COMMAND, settings.use_case], name
+        assert settings.monitor_http_port == scorer_container(deployment)["ports"][0]["containerPort"]
+        config = settings.kafka_config()
+        if "sasl.username" in config:
+            assert config["sasl.username"] == "loop" and "loop" in acls.ROLES, name
+
+
+@pytest.mark.parametrize("rendered", ["secured", "inline_secrets"])
+def test_no_pod_is_the_read_only_monitor_role(rendered: str, request: pytest.FixtureRequest) -> None:
+    """The scorers are the `scorer` role; the live monitors, which publish signed envelopes, the `loop` role (which
+    may write `models`), as the Airflow workers; no pod is the `monitor` role, which writes nothing (the Airflow
+    page's)."""
+    docs = request.getfixturevalue(rendered)
+    users = defaultdict(set)
+    for doc in (*of_kind(docs, "StatefulSet"), *of_kind(docs, "Deployment")):
+        users[doc["kind"]].add(pod_env(docs, doc)["KAFKA_SASL_USERNAME"])
+    assert users == {"StatefulSet": {"scorer"}, "Deployment": {"loop"}}
+    settings = LoopSettings()
+    writers = {g.role for g in acls.grants(settings) if g.operation == "write" and g.name == settings.models_topic}
+    assert writers == {"loop"}
+
+
+def test_monitors_are_composes(default: list[dict]) -> None:
+    """docker-compose.yml's `monitor` and `sensor-monitor`, one Deployment each: the same image, command, port and
+    settings; only the places differ (the signing key's file, Airflow's address, the password from a Secret)."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = {n: s for n, s in compose["services"].items() if s.get("command", [])[:4] == MONITOR_COMMAND[:4]}
+    assert set(services) == {"monitor", "sensor-monitor"}
+    by_use_case = {pod_env(default, d)["USE_CASE"]: d for d in of_kind(default, "Deployment")}
+    assert set(by_use_case) == {"flight_delay", "sensor_anomaly"}
+    placed = {"MODEL_SIGNING_KEY_FILE", "AIRFLOW_API_URL", "AIRFLOW_API_PASSWORD"}
+    for name, svc in services.items():
+        want = interpolate(service_env(svc), example_env())
+        deployment = by_use_case[want["USE_CASE"]]
+        got = pod_env(default, deployment)
+        assert want.pop("TOPIC_PARTITIONS") == str(PARTITIONS), name
+        assert set(got) == set(want), name
+        assert {k: v for k, v in got.items() if k not in placed} == {k: v for k, v in want.items() if k not in placed}
+        assert scorer_container(deployment)["command"] == svc["command"], name
+        assert svc["image"].split(":")[0] == DEFAULT_VALUES["image"]["repository"], name
+        assert scorer_container(deployment)["image"] == f"{DEFAULT_VALUES['image']['repository']}:{_app_version()}"
+        assert svc["expose"] == [got["MONITOR_HTTP_PORT"]], name
+
+
+def test_one_monitor_per_use_case_never_more(default: list[dict], tmp_path: Path) -> None:
+    """A monitor keeps no offsets and acts on what it reads: one pod per use case, the old one stopped before a new
+    one starts, nothing that scales it; two scorers of one use case still get one monitor; monitor.useCases picks,
+    monitor.enabled=false leaves none."""
+    def monitored(docs: list[dict]) -> list[str]:
+        return sorted(pod_env(docs, d)["USE_CASE"] for d in of_kind(docs, "Deployment"))
+
+    for deployment in of_kind(default, "Deployment"):
+        assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert {so["spec"]["scaleTargetRef"]["kind"] for so in of_kind(default, "ScaledObject")} == {"StatefulSet"}
+    assert not of_kind(default, "HorizontalPodAutoscaler") and monitored(default) == sorted(use_cases.names())
+    values = tmp_path / "two-flight-scorers.yaml"
+    values.write_text(yaml.safe_dump({"scorers": [*DEFAULT_VALUES["scorers"], {
+        "useCase": "flight_delay", "name": "flights-b", "inputTopic": "flights.scheduled", "groupId": "flights-b"}]}))
+    two = render(values)
+    assert len(of_kind(two, "StatefulSet")) == 3 and monitored(two) == ["flight_delay", "sensor_anomaly"]
+    assert monitored(render(sets=("monitor.useCases={flight_delay}",))) == ["flight_delay"]
+    off = render(sets=("monitor.enabled=false",))
+    assert not of_kind(off, "Deployment")
+    assert not [d for d in off if "monitor" in d["metadata"]["name"]]
+
+
+def test_monitor_service_and_probes_reach_its_metrics(default: list[dict]) -> None:
+    """The Service and the probes ask /metrics on the monitor's port, which its metrics server answers; neither a
+    scorer's Service nor a disruption budget selects a monitor's pod, nor the monitor's Service a scorer's."""
+    from prometheus_client import start_http_server
+
+    from ml.monitoring.service import MonitorMetrics
+
+    services = {s["metadata"]["name"]: s for s in of_kind(default, "Service")}
+    scorer_labels = [s["spec"]["template"]["metadata"]["labels"] for s in of_kind(default, "StatefulSet")]
+    for deployment in of_kind(default, "Deployment"):
+        name, container = deployment["metadata"]["name"], scorer_container(deployment)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        port = int(pod_env(default, deployment)["MONITOR_HTTP_PORT"])
+        assert container["ports"] == [{"name": "metrics", "containerPort": port}]
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
+        svc = services.pop(name)
+        assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        assert svc["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics"}]
+        assert svc["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                                                  "prometheus.io/path": "/metrics"}
+        assert not [other for other in scorer_labels if svc["spec"]["selector"].items() <= other.items()]
+        for other in (*of_kind(default, "PodDisruptionBudget"), *of_kind(default, "StatefulSet")):
+            assert not other["spec"]["selector"]["matchLabels"].items() <= labels.items(), other["metadata"]["name"]
+    for other in services.values():  # the scorers'
+        assert not other["spec"]["selector"].items() <= labels.items()
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=MonitorMetrics().registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5) as r:
+            assert r.status == 200 and "# TYPE monitor_serving_version gauge" in r.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_monitors_share_the_airflow_workers_data_key_and_api(default: list[dict],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the Airflow workers of deploy/helm/airflow-values.yaml read and write, the monitor does: the same claim
+    at the same paths and subPaths (writable: its decision log and records), the same MLflow and artifact root, the
+    same signing key Secret and file (read-only, for the pod's group alone); every path of its settings on a mount;
+    Airflow's API at the address the values name, as a user of the simple auth manager, with the password from the
+    Secret the API server's passwords file comes from."""
+    airflow = yaml.safe_load(AIRFLOW_VALUES.read_text())
+    airflow_env = {e["name"]: e["value"] for e in airflow["env"]}
+    workers = airflow["workers"]["celery"]
+    worker_key = Path({e["name"]: e["value"] for e in workers["env"]}["MODEL_SIGNING_KEY_FILE"])
+    worker_volumes = {v["name"]: v for v in workers["extraVolumes"]}
+    users = dict(u.split(":") for u in airflow["config"]["core"]["simple_auth_manager_users"].split(","))
+    (auth,) = [v for v in airflow["apiServer"]["extraVolumes"] if v["name"] == "auth-secret"]
+    for deployment in of_kind(default, "Deployment"):
+        name, pod, container = deployment["metadata"]["name"], deployment["spec"]["template"]["spec"], \
+            scorer_container(deployment)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        settings = monitor_settings(pod_env(default, deployment), monkeypatch)
+        assert settings.mlflow_tracking_uri == airflow_env["AIRFLOW_VAR_MLFLOW_TRACKING_URI"], name
+        assert str(settings.mlflow_artifact_root) == airflow_env["MLFLOW_ARTIFACT_ROOT"], name
+        assert str(settings.loop_data_dir) == airflow_env["LOOP_DATA_DIR"], name
+        claims = 0
+        for wanted in workers["extraVolumeMounts"]:
+            source = worker_volumes[wanted["name"]]
+            if "persistentVolumeClaim" not in source:
+                continue
+            (mine,) = [m for m in container["volumeMounts"] if m["mountPath"] == wanted["mountPath"]]
+            assert mine.get("subPath") == wanted.get("subPath") and not mine.get("readOnly"), mine
+            assert volumes[mine["name"]]["persistentVolumeClaim"] == source["persistentVolumeClaim"], mine
+            claims += 1
+        assert claims == 2  # the loop's data and the MLflow artifacts
+        mounts = [Path(m["mountPath"]) for m in container["volumeMounts"]]
+        for field, value in settings.model_dump(mode="json").items():
+            assert not re.search(r"localhost|127\.0\.0\.1|\.local\b|sqlite:", json.dumps(value)), f"{field}: {value}"
+            if isinstance(getattr(settings, field), Path):
+                assert any(getattr(settings, field).is_relative_to(m) for m in mounts), f"{name}: {field} unmounted"
+        (key_mount,) = [m for m in container["volumeMounts"]
+                        if settings.model_signing_key_file.is_relative_to(m["mountPath"])]
+        key = volumes[key_mount["name"]]["secret"]
+        (worker_mount,) = [m for m in workers["extraVolumeMounts"] if worker_key.is_relative_to(m["mountPath"])]
+        assert key["secretName"] == worker_volumes[worker_mount["name"]]["secret"]["secretName"]
+        assert settings.model_signing_key_file.name == worker_key.name
+        assert key["items"] == [{"key": worker_key.name, "path": worker_key.name}]
+        assert key_mount["readOnly"] is True and key["defaultMode"] == 0o440
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+        url = urlsplit(settings.airflow_api_url)
+        assert f"svc/{url.hostname} {url.port}:" in AIRFLOW_VALUES.read_text(), url
+        assert settings.airflow_api_username in users
+        (ref,) = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "AIRFLOW_API_PASSWORD"]
+        assert ref["name"] == auth["secret"]["secretName"]
 
 
 # --- the Strimzi example -------------------------------------------------------------------------------------------
@@ -568,9 +781,11 @@ def test_strimzi_users_have_their_roles_acls(strimzi: list[dict]) -> None:
 
 
 def test_secured_values_name_the_strimzi_examples_objects(strimzi: list[dict]) -> None:
-    """values-sasl-ssl.yaml reaches the example's TLS listener as the KafkaUser `scorer`, with the Secrets the
-    operators write: the cluster CA (<cluster>-cluster-ca-cert) and the user's password (a Secret named after it)."""
-    values = yaml.safe_load(SECURED_VALUES.read_text())["kafka"]
+    """values-sasl-ssl.yaml reaches the example's TLS listener as the KafkaUser `scorer` (the live monitors as
+    `loop`), with the Secrets the operators write: the cluster CA (<cluster>-cluster-ca-cert) and the user's password
+    (a Secret named after it)."""
+    secured = yaml.safe_load(SECURED_VALUES.read_text())
+    values = secured["kafka"]
     (kafka,) = of_kind(strimzi, "Kafka")
     cluster = kafka["metadata"]["name"]
     (listener,) = kafka["spec"]["kafka"]["listeners"]
@@ -581,6 +796,10 @@ def test_secured_values_name_the_strimzi_examples_objects(strimzi: list[dict]) -
     user = named(strimzi, "KafkaUser", values["sasl"]["username"])
     assert values["sasl"]["existingSecret"] == user["metadata"]["name"] and values["sasl"]["passwordKey"] == "password"
     assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+    monitor = secured["monitor"]["kafka"]["sasl"]
+    loop = named(strimzi, "KafkaUser", monitor["username"])
+    assert monitor == {"username": "loop", "existingSecret": loop["metadata"]["name"], "passwordKey": "password"}
+    assert loop["metadata"]["labels"]["strimzi.io/cluster"] == cluster
     partitions = {t["spec"]["partitions"] for t in of_kind(strimzi, "KafkaTopic")
                   if t["metadata"]["name"] in {s["inputTopic"] for s in DEFAULT_VALUES["scorers"]}}
     assert partitions == {PARTITIONS}

@@ -65,3 +65,10 @@ def test_swap_gap_is_the_pause_before_the_new_version_s_first_prediction():
                    "last_old_ms": 1900, "first_new_ms": 2350}
     assert throughput(predictions(rows)) == {"predictions": 12, "seconds": 1.45, "per_s": round(12 / 1.45, 1),
                                              "peak_per_s": 10}
+
+
+def test_a_rollback_to_an_older_version_is_a_swap_with_its_own_gap():
+    rows = [(f"f{i}", 0.5, v, ms) for i, (v, ms) in enumerate([(1, 0), (1, 100), (2, 300), (2, 400), (1, 900),
+                                                                (1, 1000)])]
+    gaps = swap_gaps(predictions(rows))
+    assert [(g["model_version"], g["previous_version"], g["gap_ms"]) for g in gaps] == [(2, 1, 200), (1, 2, 500)]

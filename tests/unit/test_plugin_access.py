@@ -116,3 +116,27 @@ def test_a_user_who_may_read_every_dag_run_gets_the_data_docs(plugin, client, gr
     assert client.get("/retrain-loop/data-docs/run-1", follow_redirects=False).headers["location"].endswith(
         "/retrain-loop/data-docs/run-1/")
     assert client.get("/retrain-loop/data-docs/run-1/..%2F..%2Fsecret.txt").status_code == 404  # not out of it
+
+
+def test_a_signed_in_user_sees_each_versions_interval_next_to_its_metrics(plugin, client, grant, monkeypatch):
+    """The page's content for a reader: the gate's interval of each metric's difference from the champion."""
+    import ml.loop_view
+    from ml.bootstrap import Interval
+    from ml.settings import LoopSettings
+
+    grant({"retrain_flight_delay"})
+    interval = Interval(metric="roc_auc", level=0.95, samples=1000, low=-0.0031, high=0.0154, point=0.0062)
+    rows = [ml.loop_view.VersionRow(model_name="flight_delay", model_version=2, created_at="2026-12-04T16:00:00",
+                                    run_id="run-2", metrics={"roc_auc": 0.7712, "log_loss": 0.581},
+                                    decision_id="d2", verdict="promote", intervals={"roc_auc": interval}),
+            ml.loop_view.VersionRow(model_name="flight_delay", model_version=1, created_at="2026-12-03T16:00:00",
+                                    run_id="run-1", metrics={"roc_auc": 0.765, "log_loss": 0.5844},
+                                    decision_id="d1", verdict="promote")]
+    monkeypatch.setattr(ml.loop_view, "model_versions", lambda settings, **kwargs: rows)
+    monkeypatch.setattr(plugin, "_settings", lambda name: LoopSettings(use_case=name))
+    monkeypatch.setattr(plugin, "_live_figure", lambda uc, settings: "", raising=False)  # no MLflow here
+    page = client.get("/retrain-loop/").text
+    assert "<td>0.7712<br><small class=ci" in page and "\u0394 +0.0062 [\u22120.0031, +0.0154] 95%</small>" in page
+    assert "<td>0.5810</td>" in page and "<td>0.7650</td>" in page  # no interval: the value alone
+    listed = client.get("/retrain-loop/api/models?use_case=flight_delay").json()
+    assert listed[0]["intervals"]["roc_auc"]["low"] == -0.0031 and listed[1]["intervals"] == {}

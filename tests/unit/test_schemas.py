@@ -22,8 +22,9 @@ def test_every_topic_of_both_use_cases_and_the_loop_has_one_schema_under_its_sub
     schemas = {s.topic: s for s in topic_schemas(LoopSettings(topic_prefix="team."))}
     assert {t: s.contract for t, s in schemas.items()} == {
         "team.flights.scheduled": FlightScheduled, "team.flights.completed": FlightCompleted,
-        "team.flights.predictions": FlightPrediction, "team.flights.dlq": DeadLetter,
-        "team.sensors.readings": SensorReading, "team.sensors.scores": SensorScore, "team.sensors.dlq": DeadLetter,
+        "team.flights.predictions": FlightPrediction, "team.flights.predictions.shadow": FlightPrediction,
+        "team.flights.dlq": DeadLetter, "team.sensors.readings": SensorReading, "team.sensors.scores": SensorScore,
+        "team.sensors.scores.shadow": SensorScore, "team.sensors.dlq": DeadLetter,
         "team.models": ModelEnvelope, "team.models.status": ModelStatus}
     assert {s.subject for s in schemas.values()} == {f"{t}-value" for t in schemas}
     assert all(s.compatibility in BACKWARD_OR_STRICTER for s in schemas.values())

@@ -179,7 +179,8 @@ def test_the_use_case_names_its_topics_and_contracts():
     assert uc.topics.resolved(SETTINGS) == uc.topics  # no prefix, no renames
     assert (uc.topics.labels, uc.topics.predictions, uc.topics.dlq) == (
         "sensors.readings", "sensors.scores", "sensors.dlq")
-    assert uc.topics.distinct() == ["sensors.readings", "sensors.scores", "sensors.dlq"]
+    assert uc.topics.shadow == "sensors.scores.shadow"
+    assert uc.topics.distinct() == ["sensors.readings", "sensors.scores", "sensors.scores.shadow", "sensors.dlq"]
     assert (uc.input_contract, uc.label_contract) == (SensorReading, SensorReading)
     with pytest.raises(ValueError, match="registered"):
         use_cases.get("churn")

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from ml.keras_models import from_bytes, to_bytes
+from ml.pipeline import gate_intervals, score_model
 from ml.settings import LoopSettings
 from ml.training import TrainResult
 from use_cases.flight_delay import evaluation, training
@@ -63,6 +64,18 @@ def test_candidates_are_scored_on_the_same_rows_with_their_own_preprocessing(dat
     theirs = uc.evaluate(champion.model, champion.preprocessing, data[1])
     assert mine["rows"] == theirs["rows"] == len(data[1])
     assert set(mine) >= {c.metric for c in uc.gate_criteria()} | set(uc.ui_metrics)
+
+    # The gate scores each once, for the metrics and for the intervals of their differences.
+    ours, champions = (score_model(uc, r.model, r.preprocessing, data[1]) for r in (result, champion))
+    assert ours.metrics == mine and ours.scores.shape == (len(data[1]),)
+    intervals = gate_intervals(SETTINGS.model_copy(update={"gate_bootstrap_samples": 200}), uc, uc.gate_criteria(),
+                               data[1], ours, champions)
+    assert set(intervals) == {"roc_auc", "log_loss"}
+    for name, interval in intervals.items():
+        assert interval.point == pytest.approx(mine[name] - theirs[name], abs=1e-9)
+        assert interval.low <= interval.point <= interval.high and interval.samples == 200
+    assert gate_intervals(SETTINGS.model_copy(update={"gate_interval": False}), uc, uc.gate_criteria(), data[1],
+                          ours, champions) == {}
 
 
 def test_a_single_class_cannot_train_or_judge(data, result):

@@ -90,8 +90,10 @@ def test_problems_name_what_is_inconsistent():
         label = "late"
         time_order = ("flight_id",)
         gate = ()
+        scores = UseCase.scores  # its metric functions would have nothing to read
 
     found = use_cases.problems(Broken())
+    assert any("metric_functions without scores" in p for p in found)
     assert any("label 'late' is not a field of FlightCompleted" in p for p in found)
     assert any("'flight_id', which is not a timestamp" in p for p in found)
     assert any("use_case must be Literal['broken']" in p for p in found)

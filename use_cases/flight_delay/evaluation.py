@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
+from ml.bootstrap import batched, weighted_log_loss, weighted_roc_auc
 from ml.keras_models import predict
 from use_cases.flight_delay import preprocessing as prep
 
@@ -25,19 +25,38 @@ def score(model: keras.Model, fitted: prep.FlightPreprocessing, data: pd.DataFra
     return predict(model, prep.transform(fitted, data)).reshape(-1).astype("float64")
 
 
+def _clipped(p: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(p, dtype="float64"), EPS, 1 - EPS)
+
+
+@batched
+def roc_auc(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
+    """ROC AUC of P(delayed) (clipped as for log loss), per-row ``weights`` optional (``ml.bootstrap``)."""
+    return weighted_roc_auc(y, _clipped(p), weights)
+
+
+@batched
+def log_loss(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float | np.ndarray:
+    """Log loss of P(delayed) clipped to [EPS, 1 - EPS], per-row ``weights`` optional (``ml.bootstrap``)."""
+    return weighted_log_loss(y, _clipped(p), weights)
+
+
+# The gate's metrics as functions of (labels, probabilities, weights): the bootstrap of its interval reads them.
+METRICS = {"roc_auc": roc_auc, "log_loss": log_loss}
+
+
 def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """roc_auc, log_loss, brier, positive_rate (of labels), mean_prediction and rows.
 
     Raises ValueError when ``y`` holds a single class (AUC is undefined: the rows are too few).
     """
     y = np.asarray(y, dtype="int64")
-    p = np.clip(np.asarray(p, dtype="float64"), EPS, 1 - EPS)
+    p = _clipped(p)
     if len(np.unique(y)) < 2:
         raise ValueError(f"cannot evaluate on {len(y)} rows holding a single class")
     return {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "log_loss": float(log_loss(y, p, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, p)),
+        **{name: float(fn(y, p)) for name, fn in METRICS.items()},
+        "brier": float(np.mean((p - y) ** 2)),
         "positive_rate": float(y.mean()),
         "mean_prediction": float(p.mean()),
         "rows": int(len(y)),

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from use_cases.flight_delay.evaluation import metrics
+from use_cases.flight_delay.evaluation import EPS, metrics
+
+CALIBRATION_BINS = 10
 
 
 def label_predictions(predictions: pd.DataFrame, completed: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -52,3 +54,31 @@ def metrics_by(labelled: pd.DataFrame, keys: str | Sequence[str], probability: s
     columns = [*keys, "predictions", "roc_auc", "log_loss", "brier", "positive_rate", "mean_prediction"]
     return pd.DataFrame(rows, columns=columns + (["first_scored_at", "last_scored_at"]
                                                  if "scored_at" in labelled else []))
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error: the rows' share-weighted gap between mean prediction and delay rate over
+    ``bins`` equal-width probability bins."""
+    y, p = np.asarray(y, dtype="float64"), np.asarray(p, dtype="float64")
+    if not len(y):
+        return float("nan")
+    which = np.minimum((p * bins).astype("int64"), bins - 1)
+    n = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, p, bins) - np.bincount(which, y, bins))
+    return float(gap.sum() / len(y)) if n.any() else float("nan")
+
+
+def live_metrics(y: np.ndarray, p: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+    """The monitor's metrics of labelled predictions: roc_auc, log_loss, calibration_error, positive_rate (of the
+    labels), predicted_positive_rate (of the decisions), mean_prediction; ranking metrics NaN on one class."""
+    y = np.asarray(y, dtype="int64")
+    p = np.clip(np.asarray(p, dtype="float64"), EPS, 1 - EPS)
+    try:
+        m = metrics(y, p)
+        auc, loss = m["roc_auc"], m["log_loss"]
+    except ValueError:
+        auc = loss = float("nan")
+    return {"roc_auc": auc, "log_loss": loss, "calibration_error": calibration_error(y, p),
+            "positive_rate": float(y.mean()) if len(y) else float("nan"),
+            "predicted_positive_rate": float(np.mean(decisions)) if len(y) else float("nan"),
+            "mean_prediction": float(p.mean()) if len(y) else float("nan")}

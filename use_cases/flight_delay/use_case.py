@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ml.gate import Criterion
 from ml.json_columns import json_column, literal
-from ml.use_cases import UseCase, UseCaseSettings, UseCaseTopics
+from ml.use_cases import LiveSpec, UseCase, UseCaseSettings, UseCaseTopics
 from use_cases.flight_delay import preprocessing as prep
 from use_cases.flight_delay.contracts import FlightCompleted, FlightPrediction, FlightScheduled
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import keras
     import typer
 
+    from ml.bootstrap import Metric as MetricFunction
     from ml.settings import LoopSettings
     from ml.training import TrainResult
     from ml.validation import Suite
@@ -64,6 +65,7 @@ class FlightDelay(UseCase):
     ui_metrics = ("roc_auc", "log_loss")
     preprocessing = prep.FlightPreprocessing
     output_bounds = (0.0, 1.0)
+    live = LiveSpec(key="flight_id", score="probability", decision="delayed", metric="roc_auc")
     Settings = FlightDelaySettings
     settings: FlightDelaySettings
 
@@ -79,11 +81,25 @@ class FlightDelay(UseCase):
 
         return train(rows, settings)
 
-    def evaluate(self, model: keras.Model, preprocessing: prep.FlightPreprocessing, rows: pd.DataFrame
-                 ) -> dict[str, float]:
-        from use_cases.flight_delay.evaluation import metrics, score
+    def evaluate(self, model: keras.Model, preprocessing: prep.FlightPreprocessing, rows: pd.DataFrame, *,
+                 scores: np.ndarray | None = None) -> dict[str, float]:
+        from use_cases.flight_delay.evaluation import metrics
 
-        return metrics(rows[self.label].to_numpy(), score(model, preprocessing, rows))
+        return metrics(rows[self.label].to_numpy(),
+                       self.scores(model, preprocessing, rows) if scores is None else scores)
+
+    def scores(self, model: keras.Model, preprocessing: prep.FlightPreprocessing, rows: pd.DataFrame
+               ) -> np.ndarray:
+        """P(delayed) per row."""
+        from use_cases.flight_delay.evaluation import score
+
+        return score(model, preprocessing, rows)
+
+    def metric_functions(self, preprocessing: prep.FlightPreprocessing) -> Mapping[str, MetricFunction]:
+        """ROC AUC and log loss of P(delayed), weighted (``ml.bootstrap``)."""
+        from use_cases.flight_delay.evaluation import METRICS
+
+        return METRICS
 
     # ------------------------------------------------------------ the scorer
 
@@ -110,6 +126,13 @@ class FlightDelay(UseCase):
         return {"flight_id": json_column(table.column("flight_id").combine_chunks()),
                 "probability": json_column(pa.array(p)), "delayed": json_column(pa.array(p >= threshold)),
                 "threshold": literal(threshold)}
+
+    # ------------------------------------------------------------ live monitoring
+
+    def live_metrics(self, y: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        from use_cases.flight_delay.live_metrics import live_metrics
+
+        return live_metrics(y, scores, decisions)
 
     # ------------------------------------------------------------ tools
 

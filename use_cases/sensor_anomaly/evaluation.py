@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
+from ml.bootstrap import Metric, at_threshold, weighted_roc_auc
 from ml.keras_models import predict
 from use_cases.sensor_anomaly.preprocessing import SensorPreprocessing, anomaly_score, transform
 
@@ -60,11 +60,13 @@ def metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, fl
     y = np.asarray(y, dtype=bool)
     if len(np.unique(y)) < 2:
         raise ValueError(f"cannot evaluate on {len(y)} readings holding a single class")
-    flagged = np.asarray(scores) > threshold
-    tp = float(np.sum(flagged & y))
-    precision = tp / flagged.sum() if flagged.any() else 0.0
-    recall = tp / y.sum()
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-            "roc_auc": float(roc_auc_score(y, scores)), "threshold": float(threshold),
-            "flagged_rate": float(flagged.mean()), "positive_rate": float(y.mean()), "rows": int(len(y))}
+    scores = np.asarray(scores, dtype="float64")
+    return {**{name: float(fn(y, scores)) for name, fn in metric_functions(threshold).items()},
+            "roc_auc": float(weighted_roc_auc(y, scores)), "threshold": float(threshold),
+            "flagged_rate": float((scores > threshold).mean()), "positive_rate": float(y.mean()), "rows": int(len(y))}
+
+
+def metric_functions(threshold: float) -> dict[str, Metric]:
+    """precision, recall and f1 of ``scores > threshold`` as functions of (labels, scores, weights): the
+    bootstrap of the gate's interval reads them (``ml.bootstrap``)."""
+    return at_threshold(threshold)

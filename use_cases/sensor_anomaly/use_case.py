@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ml.gate import Criterion
 from ml.json_columns import json_column, literal
-from ml.use_cases import UseCase, UseCaseSettings, UseCaseTopics
+from ml.use_cases import LiveSpec, UseCase, UseCaseSettings, UseCaseTopics
 from use_cases.sensor_anomaly import preprocessing as prep
 from use_cases.sensor_anomaly.contracts import SensorReading, SensorScore
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import keras
     import typer
 
+    from ml.bootstrap import Metric as MetricFunction
     from ml.settings import LoopSettings
     from ml.training import TrainResult
     from ml.validation import Suite
@@ -52,6 +53,7 @@ class SensorAnomaly(UseCase):
             Criterion(metric="f1", higher_is_better=True, margin=0.02))
     ui_metrics = ("precision", "recall", "f1")
     preprocessing = prep.SensorPreprocessing
+    live = LiveSpec(key="reading_id", score="score", decision="is_anomaly", metric="f1")
     Settings = SensorAnomalySettings
 
     # ------------------------------------------------------------ the loop
@@ -66,15 +68,32 @@ class SensorAnomaly(UseCase):
 
         return train(rows, settings)
 
-    def evaluate(self, model: keras.Model, preprocessing: prep.SensorPreprocessing, rows: pd.DataFrame
-                 ) -> dict[str, float]:
+    def evaluate(self, model: keras.Model, preprocessing: prep.SensorPreprocessing, rows: pd.DataFrame, *,
+                 scores: np.ndarray | None = None) -> dict[str, float]:
         """Precision, recall, F1 and more at the model's own threshold; ValueError without one."""
-        from use_cases.sensor_anomaly.evaluation import metrics, score
+        from use_cases.sensor_anomaly.evaluation import metrics
 
         if preprocessing.threshold is None:
             raise ValueError(f"sensor preprocessing {preprocessing.fingerprint} carries no threshold")
-        return metrics(rows[self.label].to_numpy(dtype=bool), score(model, preprocessing, rows),
+        return metrics(rows[self.label].to_numpy(dtype=bool),
+                       self.scores(model, preprocessing, rows) if scores is None else scores,
                        preprocessing.threshold)
+
+    def scores(self, model: keras.Model, preprocessing: prep.SensorPreprocessing, rows: pd.DataFrame
+               ) -> np.ndarray:
+        """The anomaly score (reconstruction error) per reading."""
+        from use_cases.sensor_anomaly.evaluation import score
+
+        return score(model, preprocessing, rows)
+
+    def metric_functions(self, preprocessing: prep.SensorPreprocessing) -> Mapping[str, MetricFunction]:
+        """Precision, recall and F1 at the threshold that travels with the model, weighted (``ml.bootstrap``);
+        ValueError without one."""
+        from use_cases.sensor_anomaly.evaluation import metric_functions
+
+        if preprocessing.threshold is None:
+            raise ValueError(f"sensor preprocessing {preprocessing.fingerprint} carries no threshold")
+        return metric_functions(preprocessing.threshold)
 
     # ------------------------------------------------------------ the scorer
 
@@ -108,6 +127,13 @@ class SensorAnomaly(UseCase):
                 "ts": json_column(table.column("ts").combine_chunks()),
                 "score": json_column(pa.array(score)), "threshold": literal(preprocessing.threshold),
                 "is_anomaly": json_column(pa.array(score > preprocessing.threshold))}
+
+    # ------------------------------------------------------------ live monitoring
+
+    def live_metrics(self, y: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+        from use_cases.sensor_anomaly.live_metrics import live_metrics
+
+        return live_metrics(y, scores, decisions)
 
     # ------------------------------------------------------------ tools
 

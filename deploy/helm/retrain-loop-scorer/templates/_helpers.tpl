@@ -134,3 +134,86 @@ Argument: (list $ scorer); renders YAML to read back with fromYaml. */}}
 {{- end -}}
 {{- toYaml $scaling -}}
 {{- end -}}
+
+{{/* The variables every container of the project image shares: Kafka (with a role's credentials), the schema
+registry, topic naming, the trusted keys. Argument: (list $ sasl-username username-value-name password-Secret
+password-key); renders a list of env items. */}}
+{{- define "rls.clientEnv" -}}
+{{- $root := index . 0 -}}
+{{- $v := $root.Values -}}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
+- name: SCHEMA_REGISTRY_URL
+  value: {{ required "schemaRegistry.url is required" $v.schemaRegistry.url | quote }}
+- name: TOPIC_PREFIX
+  value: {{ $v.topics.prefix | quote }}
+{{- with $v.topics.names }}
+- name: TOPIC_NAMES
+  value: {{ toJson . | quote }}
+{{- end }}
+- name: MODEL_TRUSTED_KEYS_DIR
+  value: {{ $v.modelTrust.mountPath | quote }}
+- name: TF_CPP_MIN_LOG_LEVEL
+  value: "2"
+{{- if ne $v.kafka.securityProtocol "PLAINTEXT" }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ $v.kafka.securityProtocol | quote }}
+{{- end }}
+{{- if include "rls.sasl" $root }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ $v.kafka.sasl.mechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ required (printf "%s is required with SASL" (index . 2)) (index . 1) | quote }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ index . 3 }}
+      key: {{ index . 4 }}
+{{- end }}
+{{- if include "rls.caSecret" $root }}
+- name: KAFKA_SSL_CA_LOCATION
+  value: {{ printf "%s/%s" (include "rls.caDir" $root) $v.kafka.tls.caKey | quote }}
+{{- end }}
+{{- /* librdkafka key -> variable, as ml.kafka_client.env_key reads it back ("_" is "__"). */}}
+{{- range $key, $value := $v.kafka.properties }}
+- name: {{ printf "KAFKA_%s" ($key | replace "_" "__" | replace "." "_" | upper) }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The use cases that get a live monitor: monitor.useCases, else each scorer's, once each (a second monitor of a
+use case would act twice). Renders a JSON list. */}}
+{{- define "rls.monitoredUseCases" -}}
+{{- $out := list -}}
+{{- range $useCase := .Values.monitor.useCases | default (list) -}}
+{{- $out = append $out $useCase -}}
+{{- end -}}
+{{- if not $out -}}
+{{- range $scorer := .Values.scorers -}}
+{{- $out = append $out $scorer.useCase -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (uniq $out) -}}
+{{- end -}}
+
+{{/* A monitor's Deployment and Service name. Argument: (list $ use case). */}}
+{{- define "rls.monitorName" -}}
+{{- printf "%s-%s-monitor" (include "rls.fullname" (index . 0)) ((index . 1) | replace "_" "-") | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "rls.monitorSelectorLabels" -}}
+{{ include "rls.baseLabels" (index . 0) }}
+app.kubernetes.io/component: monitor
+kafka-retrain-loop/monitor: {{ (index . 1) | replace "_" "-" }}
+{{- end -}}
+
+{{- define "rls.monitorLabels" -}}
+{{ include "rls.commonLabels" (index . 0) }}
+{{ include "rls.monitorSelectorLabels" . }}
+{{- end -}}
+
+{{/* The chart's own Secret of the monitors' passwords given as values (their Kafka role's, the loop's; the Airflow
+API user's). */}}
+{{- define "rls.monitorSecret" -}}
+{{- printf "%s-monitor" (include "rls.fullname" .) -}}
+{{- end -}}

@@ -1,0 +1,57 @@
+"""Typed settings of the live monitor (``MONITOR_*`` and ``AIRFLOW_API_*`` variables), over the loop's own: it
+reads the use case's topics, logs to its MLflow, and publishes versions with its signing key."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from ml.monitoring.policy import MonitorPolicy
+from ml.settings import LoopSettings
+
+
+class MonitorSettings(LoopSettings):
+    """One monitor per use case (``USE_CASE``)."""
+
+    monitor_window_events: int = Field(2000, ge=50, description="Labelled predictions per live-metric window (per "
+                                       "model version); each closed window is one point of the live metric.")
+    monitor_shadow_window_events: int = Field(5000, ge=50, description="Labelled events scored by both champion "
+                                              "and shadow before the shadow is promoted or retired.")
+    monitor_rollback_margin: float = Field(0.05, ge=0, description="Roll back when the serving version's window "
+                                           "metric is worse than the previous version's live metric by more.")
+    monitor_rollback_floor: float | None = Field(None, description="Roll back when the serving version's window "
+                                                 "metric is worse than this (unset: no floor).")
+    monitor_retrain_margin: float = Field(0.03, ge=0, description="Ask for a retraining when the serving version's "
+                                          "window metric is worse than its gate-time value by more.")
+    monitor_drift_threshold: float = Field(0.25, gt=0, description="Ask for a retraining when a feature's PSI "
+                                           "against the serving version's training data passes this.")
+    monitor_shadow_margin: float = Field(0.0, ge=0, description="Promote a shadow whose metric is worse than the "
+                                         "champion's on the same events by at most this.")
+    monitor_compare_windows: int = Field(3, ge=1, description="The previous version's live metric is the mean of "
+                                         "its last this many windows.")
+    monitor_retrain_cooldown_s: float = Field(3600.0, ge=0, description="At most one retraining request per "
+                                              "serving version in this long.")
+    monitor_actions: bool = Field(True, description="Act on decisions (off: decide, record and report only).")
+    monitor_start: Literal["earliest", "latest"] = Field("earliest", description="Where the monitor starts "
+                                                         "reading at start-up: the retained history, or new records.")
+    monitor_max_pending: int = Field(500_000, ge=1000, description="Predictions and labels kept waiting for "
+                                     "their other half, per kind (oldest dropped first).")
+    monitor_drift_rows: int = Field(50_000, ge=100, description="Recent labelled rows kept for the drift of a "
+                                    "window.")
+    monitor_http_port: int | None = Field(9108, ge=0, le=65535, description="Port of /metrics (0: any free "
+                                          "port; unset: no endpoint).")
+    airflow_api_url: str | None = Field(None, description="Airflow's API server (e.g. http://localhost:8080) the "
+                                        "monitor starts retraining runs on; unset: requests are recorded only.")
+    airflow_api_username: str | None = None
+    airflow_api_password: SecretStr | None = None
+
+    def policy(self) -> MonitorPolicy:
+        return MonitorPolicy(rollback_margin=self.monitor_rollback_margin, rollback_floor=self.monitor_rollback_floor,
+                             retrain_margin=self.monitor_retrain_margin,
+                             drift_threshold=self.monitor_drift_threshold, shadow_margin=self.monitor_shadow_margin)
+
+    @property
+    def decision_log(self):
+        """The JSON-lines log of every decision the monitor took (also in MLflow)."""
+        return self.loop_data_dir / "monitor" / f"{self.use_case}.decisions.jsonl"
