@@ -198,7 +198,8 @@ def test_oversized_envelope_is_refused_before_producing(kafka_bootstrap, new_top
     topic = new_topic("models", 1, {"cleanup.policy": "compact", "max.message.bytes": "300000"})
     settings = _settings(kafka_bootstrap, topic)
     big = _envelope(1, np.random.default_rng(1).bytes(300_000))
-    with pytest.raises(ModelTooLarge, match=rf"flight_delay_test v1 is \d+ bytes; topic {topic} accepts 300000"):
+    with pytest.raises(ModelTooLarge,
+                       match=rf"flight_delay_test v1 \(champion\) is \d+ bytes; topic {topic} accepts 300000"):
         publish(settings, big)
     assert _high_watermark(kafka_bootstrap, topic) == 0
     assert read_envelopes(settings) == []

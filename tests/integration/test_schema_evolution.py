@@ -72,9 +72,11 @@ def test_schemas_register_then_check_every_topic(kafka_bootstrap):
     assert f"{prefix}flights.scheduled-value: FlightScheduled new" in before.stdout
     done = _cli("schemas", "register", prefix=prefix)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("is version 1") == 9 and "compatibility BACKWARD" in done.stdout
+    # Nine topics and the two use cases' shadow predictions topics.
+    assert done.stdout.count("is version 1") == 11 and "compatibility BACKWARD" in done.stdout
+    assert f"{prefix}flights.predictions.shadow-value: FlightPrediction is version 1" in done.stdout, done.stdout
     after = _cli("schemas", "check", prefix=prefix)
-    assert after.returncode == 0 and after.stdout.count("registered (version 1)") == 9, after.stdout
+    assert after.returncode == 0 and after.stdout.count("registered (version 1)") == 11, after.stdout
     registry = SchemaRegistry(LoopSettings().schema_registry_url)
     assert registry.compatibility(f"{prefix}models-value") == "BACKWARD"
 
