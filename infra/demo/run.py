@@ -335,7 +335,8 @@ def describe_run(r: dict[str, Any]) -> str:
 
 
 def status_lines(settings: LoopSettings, seen: int) -> tuple[list[str], int]:
-    """Lines for the status records after the first ``seen`` (swaps and refusals), and the new count."""
+    """Lines for the status records after the first ``seen`` (swaps, shadows, retirements and refusals), and the
+    new count."""
     from ml.loop_view import read_status
 
     records = [r for r in read_status(settings) if r.get("model_name") == settings.model_name]
@@ -346,6 +347,12 @@ def status_lines(settings: LoopSettings, seen: int) -> tuple[list[str], int]:
             lines.append(f"swap: scorer {r.get('scorer_id')} serves v{r['model_version']} (was {was}) at "
                          f"{r.get('at')}, {r.get('swap_ms', 0):.0f} ms after publication "
                          f"(load and warm-up {r.get('load_ms', 0):.0f} ms)")
+        elif r.get("status") == "shadow":
+            lines.append(f"shadow: scorer {r.get('scorer_id')} runs v{r['model_version']} in shadow beside "
+                         f"v{r.get('serving_version')} at {r.get('at')}")
+        elif r.get("status") == "retired":
+            lines.append(f"retired: scorer {r.get('scorer_id')} dropped shadow v{r.get('model_version')} "
+                         f"({r.get('reason_kind')}: {r.get('reason')})")
         else:
             lines.append(f"refused: scorer {r.get('scorer_id')} rejected v{r.get('model_version')} "
                          f"({r.get('reason_kind')}: {r.get('reason')})")

@@ -99,7 +99,7 @@ class Monitor:
         self._label_topic = topics.labels
         self._stop = threading.Event()
         self._versions: dict[int, VersionInfo] = {}
-        self._served: list[int] = []  # champion versions in the order their predictions appeared
+        self._served: list[int] = []  # champion versions in the order they served (each change of version)
         self._live: dict[int, list[float]] = {}  # champion version -> its windows' live metric
         self._recent_rows: list[pa.Table] = []  # label rows since the last champion window (drift)
         self._recent_count = 0
@@ -211,7 +211,7 @@ class Monitor:
         scored = table.column("scored_at").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
         if stage == "champion" and versions:
             for v in dict.fromkeys(versions):
-                if v not in self._served:
+                if not self._served or self._served[-1] != v:  # every change, a rollback to an older one too
                     self._served.append(v)
                     log.info("monitor of %s: v%d is serving (champion predictions)", self.uc.name, v)
             self.metrics.serving.labels(self.uc.name).set(versions[-1])
