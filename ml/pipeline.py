@@ -117,21 +117,25 @@ def split(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.D
     return time_split(labelled(uc, rows), uc.time_order, days=settings.holdout_days)
 
 
-def _champion_training_data(settings: LoopSettings, uc: UseCase, registry):
-    """The champion's training rows (its lineage snapshots that are still on disk), or None."""
-    champion = registry.champion()
-    if champion is None:
-        return None
+def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: list[dict]) -> pd.DataFrame | None:
+    """The training rows of ``version`` (its ``lineage`` snapshots that are still on disk), or None: the reference
+    of input drift, for the validation of a new snapshot and for the live monitor."""
     topic = settings.topic(uc.topics.labels)
-    ids = [m["snapshot_id"] for m in champion.lineage if "snapshot_id" in m]
+    ids = [m["snapshot_id"] for m in lineage if "snapshot_id" in m]
     available = {m.snapshot_id for m in snapshots.list_manifests(settings, topic)}
     present = [i for i in ids if i in available]
     if not present:
-        log.warning("champion v%d was trained on snapshots %s that are not on disk: drift not computed",
-                    champion.version, ids)
+        log.warning("v%d was trained on snapshots %s that are not under %s: drift not computed", version, ids,
+                    settings.snapshot_dir)
         return None
     df, _ = _load(settings, uc, present)
     return df
+
+
+def _champion_training_data(settings: LoopSettings, uc: UseCase, registry):
+    """The champion's training rows, or None (no champion, or its snapshots are gone)."""
+    champion = registry.champion()
+    return None if champion is None else training_rows(settings, uc, champion.version, champion.lineage)
 
 
 def validate_step(settings: LoopSettings, loop_run_id: str, manifest):

@@ -239,6 +239,10 @@ class Registry:
             return None
         return self._download_json(run_id, DECISION_FILE)
 
+    def lineage(self, run_id: str) -> list[dict[str, Any]]:
+        """The snapshot manifests the model of ``run_id`` was trained on (``log_lineage``)."""
+        return self._download_json(run_id, LINEAGE_FILE)
+
     def preprocessing(self, run_id: str) -> dict[str, Any]:
         """The fitted preprocessing logged with the model of ``run_id``."""
         return self._download_json(run_id, PREPROCESSING_FILE)
@@ -305,7 +309,7 @@ class Registry:
         return ChampionInfo(
             version=int(mv.version), run_id=mv.run_id, model_uri=f"models:/{self.name}/{mv.version}",
             preprocessing=self.preprocessing(mv.run_id),
-            metrics=dict(run.data.metrics), lineage=self._download_json(mv.run_id, LINEAGE_FILE),
+            metrics=dict(run.data.metrics), lineage=self.lineage(mv.run_id),
         )
 
     def load_model(self, version_or_uri: int | str) -> keras.Model:

@@ -103,6 +103,29 @@ def _log_commit_failure(err, partitions: list[TopicPartition]) -> None:
                     [(tp.topic, tp.partition, tp.offset) for tp in partitions], err)
 
 
+def leave_group(consumer: Consumer, settings: ScorerSettings) -> None:
+    """Leave the group so the others take our partitions now. A static member's close() alone does not (its
+    partitions wait for its session to time out); unsubscribe() does once the revocation has been served,
+    which these polls do, until librdkafka forgets the member id. A member fenced meanwhile (a fatal
+    consumer error, e.g. after a coordinator's restart) is in the group no more: there is nothing to leave."""
+    try:
+        consumer.unsubscribe()
+    except KafkaException as e:
+        if e.args[0].code() != KafkaError._FATAL:
+            raise
+        log.warning("group %s: fenced while stopping (%s), not a member any more: nothing to leave",
+                    settings.group_id, e.args[0].str())
+        return
+    deadline = time.monotonic() + LEAVE_TIMEOUT_S
+    while consumer.memberid() and time.monotonic() < deadline:
+        consumer.poll(0.01)  # records still buffered are dropped: uncommitted, their next owner reads them
+    if consumer.memberid():
+        log.warning("group %s: no leave within %.0f s; partitions move when the session times out",
+                    settings.group_id, LEAVE_TIMEOUT_S)
+    else:
+        log.info("left group %s as %s", settings.group_id, settings.group_instance_id or "a member")
+
+
 class Scorer:
     """One scorer replica; ``run`` blocks until ``stop`` (or a fatal error), then shuts down cleanly."""
 
@@ -208,7 +231,7 @@ class Scorer:
                 self._pace_heartbeats(consumer)
             # Stopping: the commit lands before the consumer leaves the group.
             self._settle(consumer, after=None, handover=True)
-            self._leave_group(consumer)
+            leave_group(consumer, self.settings)
         except BaseException:
             # The unsettled batches stay uncommitted and are read again by whoever owns their partitions
             # next: the revocation inside close() must not try to settle them again.
@@ -218,20 +241,6 @@ class Scorer:
         finally:
             consumer.close()
             sink.close()
-
-    def _leave_group(self, consumer: Consumer) -> None:
-        """Leave the group so the others take our partitions now. A static member's close() alone does not (its
-        partitions wait for its session to time out); unsubscribe() does once the revocation has been served,
-        which these polls do, until librdkafka forgets the member id."""
-        consumer.unsubscribe()
-        deadline = time.monotonic() + LEAVE_TIMEOUT_S
-        while consumer.memberid() and time.monotonic() < deadline:
-            consumer.poll(0.01)  # records still buffered are dropped: uncommitted, their next owner reads them
-        if consumer.memberid():
-            log.warning("group %s: no leave within %.0f s; partitions move when the session times out",
-                        self.settings.group_id, LEAVE_TIMEOUT_S)
-        else:
-            log.info("left group %s as %s", self.settings.group_id, self.settings.group_instance_id or "a member")
 
     def _pace_heartbeats(self, consumer: Consumer) -> None:
         """Keep heartbeats at ``heartbeat.interval.ms``: librdkafka checks whether one is due only when its main

@@ -1,7 +1,8 @@
 """What the monitor decides from live metrics, as pure functions returning decision records (or None).
 
-- **Rollback**: the serving version's window metric is worse than the previous version's live metric by more
-  than ``rollback_margin``, or worse than ``rollback_floor``: the previous version is published again.
+- **Rollback**: the serving version's metric on a window's labelled events is worse than the previous version's
+  on the same events (scored again) by more than ``rollback_margin``, or the window's metric is worse than
+  ``rollback_floor``: the previous version is published again.
 - **Retrain**: the serving version's window metric is worse than its own gate-time (held-out) value by more
   than ``retrain_margin``, or an input feature's PSI against its training data passes ``drift_threshold``.
 - **Shadow**: after ``shadow_window_events`` events scored by both and labelled, the shadow is promoted when its
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -53,6 +55,17 @@ class MonitorDecision(BaseModel):
     drift: dict[str, float] = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The serving version and the previous one on the same labelled events of a window: the serving version's
+    recorded scores, the previous version's scores of the same rows."""
+
+    previous_version: int
+    value: float
+    previous_value: float
+    events: int
+
+
 def worse_by(value: float, reference: float, higher_is_better: bool) -> float:
     """How much worse ``value`` is than ``reference`` (negative: better)."""
     return reference - value if higher_is_better else value - reference
@@ -63,29 +76,34 @@ def _fmt(x: float | None) -> str:
 
 
 def judge_serving(policy: MonitorPolicy, *, use_case: str, metric: str, higher_is_better: bool, version: int,
-                  value: float, events: int, previous_version: int | None, previous_value: float | None,
+                  value: float, events: int, previous_version: int | None, comparison: Comparison | None,
                   gate_value: float | None, drift: dict[str, float]) -> MonitorDecision | None:
     """Rollback or retrain for the serving ``version`` given one closed window's ``value``; None when it holds.
 
-    ``previous_value``: the previous version's live metric (None when unknown: only the floor applies to a
-    rollback); ``gate_value``: the version's held-out value at its gate. A NaN window decides nothing.
+    ``comparison``: the version and ``previous_version`` on the same events of the window (None when they could
+    not be compared: only the floor applies to a rollback); ``gate_value``: the version's held-out value at its
+    gate. A NaN window decides nothing.
     """
     if math.isnan(value):
         return None
-    base = dict(use_case=use_case, metric=metric, model_version=version, value=value, events=events,
-                drift=drift)
+    base = dict(use_case=use_case, metric=metric, model_version=version, drift=drift)
     direction = "higher" if higher_is_better else "lower"
-    if previous_version is not None:
-        if previous_value is not None and not math.isnan(previous_value) \
-                and worse_by(value, previous_value, higher_is_better) > policy.rollback_margin:
-            return MonitorDecision(action="rollback", target_version=previous_version, reference=previous_value,
-                                   reason=f"live {metric} {_fmt(value)} of v{version} over {events} labelled events "
-                                          f"is worse than v{previous_version}'s {_fmt(previous_value)} by more than "
-                                          f"{policy.rollback_margin} ({direction} is better)", **base)
-        if policy.rollback_floor is not None and worse_by(value, policy.rollback_floor, higher_is_better) > 0:
-            return MonitorDecision(action="rollback", target_version=previous_version, reference=policy.rollback_floor,
-                                   reason=f"live {metric} {_fmt(value)} of v{version} over {events} labelled events "
-                                          f"is past the floor {policy.rollback_floor}", **base)
+    if comparison is not None and comparison.previous_version == previous_version \
+            and not (math.isnan(comparison.value) or math.isnan(comparison.previous_value)) \
+            and worse_by(comparison.value, comparison.previous_value, higher_is_better) > policy.rollback_margin:
+        c = comparison
+        return MonitorDecision(action="rollback", target_version=c.previous_version, value=c.value,
+                               reference=c.previous_value, events=c.events,
+                               reason=f"live {metric} {_fmt(c.value)} of v{version} is worse than "
+                                      f"v{c.previous_version}'s {_fmt(c.previous_value)} on the same {c.events} "
+                                      f"labelled events by more than {policy.rollback_margin} ({direction} is "
+                                      "better)", **base)
+    base.update(value=value, events=events)
+    if previous_version is not None and policy.rollback_floor is not None \
+            and worse_by(value, policy.rollback_floor, higher_is_better) > 0:
+        return MonitorDecision(action="rollback", target_version=previous_version, reference=policy.rollback_floor,
+                               reason=f"live {metric} {_fmt(value)} of v{version} over {events} labelled events "
+                                      f"is past the floor {policy.rollback_floor}", **base)
     if gate_value is not None and worse_by(value, gate_value, higher_is_better) > policy.retrain_margin:
         return MonitorDecision(action="retrain", reference=gate_value,
                                reason=f"live {metric} {_fmt(value)} of v{version} over {events} labelled events fell "

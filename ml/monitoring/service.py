@@ -5,8 +5,10 @@ assigned, nothing committed: the topics' retained history is its state, rebuilt 
 with their labels by the use case's key (``ml.monitoring.join``) and closes a window of live metrics every N
 labelled events per version (``ml.monitoring.windows``). Each window goes to Prometheus (``/metrics``), to the
 version's MLflow run (``live_<metric>`` at step = window index; ``shadow_live_<metric>`` for a shadow) and, for
-the serving champion, through the policy (``ml.monitoring.policy``): roll back, ask for a retraining; a full
-window of events scored by both champion and shadow decides the shadow. Decisions are taken once per version.
+the serving champion, through the policy (``ml.monitoring.policy``): roll back when the previous version does
+better on the window's own events (scored again from their label rows, ``ml.monitoring.rescoring``), ask for a
+retraining; a full window of events scored by both champion and shadow decides the shadow. Decisions are taken
+once per version.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -28,7 +29,9 @@ from ml import use_cases
 from ml.client_ids import LIVE_MONITOR_GROUP
 from ml.monitoring.actions import Actions
 from ml.monitoring.join import Labelled, LabelJoin, Paired, Prediction, Stage
-from ml.monitoring.policy import MonitorDecision, judge_serving, judge_shadow
+from ml.monitoring.label_rows import LabelRows
+from ml.monitoring.policy import Comparison, MonitorDecision, judge_serving, judge_shadow
+from ml.monitoring.rescoring import Rescorer
 from ml.monitoring.settings import MonitorSettings
 from ml.monitoring.windows import PairWindow, Window, Windows
 from ml.registry import Registry
@@ -103,6 +106,9 @@ class Monitor:
         self._live: dict[int, list[float]] = {}  # champion version -> its windows' live metric
         self._recent_rows: list[pa.Table] = []  # label rows since the last champion window (drift)
         self._recent_count = 0
+        self._label_rows = LabelRows(self.spec.key, s.monitor_label_rows)  # windows scored again by key
+        self.rescorer = Rescorer(self.uc, self.registry, self.spec.metric)
+        self._rolled_back: dict[int, bool] = {}  # version -> rolled back (by us, or found in MLflow)
         self._retrain_asked: dict[int, float] = {}
         self.decisions: list[MonitorDecision] = []
         self._assigned: set[str] = set()
@@ -228,6 +234,7 @@ class Monitor:
             table = table.take(pa.array(known, pa.int64()))
         self._recent_rows.append(table)
         self._recent_count += table.num_rows
+        self._label_rows.add(table)
         while self._recent_count - self._recent_rows[0].num_rows >= self.settings.monitor_drift_rows:
             self._recent_count -= self._recent_rows.pop(0).num_rows
         for i in known:
@@ -266,13 +273,14 @@ class Monitor:
         if w.stage != "champion":
             return
         self._live.setdefault(w.version, []).append(value)
-        if not self._served or w.version != self._served[-1]:
-            return  # a version no longer serving: its late labels are recorded, not acted on
+        if not self._served or w.version != self._served[-1] or self._rolled_back.get(w.version):
+            return  # a version no longer serving (or rolled back, still in flight): recorded, not acted on
         previous = self._previous(w.version)
+        comparison = self._compare(w, previous)
         decision = judge_serving(
             self.policy, use_case=self.uc.name, metric=self.spec.metric, higher_is_better=self.spec.higher_is_better,
-            version=w.version, value=value, events=len(w.y), previous_version=previous,
-            previous_value=self._previous_value(previous), gate_value=info.gate_value, drift=drift)
+            version=w.version, value=value, events=len(w.y), previous_version=previous, comparison=comparison,
+            gate_value=info.gate_value, drift=drift)
         if decision is not None:
             self._decide(decision)
 
@@ -297,6 +305,8 @@ class Monitor:
                  (("promote_shadow", "retire_shadow") if shadow_verdict else ("rollback",))):
             return  # decided before (this process, or before a restart)
         self.decisions.append(d)
+        if d.action == "rollback":
+            self._rolled_back[d.model_version] = True
         self.metrics.decisions.labels(self.uc.name, d.action).inc()
         self.actions.take(d)
 
@@ -337,7 +347,7 @@ class Monitor:
         """The version to roll back to: the champion that served before ``version`` and was not rolled back
         itself; from MLflow when this monitor did not see one serve."""
         for v in reversed(self._served[:-1]):
-            if v != version and not self.actions.decided(v, "rollback"):
+            if v != version and not self._was_rolled_back(v):
                 return v
         try:
             versions = self.registry.client().search_model_versions(f"name = '{self.registry.name}'")
@@ -348,18 +358,24 @@ class Monitor:
                         and not {"monitor.rollback", "monitor.retire_shadow"} & set(mv.tags or {})), reverse=True)
         return older[0] if older else None
 
-    def _previous_value(self, version: int | None) -> float | None:
-        if version is None:
+    def _was_rolled_back(self, version: int) -> bool:
+        """Whether ``version`` was rolled back: asked of MLflow once per version, then kept (``_decide`` records
+        this monitor's own rollbacks)."""
+        if version not in self._rolled_back:
+            self._rolled_back[version] = self.actions.decided(version, "rollback")
+        return self._rolled_back[version]
+
+    def _compare(self, w: Window, previous: int | None) -> Comparison | None:
+        """``w``'s version and ``previous`` on the window's own events (logged), or None."""
+        if previous is None:
             return None
-        values = self._live.get(version)
-        if not values:
-            info = self._info(version)
-            if info.run_id is None:
-                return None
-            history = self.registry.client().get_metric_history(info.run_id, f"live_{self.spec.metric}")
-            values = [h.value for h in sorted(history, key=lambda h: h.step)]
-        values = [v for v in values[-self.settings.monitor_compare_windows:] if not math.isnan(v)]
-        return float(np.mean(values)) if values else None
+        rows, found = self._label_rows.rows(w.keys)
+        comparison = self.rescorer.compare(w, previous, rows, found)
+        if comparison is not None:
+            log.info("monitor of %s: v%d %s %.4f against v%d's %.4f on the same %d labelled events of window %d",
+                     self.uc.name, w.version, self.spec.metric, comparison.value, previous, comparison.previous_value,
+                     comparison.events, w.index)
+        return comparison
 
     def _drift(self, info: VersionInfo) -> dict[str, float]:
         """PSI of the recent label rows against the version's training rows (its lineage snapshots on disk)."""
@@ -378,25 +394,16 @@ class Monitor:
 
 
 def _training_rows(settings: MonitorSettings, uc, registry: Registry, info: VersionInfo) -> pd.DataFrame | None:
-    from ml import snapshot as snapshots
-    from ml.pipeline import labelled
+    from ml.pipeline import training_rows
 
     if info.run_id is None:
         return None
     try:
-        lineage = registry._download_json(info.run_id, "lineage/snapshot_manifests.json")
+        lineage = registry.lineage(info.run_id)
     except Exception as e:  # noqa: BLE001
         log.warning("monitor of %s: no lineage for v%d (%s): drift not computed", uc.name, info.version, e)
         return None
-    topic = settings.topic(uc.topics.labels)
-    on_disk = {m.snapshot_id for m in snapshots.list_manifests(settings, topic)}
-    ids = [m["snapshot_id"] for m in lineage if m.get("snapshot_id") in on_disk]
-    if not ids:
-        log.warning("monitor of %s: the training snapshots of v%d are not under %s: drift not computed", uc.name,
-                    info.version, settings.snapshot_dir)
-        return None
-    rows, _ = snapshots.load_snapshots(settings, topic, uc.label_contract, ids)
-    return labelled(uc, rows)
+    return training_rows(settings, uc, info.version, lineage)
 
 
 def _ts(epoch_s: float) -> str:

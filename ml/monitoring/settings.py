@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from ml.monitoring.policy import MonitorPolicy
 from ml.settings import LoopSettings
@@ -18,8 +18,9 @@ class MonitorSettings(LoopSettings):
                                        "model version); each closed window is one point of the live metric.")
     monitor_shadow_window_events: int = Field(5000, ge=50, description="Labelled events scored by both champion "
                                               "and shadow before the shadow is promoted or retired.")
-    monitor_rollback_margin: float = Field(0.05, ge=0, description="Roll back when the serving version's window "
-                                           "metric is worse than the previous version's live metric by more.")
+    monitor_rollback_margin: float = Field(0.05, ge=0, description="Roll back when the serving version's metric "
+                                           "on a window's events is worse than the previous version's on the same "
+                                           "events by more.")
     monitor_rollback_floor: float | None = Field(None, description="Roll back when the serving version's window "
                                                  "metric is worse than this (unset: no floor).")
     monitor_retrain_margin: float = Field(0.03, ge=0, description="Ask for a retraining when the serving version's "
@@ -28,8 +29,8 @@ class MonitorSettings(LoopSettings):
                                            "against the serving version's training data passes this.")
     monitor_shadow_margin: float = Field(0.0, ge=0, description="Promote a shadow whose metric is worse than the "
                                          "champion's on the same events by at most this.")
-    monitor_compare_windows: int = Field(3, ge=1, description="The previous version's live metric is the mean of "
-                                         "its last this many windows.")
+    monitor_label_rows: int = Field(20_000, ge=100, description="Recent label records kept by key, from which a "
+                                    "closed window's events are scored again by the previous version.")
     monitor_retrain_cooldown_s: float = Field(3600.0, ge=0, description="At most one retraining request per "
                                               "serving version in this long.")
     monitor_actions: bool = Field(True, description="Act on decisions (off: decide, record and report only).")
@@ -45,6 +46,12 @@ class MonitorSettings(LoopSettings):
                                         "monitor starts retraining runs on; unset: requests are recorded only.")
     airflow_api_username: str | None = None
     airflow_api_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _windows_fit_in_the_label_rows(self) -> MonitorSettings:
+        if self.monitor_label_rows < self.monitor_window_events:
+            raise ValueError("monitor_label_rows must hold at least a window (monitor_window_events) of label rows")
+        return self
 
     def policy(self) -> MonitorPolicy:
         return MonitorPolicy(rollback_margin=self.monitor_rollback_margin, rollback_floor=self.monitor_rollback_floor,

@@ -19,6 +19,7 @@ class Window:
     stage: Stage
     version: int
     index: int
+    keys: tuple[str, ...]
     y: np.ndarray
     scores: np.ndarray
     decisions: np.ndarray
@@ -75,7 +76,8 @@ class Windows:
         index = self._closed[key]
         self._closed[key] += 1
         return Window(stage=item.stage, version=item.prediction.version, index=index,
-                      y=np.array([e.y for e in events]), scores=np.array([e.prediction.score for e in events]),
+                      keys=tuple(e.prediction.key for e in events), y=np.array([e.y for e in events]),
+                      scores=np.array([e.prediction.score for e in events]),
                       decisions=np.array([e.prediction.decision for e in events]),
                       first_scored_at=min(e.prediction.scored_at for e in events),
                       last_scored_at=max(e.prediction.scored_at for e in events),

@@ -36,7 +36,7 @@ from ml.publish import build_envelope, canonical_json, publish
 from ml.settings import LoopSettings
 from ml.signing import Signer
 from ml.wire import Framing, TopicReader, header
-from scoring_service.app import Scorer
+from scoring_service.app import FatalErrors, Scorer, consumer_config, leave_group
 from scoring_service.config import ScorerSettings
 from scoring_service.sink import Sink
 from use_cases.flight_delay import preprocessing
@@ -773,6 +773,40 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
         assert running.http("/healthz")[0] == 200
     finally:
         running.stop()
+
+
+def _fenced(consumer: Consumer, errors: FatalErrors) -> bool:
+    """Whether the consumer reported a fatal error, by its error callback or on a polled message."""
+    m = consumer.poll(0.1)
+    return errors.fatal is not None or (m is not None and m.error() is not None
+                                        and (m.error().fatal() or m.error().code() == KafkaError._FATAL))
+
+
+def test_a_static_member_fenced_before_it_stops_leaves_without_an_error(settings, caplog):
+    """A coordinator's restart can fence a static member by its own earlier join; if that lands while the scorer
+    stops, leaving the group finds the consumer fatal. The member is out of the group already: the stop ends
+    cleanly, naming the fence, instead of failing on the unsubscribe."""
+    s = settings.model_copy(update={"replica_name": "fenced"})
+    first_errors, second_errors = FatalErrors(), FatalErrors()
+    first = Consumer(consumer_config(s, "first", first_errors))
+    second = Consumer(consumer_config(s, "second", second_errors))
+    try:
+        first.subscribe([s.input_topic])
+        wait_for(lambda: first.poll(0.1) is None and len(first.assignment()) == 3, 60, "the first member assigned")
+        second.subscribe([s.input_topic])  # the same group.instance.id: the first member is fenced
+        wait_for(lambda: second.poll(0.1) is None and len(second.assignment()) == 3, 60, "the second member in")
+        wait_for(lambda: _fenced(first, first_errors), 60, "the first fenced")
+        with caplog.at_level("WARNING", logger="scoring_service.app"):
+            leave_group(first, s)
+        assert "fenced while stopping" in caplog.text
+        leave_group(second, s)  # a member in good standing leaves as before
+        assert not second.memberid() and second_errors.fatal is None
+    finally:
+        for c in (first, second):
+            try:
+                c.close()
+            except KafkaException as e:  # a fenced consumer's close may report the fence again
+                assert e.args[0].code() == KafkaError._FATAL
 
 
 @pytest.mark.slow

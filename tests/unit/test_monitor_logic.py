@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
 from ml.monitoring.join import Labelled, LabelJoin, Paired, Prediction
-from ml.monitoring.policy import MonitorPolicy, judge_serving, judge_shadow
+from ml.monitoring.label_rows import LabelRows
+from ml.monitoring.policy import Comparison, MonitorPolicy, judge_serving, judge_shadow
 from ml.monitoring.windows import PairWindow, Window, Windows
 from use_cases.flight_delay.live_metrics import calibration_error, live_metrics as flight_live
 from use_cases.sensor_anomaly.live_metrics import live_metrics as sensor_live
@@ -61,21 +63,34 @@ POLICY = MonitorPolicy(rollback_margin=0.05, rollback_floor=0.55, retrain_margin
                        shadow_margin=0.01)
 
 
-def serving(value: float, *, previous: float | None = 0.75, gate: float | None = 0.76,
+def serving(value: float, *, previous: float | None = 0.75, same: float | None = None, gate: float | None = 0.76,
             drift: dict | None = None, higher: bool = True):
+    """The policy on a window of ``value``; ``previous``: v2's value on the same events (``same``: v3's there,
+    the window's by default; None: not compared)."""
+    comparison = None if previous is None else Comparison(2, value if same is None else same, previous, 1800)
     return judge_serving(POLICY, use_case="uc", metric="roc_auc", higher_is_better=higher, version=3, value=value,
-                         events=2000, previous_version=2, previous_value=previous, gate_value=gate,
-                         drift=drift or {})
+                         events=2000, previous_version=2, comparison=comparison, gate_value=gate, drift=drift or {})
 
 
-def test_serving_version_rolled_back_when_worse_than_the_previous_by_the_margin_or_under_the_floor():
+def test_serving_version_rolled_back_when_worse_than_the_previous_on_the_same_events_or_under_the_floor():
     d = serving(0.69)
-    assert d.action == "rollback" and d.target_version == 2 and d.reference == 0.75 and "worse than v2" in d.reason
+    assert d.action == "rollback" and d.target_version == 2 and d.reference == 0.75 and d.events == 1800
+    assert "worse than v2's 0.7500 on the same 1800 labelled events" in d.reason
     assert serving(0.71).action == "retrain"  # within the rollback margin, below gate - retrain margin
     floor = serving(0.54, previous=None)
-    assert floor.action == "rollback" and "floor" in floor.reason
+    assert floor.action == "rollback" and "floor" in floor.reason and floor.events == 2000
     assert serving(0.749) is None
     assert serving(float("nan")) is None
+    # The comparison, not the window's value, decides a rollback: a hard window both versions find hard holds.
+    assert serving(0.60, previous=0.62, gate=None) is None
+    assert serving(0.80, previous=0.80, same=0.70).action == "rollback"
+    assert serving(0.69, previous=float("nan"), gate=None) is None  # undefined on those events: no verdict
+
+
+def test_a_comparison_with_another_version_than_the_previous_is_not_acted_on():
+    stale = Comparison(1, 0.60, 0.80, 1800)
+    assert judge_serving(POLICY, use_case="uc", metric="roc_auc", higher_is_better=True, version=3, value=0.70,
+                         events=2000, previous_version=2, comparison=stale, gate_value=None, drift={}) is None
 
 
 def test_retraining_asked_for_on_a_live_drop_from_the_gate_or_on_drift():
@@ -87,11 +102,28 @@ def test_retraining_asked_for_on_a_live_drop_from_the_gate_or_on_drift():
 
 def test_lower_is_better_metrics_are_judged_the_other_way():
     no_floor = POLICY.model_copy(update={"rollback_floor": None})
-    assert judge_serving(no_floor, use_case="uc", metric="log_loss", higher_is_better=False, version=3, value=0.70,
-                         events=10, previous_version=2, previous_value=0.60, gate_value=None,
-                         drift={}).action == "rollback"
-    assert judge_serving(no_floor, use_case="uc", metric="log_loss", higher_is_better=False, version=3, value=0.58,
-                         events=10, previous_version=2, previous_value=0.60, gate_value=None, drift={}) is None
+
+    def judged(value: float):
+        return judge_serving(no_floor, use_case="uc", metric="log_loss", higher_is_better=False, version=3,
+                             value=value, events=10, previous_version=2, comparison=Comparison(2, value, 0.60, 10),
+                             gate_value=None, drift={})
+    assert judged(0.70).action == "rollback"
+    assert judged(0.58) is None
+
+
+def test_label_rows_give_a_windows_events_by_key_latest_record_first_oldest_dropped():
+    rows = LabelRows("id", max_rows=4)
+    rows.add(pa.table({"id": ["a", "b"], "x": [1, 2], "y": [True, False]}))
+    rows.add(pa.table({"id": ["c", "a"], "x": [3, 10], "y": [True, True]}))
+    frame, found = rows.rows(["c", "zz", "a", "b"])
+    assert found.tolist() == [0, 2, 3]
+    assert frame["id"].tolist() == ["c", "a", "b"] and frame["x"].tolist() == [3, 10, 2]  # a's latest record
+    assert str(frame["x"].dtype) == "Int64"  # as the snapshots load integers
+    rows.add(pa.table({"id": ["d", "e", "f"], "x": [4, 5, 6], "y": [False, False, True]}))
+    assert len(rows) == 5  # the first table dropped: the rest hold at least max_rows
+    frame, found = rows.rows(["b", "d"])
+    assert frame["id"].tolist() == ["d"] and found.tolist() == [1]
+    assert rows.rows([])[1].size == 0
 
 
 @pytest.mark.parametrize(("shadow", "champion", "action"), [(0.75, 0.755, "promote_shadow"),
