@@ -117,8 +117,29 @@ k8s-check: setup helm  ## Kubernetes deployment without a cluster: helm lint and
 	$(HELM) template scorers $(CHART) -f $(CHART)/values-sasl-ssl.yaml --kube-version 1.33.0 >/dev/null
 	$(PY) -m pytest tests/unit/test_helm.py tests/unit/test_airflow_values.py
 
+# `make test` runs the suite as two pytest processes side by side, each with its own broker and registry: most
+# integration tests wait on services (a session timeout, a DAG run, a JVM starting), so two cores do far more
+# at once. TEST_SIDE holds the long modules that need no other, the rest keep the order of a single run (the DAG
+# tests import Airflow first in theirs). Its output is printed after the rest's; TEST_JOBS=1 runs one process.
+TEST_JOBS ?= 2
+TEST_SIDE := tests/integration/test_cluster_faults.py tests/integration/test_demo.py \
+	tests/integration/test_secured_loop.py tests/integration/test_event_trigger.py \
+	tests/integration/test_use_case_package.py
+TEST_SIDE_LOG := .local/test-logs/pytest-side.log
+
 test: kafka-fetch registry-fetch helm  ## Everything: unit and integration tests against a real broker and registry
+ifeq ($(TEST_JOBS),1)
 	$(OWN_REGISTRY) $(PY) -m pytest
+else
+	@mkdir -p $(dir $(TEST_SIDE_LOG))
+	@echo "pytest $(TEST_SIDE) runs beside the rest; its output follows theirs (live in $(TEST_SIDE_LOG))"
+	@$(OWN_REGISTRY) $(PY) -m pytest $(TEST_SIDE) > $(TEST_SIDE_LOG) 2>&1 & side=$$!; \
+	trap 'kill $$side 2>/dev/null' INT TERM; \
+	$(OWN_REGISTRY) $(PY) -m pytest $(addprefix --ignore=,$(TEST_SIDE)); rest=$$?; \
+	wait $$side; side_rc=$$?; \
+	echo "========== pytest $(TEST_SIDE) (exit $$side_rc) =========="; cat $(TEST_SIDE_LOG); \
+	test $$rest -eq 0 && test $$side_rc -eq 0
+endif
 
 test-fast: setup helm  ## Unit tests only
 	$(OWN_REGISTRY) $(PY) -m pytest -m "not integration and not slow"

@@ -259,6 +259,8 @@ class Scorer:
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
         if assigned:
             for tp in self._committed(consumer, assigned):
+                if (tp.topic, tp.partition) not in self._assigned:
+                    continue  # revoked while the offsets were read (callbacks run inside committed()): not ours
                 consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
         log.info("rebalance during a batch: dropped %d fetched record(s), resuming %s from committed offsets",
                  dropped, sorted(self._assigned))

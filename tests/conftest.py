@@ -30,6 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 KEPT_LOGS = REPO / ".local" / "test-logs"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """An Airflow home of this test process's own, set before anything imports Airflow: its configuration (the
+    metadata database under AIRFLOW_HOME) is read once, at import, and whichever test imports it first (a unit
+    test of the plugin, or the DAG tests' ``dag.test()``) must find the home the DAG tests migrate, and no test
+    writes into the user's ~/airflow. Each pytest process (``make test`` runs two) gets its own."""
+    home = Path(tempfile.mkdtemp(prefix="airflow-tests-"))
+    os.environ["AIRFLOW_HOME"] = str(home)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+
+
 def _until(what: str, check: Callable[[], object], timeout: float, every: float = 2.0):
     """``check()``'s first truthy value, polled every ``every`` s; AssertionError naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -10,10 +10,9 @@ check are covered in test_rollout.py without Airflow.
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import subprocess
 import sys
-import tempfile
 import threading
 import uuid
 import warnings
@@ -44,11 +43,11 @@ TASKS = list(TASK_IDS)
 
 @pytest.fixture(scope="module")
 def airflow_home(kafka_bootstrap):
-    """A migrated Airflow metadata DB in a temporary AIRFLOW_HOME; the environment is set before Airflow
-    is first imported in this process (its configuration is read once, at import)."""
-    if "airflow" in sys.modules and "airflow.configuration" in sys.modules:
-        pytest.skip("Airflow was imported before this module configured it")
-    home = Path(tempfile.mkdtemp(prefix="airflow-test-"))
+    """A migrated Airflow metadata DB in this process's AIRFLOW_HOME, set before Airflow is first imported here
+    (``tests/conftest.py``: its configuration is read once, at import)."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    if "airflow.configuration" in sys.modules and sys.modules["airflow.configuration"].AIRFLOW_HOME != str(home):
+        pytest.skip("Airflow was imported with another AIRFLOW_HOME before this module configured it")
     # No retries: a failing task fails the test at once instead of after two retry delays.
     env = {**airflow_env(AirflowConfig(home=home, kafka_bootstrap_servers=kafka_bootstrap)),
            "RETRAIN_TASK_RETRIES": "0"}
@@ -58,7 +57,6 @@ def airflow_home(kafka_bootstrap):
         subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
                        capture_output=True)
         yield home
-    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
