@@ -119,12 +119,15 @@ k8s-check: setup helm  ## Kubernetes deployment without a cluster: helm lint and
 
 # `make test` runs the suite as two pytest processes side by side, each with its own broker and registry: most
 # integration tests wait on services (a session timeout, a DAG run, a JVM starting), so two cores do far more
-# at once. TEST_SIDE holds the long modules that need no other, the rest keep the order of a single run (the DAG
-# tests import Airflow first in theirs). Its output is printed after the rest's; TEST_JOBS=1 runs one process.
+# at once. TEST_SIDE holds long modules that need no other; the rest keep the order of a single run (the DAG
+# tests import Airflow first in theirs). The side's output is printed after the rest's. TEST_ALONE runs last, on
+# its own: the three-node fault tests kill and restart brokers under load and time sessions out, which two
+# processes beside them would race. TEST_JOBS=1 runs everything in one process.
 TEST_JOBS ?= 2
-TEST_SIDE := tests/integration/test_cluster_faults.py tests/integration/test_demo.py \
-	tests/integration/test_secured_loop.py tests/integration/test_event_trigger.py \
-	tests/integration/test_use_case_package.py
+TEST_ALONE := tests/integration/test_cluster_faults.py
+TEST_SIDE := tests/integration/test_demo.py tests/integration/test_secured_loop.py \
+	tests/integration/test_event_trigger.py tests/integration/test_use_case_package.py \
+	tests/integration/test_airflow_rest.py
 TEST_SIDE_LOG := .local/test-logs/pytest-side.log
 
 test: kafka-fetch registry-fetch helm  ## Everything: unit and integration tests against a real broker and registry
@@ -132,13 +135,14 @@ ifeq ($(TEST_JOBS),1)
 	$(OWN_REGISTRY) $(PY) -m pytest
 else
 	@mkdir -p $(dir $(TEST_SIDE_LOG))
-	@echo "pytest $(TEST_SIDE) runs beside the rest; its output follows theirs (live in $(TEST_SIDE_LOG))"
+	@echo "pytest $(TEST_SIDE) runs beside the rest (its output follows theirs; live in $(TEST_SIDE_LOG)), then $(TEST_ALONE)"
 	@$(OWN_REGISTRY) $(PY) -m pytest $(TEST_SIDE) > $(TEST_SIDE_LOG) 2>&1 & side=$$!; \
 	trap 'kill $$side 2>/dev/null' INT TERM; \
-	$(OWN_REGISTRY) $(PY) -m pytest $(addprefix --ignore=,$(TEST_SIDE)); rest=$$?; \
+	$(OWN_REGISTRY) $(PY) -m pytest $(addprefix --ignore=,$(TEST_SIDE) $(TEST_ALONE)); rest=$$?; \
 	wait $$side; side_rc=$$?; \
 	echo "========== pytest $(TEST_SIDE) (exit $$side_rc) =========="; cat $(TEST_SIDE_LOG); \
-	test $$rest -eq 0 && test $$side_rc -eq 0
+	$(OWN_REGISTRY) $(PY) -m pytest $(TEST_ALONE); alone=$$?; \
+	test $$rest -eq 0 && test $$side_rc -eq 0 && test $$alone -eq 0
 endif
 
 test-fast: setup helm  ## Unit tests only

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +65,8 @@ class FatalErrors:
             raise KafkaException(self.fatal)
 
 
-def consumer_config(settings: ScorerSettings, client_id: str, errors: FatalErrors | None = None) -> dict:
+def consumer_config(settings: ScorerSettings, client_id: str, errors: FatalErrors | None = None,
+                    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None) -> dict:
     config = settings.kafka_config({
         "group.id": settings.group_id,
         "client.id": client_id,
@@ -85,7 +86,8 @@ def consumer_config(settings: ScorerSettings, client_id: str, errors: FatalError
         # live stream costs the broker a bounded number of fetches, not one per record batch it receives.
         "fetch.wait.max.ms": max(1, settings.batch_max_wait_ms // 2),
         "fetch.min.bytes": 1 << 20,
-        "on_commit": _log_commit_failure,
+        # A commit's outcome: the at_least_once sink resends what was not confirmed.
+        "on_commit": on_commit or _log_commit_failure,
     })
     if errors is not None:
         config["error_cb"] = errors
@@ -199,7 +201,7 @@ class Scorer:
         # its open transaction before our consumer reads the committed offsets.
         sink = Sink(s)
         errors = FatalErrors()
-        consumer = Consumer(consumer_config(s, self.scorer_id, errors))
+        consumer = Consumer(consumer_config(s, self.scorer_id, errors, on_commit=sink.on_commit))
         consumer.subscribe([s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         log.info("scorer %s (%s) consuming %s on Kafka at %s as group %s (%s), batches of up to %d records / %d ms",

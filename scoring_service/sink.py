@@ -4,9 +4,11 @@
   (a slow acknowledgement does not pause scoring). Delivery reports are collected as they come; the input
   offsets of the batches whose every record is acknowledged, in order, are committed every
   ``commit_interval_ms``, asynchronously (the scoring loop never waits on the group coordinator, which may
-  be away during a broker restart). On a hand-over (revocation or stop) everything is flushed and committed
-  synchronously. A failed record stops the scorer with its batch uncommitted; a crash before a commit lands
-  re-scores what followed the last commit: duplicates, never loss.
+  be away during a broker restart). A commit the coordinator did not confirm (refused, or its answer lost while
+  the coordinator moved) is sent again after ``RECOMMIT_S``, so the last offsets of a stream that has stopped
+  land too. On a hand-over (revocation or stop) everything is flushed and committed synchronously. A failed
+  record stops the scorer with its batch uncommitted; a crash before a commit lands re-scores what followed the
+  last commit: duplicates, never loss.
 * ``exactly_once``: one transaction per batch holds the predictions, the dead letters and the input offsets
   (``send_offsets_to_transaction`` with the consumer's group metadata); readers with
   ``isolation.level=read_committed`` see each batch's outputs once or not at all. A batch's transaction is
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 Record = tuple[str, bytes | None, bytes]  # topic, key, value
 # Each waits up to the delivery timeout: together far longer than a new coordinator takes to be elected.
 ABORT_ATTEMPTS = 5
+# at_least_once: an asynchronous commit not confirmed within this long is sent again.
+RECOMMIT_S = 5.0
 
 
 class BatchAborted(RuntimeError):
@@ -91,6 +95,7 @@ class Sink:
         self.producer = Producer(producer_config(settings))
         self._unsettled: deque[InFlight] = deque()
         self._to_commit: dict[tuple[str, int], int] = {}
+        self._unconfirmed: dict[tuple[str, int], int] = {}  # sent in an asynchronous commit, not confirmed yet
         self._committed_at = time.monotonic()
         if self.transactional:
             self.producer.init_transactions(settings.delivery_timeout_s)
@@ -143,13 +148,21 @@ class Sink:
             batch = self._unsettled.popleft()
             settled.append(batch)
             self._to_commit.update({(tp.topic, tp.partition): tp.offset for tp in batch.offsets})
-        if self._to_commit and (handover or time.monotonic() - self._committed_at
-                                >= self.settings.commit_interval_ms / 1000):
+        since = time.monotonic() - self._committed_at
+        if self._unconfirmed and (handover or since >= RECOMMIT_S):
+            if not handover:
+                log.warning("offsets %s not confirmed by the group coordinator in %.0f s: committing them again",
+                            sorted(self._unconfirmed.items()), since)
+            for key, offset in self._unconfirmed.items():
+                self._to_commit.setdefault(key, offset)  # unless a newer offset of that partition is due
+        if self._to_commit and (handover or since >= self.settings.commit_interval_ms / 1000):
             self._commit(consumer, synchronous=handover)
         return settled
 
     def _commit(self, consumer: Consumer, *, synchronous: bool) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._to_commit.items())]
+        if not synchronous:
+            self._unconfirmed.update(self._to_commit)
         self._to_commit.clear()
         self._committed_at = time.monotonic()
         try:
@@ -158,6 +171,23 @@ class Sink:
             # Partitions revoked while delivering: the new owner re-reads from the last commit. The outputs
             # are delivered, so this costs duplicates, which at-least-once allows.
             log.warning("commit of %s failed after delivery (%s): those records may be scored again", offsets, e)
+        if synchronous:
+            self._unconfirmed.clear()  # landed, or given up on a hand-over: the next owner starts from the broker's
+
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The consumer's ``on_commit``: a commit's outcome. Confirmed offsets need no resending; a failure (of the
+        request, or of a partition) is logged and the offsets stay due again (``RECOMMIT_S``)."""
+        # librdkafka sets ``err`` to a partition's error too: partitions with errors of their own failed, the
+        # others landed; without any, ``err`` is the whole request's.
+        failed = [tp for tp in partitions if tp.error is not None] or (list(partitions) if err is not None else [])
+        if failed:
+            log.warning("offset commit of %s failed (%s): committed again shortly; a crash meanwhile re-scores "
+                        "those records", [(tp.topic, tp.partition, tp.offset) for tp in failed],
+                        failed[0].error or err)
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if tp not in failed and self._unconfirmed.get(key, -1) <= tp.offset:
+                self._unconfirmed.pop(key, None)
 
     def _abort(self, exc: KafkaException, batch: InFlight) -> None:
         err: KafkaError = exc.args[0]

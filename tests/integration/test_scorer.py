@@ -684,6 +684,45 @@ def test_at_least_once_commits_delivered_batches_on_the_interval_and_all_at_stop
     assert committed(s) == high_watermarks(s)
 
 
+def test_an_at_least_once_commit_the_coordinator_refuses_is_sent_again_until_confirmed(settings, caplog,
+                                                                                        monkeypatch):
+    """A commit whose outcome is a failure (here a partition the broker does not have; after a coordinator's
+    death, a request without an answer) stays due: the sink sends it again after RECOMMIT_S, while a confirmed
+    commit is not sent again. Without it, the last offsets of a stream that has stopped might never land."""
+    from scoring_service import sink as sink_module
+
+    monkeypatch.setattr(sink_module, "RECOMMIT_S", 0.5)
+    s = settings.model_copy(update={"commit_interval_ms": 0})
+    sink = Sink(s)
+    consumer = Consumer(consumer_config(s, "commits", on_commit=sink.on_commit))
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+
+    def settled(done) -> bool:  # commit outcomes come with the consumer's poll
+        consumer.poll(0.1)
+        sink.settle(consumer)
+        return done()
+
+    def resent() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "committing them again" in r.getMessage()]
+
+    try:
+        with caplog.at_level("WARNING", logger="scoring_service.sink"):
+            sink.send([(s.output_topic, b"k", b"v")], [TopicPartition(s.input_topic, 0, 7)], consumer)
+            wait_for(lambda: settled(lambda: committed(s).get(0) == 7), 30, "the offset committed")
+            deadline = time.monotonic() + 2.0  # four resend intervals: a confirmed commit is not sent again
+            while time.monotonic() < deadline:
+                settled(lambda: None)
+            assert resent() == []
+            sink.send([(s.output_topic, b"k", b"v")], [TopicPartition(missing, 0, 3)], consumer)
+            wait_for(lambda: settled(lambda: resent()), 30, "the refused offset sent again")
+        assert missing in resent()[0]
+        assert any("offset commit of" in r.getMessage() and missing in r.getMessage() for r in caplog.records)
+        assert committed(s).get(0) == 7
+    finally:
+        consumer.close()
+        sink.close()
+
+
 @pytest.mark.slow
 def test_two_replicas_share_the_input_and_each_follows_the_models_topic(
         settings, scorers, events, contract, artifacts):
