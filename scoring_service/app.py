@@ -98,6 +98,17 @@ def consumer_config(settings: ScorerSettings, client_id: str, errors: FatalError
     return config
 
 
+def _raise_if_fatal(msgs: Sequence[Message]) -> None:
+    """Raise the first fatal error among ``msgs``: librdkafka reports a static member fenced (by a newer instance,
+    or by its own earlier join after a coordinator restart) as an error event among the fetched records, and the
+    consumer reads nothing after it; the process stops and its orchestrator restarts it under the same name."""
+    for m in msgs:
+        err = m.error()
+        if err is not None and (err.fatal() or err.code() == KafkaError._FATAL):
+            log.error("fatal consumer error, stopping (restarted, the replica rejoins under its name): %s", err.str())
+            raise KafkaException(err)
+
+
 def _log_commit_failure(err, partitions: list[TopicPartition]) -> None:
     """Result of an asynchronous offset commit: a failure costs re-scored records, never lost ones."""
     if err is not None:
@@ -221,6 +232,7 @@ class Scorer:
                 msgs = collect(consumer.consume, consumer.poll, s.batch_size, cadence.wait_s(), IDLE_WAIT_S)
                 if msgs:
                     cadence.closed()
+                    _raise_if_fatal(msgs)  # also when the batch is dropped below: a fenced member must not linger
                 if self._rebalanced:
                     self._restart_from_committed(consumer, len(msgs))
                     continue

@@ -785,7 +785,10 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
             "flights.scheduled": f"sched-{u}", "flights.predictions": f"pred-{u}", "flights.dlq": f"dlq-{u}",
             "models": f"models-{u}", "models.status": f"status-{u}"},
         group_id=f"scorer-{u}", model_name=MODEL, batch_size=500, batch_max_wait_ms=50, http_port=0,
-        model_trusted_keys_dir=trusted_dir, session_timeout_ms=6000)
+        model_trusted_keys_dir=trusted_dir, session_timeout_ms=6000,
+        # A dynamic member: a static one may be fenced by its own earlier join when the coordinator comes back,
+        # and then stops for its orchestrator to restart it (test_a_fenced_static_member_stops_instead_of_idling).
+        static_membership=False)
     wait_for(lambda: _served(s), 30, "new topics served")
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     running = Running(s)
@@ -812,6 +815,31 @@ def test_broker_stopped_and_restarted_under_the_scorer_loses_nothing(private_bro
         assert running.http("/healthz")[0] == 200
     finally:
         running.stop()
+
+
+def test_a_fenced_static_member_stops_instead_of_idling(settings, events, contract, artifacts):
+    """A scorer whose static membership is taken by another consumer of the same group.instance.id is fenced: it
+    reads nothing more, so it stops with the fatal error (its orchestrator restarts it) rather than stay up idle."""
+    s = settings.model_copy(update={"replica_name": "taken"})
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    running = Running(s)
+    other = Consumer(consumer_config(s, "other"))
+    try:
+        wait_for(lambda: running.scorer.ready()[0], 120, "scorer ready")
+        produce(s, s.input_topic, events[:200])
+        other.subscribe([s.input_topic])
+        wait_for(lambda: other.poll(0.1) is None and len(other.assignment()) == 3, 60, "the other member in")
+        produce(s, s.input_topic, events[200:400])  # a fetch brings the fence to the scorer
+        running.thread.join(60)
+        assert not running.thread.is_alive(), "the fenced scorer stayed up"
+        assert isinstance(running.error, KafkaException) and running.error.args[0].code() == KafkaError._FATAL
+    finally:
+        running.scorer.stop()
+        running.thread.join(30)
+        try:
+            other.close()
+        except KafkaException:
+            pass
 
 
 def _fenced(consumer: Consumer, errors: FatalErrors) -> bool:
