@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.replay_snapshot import bench_settings, kafka_cluster  # noqa: E402
 from ml import snapshot  # noqa: E402
 from ml.airflow_trigger import NewRecordsTrigger  # noqa: E402
-from ml.snapshot import snapshot_consumer  # noqa: E402
+from ml.kafka_ranges import snapshot_consumer  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from use_cases.flight_delay.replay import replay_frame  # noqa: E402
 from use_cases.flight_delay.source import load_completed  # noqa: E402

@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from ml import snapshot as snapshots, use_cases
+from ml.contracts import arrow_schema
 from ml.errors import AlreadySnapshotted, InsufficientData, LoopError, ValidationFailed
 from ml.new_records import Announcement
 from ml.settings import LoopSettings
@@ -100,8 +103,24 @@ def snapshot_step(settings: LoopSettings, loop_run_id: str, announced: Announcem
     return manifest
 
 
-def _load(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]):
-    return snapshots.load_snapshots(settings, settings.topic(uc.topics.labels), uc.label_contract, snapshot_ids)
+def _load(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str], **read):
+    return snapshots.load_snapshots(settings, settings.topic(uc.topics.labels), uc.label_contract, snapshot_ids,
+                                    **read)
+
+
+def holdout_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -> pd.DataFrame:
+    """The holdout of the snapshots' rows (``split``'s second part) without reading the rest: the cut comes from
+    the time and label columns alone, then only the rows past it are read (Parquet row groups before it are
+    skipped)."""
+    time_column = uc.time_order[0]
+    keys, _ = _load(settings, uc, snapshot_ids, columns=[time_column, uc.label])
+    times = keys.loc[keys[uc.label].notna(), time_column]
+    if times.empty:
+        return split(settings, uc, keys.iloc[:0])[1]
+    cut = times.max() - pd.Timedelta(days=settings.holdout_days)
+    kind = arrow_schema(uc.label_contract).field(time_column).type
+    rows, _ = _load(settings, uc, snapshot_ids, filters=pc.field(time_column) > pa.scalar(cut, type=kind))
+    return split(settings, uc, rows)[1]
 
 
 def labelled(uc: UseCase, rows: pd.DataFrame) -> pd.DataFrame:
@@ -117,9 +136,11 @@ def split(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.D
     return time_split(labelled(uc, rows), uc.time_order, days=settings.holdout_days)
 
 
-def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: list[dict]) -> pd.DataFrame | None:
-    """The training rows of ``version`` (its ``lineage`` snapshots that are still on disk), or None: the reference
-    of input drift, for the validation of a new snapshot and for the live monitor."""
+def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: list[dict], *,
+                  columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The training rows of ``version`` (its ``lineage`` snapshots that are still on disk; only ``columns`` of
+    them when given), or None: the reference of input drift, for the validation of a new snapshot and for the live
+    monitor."""
     topic = settings.topic(uc.topics.labels)
     ids = [m["snapshot_id"] for m in lineage if "snapshot_id" in m]
     available = {m.snapshot_id for m in snapshots.list_manifests(settings, topic)}
@@ -128,14 +149,16 @@ def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: li
         log.warning("v%d was trained on snapshots %s that are not under %s: drift not computed", version, ids,
                     settings.snapshot_dir)
         return None
-    df, _ = _load(settings, uc, present)
+    df, _ = _load(settings, uc, present, columns=columns)
     return df
 
 
-def _champion_training_data(settings: LoopSettings, uc: UseCase, registry):
-    """The champion's training rows, or None (no champion, or its snapshots are gone)."""
+def _champion_training_data(settings: LoopSettings, uc: UseCase, registry, columns: list[str] | None = None):
+    """The champion's training rows (only ``columns`` when given), or None (no champion, or its snapshots are
+    gone)."""
     champion = registry.champion()
-    return None if champion is None else training_rows(settings, uc, champion.version, champion.lineage)
+    return None if champion is None else training_rows(settings, uc, champion.version, champion.lineage,
+                                                       columns=columns)
 
 
 def validate_step(settings: LoopSettings, loop_run_id: str, manifest):
@@ -150,10 +173,14 @@ def validate_step(settings: LoopSettings, loop_run_id: str, manifest):
     if manifest.row_count == 0:
         raise InsufficientData(0, settings.min_training_rows)
     uc = use_cases.selected(settings)
-    df, _ = _load(settings, uc, [manifest.snapshot_id])
-    reference = _champion_training_data(settings, uc, Registry(settings))
-    return validate_snapshot(df, settings, run_id=snapshot_id_for(loop_run_id), reference=reference,
-                             rejected=manifest.rejected_count, suite=uc.validation_suite())
+    topic = settings.topic(uc.topics.labels)
+    suite = uc.validation_suite()
+    rows = snapshots.SnapshotRows(settings, topic, uc.label_contract, snapshots.manifests_of(
+        settings, topic, [manifest.snapshot_id]))
+    columns = None if suite.reference_columns is None else list(suite.reference_columns)
+    reference = _champion_training_data(settings, uc, Registry(settings), columns)
+    return validate_snapshot(rows, settings, run_id=snapshot_id_for(loop_run_id), reference=reference,
+                             rejected=manifest.rejected_count, suite=suite)
 
 
 def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None = None) -> Candidate:
@@ -268,8 +295,7 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
                  logged["decision_id"], logged["verdict"])
         return DecisionRecord.model_validate(logged)
     criteria = uc.gate_criteria(gate_margins)
-    df, _ = _load(settings, uc, candidate.snapshot_ids)
-    _, holdout = split(settings, uc, df)
+    holdout = holdout_rows(settings, uc, candidate.snapshot_ids)
     challenger = uc.load_preprocessing(registry.preprocessing(candidate.mlflow_run_id))
     challenger_scored = score_model(uc, registry.load_model(candidate.model_uri), challenger, holdout)
     champion = registry.champion()

@@ -22,8 +22,9 @@ from confluent_kafka import KafkaError, Producer
 from pydantic import BaseModel
 
 from ml.errors import DeliveryFailed
+from ml.kafka_ranges import read_ranges, snapshot_consumer
 from ml.settings import LoopSettings
-from ml.snapshot import partition_offsets, read_ranges, snapshot_consumer
+from ml.snapshot import partition_offsets
 from ml.wire import Framing
 
 log = logging.getLogger(__name__)

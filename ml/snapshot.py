@@ -10,7 +10,6 @@ counted; whether that many rejections are acceptable is the validation step's de
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import hashlib
@@ -18,10 +17,7 @@ import logging
 import os
 import re
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,26 +26,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import IsolationLevel, TopicPartition
 from confluent_kafka.admin import OffsetSpec
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from ml.client_ids import SNAPSHOT_GROUP
 from ml.contracts import Contract, arrow_schema
-from ml.decode import Decoded
 from ml.errors import LoopError, TopicMissing
+from ml.kafka_ranges import BATCH
 from ml.settings import LoopSettings
+from ml.snapshot_files import PieceResult, pieces, read_pieces
 from ml.topics import admin_client, require_broker
-from ml.wire import TopicDecoder
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-DATA = "data.parquet"
+DATA = "data.parquet"  # the one data file of a format 1 snapshot
 REJECTED = "rejected.jsonl"
-BATCH = 10_000
-ROW_GROUP = 65_536  # fixed row-group size: the file's bytes depend only on the rows
-READ_AHEAD = 4  # batches read ahead of the decoder: bounds memory to a few batches of raw values
+# 1: one data file (data_file); 2: a file per piece of at most ml.snapshot_files.PIECE offsets (files), read in
+# parallel. This code reads both and writes 2.
+MANIFEST_FORMAT = 2
 _SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}$")
 
 class PartitionRange(BaseModel):
@@ -60,9 +55,21 @@ class PartitionRange(BaseModel):
     end: int = Field(ge=0)
 
 
+class SnapshotFile(BaseModel):
+    """One data file of a snapshot: the rows of offsets ``[start, end)`` of a partition, in offset order."""
+
+    file: str
+    partition: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    rows: int = Field(ge=0)
+    sha256: str
+
+
 class SnapshotManifest(BaseModel):
     """What a snapshot read and wrote; the small reference tasks pass on instead of data."""
 
+    format_version: int = Field(1, ge=1, description="1 (absent) in manifests from before the parallel snapshot")
     snapshot_id: str
     sequence: int = Field(ge=1, description="1 for the topic's first snapshot, then +1 each")
     topic: str
@@ -72,13 +79,16 @@ class SnapshotManifest(BaseModel):
     row_count: int
     rejected_count: int
     rejected_by_class: dict[str, int]
-    content_hash: str = Field(description="sha256 of data.parquet (rows in partition, offset order)")
+    content_hash: str = Field(description="format 1: sha256 of data.parquet (rows in partition, offset order); "
+                                          "2: sha256 of the files' sha256 digests (hex, in files order)")
     event_time_column: str
     event_time_min: datetime | None
     event_time_max: datetime | None
     created_at: datetime
     read_seconds: float
-    data_file: str = DATA
+    data_file: str | None = DATA
+    files: list[SnapshotFile] = Field(default_factory=list, description="format 2: the data files in (partition, "
+                                      "offset) order; none when no row was read")
     rejected_file: str | None = None
     triggered_by: str | None = Field(None, description="the announcement (ml.new_records) whose asset event "
                                                        "started the run that took it; None: a scheduled or "
@@ -86,32 +96,24 @@ class SnapshotManifest(BaseModel):
     schema_ids: dict[int, int] = Field(default_factory=dict, description="rows by the registry schema id they "
                                        "were written with (empty in manifests from before the registry)")
 
+    @field_validator("format_version")
+    @classmethod
+    def _readable(cls, version: int) -> int:
+        if version > MANIFEST_FORMAT:
+            raise ValueError(f"snapshot manifest format {version} is newer than this code reads "
+                             f"({MANIFEST_FORMAT}): upgrade the loop to read it")
+        return version
+
     @property
     def end_offsets(self) -> dict[int, int]:
         return {p.partition: p.end for p in self.partitions}
 
-
-def snapshot_consumer(settings: LoopSettings) -> Consumer:
-    """A consumer for reading explicit offset ranges with ``assign``; it never commits."""
-    return Consumer(settings.kafka_config({
-        # Required by librdkafka even with assign(); nothing is committed under it (the manifests are the
-        # offset record), so sharing the id between snapshots is harmless.
-        "group.id": SNAPSHOT_GROUP,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        # EOF events tell us a partition is caught up even when its last offsets are transaction markers.
-        "enable.partition.eof": True,
-        # Never snapshot records of open or aborted transactions.
-        "isolation.level": "read_committed",
-        # An offset that vanished (retention) between planning and reading must fail, not silently jump.
-        "auto.offset.reset": "error",
-        # Larger fetches: snapshots read whole ranges, latency does not matter.
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "fetch.wait.max.ms": 100,
-        "queued.min.messages": 1_000_000,
-        "log_level": 3,
-    }))
+    @property
+    def file_names(self) -> list[str]:
+        """The data files, relative to the snapshot's folder, in (partition, offset) order."""
+        if self.format_version == 1:
+            return [self.data_file or DATA]
+        return [f.file for f in self.files]
 
 
 def partition_offsets(settings: LoopSettings, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
@@ -132,59 +134,6 @@ def partition_offsets(settings: LoopSettings, topic: str, timeout: float = 30.0)
         for tp, fut in futures.items():
             out[tp.partition][slot] = fut.result().offset
     return {p: (low, high) for p, (low, high) in out.items()}
-
-
-@dataclass(frozen=True)
-class Batch:
-    """The data messages of one consume call and their values (pulled out once)."""
-
-    messages: list[Message]
-    values: list[bytes | None]
-
-
-def read_ranges(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]], timeout: float = 30.0,
-                batch_size: int = BATCH) -> Iterator[Batch]:
-    """Yield batches of the data messages in ``[start, end)`` of each partition, partition by partition, so
-    the records come in (partition, offset) order.
-
-    A partition is done at its last offset, at a message beyond the end (written after the end was fixed),
-    or at an EOF at or past the end (the last offsets may be transaction markers, which are never delivered).
-    Raises LoopError if a partition makes no progress for ``timeout`` seconds.
-    """
-    for p, (start, end) in sorted(ranges.items()):
-        if start < end:
-            yield from _read_partition(consumer, TopicPartition(topic, p, start), end, timeout, batch_size)
-
-
-def _read_partition(consumer: Consumer, tp: TopicPartition, end: int, timeout: float, batch_size: int
-                    ) -> Iterator[Batch]:
-    consumer.assign([tp])
-    try:
-        idle_since, reading = time.monotonic(), True
-        while reading:
-            msgs = consumer.consume(batch_size, timeout=0.1)
-            # Comprehensions rather than one loop with appends: this runs once per record.
-            data = [m for m in msgs if m.error() is None]
-            if len(data) != len(msgs):
-                for m in msgs:
-                    err = m.error()
-                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(err)
-                    if err is not None and m.offset() >= end:
-                        reading = False
-            if data and data[-1].offset() >= end - 1:
-                reading = False
-                if data[-1].offset() >= end:  # written after the end was fixed: the next snapshot's
-                    data = [m for m in data if m.offset() < end]
-            if data:
-                idle_since = time.monotonic()
-                yield Batch(data, [m.value() for m in data])
-            elif reading and time.monotonic() - idle_since > timeout:
-                (pos,) = consumer.position([tp])
-                raise LoopError(f"reading {tp.topic}[{tp.partition}]: no progress for {timeout:.0f} s at "
-                                f"offset {pos.offset}, short of the end offset {end}")
-    finally:
-        consumer.unassign()
 
 
 def topic_dir(settings: LoopSettings, topic: str) -> Path:
@@ -264,10 +213,11 @@ def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], 
         log.info("snapshot %s of %s: reading partitions %s", snapshot_id, topic, _fmt(ranges))
         folder = topic_dir(settings, topic) / snapshot_id
         folder.mkdir(parents=True, exist_ok=True)
-        event_times, rejected, schema_ids = _read(settings, topic, contract, ranges, timeout, batch_size,
-                                                  folder / (DATA + ".tmp"))
-        manifest = _finish(folder, topic, contract, snapshot_id, sequence, ranges, event_times, rejected,
-                           created_at, time.monotonic() - started, triggered_by, schema_ids)
+        for stale in folder.glob("part-*"):  # an interrupted attempt's files
+            stale.unlink()
+        read = read_pieces(settings, topic, contract, pieces(ranges), folder, timeout, batch_size)
+        manifest = _finish(folder, topic, contract, snapshot_id, sequence, ranges, read, created_at,
+                           time.monotonic() - started, triggered_by)
     log.info("snapshot %s of %s: %d rows, %d rejected, offsets %s, event time %s to %s, %.2f s (%.0f rows/s)",
              manifest.snapshot_id, topic, manifest.row_count, manifest.rejected_count, _fmt(manifest.partitions),
              manifest.event_time_min, manifest.event_time_max, manifest.read_seconds,
@@ -275,117 +225,69 @@ def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], 
     return manifest
 
 
-def _read(settings: LoopSettings, topic: str, contract: type[Contract], ranges: dict[int, tuple[int, int]],
-          timeout: float, batch_size: int, path: Path) -> tuple[pa.ChunkedArray, list[dict], dict[int, int]]:
-    """Decode the ranges into the Parquet file ``path``; return the event-time column, the rejects and the rows
-    by schema id.
-
-    Rows arrive in (partition, offset) order (read_ranges reads partition by partition and batches are
-    decoded in order) and row groups have a fixed size, so the file, and its hash, do not depend on how the
-    fetches happened to be batched.
-    """
-    decoder = TopicDecoder(settings, topic, contract)
-    column = contract.EVENT_TIME
-    event_times: list[pa.ChunkedArray] = []
-    rejected: list[dict] = []
-    pending: list[pa.Table] = []
-    writer = pq.ParquetWriter(path, decoder.schema, compression="zstd")
-
-    def decode_and_write(values: list[bytes | None], last: bool = False) -> Decoded | None:
-        # Runs in the worker thread, one batch after another: the only writer of the file.
-        decoded = decoder.decode(values) if values else None
-        if decoded is not None:
-            pending.append(decoded.table)
-            event_times.append(decoded.table.column(column))
-        table = pa.concat_tables(pending) if pending else decoder.schema.empty_table()
-        cut = table.num_rows if last else table.num_rows - table.num_rows % ROW_GROUP
-        for a in range(0, cut, ROW_GROUP):
-            writer.write_table(table.slice(a, ROW_GROUP), row_group_size=ROW_GROUP)
-        pending[:] = [table.slice(cut)] if cut < table.num_rows else []
-        return decoded
-
-    def collect(batch: Batch, decoded: Decoded) -> None:
-        for r in decoded.rejected:
-            m = batch.messages[r.index]
-            rejected.append({"partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp()[1],
-                             "error_class": r.error_class, "reason": r.reason,
-                             "key_b64": base64.b64encode(m.key()).decode() if m.key() else None,
-                             "original_b64": base64.b64encode(m.value() or b"").decode()})
-
-    consumer = snapshot_consumer(settings)
-    # Decoding and writing run in a second thread: pyarrow parses and compresses without the GIL while
-    # this one keeps consuming.
-    in_flight: deque[tuple[Batch, Future]] = deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-decode") as pool:
-        try:
-            for batch in read_ranges(consumer, topic, ranges, timeout, batch_size):
-                in_flight.append((batch, pool.submit(decode_and_write, batch.values)))
-                while len(in_flight) > READ_AHEAD or (in_flight and in_flight[0][1].done()):
-                    done_batch, fut = in_flight.popleft()
-                    collect(done_batch, fut.result())
-            while in_flight:
-                done_batch, fut = in_flight.popleft()
-                collect(done_batch, fut.result())
-            pool.submit(decode_and_write, [], True).result()
-        finally:
-            consumer.close()
-            writer.close()
-    chunks = [c for times in event_times for c in times.chunks]
-    return pa.chunked_array(chunks, decoder.schema.field(column).type), rejected, dict(decoder.rows_by_schema_id)
-
-
 def _finish(folder: Path, topic: str, contract: type[Contract], snapshot_id: str, sequence: int,
-            ranges: dict[int, tuple[int, int]], event_times: pa.ChunkedArray, rejected: list[dict],
-            created_at: datetime, seconds: float, triggered_by: str | None,
-            schema_ids: dict[int, int]) -> SnapshotManifest:
-    """Hash the data, write the rejects and, last, the manifest: a folder without manifest.json is an
-    unfinished attempt."""
-    tmp = folder / (DATA + ".tmp")
-    content_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, folder / DATA)
+            ranges: dict[int, tuple[int, int]], read: list[PieceResult], created_at: datetime, seconds: float,
+            triggered_by: str | None) -> SnapshotManifest:
+    """Write the rejects and, last, the manifest: a folder without manifest.json is an unfinished attempt."""
+    rejected = sorted((r for piece in read for r in piece.rejected), key=lambda r: (r["partition"], r["offset"]))
     (folder / REJECTED).unlink(missing_ok=True)
     if rejected:
-        rejected.sort(key=lambda r: (r["partition"], r["offset"]))
         _atomic_write(folder / REJECTED, b"".join(orjson.dumps(r) + b"\n" for r in rejected))
     by_class: dict[str, int] = {}
     for r in rejected:
         by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + 1
-    rows = len(event_times)
-    low, high = pc.min_max(event_times).values() if rows else (None, None)
+    schema_ids: dict[int, int] = {}
+    for piece in read:
+        for schema_id, rows in piece.schema_ids.items():
+            schema_ids[schema_id] = schema_ids.get(schema_id, 0) + rows
+    lows = [r.event_time_min for r in read if r.event_time_min is not None]
+    highs = [r.event_time_max for r in read if r.event_time_max is not None]
     manifest = SnapshotManifest(
-        snapshot_id=snapshot_id, sequence=sequence, topic=topic, contract=contract.__name__,
-        schema_version=contract.model_fields["schema_version"].default,
+        format_version=MANIFEST_FORMAT, snapshot_id=snapshot_id, sequence=sequence, topic=topic,
+        contract=contract.__name__, schema_version=contract.model_fields["schema_version"].default,
         partitions=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())],
-        row_count=rows, rejected_count=len(rejected), rejected_by_class=by_class,
-        content_hash=content_hash, event_time_column=contract.EVENT_TIME,
-        event_time_min=low.as_py() if low is not None else None,
-        event_time_max=high.as_py() if high is not None else None,
-        created_at=created_at, read_seconds=round(seconds, 3),
+        row_count=sum(r.rows for r in read), rejected_count=len(rejected), rejected_by_class=by_class,
+        content_hash=hashlib.sha256("".join(r.sha256 for r in read).encode()).hexdigest(),
+        event_time_column=contract.EVENT_TIME, event_time_min=min(lows, default=None),
+        event_time_max=max(highs, default=None), created_at=created_at, read_seconds=round(seconds, 3),
+        data_file=None, files=[SnapshotFile(file=r.piece.file, partition=r.piece.partition, start=r.piece.start,
+                                            end=r.piece.end, rows=r.rows, sha256=r.sha256) for r in read],
         rejected_file=REJECTED if rejected else None, triggered_by=triggered_by, schema_ids=schema_ids,
     )
     _atomic_write(folder / MANIFEST, manifest.model_dump_json(indent=2).encode())
     return manifest
 
 
-def load_snapshots(settings: LoopSettings, topic: str, contract: type[Contract], snapshot_ids: list[str]
+def load_snapshots(settings: LoopSettings, topic: str, contract: type[Contract], snapshot_ids: list[str], *,
+                   columns: list[str] | None = None, filters: pc.Expression | None = None
                    ) -> tuple[pd.DataFrame, list[SnapshotManifest]]:
-    """The rows of the named snapshots of ``topic`` (as ``contract`` columns), in the order given, and their
-    manifests.
+    """The rows of the named snapshots of ``topic`` (as ``contract`` columns, or only ``columns``), in the order
+    given, and their manifests. ``filters``: only the rows it keeps (row groups whose statistics exclude it are
+    not read).
 
     Raises LoopError naming the ids that have no complete snapshot.
     """
+    manifests = manifests_of(settings, topic, snapshot_ids)
+    schema = arrow_schema(contract)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    tables = [pq.read_table(path, schema=schema, columns=columns, filters=filters)
+              for path in data_paths(settings, topic, manifests)]
+    return _frame(pa.concat_tables(tables) if tables else schema.empty_table()), manifests
+
+
+def manifests_of(settings: LoopSettings, topic: str, snapshot_ids: list[str]) -> list[SnapshotManifest]:
+    """The manifests of the named snapshots, in the order given; LoopError naming the ids without one."""
     by_id = {m.snapshot_id: m for m in list_manifests(settings, topic)}
     missing = [i for i in snapshot_ids if i not in by_id]
     if missing:
         raise LoopError(f"no complete snapshot of {topic} with id {missing} under {topic_dir(settings, topic)}")
-    manifests = [by_id[i] for i in snapshot_ids]
-    schema = arrow_schema(contract)
-    tables = [pq.read_table(topic_dir(settings, topic) / m.snapshot_id / m.data_file, schema=schema)
-              for m in manifests]
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    # Nullable integers stay integers (pandas' default turns an int column with nulls into float64), so
-    # the frame has the dtypes of the contract, as the source data had.
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), manifests
+    return [by_id[i] for i in snapshot_ids]
+
+
+def data_paths(settings: LoopSettings, topic: str, manifests: list[SnapshotManifest]) -> list[Path]:
+    """The Parquet files of ``manifests``, in their order then (partition, offset) order."""
+    return [topic_dir(settings, topic) / m.snapshot_id / name for m in manifests for name in m.file_names]
 
 
 def load_window(settings: LoopSettings, topic: str, contract: type[Contract], n: int | None = None
@@ -394,6 +296,46 @@ def load_window(settings: LoopSettings, topic: str, contract: type[Contract], n:
     first, and their manifests: the training set window."""
     window = list_manifests(settings, topic)[-(n or settings.snapshot_window):]
     return load_snapshots(settings, topic, contract, [m.snapshot_id for m in window])
+
+
+class SnapshotRows:
+    """The rows of snapshots read from their Parquet files on demand, in batches or by column (a
+    ``ml.validation.RowSource``): a large snapshot is never in memory whole."""
+
+    def __init__(self, settings: LoopSettings, topic: str, contract: type[Contract],
+                 manifests: list[SnapshotManifest]) -> None:
+        self.schema = arrow_schema(contract)
+        self.paths = data_paths(settings, topic, manifests)
+        self.count = sum(m.row_count for m in manifests)
+        self.column_names = self.schema.names
+
+    def batches(self, size: int) -> Iterator[pd.DataFrame]:
+        """Frames of ``size`` rows (the last one fewer), in file order."""
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        for path in self.paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 65_536)):
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= size:
+                    table = pa.Table.from_batches(pending, schema=self.schema)
+                    yield _frame(table.slice(0, size))
+                    rest = table.slice(size)
+                    pending, held = rest.to_batches(), rest.num_rows
+        if held:
+            yield _frame(pa.Table.from_batches(pending, schema=self.schema))
+
+    def columns(self, names: list[str] | None) -> pd.DataFrame:
+        """These columns (None: all) of every row."""
+        schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
+        tables = [pq.read_table(path, schema=schema, columns=names) for path in self.paths]
+        return _frame(pa.concat_tables(tables) if tables else schema.empty_table())
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    # Nullable integers stay integers (pandas' default turns an int column with nulls into float64), so
+    # the frame has the dtypes of the contract, as the source data had.
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
 def _fmt(ranges: dict[int, tuple[int, int]] | list[PartitionRange]) -> str:

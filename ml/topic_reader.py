@@ -10,8 +10,9 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel
 
+from ml.kafka_ranges import read_ranges, snapshot_consumer
 from ml.settings import LoopSettings
-from ml.snapshot import partition_offsets, read_ranges, snapshot_consumer
+from ml.snapshot import partition_offsets
 from ml.wire import TopicDecoder
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Snapshots up to this many rows are validated in one piece, larger ones in batches of it; drift reads at most
+# DRIFT_SAMPLE_ROWS rows of each side.
+VALIDATION_BATCH_ROWS = 1_000_000
+DRIFT_SAMPLE_ROWS = 1_000_000
 DOCS_SITE = "run_data_docs"  # not `local_site`: an ephemeral context already holds that name
 REPORT_FILE = "validation_report.json"
 
@@ -140,6 +144,41 @@ def contract_expectations(contract: type[BaseModel]) -> list[Expectation]:
     return out
 
 
+# ---------------------------------------------------------------- rows
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """A snapshot's rows without holding them: their count and column names, batches of them, or some columns of
+    all of them (``ml.snapshot.SnapshotRows`` reads them from Parquet)."""
+
+    count: int
+    column_names: list[str]
+
+    def batches(self, size: int) -> Iterator[pd.DataFrame]: ...
+
+    def columns(self, names: list[str] | None) -> pd.DataFrame: ...
+
+
+class FrameRows:
+    """The rows of a DataFrame as a RowSource."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df, self.count, self.column_names = df, len(df), list(df.columns)
+
+    def batches(self, size: int) -> Iterator[pd.DataFrame]:
+        for a in range(0, self.count, size):
+            yield self.df.iloc[a:a + size]
+
+    def columns(self, names: list[str] | None) -> pd.DataFrame:
+        return self.df if names is None else self.df[[n for n in names if n in self.df.columns]]
+
+
+def sample(df: pd.DataFrame | None, n: int, seed: int) -> pd.DataFrame | None:
+    """At most ``n`` rows of ``df``, drawn without replacement from ``seed`` (all of them, in order, when fewer)."""
+    return df if df is None or len(df) <= n else df.sample(n=n, random_state=seed).sort_index()
+
+
 # ---------------------------------------------------------------- drift
 
 
@@ -204,6 +243,9 @@ class Suite:
     numeric_drift: tuple[str, ...] = ()
     categorical_drift: tuple[str, ...] = ()
     derive: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    # Every column ``domain`` and the drift (with ``derive``'s inputs) read: only they are loaded, from the champion's
+    # training rows and, for drift, from a snapshot validated in batches. None: all columns.
+    reference_columns: tuple[str, ...] | None = None
 
 
 # ---------------------------------------------------------------- run
@@ -229,43 +271,141 @@ def _safe_name(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", run_id).strip(".") or "run"
 
 
+class _GxRun:
+    """One ephemeral GX context whose Data Docs under ``docs_dir`` list every validation run in it."""
+
+    def __init__(self, docs_dir: Path, name: str) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.gx, self.name = gx, name
+        self.ctx = gx.get_context(mode="ephemeral")
+        # Progress bars would fill task logs with a line per metric batch.
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        self.ctx.add_data_docs_site(DOCS_SITE, {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        self.source = self.ctx.data_sources.add_pandas("snapshot")
+        self.checkpoints: dict[str, Any] = {}
+
+    def run(self, part: str, df: pd.DataFrame, expectations: list[Expectation], run_name: str) -> list[Any]:
+        """The GX results of ``expectations`` (suite ``<name>.<part>``, created on first use) on ``df``."""
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        gx = self.gx
+        if part not in self.checkpoints:
+            batch = (self.source.add_dataframe_asset(f"{self.name}{part}")
+                     .add_batch_definition_whole_dataframe("whole_snapshot"))
+            suite = self.ctx.suites.add(gx.ExpectationSuite(name=f"{self.name}{part}.v1",
+                                                            expectations=expectations))
+            definition = self.ctx.validation_definitions.add(gx.ValidationDefinition(
+                name=f"snapshot{part}", data=batch, suite=suite))
+            self.checkpoints[part] = self.ctx.checkpoints.add(gx.Checkpoint(
+                name=f"snapshot_checkpoint{part}", validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+                result_format={"result_format": "SUMMARY"},
+            ))
+        outcome = self.checkpoints[part].run(batch_parameters={"dataframe": df},
+                                             run_id=gx.RunIdentifier(run_name=run_name))
+        (validation,) = outcome.run_results.values()
+        return list(validation.results)
+
+
 def _run_suite(df: pd.DataFrame, expectations: list[Expectation], run_id: str, docs_dir: Path,
                name: str) -> list[CheckResult]:
     """Validate ``df`` in an ephemeral GX context and write its Data Docs to ``docs_dir``."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    ctx = gx.get_context(mode="ephemeral")
-    # Progress bars would fill task logs with a line per metric batch.
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    ctx.add_data_docs_site(DOCS_SITE, {
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
-    batch = (ctx.data_sources.add_pandas("snapshot")
-             .add_dataframe_asset(name)
-             .add_batch_definition_whole_dataframe("whole_snapshot"))
-    suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}.v1",
-                                               expectations=expectations))
-    definition = ctx.validation_definitions.add(gx.ValidationDefinition(name="snapshot", data=batch,
-                                                                         suite=suite))
-    checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-        name="snapshot_checkpoint", validation_definitions=[definition],
-        actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
-        result_format={"result_format": "SUMMARY"},
-    ))
-    outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_id))
-    (validation,) = outcome.run_results.values()
-    return [_check_result(r) for r in validation.results]
+    return _in_order(expectations, [_check_result(r) for r in _GxRun(docs_dir, name).run("", df, expectations,
+                                                                                            run_id)])
 
 
-def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str, suite: Suite,
+def _key(kind: str, kwargs: dict[str, Any]) -> str:
+    return kind + orjson.dumps(_jsonable({k: v for k, v in kwargs.items() if k != "batch_id"}),
+                               option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _in_order(expectations: list[Expectation], results: list[CheckResult]) -> list[CheckResult]:
+    """``results`` in the order of ``expectations`` (GX returns them in an order of its own)."""
+    position = {_key(e.expectation_type, e.configuration.kwargs): i for i, e in enumerate(expectations)}
+    return sorted(results, key=lambda r: position.get(_key(r.expectation, {**r.kwargs, "column": r.column}
+                                                           if r.column else r.kwargs), len(position)))
+
+
+def _per_row(expectation: Expectation) -> bool:
+    """A check of each row on its own, or of the columns' presence and type (the same in every batch): run batch
+    by batch and merged. The others (a mean, a row count) read all rows at once."""
+    from great_expectations.expectations.expectation import (
+        ColumnMapExpectation,
+        ColumnPairMapExpectation,
+        MulticolumnMapExpectation,
+    )
+
+    return isinstance(expectation, ColumnMapExpectation | ColumnPairMapExpectation | MulticolumnMapExpectation) \
+        or expectation.expectation_type in _SCHEMA_CHECKS
+
+
+# Results that depend on the columns' names and dtypes only, identical in every batch of one snapshot.
+_SCHEMA_CHECKS = frozenset({"expect_column_to_exist", "expect_column_values_to_be_of_type",
+                            "expect_column_values_to_be_in_type_list", "expect_table_columns_to_match_set",
+                            "expect_table_columns_to_match_ordered_list", "expect_table_column_count_to_equal"})
+
+
+def _merged(batches: list[list[Any]]) -> list[CheckResult]:
+    """One result per expectation from its results on every batch: counts of unexpected rows summed (``mostly``
+    applied to the sums, as GX applies it to one batch); otherwise it holds when it held on every batch."""
+    by_key: dict[str, list[Any]] = {}
+    for results in batches:
+        for r in results:
+            by_key.setdefault(_key(r.expectation_config.type, r.expectation_config.kwargs), []).append(r)
+    out = []
+    for group in by_key.values():
+        first = _check_result(group[0])
+        counted = [r.result or {} for r in group]
+        if all("unexpected_count" in c for c in counted):
+            unexpected = sum(c["unexpected_count"] for c in counted)
+            checked = sum(c.get("element_count", 0) - (c.get("missing_count") or 0) for c in counted)
+            mostly = group[0].expectation_config.kwargs.get("mostly")
+            share = unexpected / checked if checked else 0.0
+            success = all(r.success for r in group) if mostly is None else (1 - share >= mostly)
+            out.append(first.model_copy(update={"success": success, "unexpected_count": unexpected,
+                                                "unexpected_percent": 100 * share}))
+        else:
+            failed = next((_check_result(r) for r in group if not r.success), None)
+            out.append(failed or first)
+    return out
+
+
+def _run_suite_in_batches(rows: RowSource, expectations: list[Expectation], run_id: str, docs_dir: Path,
+                          name: str, batch_rows: int) -> list[CheckResult]:
+    """The suite's verdicts on all of ``rows`` with at most ``batch_rows`` rows in memory at once (plus the columns
+    of the whole-snapshot checks): each batch is one run in the Data Docs."""
+    per_row = [e for e in expectations if _per_row(e)]
+    whole = [e for e in expectations if not _per_row(e)]
+    gx_run = _GxRun(docs_dir, name)
+    batches = []
+    for i, batch in enumerate(rows.batches(batch_rows)):
+        batches.append(gx_run.run(".rows", batch, per_row, f"{run_id} rows {i * batch_rows}-"
+                                                           f"{i * batch_rows + len(batch) - 1}"))
+    results = _merged(batches) if batches else []
+    if whole:
+        columns = sorted({e.configuration.kwargs["column"] for e in whole if "column" in e.configuration.kwargs})
+        frame = rows.columns(columns or rows.column_names[:1])
+        results += [_check_result(r) for r in gx_run.run(".all_rows", frame, whole, f"{run_id} all rows")]
+    log.info("run %s: %d checks on %d rows in %d batches of up to %d, %d on the whole snapshot's columns",
+             run_id, len(per_row), rows.count, len(batches), batch_rows, len(whole))
+    return _in_order(expectations, results)
+
+
+def validate_snapshot(snapshot: pd.DataFrame | RowSource, settings: LoopSettings, *, run_id: str, suite: Suite,
                       reference: pd.DataFrame | None = None, rejected: int = 0,
-                      policy: ValidationPolicy | None = None) -> ValidationReport:
-    """Validate a snapshot with ``suite``; write Data Docs and the report JSON under
-    ``settings.reports_dir / "data_docs" / <run_id>``.
+                      policy: ValidationPolicy | None = None,
+                      batch_rows: int = VALIDATION_BATCH_ROWS) -> ValidationReport:
+    """Validate a snapshot (its rows, or a source of them) with ``suite``; write Data Docs and the report JSON
+    under ``settings.reports_dir / "data_docs" / <run_id>``.
+
+    Up to ``batch_rows`` rows are validated at once; a larger snapshot in batches with the same verdicts
+    (``_run_suite_in_batches``), and its drift on a sample of ``DRIFT_SAMPLE_ROWS`` rows.
 
     ``reference`` is the champion's training data (None for the first model): the use case's checks may read
     it, and it is the baseline of drift. ``rejected`` is the number of records the snapshot dropped as
@@ -274,7 +414,8 @@ def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str, 
     be skipped) and ``ValidationFailed`` when any check fails; both carry the report when one was made.
     """
     policy = policy or suite.policy
-    rows = len(df)
+    source = snapshot if isinstance(snapshot, RowSource) else FrameRows(snapshot)
+    rows = source.count
     if rows == 0:
         log.warning("run %s: empty snapshot, nothing to validate", run_id)
         raise InsufficientData(0, settings.min_training_rows)
@@ -283,7 +424,12 @@ def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str, 
     docs_dir.mkdir(parents=True, exist_ok=True)
 
     expectations = contract_expectations(suite.contract) + suite.domain(settings, policy, reference)
-    results = _run_suite(df, expectations, run_id, docs_dir, suite.name)
+    if rows <= batch_rows:
+        df = source.columns(None)
+        results = _run_suite(df, expectations, run_id, docs_dir, suite.name)
+    else:
+        results = _run_suite_in_batches(source, expectations, run_id, docs_dir, suite.name, batch_rows)
+        df = source.columns(list(suite.reference_columns) if suite.reference_columns is not None else None)
 
     rejected_rate = rejected / (rows + rejected)
     results.append(CheckResult(
@@ -293,8 +439,10 @@ def validate_snapshot(df: pd.DataFrame, settings: LoopSettings, *, run_id: str, 
     ))
 
     warnings: list[str] = []
-    psi = (drift(df, reference, policy.psi_bins, numeric=suite.numeric_drift, categorical=suite.categorical_drift,
+    psi = (drift(sample(df, DRIFT_SAMPLE_ROWS, settings.seed), sample(reference, DRIFT_SAMPLE_ROWS, settings.seed),
+                 policy.psi_bins, numeric=suite.numeric_drift, categorical=suite.categorical_drift,
                  derive=suite.derive) if reference is not None else {})
+    del df
     for feature, value in psi.items():
         if value > policy.psi_alert:
             warnings.append(f"drift: PSI of {feature} is {value:.3f} (alert above {policy.psi_alert})")

@@ -4,13 +4,14 @@ rejected records, empty snapshots and an unreachable broker."""
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 
 import orjson
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
@@ -18,6 +19,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from infra.kafka.broker import free_port
 from ml.errors import BrokerUnavailable, LoopError
 from ml.replay import duplicate_keys
+from ml import snapshot_files
 from ml.settings import LoopSettings
 from ml.snapshot import (list_manifests, load_snapshots, load_window, partition_offsets, take_snapshot,
                          topic_dir)
@@ -135,7 +137,7 @@ def test_consecutive_snapshots_read_every_offset_exactly_once(settings, flights)
     assert empty.row_count == 0 and empty.rejected_count == 0
     assert all(p.start == p.end for p in empty.partitions)
     assert empty.event_time_min is None
-    assert pq.read_table(topic_dir(settings, topic) / empty.snapshot_id / "data.parquet").num_rows == 0
+    assert empty.file_names == [] and empty.format_version == 2
 
 
 def test_a_retried_snapshot_returns_the_same_manifest_and_hash(settings, flights):
@@ -240,3 +242,52 @@ def test_an_unreachable_broker_is_named_in_the_error(tmp_path, flights):
     with pytest.raises(BrokerUnavailable, match=servers.replace(".", r"\.")):
         take_snapshot(s, s.topic(COMPLETED), FlightCompleted, timeout=1)
     assert list_manifests(s, s.topic(COMPLETED)) == []
+
+
+def _small_pieces(monkeypatch, size: int = 64) -> None:
+    """Pieces of ``size`` offsets, read in parallel from two of them on: a few thousand records take every path."""
+    monkeypatch.setattr(snapshot_files, "PIECE", size)
+    monkeypatch.setattr(snapshot_files, "PARALLEL_MIN_OFFSETS", 2 * size)
+
+
+def test_a_snapshot_read_by_several_processes_equals_one_read_by_one(settings, flights, monkeypatch, caplog):
+    topic = settings.topic(COMPLETED)
+    replay_frame(settings, flights.head(600))
+    bad = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    bad.produce(topic, key=b"bad", value=b"{not json", partition=1)  # a reject inside a worker's piece
+    bad.flush(10)
+    _small_pieces(monkeypatch)
+    alone = take_snapshot(settings.model_copy(update={"snapshot_workers": 1}), topic, FlightCompleted,
+                          snapshot_id="alone")
+    shutil.rmtree(topic_dir(settings, topic) / "alone")
+    own_read = snapshot_files._Reader.read
+
+    def slowly(self, *args):  # this process only: the workers (new interpreters) start and take their share
+        time.sleep(0.5)
+        return own_read(self, *args)
+
+    monkeypatch.setattr(snapshot_files._Reader, "read", slowly)
+    caplog.set_level(logging.INFO, logger="ml.snapshot_files")
+    shared = take_snapshot(settings.model_copy(update={"snapshot_workers": 3}), topic, FlightCompleted,
+                           snapshot_id="alone")
+    assert shared.format_version == 2 and len(shared.files) > 3
+    (line,) = [r.getMessage() for r in caplog.records if "pieces read by 3 processes" in r.getMessage()]
+    assert int(line.split("(")[1].split()[0]) > 0, line  # some pieces were read by the workers
+    assert [f.model_dump() for f in shared.files] == [f.model_dump() for f in alone.files]
+    assert shared.content_hash == alone.content_hash and shared.row_count == 600
+    assert shared.rejected_count == 1 and shared.rejected_by_class == {"undecodable": 1}
+    assert shared.event_time_min == alone.event_time_min and shared.event_time_max == alone.event_time_max
+    assert sum(shared.schema_ids.values()) == 600
+    rows, _ = load_snapshots(settings, topic, FlightCompleted, ["alone"])
+    assert sorted(rows["flight_id"]) == sorted(flights.head(600)["flight_id"])  # every row once
+
+
+def test_a_worker_that_dies_leaves_its_pieces_to_the_snapshot_process(settings, flights, monkeypatch, caplog):
+    topic = settings.topic(COMPLETED)
+    replay_frame(settings, flights.head(400))
+    _small_pieces(monkeypatch)
+    monkeypatch.setattr(snapshot_files.sys, "executable", "/bin/false")  # the worker exits at once
+    manifest = take_snapshot(settings.model_copy(update={"snapshot_workers": 2}), topic, FlightCompleted)
+    assert manifest.row_count == 400 and len(manifest.files) == len(snapshot_files.pieces(
+        {p.partition: (p.start, p.end) for p in manifest.partitions}))
+    assert "snapshot worker" in caplog.text and "this process reads the pieces left" in caplog.text

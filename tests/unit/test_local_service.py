@@ -100,7 +100,7 @@ def test_start_returns_once_healthy_and_stop_ends_the_whole_group(make):
 
     assert service.stop(timeout=10) is True
     assert not _alive(child), "the child outlived its group"
-    assert proc.poll() is not None
+    assert proc.wait(timeout=5) is not None  # the leader may take a moment to become waitable
     assert not service.pid_file.exists()
     assert service.running_pid() is None
     assert service.stop() is False
@@ -114,7 +114,7 @@ def test_another_instance_finds_and_stops_it(make):
     other = Tiny(service.home, service.port)
     assert other.running_pid() == proc.pid
     assert other.stop(timeout=10) is True
-    assert proc.poll() is not None
+    assert proc.wait(timeout=5) is not None
 
 
 def test_start_refuses_a_taken_port(make):

@@ -183,3 +183,36 @@ def test_drift_fails_when_configured(flights, settings):
         validate.validate_snapshot(shifted, settings, suite=SUITE, run_id="drift-fail", reference=reference,
                                    policy=policy)
     assert [r.column for r in e.value.report.failures()] == ["distance"]
+
+
+@slow
+def test_a_snapshot_validated_in_batches_gets_the_verdicts_of_one_validated_whole(flights, settings):
+    snapshot, reference = flights
+    bad = _hot_temps(_null_carriers(snapshot.copy()))
+    bad.loc[bad.index[:30], "origin"] = "BOS"  # outside the domain's set
+    outcomes = {}
+    for run_id, batch_rows in (("whole", len(bad)), ("batched", 1300)):
+        with pytest.raises(ValidationFailed) as e:
+            validate.validate_snapshot(bad, settings, suite=SUITE, run_id=run_id, reference=reference,
+                                       batch_rows=batch_rows)
+        outcomes[run_id] = e.value.report
+    whole, batched = outcomes["whole"], outcomes["batched"]
+
+    def verdicts(report):
+        return [(r.expectation, r.column, r.success, r.unexpected_count, r.observed_value,
+                 None if r.unexpected_percent is None else round(r.unexpected_percent, 9)) for r in report.results]
+
+    assert verdicts(batched) == verdicts(whole)
+    assert {(r.column, r.unexpected_count) for r in batched.failures()} == {("carrier", 100), ("temp", 7),
+                                                                             ("origin", 30)}
+    assert batched.drift == whole.drift and batched.rows == whole.rows == 5000
+    # Every batch and the whole-snapshot checks are runs in the one Data Docs site.
+    runs = list((_docs_dir(settings, "batched") / "validations").rglob("*.html"))
+    assert len(runs) == 5  # four batches of at most 1,300 rows, and the mean and row count on all rows
+
+
+def test_a_sample_keeps_the_frame_when_small_and_is_reproducible():
+    df = pd.DataFrame({"x": range(100)})
+    assert validate.sample(df, 100, seed=1) is df and validate.sample(None, 5, seed=1) is None
+    a, b = validate.sample(df, 10, seed=1), validate.sample(df, 10, seed=1)
+    assert a.equals(b) and len(a) == 10 and a.index.is_monotonic_increasing

@@ -51,5 +51,8 @@ def with_dep_hour(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(dep_hour=pd.to_numeric(df["sched_dep_time"], errors="coerce") // 100)
 
 
+# What the domain checks (carrier) and the drift (dep_hour from sched_dep_time) read.
+REFERENCE_COLUMNS = ("carrier", "dest", "sched_dep_time", *(f for f in NUMERIC_DRIFT_FEATURES if f != "dep_hour"))
+
 SUITE = Suite("flights.completed", FlightCompleted, domain_expectations, numeric_drift=NUMERIC_DRIFT_FEATURES,
-              categorical_drift=CATEGORICAL_DRIFT_FEATURES, derive=with_dep_hour)
+              categorical_drift=CATEGORICAL_DRIFT_FEATURES, derive=with_dep_hour, reference_columns=REFERENCE_COLUMNS)

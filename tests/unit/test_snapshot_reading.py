@@ -1,0 +1,71 @@
+"""Reading snapshots: a manifest written before the parallel snapshot (format 1, one data file) is still read, a
+newer format is refused with a clear message, pieces follow from the offsets alone, and the gate's holdout is read
+alone with the same rows as a split of the whole snapshot."""
+
+from __future__ import annotations
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+from ml import pipeline, use_cases
+from ml.contracts import arrow_schema
+from ml.settings import LoopSettings
+from ml.snapshot import DATA, MANIFEST, SnapshotManifest, list_manifests, load_snapshots, topic_dir
+from ml.snapshot_files import Piece, pieces
+from use_cases.flight_delay.contracts import FlightCompleted
+from use_cases.flight_delay.source import load_completed
+
+TOPIC = "flights.completed"
+
+FORMAT_1 = {  # as the code before format 2 wrote it: no format_version, no files
+    "snapshot_id": "old", "sequence": 1, "topic": TOPIC, "contract": "FlightCompleted", "schema_version": 1,
+    "partitions": [{"partition": 0, "start": 0, "end": 20}], "row_count": 20, "rejected_count": 0,
+    "rejected_by_class": {}, "content_hash": "0" * 64, "event_time_column": "arr_utc", "event_time_min": None,
+    "event_time_max": None, "created_at": "2026-12-01T00:00:00Z", "read_seconds": 0.1, "data_file": DATA,
+    "rejected_file": None, "triggered_by": None, "schema_ids": {},
+}
+
+
+def _format_1(settings: LoopSettings, rows: pd.DataFrame, row_group: int = 8192) -> None:
+    folder = topic_dir(settings, TOPIC) / "old"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(rows, schema=arrow_schema(FlightCompleted), preserve_index=False),
+                   folder / DATA, row_group_size=row_group)
+    (folder / MANIFEST).write_bytes(orjson.dumps(FORMAT_1))
+
+
+def test_a_format_1_snapshot_is_read_from_its_one_data_file(tmp_path):
+    settings = LoopSettings(use_case="flight_delay", loop_data_dir=tmp_path)
+    rows = load_completed((1, 1), limit=20)[list(FlightCompleted.model_fields)]
+    _format_1(settings, rows)
+    (manifest,) = list_manifests(settings, TOPIC)
+    assert manifest.format_version == 1 and manifest.file_names == [DATA] and manifest.files == []
+    df, _ = load_snapshots(settings, TOPIC, FlightCompleted, ["old"])
+    assert df["flight_id"].tolist() == rows["flight_id"].tolist()
+
+
+def test_a_manifest_of_a_newer_format_is_refused_with_what_to_do():
+    with pytest.raises(ValidationError, match="format 3 is newer than this code reads .2.: upgrade"):
+        SnapshotManifest.model_validate({**FORMAT_1, "format_version": 3})
+
+
+def test_pieces_follow_from_the_offsets_alone():
+    assert pieces({1: (5, 5), 0: (10, 25)}, size=10) == [Piece(0, 10, 20), Piece(0, 20, 25)]
+    assert pieces({0: (0, 3), 2: (7, 9)}, size=10) == [Piece(0, 0, 3), Piece(2, 7, 9)]
+    assert Piece(2, 7, 9).file == "part-00002-00000000000000000007.parquet"
+
+
+def test_the_holdout_is_read_alone_with_the_rows_of_a_split_of_the_whole_snapshot(tmp_path):
+    settings = LoopSettings(use_case="flight_delay", loop_data_dir=tmp_path, holdout_days=5)
+    rows = load_completed((1, 2))[list(FlightCompleted.model_fields)]
+    _format_1(settings, rows)
+    uc = use_cases.selected(settings)
+    whole, _ = load_snapshots(settings, TOPIC, FlightCompleted, ["old"])
+    expected = pipeline.split(settings, uc, whole)[1]
+    holdout = pipeline.holdout_rows(settings, uc, ["old"])
+    assert len(holdout) > 1000 and len(holdout) < len(whole) / 5
+    pd.testing.assert_frame_equal(holdout.reset_index(drop=True), expected.reset_index(drop=True))
