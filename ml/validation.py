@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Snapshots up to this many rows are validated in one piece, larger ones in batches of it; drift reads at most
-# DRIFT_SAMPLE_ROWS rows of each side.
-VALIDATION_BATCH_ROWS = 1_000_000
+# Snapshots up to this many rows are validated in one piece, larger ones in batches of it; drift reads about
+# DRIFT_SAMPLE_ROWS rows of each side at most.
+VALIDATION_BATCH_ROWS = 500_000
 DRIFT_SAMPLE_ROWS = 1_000_000
 DOCS_SITE = "run_data_docs"  # not `local_site`: an ephemeral context already holds that name
 REPORT_FILE = "validation_report.json"
@@ -377,9 +377,9 @@ def _merged(batches: list[list[Any]]) -> list[CheckResult]:
 
 
 def _run_suite_in_batches(rows: RowSource, expectations: list[Expectation], run_id: str, docs_dir: Path,
-                          name: str, batch_rows: int) -> list[CheckResult]:
+                          name: str, batch_rows: int, seen: Callable[[pd.DataFrame], None]) -> list[CheckResult]:
     """The suite's verdicts on all of ``rows`` with at most ``batch_rows`` rows in memory at once (plus the columns
-    of the whole-snapshot checks): each batch is one run in the Data Docs."""
+    of the whole-snapshot checks): each batch is one run in the Data Docs, and is passed to ``seen``."""
     per_row = [e for e in expectations if _per_row(e)]
     whole = [e for e in expectations if not _per_row(e)]
     gx_run = _GxRun(docs_dir, name)
@@ -387,6 +387,7 @@ def _run_suite_in_batches(rows: RowSource, expectations: list[Expectation], run_
     for i, batch in enumerate(rows.batches(batch_rows)):
         batches.append(gx_run.run(".rows", batch, per_row, f"{run_id} rows {i * batch_rows}-"
                                                            f"{i * batch_rows + len(batch) - 1}"))
+        seen(batch)
     results = _merged(batches) if batches else []
     if whole:
         columns = sorted({e.configuration.kwargs["column"] for e in whole if "column" in e.configuration.kwargs})
@@ -405,7 +406,7 @@ def validate_snapshot(snapshot: pd.DataFrame | RowSource, settings: LoopSettings
     under ``settings.reports_dir / "data_docs" / <run_id>``.
 
     Up to ``batch_rows`` rows are validated at once; a larger snapshot in batches with the same verdicts
-    (``_run_suite_in_batches``), and its drift on a sample of ``DRIFT_SAMPLE_ROWS`` rows.
+    (``_run_suite_in_batches``), and its drift on a sample of about ``DRIFT_SAMPLE_ROWS`` rows of each side.
 
     ``reference`` is the champion's training data (None for the first model): the use case's checks may read
     it, and it is the baseline of drift. ``rejected`` is the number of records the snapshot dropped as
@@ -427,9 +428,17 @@ def validate_snapshot(snapshot: pd.DataFrame | RowSource, settings: LoopSettings
     if rows <= batch_rows:
         df = source.columns(None)
         results = _run_suite(df, expectations, run_id, docs_dir, suite.name)
-    else:
-        results = _run_suite_in_batches(source, expectations, run_id, docs_dir, suite.name, batch_rows)
-        df = source.columns(list(suite.reference_columns) if suite.reference_columns is not None else None)
+    else:  # the drift's rows: a share of each batch, about DRIFT_SAMPLE_ROWS in all
+        kept: list[pd.DataFrame] = []
+        share, draw = DRIFT_SAMPLE_ROWS / rows, np.random.default_rng(settings.seed)
+
+        def keep(batch: pd.DataFrame) -> None:
+            if reference is not None:
+                columns = batch if suite.reference_columns is None else batch[list(suite.reference_columns)]
+                kept.append(columns[draw.random(len(columns)) < share])
+
+        results = _run_suite_in_batches(source, expectations, run_id, docs_dir, suite.name, batch_rows, keep)
+        df = pd.concat(kept) if kept else None
 
     rejected_rate = rejected / (rows + rejected)
     results.append(CheckResult(
