@@ -180,3 +180,30 @@ def test_a_row_transforms_alike_beside_nulls_and_unseen_labels_or_without(flight
     x, y = features.transform(fitted, clean), features.transform(fitted, mixed)
     _assert_same(x, {key: value[:40] for key, value in y.items()})
     assert (y["cat_dest"][40:] == features.OOV_INDEX).all() and (y["cat_carrier"][40:] == features.MISSING_INDEX).all()
+
+
+def test_fitting_on_rows_by_position_is_fitting_on_those_rows_in_that_order(flights, monkeypatch):
+    rows = np.random.default_rng(1).permutation(len(flights))[:2000]
+    expected = features.fit(flights.iloc[rows])
+    monkeypatch.setattr(features, "FIT_CHUNK_ROWS", 700)  # read in several chunks, the last one partial
+    assert features.fit(flights, rows) == expected
+    assert features.fit(flights, rows).rows_fitted == 2000
+
+
+def test_a_sampled_fit_counts_every_row_and_reads_numeric_statistics_from_the_sample(flights, fitted, monkeypatch):
+    monkeypatch.setattr(features, "FIT_CHUNK_ROWS", 700)
+    monkeypatch.setattr(features, "FIT_SAMPLE_ROWS", 1000)
+    sampled = features.fit(flights)
+    assert sampled == features.fit(flights)  # a fixed-seed sample
+    # Vocabularies, delay rates and the row count come from every row ...
+    assert (sampled.vocabularies, sampled.rates, sampled.rate_prior) == \
+        (fitted.vocabularies, fitted.rates, fitted.rate_prior)
+    assert (sampled.rows_fitted, sampled.fitted_through) == (fitted.rows_fitted, fitted.fitted_through)
+    # ... the numeric statistics from a third of them: close to, not equal to, those of all rows.
+    assert sampled.numeric_features == fitted.numeric_features and sampled.center != fitted.center
+    i = fitted.numeric_features.index("temp")
+    assert abs(sampled.center[i] - fitted.center[i]) < 0.2 * fitted.scale[i]
+    assert abs(sampled.scale[i] / fitted.scale[i] - 1) < 0.2
+    x = features.transform(sampled, flights)
+    assert x[features.NUMERIC_INPUT].shape == (len(flights), sampled.numeric_width)
+    assert np.isfinite(x[features.NUMERIC_INPUT]).all()

@@ -74,6 +74,11 @@ CLIP_QUANTILES = (0.001, 0.999)
 # training quantile bins: it lets the network fit thresholds (visibility under a mile, any rain) the way a
 # tree would, and it is bounded, so it cannot extrapolate.
 QUANTILE_BINS = 8
+# A fit reads its rows this many at a time, and its numeric statistics from at most FIT_SAMPLE_ROWS of them (a
+# fixed-seed sample): a million rows pin quantiles and moments down as well as ten million, in a tenth of the
+# memory. A year of flights is fitted on every row.
+FIT_CHUNK_ROWS = 1 << 16
+FIT_SAMPLE_ROWS = 1_000_000
 
 
 def _input_schema() -> dict[str, str]:
@@ -170,8 +175,9 @@ def index_ranges(fitted: FlightPreprocessing) -> dict[str, int]:
     return {CATEGORICAL_PREFIX + name: size for name, size in fitted.vocab_sizes.items()}
 
 
-def _table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:
-    """The input as an Arrow table; raises ValueError naming the required fields it lacks."""
+def input_table(data: pa.Table | pd.DataFrame | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """The fields ``transform`` reads, as an Arrow table (a DataFrame's numeric and Arrow-backed columns are not
+    copied); raises ValueError naming the required fields it lacks."""
     if isinstance(data, pa.Table):
         table = data
     else:
@@ -342,50 +348,77 @@ def _rate_features(num: dict[str, np.ndarray], codes: dict[str, np.ndarray], rat
         num[f"rate_{name}"] = table[tuple(codes[part] for part in RATE_KEYS[name])]
 
 
-def fit(df: pd.DataFrame) -> FlightPreprocessing:
+def fit(df: pd.DataFrame, rows: np.ndarray | None = None) -> FlightPreprocessing:
     """Learn vocabularies, imputation values, normalisation statistics and delay rates from training rows
-    (labelled: the rates read ``delayed``)."""
-    if len(df) == 0:
+    (labelled: the rates read ``delayed``): every row of ``df``, or those at the positions ``rows`` in that order.
+
+    Vocabularies and delay rates count every row; the numeric statistics (fill, clip bounds, centre, scale, bin
+    edges) read a fixed-seed sample of ``FIT_SAMPLE_ROWS`` rows when there are more, and rows are read
+    ``FIT_CHUNK_ROWS`` at a time: fitting on years of flights holds no float copy of all of them. Raises
+    ValueError on zero rows, a missing label, or a required field absent.
+    """
+    rows = np.arange(len(df)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
         raise ValueError("cannot fit the flight preprocessing on zero rows")
-    if LABEL not in df.columns or df[LABEL].isna().any():
+    label = df[LABEL].iloc[rows] if LABEL in df.columns else None
+    if label is None or label.isna().any():
         raise ValueError(f"fitting the flight preprocessing needs the label {LABEL!r} on every row")
-    table = _table(df)
-    raw, cat = _raw_features(table)
+    table, n = input_table(df), len(rows)
+    sample = np.arange(n) if n <= FIT_SAMPLE_ROWS else \
+        np.sort(np.random.default_rng(0).choice(n, FIT_SAMPLE_ROWS, replace=False))
+    cats, raw, latest = [], {}, []
+    for start in range(0, n, FIT_CHUNK_ROWS):
+        part = table.take(rows[start:start + FIT_CHUNK_ROWS])
+        num, cat = _raw_features(part)
+        cats.append(cat)
+        at, to = np.searchsorted(sample, [start, start + FIT_CHUNK_ROWS])
+        for name, values in num.items():
+            raw.setdefault(name, np.empty(len(sample)))[at:to] = values[sample[at:to] - start]
+        latest.append(np.nanmax(_epoch_seconds(part, "sched_dep_utc")))
+        del part, num
+    cat = {name: pa.chunked_array([c[name] for c in cats]) for name in cats[0]}
     vocabularies = {}
     for name, values in cat.items():
         counts = pc.value_counts(values.drop_null())
         frequent = pc.greater_equal(counts.field("counts"), MIN_FREQUENCY[name])
         vocabularies[name] = sorted(counts.field("values").filter(frequent).to_pylist())
     codes = _codes({name: pa.array(vocab, pa.string()) for name, vocab in vocabularies.items()}, cat)
+    del cats, cat
     rate_prior, rates = _fit_rates(codes, {name: len(vocab) + VOCAB_OFFSET for name, vocab in vocabularies.items()},
-                                   df[LABEL].to_numpy(dtype="float64"))
-    _rate_features(raw, codes, {name: np.asarray(table) for name, table in rates.items()})
-    num = pd.DataFrame(raw)
-    fill = num.median().fillna(0.0)
-    # Indicators keep their full 0/1 range: a rare one (0.1% missing) would otherwise be clipped to 0.
-    indicators = num.columns.str.endswith("_missing")
-    lower = num.quantile(CLIP_QUANTILES[0]).fillna(fill).where(~indicators, 0.0)
-    upper = num.quantile(CLIP_QUANTILES[1]).fillna(fill).where(~indicators, 1.0)
-    filled = num.fillna(fill).clip(lower, upper, axis=1)
-    center = filled.mean()
-    # A constant column (e.g. an indicator never set in training) keeps scale 1 rather than dividing by 0.
-    scale = filled.std(ddof=0).where(lambda s: s > 1e-9, 1.0)
-    bin_edges = {}
-    for name in num.columns:
-        edges = np.unique(np.quantile(filled[name], np.linspace(0, 1, QUANTILE_BINS + 1)))
+                                   label.to_numpy(dtype="float64"))
+    _rate_features(raw, {name: c[sample] for name, c in codes.items()},
+                   {name: np.asarray(table) for name, table in rates.items()})
+    del codes
+    names, fill, lower, upper, center, scale, bin_edges = list(raw), [], [], [], [], [], {}
+    for name in names:  # one feature at a time, each column dropped once read: no second copy of the block
+        values = pd.Series(raw.pop(name), copy=False)
+        f = values.median()
+        f = 0.0 if np.isnan(f) else float(f)
+        # Indicators keep their full 0/1 range: a rare one (0.1% missing) would otherwise be clipped to 0.
+        indicator = name.endswith("_missing")
+        lo, hi = (0.0, 1.0) if indicator else values.quantile(list(CLIP_QUANTILES)).fillna(f).tolist()
+        filled = values.fillna(f).clip(lo, hi)
+        del values
+        fill.append(f)
+        lower.append(lo)
+        upper.append(hi)
+        center.append(float(filled.mean()))
+        # A constant column (e.g. an indicator never set in training) keeps scale 1 rather than dividing by 0.
+        std = float(filled.std(ddof=0))
+        scale.append(std if std > 1e-9 else 1.0)
+        edges = np.unique(np.quantile(filled, np.linspace(0, 1, QUANTILE_BINS + 1)))
         # Indicators, near-constant columns (two edges or fewer) and the delay rates (already a delay share per
         # key, which the network reads as it is) gain nothing from an encoding.
-        if not indicators[num.columns.get_loc(name)] and not name.startswith("rate_") and len(edges) > 2:
+        if not indicator and not name.startswith("rate_") and len(edges) > 2:
             bin_edges[name] = edges.tolist()
-    fitted_through = pd.Timestamp(np.nanmax(_epoch_seconds(table, "sched_dep_utc")), unit="s", tz="UTC")
+    fitted_through = pd.Timestamp(np.nanmax(latest), unit="s", tz="UTC")
     fitted = FlightPreprocessing(
-        version=VERSION, input_schema=_input_schema(), vocabularies=vocabularies,
-        numeric_features=list(num.columns), fill=fill.tolist(), lower=lower.tolist(), upper=upper.tolist(),
-        center=center.tolist(), scale=scale.tolist(), bin_edges=bin_edges, rate_prior=rate_prior, rates=rates,
-        rows_fitted=len(df), fitted_through=fitted_through.isoformat(),
+        version=VERSION, input_schema=_input_schema(), vocabularies=vocabularies, numeric_features=names,
+        fill=fill, lower=lower, upper=upper, center=center, scale=scale, bin_edges=bin_edges, rate_prior=rate_prior,
+        rates=rates, rows_fitted=n, fitted_through=fitted_through.isoformat(),
     )
-    log.info("fitted flight preprocessing v%d %s on %d rows: %d numeric features, vocab sizes %s",
-             VERSION, fitted.fingerprint, len(df), len(fitted.numeric_features), fitted.vocab_sizes)
+    log.info("fitted flight preprocessing v%d %s on %d rows (numeric statistics on %d): %d numeric features, "
+             "vocab sizes %s", VERSION, fitted.fingerprint, n, len(sample), len(names), fitted.vocab_sizes)
     return fitted
 
 
@@ -397,7 +430,7 @@ def transform(fitted: FlightPreprocessing,
     values (None, NaN, or an absent optional field) are imputed; an unseen category maps to ``OOV_INDEX``.
     Raises ValueError when a required field is absent or has the wrong type.
     """
-    num, cat = _raw_features(_table(data))
+    num, cat = _raw_features(input_table(data))
     a = FittedArrays.of(fitted)
     codes = _codes(a.vocabularies, cat)
     _rate_features(num, codes, a.rates)
