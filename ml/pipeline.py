@@ -136,6 +136,14 @@ def split(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.D
     return time_split(labelled(uc, rows), uc.time_order, days=settings.holdout_days)
 
 
+def earlier_rows(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``split``'s first part and the size of its second, ordering only the key columns: one copy of the rows
+    (the training rows) is made, not the two of a sort and a mask."""
+    keys = labelled(uc, rows[list(dict.fromkeys([*uc.time_order, uc.label]))].assign(_row=np.arange(len(rows))))
+    earlier, holdout = time_split(keys, uc.time_order, days=settings.holdout_days)
+    return rows.take(earlier["_row"].to_numpy()).reset_index(drop=True), len(holdout)
+
+
 def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: list[dict], *,
                   columns: list[str] | None = None) -> pd.DataFrame | None:
     """The training rows of ``version`` (its ``lineage`` snapshots that are still on disk; only ``columns`` of
@@ -201,13 +209,14 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
         return Candidate.model_validate_json(tags["candidate"])
 
     df, manifests = _load(settings, uc, [m.snapshot_id for m in window])
-    earlier, holdout = split(settings, uc, df)
+    earlier, holdout = earlier_rows(settings, uc, df)
+    del df  # the training rows are a copy: the window's frame is not held through training
     if len(earlier) < settings.min_training_rows:
         raise InsufficientData(len(earlier), settings.min_training_rows)
     result = uc.train(earlier, settings)
     run_params = {"use_case": uc.name, "epochs_max": settings.epochs, "seed": settings.seed,
                   "holdout_days": settings.holdout_days, "snapshot_window": settings.snapshot_window,
-                  "rows_train": len(earlier), "rows_holdout": len(holdout), "best_epoch": result.best_epoch,
+                  "rows_train": len(earlier), "rows_holdout": holdout, "best_epoch": result.best_epoch,
                   "preprocessing": result.preprocessing.fingerprint, **(params or {})}
     with registry.start_run(run_name=loop_run_id, params=run_params, tags={LOOP_RUN_TAG: loop_run_id}) as run_id:
         registry.log_lineage(run_id, manifests)
@@ -217,11 +226,11 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
         candidate = Candidate(loop_run_id=loop_run_id, mlflow_run_id=run_id, model_uri=model_uri,
                               preprocessing_fingerprint=result.preprocessing.fingerprint,
                               snapshot_ids=[m.snapshot_id for m in manifests], rows_train=len(earlier),
-                              rows_holdout=len(holdout), train_seconds=result.seconds)
+                              rows_holdout=holdout, train_seconds=result.seconds)
         # Tagged last: a run carrying this tag is complete, so a retry may reuse it.
         registry.client().set_tag(run_id, "candidate", candidate.model_dump_json())
     log.info("%s candidate %s trained on %d rows (%d held out) in %.1f s, preprocessing %s, snapshots %s",
-             uc.name, run_id, len(earlier), len(holdout), result.seconds, candidate.preprocessing_fingerprint,
+             uc.name, run_id, len(earlier), holdout, result.seconds, candidate.preprocessing_fingerprint,
              candidate.snapshot_ids)
     return candidate
 

@@ -69,3 +69,13 @@ def test_the_holdout_is_read_alone_with_the_rows_of_a_split_of_the_whole_snapsho
     holdout = pipeline.holdout_rows(settings, uc, ["old"])
     assert len(holdout) > 1000 and len(holdout) < len(whole) / 5
     pd.testing.assert_frame_equal(holdout.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_the_training_rows_are_the_first_part_of_the_split_made_from_the_keys_alone(tmp_path):
+    settings = LoopSettings(use_case="flight_delay", loop_data_dir=tmp_path, holdout_days=5)
+    rows = load_completed((1, 2))[list(FlightCompleted.model_fields)].sample(frac=1.0, random_state=3)
+    uc = use_cases.selected(settings)
+    expected, holdout = pipeline.split(settings, uc, rows)
+    earlier, held_out = pipeline.earlier_rows(settings, uc, rows)
+    assert held_out == len(holdout) > 1000
+    pd.testing.assert_frame_equal(earlier, expected.reset_index(drop=True))
