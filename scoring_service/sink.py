@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from ml.errors import DeliveryFailed
 from scoring_service.config import ScorerSettings
+from scoring_service.deadline import CallStuck, call_with_deadline
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ Record = tuple[str, bytes | None, bytes]  # topic, key, value
 ABORT_ATTEMPTS = 5
 # at_least_once: an asynchronous commit not confirmed within this long is sent again.
 RECOMMIT_S = 5.0
+# librdkafka may not honour send_offsets_to_transaction's timeout while it cannot find or reach the group
+# coordinator, and block for good (confluentinc/librdkafka#5456, #5511: seen here when the coordinator's broker is
+# killed mid-stream). Past its timeout and this grace the call is deemed stuck and the replica stops.
+SEND_OFFSETS_GRACE_S = 15.0
 
 
 class BatchAborted(RuntimeError):
@@ -61,8 +66,8 @@ def producer_config(settings: ScorerSettings) -> dict:
     # once its previous one is answered, and a record queued behind it makes the broker thread poll without
     # sleeping until the answer comes; on a small machine such spinning clients take the CPU from a broker that
     # is slow for a moment, which slows it further (docs/performance.md). A request retried after a lost answer
-    # may duplicate (or reorder) its records, which at-least-once allows. exactly_once commits a batch's transaction before it
-    # produces the next batch, so nothing waits behind an unanswered request there.
+    # may duplicate (or reorder) its records, which at-least-once allows. exactly_once commits a batch's transaction
+    # before it produces the next batch, so nothing waits behind an unanswered request there.
     return config
 
 
@@ -103,7 +108,7 @@ class Sink:
     def send(self, records: Sequence[Record], offsets: list[TopicPartition], consumer: Consumer) -> InFlight:
         """Produce ``records`` (in a new transaction that also holds ``offsets``, in exactly_once mode, which
         requires the previous batch settled). Raises BatchAborted when the transaction had to be aborted,
-        KafkaException on fatal errors."""
+        KafkaException on fatal errors, CallStuck when librdkafka did not return (the replica must stop)."""
         batch = InFlight(offsets, len(records), unacknowledged=len(records))
         if not self.transactional:
             self._produce(records, batch.on_delivery)
@@ -112,12 +117,26 @@ class Sink:
         try:
             self.producer.begin_transaction()
             self._produce(records)
-            self.producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
-                                                      self.settings.delivery_timeout_s)
+            self._send_offsets(offsets, consumer)
         except KafkaException as e:
             self._abort(e, batch)
         self._unsettled.append(batch)
         return batch
+
+    def _send_offsets(self, offsets: list[TopicPartition], consumer: Consumer) -> None:
+        """Add ``offsets`` to the open transaction. A call stuck inside librdkafka keeps the transaction busy
+        (nothing can abort it), so CallStuck stops the replica: restarted under the same transactional id, it
+        fences this transaction and reads those offsets again."""
+        timeout, metadata = self.settings.delivery_timeout_s, consumer.consumer_group_metadata()
+        try:
+            call_with_deadline(lambda: self.producer.send_offsets_to_transaction(offsets, metadata, timeout),
+                               timeout + SEND_OFFSETS_GRACE_S, "send_offsets_to_transaction")
+        except CallStuck as e:
+            log.error("%s adding offsets %s to the transaction (librdkafka can block past its timeout while the group "
+                      "coordinator is unreachable, librdkafka#5456): stopping; restarted, the replica fences the open "
+                      "transaction and reads the batch again", e,
+                      [(tp.topic, tp.partition, tp.offset) for tp in offsets])
+            raise
 
     def settle(self, consumer: Consumer, *, handover: bool = False) -> list[InFlight]:
         """The batches settled since the last call, oldest first.
