@@ -108,19 +108,44 @@ def _load(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str], **read):
                                     **read)
 
 
-def holdout_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -> pd.DataFrame:
-    """The holdout of the snapshots' rows (``split``'s second part) without reading the rest: the cut comes from
-    the time and label columns alone, then only the rows past it are read (Parquet row groups before it are
-    skipped)."""
+@dataclass(frozen=True)
+class _Cut:
+    """Where ``split`` cuts snapshots' rows: Parquet filters of its two parts, the holdout's size, the manifests."""
+
+    earlier: pc.Expression
+    holdout: pc.Expression
+    held_out: int
+    manifests: list[snapshots.SnapshotManifest]
+
+
+def _holdout_cut(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -> _Cut:
+    """``split``'s cut of the snapshots' rows, found from their time and label columns alone."""
     time_column = uc.time_order[0]
-    keys, _ = _load(settings, uc, snapshot_ids, columns=[time_column, uc.label])
+    keys, manifests = _load(settings, uc, snapshot_ids, columns=list(dict.fromkeys([time_column, uc.label])))
     times = keys.loc[keys[uc.label].notna(), time_column]
+    has_label = pc.field(uc.label).is_valid()
     if times.empty:
-        return split(settings, uc, keys.iloc[:0])[1]
+        return _Cut(has_label, has_label, 0, manifests)  # no labelled row: both parts are empty
     cut = times.max() - pd.Timedelta(days=settings.holdout_days)
-    kind = arrow_schema(uc.label_contract).field(time_column).type
-    rows, _ = _load(settings, uc, snapshot_ids, filters=pc.field(time_column) > pa.scalar(cut, type=kind))
+    at = pa.scalar(cut, type=arrow_schema(uc.label_contract).field(time_column).type)
+    return _Cut((pc.field(time_column) <= at) & has_label, (pc.field(time_column) > at) & has_label,
+                int((times > cut).sum()), manifests)
+
+
+def holdout_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -> pd.DataFrame:
+    """The holdout of the snapshots' rows (``split``'s second part, in its order) without reading the rest: only the
+    rows past the cut are read (Parquet row groups before it are skipped)."""
+    rows, _ = _load(settings, uc, snapshot_ids, filters=_holdout_cut(settings, uc, snapshot_ids).holdout)
     return split(settings, uc, rows)[1]
+
+
+def earlier_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]
+                 ) -> tuple[pd.DataFrame, int, list[snapshots.SnapshotManifest]]:
+    """``split``'s first part of the snapshots' rows (in file order: a use case's training orders them itself), the
+    size of its second part, and the manifests, without reading the holdout: the training rows are held once."""
+    cut = _holdout_cut(settings, uc, snapshot_ids)
+    rows, _ = _load(settings, uc, snapshot_ids, filters=cut.earlier)
+    return rows, cut.held_out, cut.manifests
 
 
 def labelled(uc: UseCase, rows: pd.DataFrame) -> pd.DataFrame:
@@ -134,14 +159,6 @@ def labelled(uc: UseCase, rows: pd.DataFrame) -> pd.DataFrame:
 def split(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(earlier, holdout) of the labelled rows: the holdout is their last ``holdout_days``."""
     return time_split(labelled(uc, rows), uc.time_order, days=settings.holdout_days)
-
-
-def earlier_rows(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """``split``'s first part and the size of its second, ordering only the key columns: one copy of the rows
-    (the training rows) is made, not the two of a sort and a mask."""
-    keys = labelled(uc, rows[list(dict.fromkeys([*uc.time_order, uc.label]))].assign(_row=np.arange(len(rows))))
-    earlier, holdout = time_split(keys, uc.time_order, days=settings.holdout_days)
-    return rows.take(earlier["_row"].to_numpy()).reset_index(drop=True), len(holdout)
 
 
 def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: list[dict], *,
@@ -208,9 +225,7 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
         log.info("run %s already trained in MLflow run %s: reusing it", loop_run_id, existing)
         return Candidate.model_validate_json(tags["candidate"])
 
-    df, manifests = _load(settings, uc, [m.snapshot_id for m in window])
-    earlier, holdout = earlier_rows(settings, uc, df)
-    del df  # the training rows are a copy: the window's frame is not held through training
+    earlier, holdout, manifests = earlier_rows(settings, uc, [m.snapshot_id for m in window])
     if len(earlier) < settings.min_training_rows:
         raise InsufficientData(len(earlier), settings.min_training_rows)
     result = uc.train(earlier, settings)

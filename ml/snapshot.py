@@ -268,12 +268,7 @@ def load_snapshots(settings: LoopSettings, topic: str, contract: type[Contract],
     Raises LoopError naming the ids that have no complete snapshot.
     """
     manifests = manifests_of(settings, topic, snapshot_ids)
-    schema = arrow_schema(contract)
-    if columns is not None:
-        schema = pa.schema([schema.field(c) for c in columns])
-    tables = [pq.read_table(path, schema=schema, columns=columns, filters=filters)
-              for path in data_paths(settings, topic, manifests)]
-    return _frame(pa.concat_tables(tables) if tables else schema.empty_table()), manifests
+    return _read(data_paths(settings, topic, manifests), arrow_schema(contract), columns, filters), manifests
 
 
 def manifests_of(settings: LoopSettings, topic: str, snapshot_ids: list[str]) -> list[SnapshotManifest]:
@@ -327,15 +322,28 @@ class SnapshotRows:
 
     def columns(self, names: list[str] | None) -> pd.DataFrame:
         """These columns (None: all) of every row."""
-        schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
-        tables = [pq.read_table(path, schema=schema, columns=names) for path in self.paths]
-        return _frame(pa.concat_tables(tables) if tables else schema.empty_table())
+        return _read(self.paths, self.schema, names)
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
+def _read(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,
+          filters: pc.Expression | None = None) -> pd.DataFrame:
+    """``columns`` (None: all of ``schema``) of the rows of the Parquet files at ``paths`` that ``filters`` keeps,
+    in file order, as one frame. Each column's Arrow memory is released once converted: the rows are held about
+    once, not twice."""
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    tables = [pq.read_table(path, schema=schema, columns=columns, filters=filters) for path in paths]
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    del tables
+    return _frame(table, consume=True)
+
+
+def _frame(table: pa.Table, *, consume: bool = False) -> pd.DataFrame:
+    """``table`` as a frame with the contract's dtypes. ``consume``: the caller hands ``table`` over (it must not be
+    used again), and each column's Arrow buffers are freed as it is converted."""
     # Nullable integers stay integers (pandas' default turns an int column with nulls into float64), so
     # the frame has the dtypes of the contract, as the source data had.
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get, split_blocks=consume, self_destruct=consume)
 
 
 def _fmt(ranges: dict[int, tuple[int, int]] | list[PartitionRange]) -> str:

@@ -143,8 +143,9 @@ class UseCase(ABC):
 
     @abstractmethod
     def train(self, rows: pd.DataFrame, settings: LoopSettings) -> TrainResult:
-        """Fit the preprocessing and train a model on labelled rows (ordered by ``time_order``); deterministic
-        for ``settings.seed``. Raises ValueError when the rows cannot train a model."""
+        """Fit the preprocessing and train a model on labelled rows, given in no particular order (they are read
+        from the snapshot files as they lie; ``ml.split.time_split`` orders them by ``time_order``); deterministic
+        for ``settings.seed`` whatever their order. Raises ValueError when the rows cannot train a model."""
 
     @abstractmethod
     def evaluate(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame, *,

@@ -1,6 +1,6 @@
 """Reading snapshots: a manifest written before the parallel snapshot (format 1, one data file) is still read, a
-newer format is refused with a clear message, pieces follow from the offsets alone, and the gate's holdout is read
-alone with the same rows as a split of the whole snapshot."""
+newer format is refused with a clear message, pieces follow from the offsets alone, and the gate's holdout and the
+training rows are each read alone, with the rows of a split of the whole snapshot."""
 
 from __future__ import annotations
 
@@ -71,11 +71,15 @@ def test_the_holdout_is_read_alone_with_the_rows_of_a_split_of_the_whole_snapsho
     pd.testing.assert_frame_equal(holdout.reset_index(drop=True), expected.reset_index(drop=True))
 
 
-def test_the_training_rows_are_the_first_part_of_the_split_made_from_the_keys_alone(tmp_path):
+def test_the_training_rows_are_read_alone_and_are_the_first_part_of_a_split_of_the_whole_snapshot(tmp_path):
     settings = LoopSettings(use_case="flight_delay", loop_data_dir=tmp_path, holdout_days=5)
     rows = load_completed((1, 2))[list(FlightCompleted.model_fields)].sample(frac=1.0, random_state=3)
+    _format_1(settings, rows)
     uc = use_cases.selected(settings)
-    expected, holdout = pipeline.split(settings, uc, rows)
-    earlier, held_out = pipeline.earlier_rows(settings, uc, rows)
-    assert held_out == len(holdout) > 1000
-    pd.testing.assert_frame_equal(earlier, expected.reset_index(drop=True))
+    whole, _ = load_snapshots(settings, TOPIC, FlightCompleted, ["old"])
+    expected, holdout = pipeline.split(settings, uc, whole)
+    earlier, held_out, manifests = pipeline.earlier_rows(settings, uc, ["old"])
+    assert held_out == len(holdout) > 1000 and [m.snapshot_id for m in manifests] == ["old"]
+    # In the snapshot's order; the same rows once ordered as split orders them.
+    in_order = earlier.sort_values(list(uc.time_order), kind="stable", ignore_index=True)
+    pd.testing.assert_frame_equal(in_order, expected.reset_index(drop=True))
