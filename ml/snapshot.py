@@ -335,7 +335,10 @@ def _read(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None
     tables = [pq.read_table(path, schema=schema, columns=columns, filters=filters) for path in paths]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     del tables
-    return _frame(table, consume=True)
+    frame = _frame(table, consume=True)
+    # Arrow's allocator keeps the freed buffers for reuse; the rows now live in the frame, so give them back.
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def _frame(table: pa.Table, *, consume: bool = False) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -304,10 +305,18 @@ def _raw_features(table: pa.Table) -> tuple[dict[str, np.ndarray], dict[str, pa.
     for name in INDICATOR_FIELDS:
         num[f"{name}_missing"] = np.isnan(source[name]).astype("float64")
 
+    return num, _categoricals(table, year, dep_hhmm)
+
+
+def _categoricals(table: pa.Table, year: np.ndarray | None = None, dep_hhmm: np.ndarray | None = None
+                  ) -> dict[str, pa.Array]:
+    """The categorical strings (null where unknown); ``year`` and ``dep_hhmm`` when already read."""
+    year = _num(table, "year") if year is None else year
+    dep_hhmm = _num(table, "sched_dep_time") if dep_hhmm is None else dep_hhmm
     cat = {name: _strings(table, name) for name in ("carrier", "origin", "dest", "plane_type", "plane_engine")}
     cat["dow"] = _integer_labels(_day_of_week(year, _num(table, "month"), _num(table, "day")))
     cat["dep_hour"] = _integer_labels(dep_hhmm // 100)
-    return num, cat
+    return cat
 
 
 def _codes(vocabularies: Mapping[str, pa.Array], cat: dict[str, pa.Array]) -> dict[str, np.ndarray]:
@@ -327,18 +336,24 @@ def _codes(vocabularies: Mapping[str, pa.Array], cat: dict[str, pa.Array]) -> di
     return out
 
 
-def _fit_rates(codes: dict[str, np.ndarray], sizes: dict[str, int], y: np.ndarray
-               ) -> tuple[float, dict[str, list[float] | list[list[float]]]]:
-    """The overall delayed share and, per RATE_KEYS entry, the smoothed share of every code (pair)."""
-    prior = float(y.mean())
-    rates = {}
+def _count_rates(counts: dict[str, tuple[np.ndarray, np.ndarray]], codes: dict[str, np.ndarray],
+                 sizes: dict[str, int], y: np.ndarray) -> None:
+    """Add to ``counts`` (per RATE_KEYS entry: rows and delayed rows of every code, or code pair) those of the rows
+    with these ``codes`` and labels ``y``."""
     for name, parts in RATE_KEYS.items():
         shape = tuple(sizes[part] for part in parts)
         flat = np.ravel_multi_index(tuple(codes[part] for part in parts), shape)
-        n = np.bincount(flat, minlength=int(np.prod(shape)))
-        delayed = np.bincount(flat, weights=y, minlength=len(n))
-        rates[name] = ((delayed + RATE_PRIOR_WEIGHT * prior) / (n + RATE_PRIOR_WEIGHT)).reshape(shape).tolist()
-    return prior, rates
+        n, delayed = counts.setdefault(name, (np.zeros(int(np.prod(shape))), np.zeros(int(np.prod(shape)))))
+        n += np.bincount(flat, minlength=len(n))
+        delayed += np.bincount(flat, weights=y, minlength=len(n))
+
+
+def _rates(counts: dict[str, tuple[np.ndarray, np.ndarray]], sizes: dict[str, int], prior: float
+           ) -> dict[str, list[float] | list[list[float]]]:
+    """Per RATE_KEYS entry, the delayed share of every code (pair), smoothed towards ``prior``."""
+    return {name: ((delayed + RATE_PRIOR_WEIGHT * prior) / (n + RATE_PRIOR_WEIGHT))
+            .reshape(tuple(sizes[part] for part in RATE_KEYS[name])).tolist()
+            for name, (n, delayed) in counts.items()}
 
 
 def _rate_features(num: dict[str, np.ndarray], codes: dict[str, np.ndarray], rates: Mapping[str, np.ndarray]
@@ -363,32 +378,42 @@ def fit(df: pd.DataFrame, rows: np.ndarray | None = None) -> FlightPreprocessing
     label = df[LABEL].iloc[rows] if LABEL in df.columns else None
     if label is None or label.isna().any():
         raise ValueError(f"fitting the flight preprocessing needs the label {LABEL!r} on every row")
-    table, n = input_table(df), len(rows)
+    table, n, y = input_table(df), len(rows), label.to_numpy(dtype="float64")
     sample = np.arange(n) if n <= FIT_SAMPLE_ROWS else \
         np.sort(np.random.default_rng(0).choice(n, FIT_SAMPLE_ROWS, replace=False))
-    cats, raw, latest = [], {}, []
-    for start in range(0, n, FIT_CHUNK_ROWS):
+    # Each chunk of rows, and the part of the sample in it.
+    chunks = [(start, np.searchsorted(sample, [start, start + FIT_CHUNK_ROWS]))
+              for start in range(0, n, FIT_CHUNK_ROWS)]
+    # First pass: category counts, the sample's numeric features, the latest departure.
+    counts: dict[str, Counter] = {}
+    raw, latest = {}, []
+    for start, (at, to) in chunks:
         part = table.take(rows[start:start + FIT_CHUNK_ROWS])
         num, cat = _raw_features(part)
-        cats.append(cat)
-        at, to = np.searchsorted(sample, [start, start + FIT_CHUNK_ROWS])
+        for name, values in cat.items():
+            found = pc.value_counts(values.drop_null())
+            counts.setdefault(name, Counter()).update(
+                dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True)))
         for name, values in num.items():
             raw.setdefault(name, np.empty(len(sample)))[at:to] = values[sample[at:to] - start]
         latest.append(np.nanmax(_epoch_seconds(part, "sched_dep_utc")))
-        del part, num
-    cat = {name: pa.chunked_array([c[name] for c in cats]) for name in cats[0]}
-    vocabularies = {}
-    for name, values in cat.items():
-        counts = pc.value_counts(values.drop_null())
-        frequent = pc.greater_equal(counts.field("counts"), MIN_FREQUENCY[name])
-        vocabularies[name] = sorted(counts.field("values").filter(frequent).to_pylist())
-    codes = _codes({name: pa.array(vocab, pa.string()) for name, vocab in vocabularies.items()}, cat)
-    del cats, cat
-    rate_prior, rates = _fit_rates(codes, {name: len(vocab) + VOCAB_OFFSET for name, vocab in vocabularies.items()},
-                                   label.to_numpy(dtype="float64"))
-    _rate_features(raw, {name: c[sample] for name, c in codes.items()},
-                   {name: np.asarray(table) for name, table in rates.items()})
-    del codes
+        del part, num, cat
+    vocabularies = {name: sorted(value for value, count in found.items() if count >= MIN_FREQUENCY[name])
+                    for name, found in counts.items()}
+    # Second pass: each row's codes, counted into the delay rates; the sample's codes kept for its rate features.
+    vocab = {name: pa.array(values, pa.string()) for name, values in vocabularies.items()}
+    sizes = {name: len(values) + VOCAB_OFFSET for name, values in vocabularies.items()}
+    rate_counts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sample_codes = {name: np.empty(len(sample), "int32") for name in vocab}
+    for start, (at, to) in chunks:
+        codes = _codes(vocab, _categoricals(table.take(rows[start:start + FIT_CHUNK_ROWS])))
+        _count_rates(rate_counts, codes, sizes, y[start:start + FIT_CHUNK_ROWS])
+        for name, values in codes.items():
+            sample_codes[name][at:to] = values[sample[at:to] - start]
+    rate_prior = float(y.mean())
+    rates = _rates(rate_counts, sizes, rate_prior)
+    _rate_features(raw, sample_codes, {name: np.asarray(table) for name, table in rates.items()})
+    del sample_codes, rate_counts
     names, fill, lower, upper, center, scale, bin_edges = list(raw), [], [], [], [], [], {}
     for name in names:  # one feature at a time, each column dropped once read: no second copy of the block
         values = pd.Series(raw.pop(name), copy=False)
