@@ -207,3 +207,15 @@ def test_a_sampled_fit_counts_every_row_and_reads_numeric_statistics_from_the_sa
     x = features.transform(sampled, flights)
     assert x[features.NUMERIC_INPUT].shape == (len(flights), sampled.numeric_width)
     assert np.isfinite(x[features.NUMERIC_INPUT]).all()
+
+
+def test_a_table_of_many_chunks_is_taken_from_in_one_chunk_and_transforms_the_same(flights, fitted):
+    # As a frame read from many snapshot files: each string column one chunk per file.
+    one = features.input_table(flights)
+    many = pa.Table.from_batches([b for start in range(0, len(flights), 700)
+                                  for b in one.slice(start, 700).to_batches()])
+    assert many.column("carrier").num_chunks > 1
+    gatherable = features.input_table(many)
+    assert all(gatherable.column(name).num_chunks == 1 for name in ("carrier", "origin", "dest", "plane_type"))
+    rows = np.random.default_rng(1).permutation(len(flights))[:3000]
+    _assert_same(features.transform(fitted, gatherable.take(rows)), features.transform(fitted, one.take(rows)))
