@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -54,15 +55,22 @@ class FatalErrors:
         self.fatal: KafkaError | None = None
 
     def __call__(self, err: KafkaError) -> None:
-        # The error event itself carries the code _FATAL; fatal() is set only on errors fetched from the client.
-        if (err.fatal() or err.code() == KafkaError._FATAL) and self.fatal is None:
+        if _is_fatal(err) and self.fatal is None:
             self.fatal = err
 
     def raise_if_fatal(self) -> None:
         if self.fatal is not None:
-            log.error("fatal consumer error, stopping (restarted, the replica rejoins under its name): %s",
-                      self.fatal.str())
-            raise KafkaException(self.fatal)
+            _stop_on(self.fatal)
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    # The error event itself carries the code _FATAL; fatal() is set only on errors fetched from the client.
+    return err.fatal() or err.code() == KafkaError._FATAL
+
+
+def _stop_on(err: KafkaError) -> NoReturn:
+    log.error("fatal consumer error, stopping (restarted, the replica rejoins under its name): %s", err.str())
+    raise KafkaException(err)
 
 
 def consumer_config(settings: ScorerSettings, client_id: str, errors: FatalErrors | None = None,
@@ -104,9 +112,8 @@ def _raise_if_fatal(msgs: Sequence[Message]) -> None:
     consumer reads nothing after it; the process stops and its orchestrator restarts it under the same name."""
     for m in msgs:
         err = m.error()
-        if err is not None and (err.fatal() or err.code() == KafkaError._FATAL):
-            log.error("fatal consumer error, stopping (restarted, the replica rejoins under its name): %s", err.str())
-            raise KafkaException(err)
+        if err is not None and _is_fatal(err):
+            _stop_on(err)
 
 
 def _log_commit_failure(err, partitions: list[TopicPartition]) -> None:
@@ -305,9 +312,7 @@ class Scorer:
         partitions, offsets, keys, values = [], [], [], []
         for m in msgs:
             err = m.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
+            if err is not None:  # not a fatal one: _raise_if_fatal has seen the batch
                 log.warning("consumer error on %s: %s", self.settings.input_topic, err)
                 continue
             p = m.partition()
