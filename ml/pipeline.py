@@ -110,10 +110,11 @@ def _load(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str], **read):
 
 @dataclass(frozen=True)
 class _Cut:
-    """Where ``split`` cuts snapshots' rows: Parquet filters of its two parts, the holdout's size, the manifests."""
+    """Where ``split`` cuts snapshots' rows: Parquet filters of its two parts, their sizes, the manifests."""
 
     earlier: pc.Expression
     holdout: pc.Expression
+    before: int
     held_out: int
     manifests: list[snapshots.SnapshotManifest]
 
@@ -125,11 +126,12 @@ def _holdout_cut(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -
     times = keys.loc[keys[uc.label].notna(), time_column]
     has_label = pc.field(uc.label).is_valid()
     if times.empty:
-        return _Cut(has_label, has_label, 0, manifests)  # no labelled row: both parts are empty
+        return _Cut(has_label, has_label, 0, 0, manifests)  # no labelled row: both parts are empty
     cut = times.max() - pd.Timedelta(days=settings.holdout_days)
     at = pa.scalar(cut, type=arrow_schema(uc.label_contract).field(time_column).type)
+    held_out = int((times > cut).sum())
     return _Cut((pc.field(time_column) <= at) & has_label, (pc.field(time_column) > at) & has_label,
-                int((times > cut).sum()), manifests)
+                len(times) - held_out, held_out, manifests)
 
 
 def holdout_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -> pd.DataFrame:
@@ -140,11 +142,13 @@ def holdout_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]) -
 
 
 def earlier_rows(settings: LoopSettings, uc: UseCase, snapshot_ids: list[str]
-                 ) -> tuple[pd.DataFrame, int, list[snapshots.SnapshotManifest]]:
-    """``split``'s first part of the snapshots' rows (in file order: a use case's training orders them itself), the
-    size of its second part, and the manifests, without reading the holdout: the training rows are held once."""
+                 ) -> tuple[snapshots.SnapshotRows, int, list[snapshots.SnapshotManifest]]:
+    """``split``'s first part of the snapshots' rows as ``SnapshotRows`` (read on demand, in file order: a use
+    case's training orders them itself), the size of its second part, and the manifests. Nothing but the time
+    and label columns is read here, and the holdout's rows are never read."""
     cut = _holdout_cut(settings, uc, snapshot_ids)
-    rows, _ = _load(settings, uc, snapshot_ids, filters=cut.earlier)
+    rows = snapshots.SnapshotRows(settings, settings.topic(uc.topics.labels), uc.label_contract, cut.manifests,
+                                  filters=cut.earlier, count=cut.before)
     return rows, cut.held_out, cut.manifests
 
 
@@ -226,12 +230,12 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
         return Candidate.model_validate_json(tags["candidate"])
 
     earlier, holdout, manifests = earlier_rows(settings, uc, [m.snapshot_id for m in window])
-    if len(earlier) < settings.min_training_rows:
-        raise InsufficientData(len(earlier), settings.min_training_rows)
-    result = uc.train(earlier, settings)
+    if earlier.count < settings.min_training_rows:
+        raise InsufficientData(earlier.count, settings.min_training_rows)
+    result = uc.train_snapshot(earlier, settings)
     run_params = {"use_case": uc.name, "epochs_max": settings.epochs, "seed": settings.seed,
                   "holdout_days": settings.holdout_days, "snapshot_window": settings.snapshot_window,
-                  "rows_train": len(earlier), "rows_holdout": holdout, "best_epoch": result.best_epoch,
+                  "rows_train": earlier.count, "rows_holdout": holdout, "best_epoch": result.best_epoch,
                   "preprocessing": result.preprocessing.fingerprint, **(params or {})}
     with registry.start_run(run_name=loop_run_id, params=run_params, tags={LOOP_RUN_TAG: loop_run_id}) as run_id:
         registry.log_lineage(run_id, manifests)
@@ -240,12 +244,12 @@ def train_step(settings: LoopSettings, loop_run_id: str, *, params: dict | None 
         model_uri = registry.log_model(run_id, result.model, result.preprocessing.to_dict())
         candidate = Candidate(loop_run_id=loop_run_id, mlflow_run_id=run_id, model_uri=model_uri,
                               preprocessing_fingerprint=result.preprocessing.fingerprint,
-                              snapshot_ids=[m.snapshot_id for m in manifests], rows_train=len(earlier),
+                              snapshot_ids=[m.snapshot_id for m in manifests], rows_train=earlier.count,
                               rows_holdout=holdout, train_seconds=result.seconds)
         # Tagged last: a run carrying this tag is complete, so a retry may reuse it.
         registry.client().set_tag(run_id, "candidate", candidate.model_dump_json())
     log.info("%s candidate %s trained on %d rows (%d held out) in %.1f s, preprocessing %s, snapshots %s",
-             uc.name, run_id, len(earlier), holdout, result.seconds, candidate.preprocessing_fingerprint,
+             uc.name, run_id, earlier.count, holdout, result.seconds, candidate.preprocessing_fingerprint,
              candidate.snapshot_ids)
     return candidate
 

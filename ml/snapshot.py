@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -294,14 +294,22 @@ def load_window(settings: LoopSettings, topic: str, contract: type[Contract], n:
 
 
 class SnapshotRows:
-    """The rows of snapshots read from their Parquet files on demand, in batches or by column (a
-    ``ml.validation.RowSource``): a large snapshot is never in memory whole."""
+    """The rows of snapshots read from their Parquet files on demand, in batches, by column or as Arrow (a
+    ``ml.validation.RowSource``, and what a use case trains from): a large snapshot is never in memory whole.
+
+    ``filters``: only the rows it keeps (row groups whose statistics exclude it are not read); ``count`` must then
+    be given, the number of rows it keeps.
+    """
 
     def __init__(self, settings: LoopSettings, topic: str, contract: type[Contract],
-                 manifests: list[SnapshotManifest]) -> None:
+                 manifests: list[SnapshotManifest], *, filters: pc.Expression | None = None,
+                 count: int | None = None) -> None:
+        if filters is not None and count is None:
+            raise ValueError("filtered snapshot rows need their count")
         self.schema = arrow_schema(contract)
         self.paths = data_paths(settings, topic, manifests)
-        self.count = sum(m.row_count for m in manifests)
+        self.filters = filters
+        self.count = sum(m.row_count for m in manifests) if count is None else count
         self.column_names = self.schema.names
 
     def batches(self, size: int) -> Iterator[pd.DataFrame]:
@@ -310,6 +318,11 @@ class SnapshotRows:
         held = 0
         for path in self.paths:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 65_536)):
+                if self.filters is not None:
+                    batch = pa.Table.from_batches([batch]).filter(self.filters).combine_chunks().to_batches()
+                    if not batch:
+                        continue
+                    batch = batch[0]
                 pending.append(batch)
                 held += batch.num_rows
                 while held >= size:
@@ -321,8 +334,29 @@ class SnapshotRows:
             yield _frame(pa.Table.from_batches(pending, schema=self.schema))
 
     def columns(self, names: list[str] | None) -> pd.DataFrame:
-        """These columns (None: all) of every row."""
-        return _read(self.paths, self.schema, names)
+        """These columns (None: all) of every row, as one frame."""
+        return _read(self.paths, self.schema, names, self.filters)
+
+    def table(self, names: list[str], *, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+        """These columns of every row as one Arrow table, in file order, each column a single chunk, the columns
+        named in ``types`` read as that type: a string column as a dictionary (``pa.dictionary(pa.int32(),
+        pa.string())``: 4 bytes a row for a few distinct values), an integer column the contract bounds as a
+        narrower integer. The least memory rows can be held in for training: no pandas objects, no copy.
+        Raises ``pyarrow.ArrowInvalid`` when a value does not fit its type."""
+        types = types or {}
+        schema = pa.schema([self.schema.field(name).with_type(types[name]) if name in types
+                            else self.schema.field(name) for name in names])
+        tables = [pq.read_table(path, schema=schema, columns=names, filters=self.filters) for path in self.paths]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        del tables
+        for i, field in enumerate(table.schema):  # one chunk per column, dictionaries unified first
+            column = table.column(i)
+            if column.num_chunks != 1:
+                if pa.types.is_dictionary(field.type):
+                    column = column.unify_dictionaries()
+                table = table.set_column(i, field, pa.chunked_array([column.combine_chunks()], field.type))
+        pa.default_memory_pool().release_unused()
+        return table
 
 
 def _read(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import typer
 
     from ml.settings import LoopSettings, TopicNames
+    from ml.snapshot import SnapshotRows
     from ml.training import TrainResult
     from ml.validation import Suite
 
@@ -146,6 +147,13 @@ class UseCase(ABC):
         """Fit the preprocessing and train a model on labelled rows, given in no particular order (they are read
         from the snapshot files as they lie; ``ml.split.time_split`` orders them by ``time_order``); deterministic
         for ``settings.seed`` whatever their order. Raises ValueError when the rows cannot train a model."""
+
+    def train_snapshot(self, rows: SnapshotRows, settings: LoopSettings) -> TrainResult:
+        """``train`` on the training rows of snapshots, which the train step hands over unread (``SnapshotRows``:
+        ``rows.count`` of them, in file order). By default they are read as one frame of every column; a use case
+        overrides this to read only what its training needs (``rows.table``: chosen columns as Arrow, repetitive
+        strings dictionary-encoded), so a long history costs a fraction of the frame's memory."""
+        return self.train(rows.columns(None), settings)
 
     @abstractmethod
     def evaluate(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame, *,

@@ -4,6 +4,7 @@ training rows are each read alone, with the rows of a split of the whole snapsho
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -78,8 +79,46 @@ def test_the_training_rows_are_read_alone_and_are_the_first_part_of_a_split_of_t
     uc = use_cases.selected(settings)
     whole, _ = load_snapshots(settings, TOPIC, FlightCompleted, ["old"])
     expected, holdout = pipeline.split(settings, uc, whole)
+    expected = expected.reset_index(drop=True)
     earlier, held_out, manifests = pipeline.earlier_rows(settings, uc, ["old"])
     assert held_out == len(holdout) > 1000 and [m.snapshot_id for m in manifests] == ["old"]
-    # In the snapshot's order; the same rows once ordered as split orders them.
-    in_order = earlier.sort_values(list(uc.time_order), kind="stable", ignore_index=True)
-    pd.testing.assert_frame_equal(in_order, expected.reset_index(drop=True))
+    assert earlier.count == len(expected)
+    # Read in the snapshot's order, whichever way; the same rows once ordered as split orders them.
+    order = list(uc.time_order)
+    frame = earlier.columns(None)
+    pd.testing.assert_frame_equal(frame.sort_values(order, kind="stable", ignore_index=True), expected)
+    batches = pd.concat(list(earlier.batches(5000)), ignore_index=True)
+    pd.testing.assert_frame_equal(batches, frame)
+    names = ["flight_id", "sched_dep_utc", "carrier", "temp", "delayed"]
+    names = [*names, "month"]
+    table = earlier.table(names, types={"carrier": pa.dictionary(pa.int32(), pa.string()), "month": pa.int8()})
+    assert pa.types.is_dictionary(table.schema.field("carrier").type) and table.schema.field("month").type == pa.int8()
+    assert all(table.column(name).num_chunks == 1 for name in names)
+    as_read = table.to_pandas().assign(carrier=lambda t: t["carrier"].astype(str))
+    pd.testing.assert_frame_equal(as_read, frame[names].assign(carrier=lambda t: t["carrier"].astype(str)),
+                                  check_dtype=False)
+    with pytest.raises(pa.ArrowInvalid):  # a value that does not fit the type asked for
+        earlier.table(["distance", "flight"], types={"flight": pa.int8()})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streamed", [False, True])
+def test_flights_train_from_the_snapshot_as_from_the_frame(tmp_path, monkeypatch, streamed):
+    from use_cases.flight_delay import evaluation, training
+
+    if streamed:
+        monkeypatch.setattr(training, "IN_MEMORY_INPUT_BYTES", 0)
+    settings = LoopSettings(use_case="flight_delay", loop_data_dir=tmp_path, holdout_days=1, epochs=1, seed=2)
+    rows = load_completed((1, 1), limit=6000)[list(FlightCompleted.model_fields)].sample(frac=1.0, random_state=3)
+    _format_1(settings, rows, row_group=1024)
+    uc = use_cases.selected(settings)
+    earlier, _, _ = pipeline.earlier_rows(settings, uc, ["old"])
+    table = training.training_table(earlier)
+    assert set(table.column_names) == {*training.prep.INPUT_FIELDS, "delayed", "flight_id"}
+    assert table.schema.field("year").type == pa.int16() and pa.types.is_dictionary(table.schema.field("dest").type)
+    from_table = uc.train_snapshot(earlier, settings)
+    from_frame = uc.train(earlier.columns(None), settings)
+    assert from_table.preprocessing == from_frame.preprocessing
+    assert from_table.rows_train + from_table.rows_val == earlier.count
+    np.testing.assert_array_equal(evaluation.score(from_table.model, from_table.preprocessing, rows),
+                                  evaluation.score(from_frame.model, from_frame.preprocessing, rows))

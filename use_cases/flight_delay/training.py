@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ml.contracts import field_specs
 from ml.settings import LoopSettings
-from ml.split import time_split
 from ml.training import TrainResult, fit
 from use_cases.flight_delay import model as model_lib
 from use_cases.flight_delay import preprocessing as prep
+from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.preprocessing import FlightPreprocessing
+
+if TYPE_CHECKING:
+    from ml.snapshot import SnapshotRows
 
 log = logging.getLogger(__name__)
 
@@ -101,42 +106,75 @@ def _data(fitted: FlightPreprocessing, table: pa.Table, y: np.ndarray, rows: np.
     return _transform(fitted, table, rows), y[rows]
 
 
-def train(df: pd.DataFrame, settings: LoopSettings) -> TrainResult:
-    """Train a delay model on ``flights.completed`` rows; deterministic for a given ``settings.seed``.
+def _read_types() -> dict[str, pa.DataType]:
+    """How training reads each field it can hold in less than the contract's type: the string fields as
+    dictionaries, and the integer fields as int16 where the contract bounds them within it (the snapshot refuses
+    a record out of bounds)."""
+    int16 = np.iinfo(np.int16)
+    types: dict[str, pa.DataType] = {name: pa.dictionary(pa.int32(), pa.string()) for name in prep.STRING_FIELDS}
+    for spec in field_specs(FlightCompleted):
+        low, high = spec.ge if spec.ge is not None else spec.gt, spec.le if spec.le is not None else spec.lt
+        if spec.name in prep.INPUT_FIELDS and spec.base is int and low is not None and high is not None \
+                and int16.min <= low and high <= int16.max:
+            types[spec.name] = pa.int16()
+    return types
+
+
+def training_table(rows: SnapshotRows) -> pa.Table:
+    """The columns training reads of snapshot ``rows`` as Arrow, each in its narrowest type (``_read_types``): at
+    ten years of flights half the memory of the whole frame."""
+    return rows.table(list(dict.fromkeys((*prep.INPUT_FIELDS, LABEL, *TIME_ORDER))), types=_read_types())
+
+
+def time_order(rows: pd.DataFrame | pa.Table) -> np.ndarray:
+    """Positions of ``rows`` ordered by ``TIME_ORDER`` (a stable sort, as ``ml.split.time_split``'s)."""
+    if isinstance(rows, pa.Table):
+        return pc.sort_indices(rows.select(list(TIME_ORDER)),
+                               sort_keys=[(name, "ascending") for name in TIME_ORDER]).to_numpy()
+    keys = rows[list(TIME_ORDER)].reset_index(drop=True)
+    return keys.sort_values(list(TIME_ORDER), kind="stable").index.to_numpy()
+
+
+def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
+    """Train a delay model on ``flights.completed`` rows (a frame, or a ``training_table``); deterministic for a
+    given ``settings.seed`` whatever the rows' order.
 
     For each of ``model.MEMBERS`` members, from seeds ``settings.seed``, ``settings.seed + 1``, ...:
 
     1. Early stopping (best weights restored) on the validation loss of the most recent
-       ``VALIDATION_FRACTION`` of rows by ``sched_dep_utc`` picks the epoch count (at most ``settings.epochs``),
+       ``VALIDATION_FRACTION`` of rows by ``TIME_ORDER`` picks the epoch count (at most ``settings.epochs``),
        with a preprocessing fitted on the other rows only: its delay rates must not know the validation labels.
     2. The member is refitted from the same seed on all rows for that many epochs, with a preprocessing fitted
        on all rows: the most recent weeks carry the most signal about the weeks to come, so the final model
        must not leave them out.
 
-    The served model is the members' average (``model.assemble``). Rows are read in place from ``df`` by
-    position; their model inputs are held as arrays up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond
-    (``Batches``), and every member's early stopping runs before the refit's inputs are made, so training on
-    years of flights holds a few bytes per row besides ``df``.
+    The served model is the members' average (``model.assemble``). Rows are read in place by position from one
+    Arrow table of the fields read (a table given is used as it is, a frame's columns are not copied); their
+    model inputs are held as arrays up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every
+    member's early stopping runs before the refit's inputs are made, so training on years of flights holds a
+    few bytes per row besides the rows.
 
     No class weights: the gate and the scorer need calibrated probabilities (log loss), and reweighting does
     not improve ranking (AUC). Raises ValueError on fewer than ``settings.min_training_rows`` rows or a
     single-class set.
     """
     started = time.perf_counter()
-    if len(df) < settings.min_training_rows:
-        raise ValueError(f"{len(df)} rows is fewer than min_training_rows={settings.min_training_rows}")
+    if len(rows) < settings.min_training_rows:
+        raise ValueError(f"{len(rows)} rows is fewer than min_training_rows={settings.min_training_rows}")
     # A canonical row order: the same rows give the same model whichever partitions they were read from. Only
     # the order keys are sorted; the rows are then read by position.
-    earlier, latest = time_split(df[list(TIME_ORDER)].assign(_row=np.arange(len(df))), TIME_ORDER,
-                                 fraction=VALIDATION_FRACTION)
-    train_rows, val_rows = earlier["_row"].to_numpy(), latest["_row"].to_numpy()
-    all_rows = np.concatenate([train_rows, val_rows])
-    del earlier, latest
-    y = df[LABEL].to_numpy(dtype="float32")
+    order = time_order(rows)
+    cut = len(order) - int(round(len(order) * VALIDATION_FRACTION))
+    train_rows, val_rows, all_rows = order[:cut], order[cut:], order
+    # The fields read and the label; the order keys' other columns (the flight id) are no longer needed.
+    table = prep.input_table(rows, carry=(LABEL,))
+    del rows
+    y = prep.labels(table).astype("float32")
+    if np.isnan(y).any():
+        raise ValueError(f"training needs the label {LABEL!r} on every row")
     if y.min() == y.max():
         raise ValueError("training rows hold a single class")
-    table = prep.input_table(df)
-    early = prep.fit(df, train_rows)
+    early = prep.fit(table, train_rows)
     # Every member's early stopping runs before the refit's preprocessing and inputs exist: the inputs of one
     # phase are held at a time. Arrays held in memory serve every member (Keras shuffles them from the member's
     # seed); a streamed dataset is made per member, shuffled from its seed.
@@ -156,7 +194,7 @@ def train(df: pd.DataFrame, settings: LoopSettings) -> TrainResult:
         histories.append(history)
         best_epochs.append(best_epoch)
     del held, val, x, labels
-    fitted = prep.fit(df, all_rows)
+    fitted = prep.fit(table, all_rows)
     streamed = len(all_rows) * _row_bytes(fitted) > IN_MEMORY_INPUT_BYTES
     held, members = None if streamed else _data(fitted, table, y, all_rows, streamed), []
     for i, best_epoch in enumerate(best_epochs):  # the same seed refits on all rows for the chosen epochs

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from ml.bootstrap import Metric as MetricFunction
     from ml.settings import LoopSettings
+    from ml.snapshot import SnapshotRows
     from ml.training import TrainResult
     from ml.validation import Suite
 
@@ -80,6 +81,12 @@ class FlightDelay(UseCase):
         from use_cases.flight_delay.training import train
 
         return train(rows, settings)
+
+    def train_snapshot(self, rows: SnapshotRows, settings: LoopSettings) -> TrainResult:
+        """Train on the fields training reads, as Arrow (``training.training_table``), not the whole frame."""
+        from use_cases.flight_delay.training import train, training_table
+
+        return train(training_table(rows), settings)
 
     def evaluate(self, model: keras.Model, preprocessing: prep.FlightPreprocessing, rows: pd.DataFrame, *,
                  scores: np.ndarray | None = None) -> dict[str, float]:
