@@ -25,7 +25,7 @@ HIDDEN_UNITS = (64, 32)
 DROPOUT = 0.1
 LEARNING_RATE = 2e-3
 # Batches run per call into TensorFlow: a member is small, so a step costs less than the call's own overhead;
-# grouping steps trains the same weights (the same batches in the same order), in three quarters of the time.
+# grouping steps trains the same weights (the same batches in the same order) in less time (docs/performance.md).
 STEPS_PER_EXECUTION = 16
 OUTPUT = "p_delayed"
 

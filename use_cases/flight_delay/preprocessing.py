@@ -79,8 +79,9 @@ CLIP_QUANTILES = (0.001, 0.999)
 # tree would, and it is bounded, so it cannot extrapolate.
 QUANTILE_BINS = 8
 # A fit reads its rows this many at a time, and its numeric statistics from at most FIT_SAMPLE_ROWS of them (a
-# fixed-seed sample): half a million rows pin quantiles and moments down as closely as a million do (against all
-# rows of ten years), in a seventh of the memory all rows would take. A year of flights is fitted on every row.
+# fixed-seed sample): half a million rows pin quantiles and moments down as closely as a million do, against all
+# rows of ten years (docs/performance.md), and hold a fixed amount of memory. A year of flights is fitted on every
+# row.
 FIT_CHUNK_ROWS = 1 << 16
 FIT_SAMPLE_ROWS = 500_000
 

@@ -121,8 +121,8 @@ def _read_types() -> dict[str, pa.DataType]:
 
 
 def training_table(rows: SnapshotRows) -> pa.Table:
-    """The columns training reads of snapshot ``rows`` as Arrow, each in its narrowest type (``_read_types``): at
-    ten years of flights half the memory of the whole frame."""
+    """The columns training reads of snapshot ``rows`` as Arrow, each in its narrowest type (``_read_types``): a
+    fraction of the memory of a frame of every column (docs/performance.md)."""
     return rows.table(list(dict.fromkeys((*prep.INPUT_FIELDS, LABEL, *TIME_ORDER))), types=_read_types())
 
 
