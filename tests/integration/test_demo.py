@@ -130,10 +130,16 @@ def test_a_two_month_demo_reports_what_the_topics_hold(demo_env, tmp_path):
     # January's backlog waited for v1, trained on January: in-sample, so not compared.
     assert summary["months"][0]["in_sample"] and summary["months"][0]["model_versions"] == [1]
     # February (its head streamed while v1 trained, the rest once v1 was live) was scored by v1, the version
-    # trained on every earlier month, but for the bad version's stretch.
+    # trained on every earlier month, but for the bad version's one stretch; how long that stretch lasts depends on
+    # how far the stream got while the monitor gathered its windows, so the share is checked against the topic.
     february = summary["months"][1]
     assert february["previous_month_version"] == 1 and set(february["share_by_version"]) == {"1", "2"}
-    assert 0.5 < february["share_previous_month_version"] < 1
+    scored = [p["model_version"] for p in sorted((p for fid, p in first.items() if labels[fid]["month"] == 2),
+                                                  key=lambda p: p["scored_at"])]
+    stretches = [v for i, v in enumerate(scored) if i == 0 or v != scored[i - 1]]
+    assert stretches in ([1, 2, 1], [2, 1]), stretches
+    assert february["share_previous_month_version"] == pytest.approx(scored.count(1) / len(scored), abs=1e-4)
+    assert 0 < february["share_previous_month_version"] < 1
     assert 0.5 < february["auc_tree"] < 1 and summary["months"][0]["auc_tree"] is None
     assert any(line.startswith("2013-02: streaming its first 300 events") for line in lines), lines
     assert [s["model_version"] for s in summary["swaps"]][0] == 1

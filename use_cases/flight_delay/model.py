@@ -24,8 +24,9 @@ MEMBERS = 2
 HIDDEN_UNITS = (64, 32)
 DROPOUT = 0.1
 LEARNING_RATE = 2e-3
-# Batches run per call into TensorFlow: a member is small, so a step costs less than the call's own overhead;
-# grouping steps trains the same weights (the same batches in the same order) in less time (docs/performance.md).
+# Batches run per call into TensorFlow while a member trains: a member is small, so a step costs less than the
+# call's own overhead; grouping steps trains the same weights (the same batches in the same order) in less time
+# (docs/performance.md). The served model keeps one: its first prediction would trace the longer loop.
 STEPS_PER_EXECUTION = 16
 OUTPUT = "p_delayed"
 
@@ -53,9 +54,9 @@ def _member(fitted: FlightPreprocessing, inputs: list[keras.KerasTensor], suffix
     return keras.layers.Dense(1, activation="sigmoid", name=f"{OUTPUT}{suffix}")(x)
 
 
-def _compile(model: keras.Model) -> keras.Model:
+def _compile(model: keras.Model, steps_per_execution: int = 1) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=STEPS_PER_EXECUTION)
+                  metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=steps_per_execution)
     return model
 
 
@@ -63,7 +64,7 @@ def build(fitted: FlightPreprocessing) -> keras.Model:
     """One compiled member, to be trained: input names equal the keys of ``preprocessing.transform``; the
     output is P(delayed)."""
     inputs = _inputs(fitted)
-    model = _compile(keras.Model(inputs, _member(fitted, inputs), name="flight_delay_member"))
+    model = _compile(keras.Model(inputs, _member(fitted, inputs), name="flight_delay_member"), STEPS_PER_EXECUTION)
     log.info("built a member for flight preprocessing v%d %s: %d parameters", fitted.version, fitted.fingerprint,
              model.count_params())
     return model
