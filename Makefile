@@ -150,7 +150,7 @@ test-fast: setup helm  ## Unit tests only
 
 bench: kafka-fetch registry-fetch  ## Run the committed benchmarks; JSON lines into reports/bench/
 	@mkdir -p reports/bench
-	@for b in foundation pipeline replay_snapshot scale train_eval scorer_throughput hot_swap shadow rollback crash_recovery event_trigger model_quality gate_interval dag_run registry_start \
+	@for b in foundation pipeline replay_snapshot snapshot_cpu scale train_eval scorer_throughput hot_swap shadow rollback crash_recovery event_trigger model_quality gate_interval dag_run registry_start \
 		wire_format model_admission scorer_security acl_matrix cluster_faults; do \
 		echo "benchmarks/$$b.py"; $(OWN_REGISTRY) $(PY) benchmarks/$$b.py 2>reports/bench/$$b.log | tail -1 | tee reports/bench/$$b.json; \
 	done

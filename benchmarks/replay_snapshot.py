@@ -1,8 +1,8 @@
-"""Benchmark: replay a whole year of flights as fast as possible, then snapshot flights.completed.
+"""Benchmark: replay a whole year of flights as fast as possible, then snapshot flights.completed and read its keys.
 
 Uses the cluster in KAFKA_BOOTSTRAP_SERVERS if set, otherwise starts a local broker (infra.kafka) on free
 ports and stops it afterwards. Topics are unique per run. Logs go to stderr; the last stdout line is one
-JSON object: replay_eps, snapshot_eps, events, snapshot_rows (plus the seconds behind them).
+JSON object: replay_eps, snapshot_eps, keys_read_eps, events, snapshot_rows (plus the seconds behind them).
 
     .venv/bin/python benchmarks/replay_snapshot.py [--months 1-12]
 """
@@ -26,6 +26,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ml.replay import duplicate_keys  # noqa: E402
 from ml.settings import LoopSettings  # noqa: E402
 from ml.snapshot import take_snapshot  # noqa: E402
 from use_cases.flight_delay.contracts import FlightCompleted  # noqa: E402
@@ -103,12 +104,19 @@ def bench_settings(bootstrap: str, data_dir: Path) -> LoopSettings:
 
 
 def run(settings: LoopSettings, months: tuple[int, int] = (1, 12)) -> dict:
-    """Replay ``months`` as fast as possible and snapshot the completed topic; return the figures."""
+    """Replay ``months`` as fast as possible, snapshot the completed topic, then read its keys alone (``ml.replay.
+    duplicate_keys``: the exact-range reader with nothing to decode); return the figures."""
     flights = load_completed(months)
     summary = replay_frame(settings, flights)
+    topic = settings.topic("flights.completed")
     t0 = time.monotonic()
-    manifest = take_snapshot(settings, settings.topic("flights.completed"), FlightCompleted)
+    manifest = take_snapshot(settings, topic, FlightCompleted)
     snapshot_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    duplicates = duplicate_keys(settings, topic)
+    keys_s = time.monotonic() - t0
+    if duplicates:
+        raise RuntimeError(f"{len(duplicates)} keys were written twice")
     return {
         "replay_eps": round(summary.events_per_s),
         "replay_s": summary.seconds,
@@ -117,6 +125,8 @@ def run(settings: LoopSettings, months: tuple[int, int] = (1, 12)) -> dict:
         "events": summary.events,
         "snapshot_rows": manifest.row_count,
         "snapshot_rejected": manifest.rejected_count,
+        "keys_read_eps": round(manifest.row_count / keys_s),
+        "keys_read_s": round(keys_s, 3),
     }
 
 

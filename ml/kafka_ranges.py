@@ -35,6 +35,10 @@ def snapshot_consumer(settings: LoopSettings) -> Consumer:
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "fetch.wait.max.ms": 100,
         "queued.min.messages": 1_000_000,
+        # Once the local queue holds queued.max.messages.kbytes (64 MB: about 75,000 flights), librdkafka waits
+        # this long before fetching again; with its default of a second a reader that only consumes (replay's
+        # duplicate_keys) sat idle most of the time. A snapshot decodes slower than it fetches either way.
+        "fetch.queue.backoff.ms": 20,
         "log_level": 3,
     }))
 

@@ -319,10 +319,9 @@ class SnapshotRows:
         for path in self.paths:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 65_536)):
                 if self.filters is not None:
-                    batch = pa.Table.from_batches([batch]).filter(self.filters).combine_chunks().to_batches()
-                    if not batch:
+                    batch = batch.filter(self.filters)
+                    if not batch.num_rows:
                         continue
-                    batch = batch[0]
                 pending.append(batch)
                 held += batch.num_rows
                 while held >= size:

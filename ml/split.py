@@ -10,7 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def time_order(rows: pd.DataFrame | pa.Table, order: Sequence[str]) -> np.ndarray:
+    """Positions of ``rows`` (a frame or an Arrow table) ordered by the columns ``order``: a stable sort, so
+    rows with equal keys keep their relative place, as ``time_split`` orders them."""
+    if isinstance(rows, pa.Table):
+        return pc.sort_indices(rows.select(list(order)),
+                               sort_keys=[(name, "ascending") for name in order]).to_numpy()
+    keys = rows[list(order)].reset_index(drop=True)
+    return keys.sort_values(list(order), kind="stable").index.to_numpy()
+
+
+def latest_cut(count: int, fraction: float) -> int:
+    """How many of ``count`` time-ordered rows come before the latest ``fraction`` of them (in (0, 1));
+    raises ValueError otherwise."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    return count - int(round(count * fraction))
 
 
 def time_split(rows: pd.DataFrame, order: Sequence[str], *, fraction: float | None = None,
@@ -24,9 +45,7 @@ def time_split(rows: pd.DataFrame, order: Sequence[str], *, fraction: float | No
         raise ValueError("give exactly one of fraction or days")
     ordered = rows.sort_values(list(order), kind="stable", ignore_index=True)
     if fraction is not None:
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-        cut = len(ordered) - int(round(len(ordered) * fraction))
+        cut = latest_cut(len(ordered), fraction)
         return ordered.iloc[:cut], ordered.iloc[cut:]
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")

@@ -7,12 +7,13 @@ import json
 import logging
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from ml.bootstrap import Interval
 from ml.gate import Criterion, DecisionRecord, decide, with_overrides
-from ml.split import time_split
+from ml.split import latest_cut, time_order, time_split
 
 AUC = Criterion(metric="roc_auc", higher_is_better=True, floor=0.60, margin=0.01)
 LOSS = Criterion(metric="log_loss", higher_is_better=False, floor=0.69, margin=0.02)
@@ -203,6 +204,28 @@ def test_split_by_fraction_keeps_the_latest_rows_second(rows):
     assert len(latest) == 48 and earlier["t"].max() <= latest["t"].min()
     again, _ = time_split(rows.sample(frac=1, random_state=1), ("t", "key"), fraction=0.1)
     pd.testing.assert_frame_equal(earlier, again)  # the order of the input does not matter
+
+
+def test_a_frame_and_an_arrow_table_are_time_ordered_alike_and_cut_as_time_split_cuts(rows):
+    shuffled = rows.sample(frac=1, random_state=2)
+    shuffled.loc[shuffled.index[:5], "t"] = shuffled["t"].iloc[0]  # ties on both keys keep their input order
+    shuffled.loc[shuffled.index[:5], "key"] = "a"
+    by_frame = time_order(shuffled, ("t", "key"))
+    by_table = time_order(pa.Table.from_pandas(shuffled, preserve_index=False), ("t", "key"))
+    assert by_frame.tolist() == by_table.tolist()
+    expected = shuffled.reset_index(drop=True).sort_values(["t", "key"], kind="stable").index
+    assert by_frame.tolist() == expected.tolist()
+    earlier, latest = time_split(shuffled, ("t", "key"), fraction=0.1)
+    cut = latest_cut(len(shuffled), 0.1)
+    assert (cut, len(shuffled) - cut) == (len(earlier), len(latest))
+    ordered_keys = shuffled["key"].to_numpy()[by_frame]
+    assert ordered_keys[cut:].tolist() == latest["key"].tolist()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_the_latest_cut_needs_a_fraction_strictly_between_zero_and_one(fraction):
+    with pytest.raises(ValueError, match="fraction"):
+        latest_cut(100, fraction)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"fraction": 0.1, "days": 1}, {"fraction": 1.0}, {"days": 0}])

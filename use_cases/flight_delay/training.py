@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ml.contracts import field_specs
 from ml.settings import LoopSettings
+from ml.split import latest_cut, time_order
 from ml.training import TrainResult, fit
 from use_cases.flight_delay import model as model_lib
 from use_cases.flight_delay import preprocessing as prep
@@ -126,15 +126,6 @@ def training_table(rows: SnapshotRows) -> pa.Table:
     return rows.table(list(dict.fromkeys((*prep.INPUT_FIELDS, LABEL, *TIME_ORDER))), types=_read_types())
 
 
-def time_order(rows: pd.DataFrame | pa.Table) -> np.ndarray:
-    """Positions of ``rows`` ordered by ``TIME_ORDER`` (a stable sort, as ``ml.split.time_split``'s)."""
-    if isinstance(rows, pa.Table):
-        return pc.sort_indices(rows.select(list(TIME_ORDER)),
-                               sort_keys=[(name, "ascending") for name in TIME_ORDER]).to_numpy()
-    keys = rows[list(TIME_ORDER)].reset_index(drop=True)
-    return keys.sort_values(list(TIME_ORDER), kind="stable").index.to_numpy()
-
-
 def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
     """Train a delay model on ``flights.completed`` rows (a frame, or a ``training_table``); deterministic for a
     given ``settings.seed`` whatever the rows' order.
@@ -163,8 +154,8 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
         raise ValueError(f"{len(rows)} rows is fewer than min_training_rows={settings.min_training_rows}")
     # A canonical row order: the same rows give the same model whichever partitions they were read from. Only
     # the order keys are sorted; the rows are then read by position.
-    order = time_order(rows)
-    cut = len(order) - int(round(len(order) * VALIDATION_FRACTION))
+    order = time_order(rows, TIME_ORDER)
+    cut = latest_cut(len(order), VALIDATION_FRACTION)
     train_rows, val_rows, all_rows = order[:cut], order[cut:], order
     # The fields read and the label; the order keys' other columns (the flight id) are no longer needed.
     table = prep.input_table(rows, carry=(LABEL,))
