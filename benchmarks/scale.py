@@ -12,16 +12,22 @@
    and with its peak RSS from ``os.wait4`` (which covers the processes it starts and waits for), spawned from a
    small process so that this one's RSS does not count.
 4. Wait for the scorer's status record saying the new version is live.
+5. With ``--then-month``: replay January of the next year (2014, 2013's January moved a year later) and retrain
+   again, the first version now the champion: the steady state of the loop, where validation reads the champion's
+   training rows as its drift reference and the gate scores both models; the new version must go live too (a gate
+   rejection is reported, not an error).
 
 Fields: years, flights, events (records replayed to both topics), replay_eps, steps (``{step, seconds,
 peak_rss_mb}`` each), snapshot_rows, snapshot_rows_per_s (the manifest's own reading time), total_s (the steps'
 walls summed), trigger_to_live_s (start of the snapshot task to the scorer's "live" record), scorer_load_ms and
 scorer_swap_ms (from that record: the model's load and warm-up, its publication to live), auc (the challenger's
-holdout AUC in the gate's decision), model_version. A task that stops the run or fails ends the benchmark with a
-non-zero exit and the reason. Uses $KAFKA_BOOTSTRAP_SERVERS if set, otherwise starts a local broker; MLflow on
-SQLite and a model signing key pair in a temporary folder; the scorer's log goes to .local/bench-scale-scorer.log.
+holdout AUC in the gate's decision), model_version; with ``--then-month``, ``next``: the second run's flights,
+steps, snapshot_rows, total_s, verdict (the gate's), and when promoted trigger_to_live_s, auc and model_version,
+otherwise why it stopped. A task of the first run that stops it or fails ends the benchmark with a non-zero exit
+and the reason. Uses $KAFKA_BOOTSTRAP_SERVERS if set, otherwise starts a local broker; MLflow on SQLite and a model
+signing key pair in a temporary folder; the scorer's log goes to .local/bench-scale-scorer.log.
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/scale.py [--years 10]
+    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/scale.py [--years 10] [--then-month]
 """
 
 from __future__ import annotations
@@ -133,10 +139,12 @@ def _answers(url: str) -> bool:
         return False
 
 
-def run_step(step: str, folder: Path, env: dict[str, str]) -> tuple[dict, dict]:
+def run_step(step: str, folder: Path, env: dict[str, str], run_id: str = RUN_ID, *, may_stop: bool = False
+             ) -> tuple[dict, dict]:
     """Run one task in a process of its own (``benchmarks.step_process``): (the dict it returned, ``{step,
-    seconds, peak_rss_mb}``). Exits the benchmark with the reason when the task stops the run or fails."""
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.step_process", "measure", step, str(folder), RUN_ID],
+    seconds, peak_rss_mb}``). Exits the benchmark with the reason when the task fails, or stops the run unless
+    ``may_stop`` (then the dict is ``{"stopped": kind, "reason": ...}``)."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.step_process", "measure", step, str(folder), run_id],
                             cwd=REPO, env=env)
     try:
         code = proc.wait()
@@ -144,16 +152,30 @@ def run_step(step: str, folder: Path, env: dict[str, str]) -> tuple[dict, dict]:
         proc.terminate()
         proc.wait(60)
         raise
-    if code == STOPPED:
+    if code == STOPPED and not may_stop:
         raise SystemExit(f"{step} stopped the run: {orjson.loads((folder / f'{step}.json').read_bytes())['reason']}")
-    if code != 0:
+    if code not in (0, STOPPED):
         raise SystemExit(f"{step} failed with exit code {code} (its log is above)")
     figures = {"step": step, **orjson.loads((folder / f"{step}.usage.json").read_bytes())}
     log.info("step %s: %.1f s, peak RSS %d MB", step, figures["seconds"], figures["peak_rss_mb"])
     return orjson.loads((folder / f"{step}.json").read_bytes()), figures
 
 
-def run(bootstrap: str, tmp: Path, years: int) -> dict:
+def run_steps(folder: Path, env: dict[str, str], run_id: str, *, may_stop: bool = False
+              ) -> tuple[dict[str, dict], list[dict]]:
+    """Every task of one retraining in turn: the dicts they returned by task, and their figures; the tasks after
+    one that stopped the run (``may_stop``) are not run."""
+    folder.mkdir()
+    out, steps = {}, []
+    for step in STEPS:
+        out[step], figures = run_step(step, folder, env, run_id, may_stop=may_stop)
+        steps.append(figures)
+        if "stopped" in out[step]:
+            break
+    return out, steps
+
+
+def run(bootstrap: str, tmp: Path, years: int, then_month: bool = False) -> dict:
     signer = Signer.generate()
     key = write_key_pair(tmp / "keys", signer)
     (tmp / "trusted").mkdir()
@@ -172,19 +194,14 @@ def run(bootstrap: str, tmp: Path, years: int) -> dict:
         log.info("replayed %d: %d flights, %d events in %.1f s", LAST_YEAR - back, len(year), summary.events,
                  summary.seconds)
         del year
-    del base
 
-    folder = tmp / "xcom"
-    folder.mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **loop_env(settings)}
     with scorer(settings):
         trigger = time.time()
-        out, steps = {}, []
-        for step in STEPS:
-            out[step], figures = run_step(step, folder, env)
-            steps.append(figures)
+        out, steps = run_steps(tmp / "xcom", env, RUN_ID)
         version = out["register"]["model_version"]
         live = wait_for_live(settings, version, timeout_s=600)
+        following = next_month(settings, base, tmp / "xcom-next", env) if then_month else None
     live_at = datetime.fromisoformat(live["at"]).timestamp()
     manifest = out["snapshot"]
     return {
@@ -201,18 +218,44 @@ def run(bootstrap: str, tmp: Path, years: int) -> dict:
         "scorer_swap_ms": live.get("swap_ms"),
         "auc": round(out["evaluate"]["challenger"]["roc_auc"], 4),
         "model_version": version,
+        **({"next": following} if following else {}),
     }
+
+
+def next_month(settings: LoopSettings, base: pd.DataFrame, folder: Path, env: dict[str, str]) -> dict:
+    """Replay January of ``LAST_YEAR + 1`` and retrain with the version live now as the champion; the second
+    run's figures (its verdict, and when promoted its trigger to live)."""
+    month = shifted(base[base["month"] == 1], -1)
+    summary = replay_frame(settings, month)
+    log.info("replayed January %d: %d flights, %d events", LAST_YEAR + 1, len(month), summary.events)
+    trigger = time.time()
+    out, steps = run_steps(folder, env, f"{RUN_ID}-next", may_stop=True)
+    stopped = next((o for o in out.values() if "stopped" in o), None)
+    figures = {"flights": len(month), "steps": steps, "snapshot_rows": out["snapshot"].get("row_count"),
+               "total_s": round(sum(s["seconds"] for s in steps), 1),
+               "verdict": out["evaluate"].get("verdict") if "evaluate" in out else None}
+    if stopped is None:
+        live = wait_for_live(settings, out["register"]["model_version"], timeout_s=600)
+        figures |= {"trigger_to_live_s": round(datetime.fromisoformat(live["at"]).timestamp() - trigger, 1),
+                    "auc": round(out["evaluate"]["challenger"]["roc_auc"], 4),
+                    "model_version": out["register"]["model_version"]}
+    else:
+        figures["stopped"] = stopped["reason"]  # it starts with the kind of stop
+        log.info("the second run stopped: %s", figures["stopped"])
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--years", type=int, default=10, choices=range(1, 11), metavar="1..10",
                         help=f"years replayed: {LAST_YEAR}-N+1 .. {LAST_YEAR}")
+    parser.add_argument("--then-month", action="store_true",
+                        help=f"then replay January {LAST_YEAR + 1} and retrain again, the first version the champion")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
     with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        result = run(bootstrap, Path(tmp), args.years)
+        result = run(bootstrap, Path(tmp), args.years, args.then_month)
     print(orjson.dumps(result).decode())
 
 

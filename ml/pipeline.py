@@ -166,10 +166,10 @@ def split(settings: LoopSettings, uc: UseCase, rows: pd.DataFrame) -> tuple[pd.D
 
 
 def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: list[dict], *,
-                  columns: list[str] | None = None) -> pd.DataFrame | None:
+                  columns: list[str] | None = None, sample: int | None = None) -> pd.DataFrame | None:
     """The training rows of ``version`` (its ``lineage`` snapshots that are still on disk; only ``columns`` of
-    them when given), or None: the reference of input drift, for the validation of a new snapshot and for the live
-    monitor."""
+    them when given; about ``sample`` of them drawn from ``settings.seed`` when given, read in batches), or None:
+    the reference of input drift, for the validation of a new snapshot and for the live monitor."""
     topic = settings.topic(uc.topics.labels)
     ids = [m["snapshot_id"] for m in lineage if "snapshot_id" in m]
     available = {m.snapshot_id for m in snapshots.list_manifests(settings, topic)}
@@ -178,6 +178,10 @@ def training_rows(settings: LoopSettings, uc: UseCase, version: int, lineage: li
         log.warning("v%d was trained on snapshots %s that are not under %s: drift not computed", version, ids,
                     settings.snapshot_dir)
         return None
+    if sample is not None:
+        rows = snapshots.SnapshotRows(settings, topic, uc.label_contract,
+                                      snapshots.manifests_of(settings, topic, present))
+        return rows.sample(sample, settings.seed, columns)
     df, _ = _load(settings, uc, present, columns=columns)
     return df
 
@@ -410,14 +414,14 @@ def publish_step(settings: LoopSettings, candidate: Candidate, decision, version
 def version_envelope(settings: LoopSettings, registry, version: int, run_id: str, metrics: dict[str, float],
                      decision_id: str, stage: Literal["champion", "shadow"] = "champion"):
     """The signed envelope of the registered ``version`` (trained in MLflow run ``run_id``, judged by
-    ``decision_id`` with the challenger's ``metrics``) for ``stage``, its model and preprocessing read from MLflow."""
-    from ml.keras_models import to_bytes
+    ``decision_id`` with the challenger's ``metrics``) for ``stage``: its model archive as registered, byte for
+    byte, and its preprocessing, read from MLflow."""
     from ml.publish import build_envelope
 
     return build_envelope(model_name=settings.model_name, model_version=version, run_id=run_id,
                           model_uri=f"models:/{settings.model_name}/{version}",
                           preprocessing=registry.preprocessing(run_id), metrics=metrics, decision_id=decision_id,
-                          artifact=to_bytes(registry.load_model(version)), signer=settings.signer(), stage=stage)
+                          artifact=registry.model_archive(version), signer=settings.signer(), stage=stage)
 
 
 def republish_step(settings: LoopSettings, version: int):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ml.errors import RegistryUnavailable
+from ml.errors import LoopError, RegistryUnavailable
 from ml.settings import LoopSettings
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 SHADOW_ALIAS = "shadow"
 MODEL_ARTIFACT = "model"
+KERAS_ARCHIVE = "model.keras"  # the keras flavour's file under its data folder
 DECISION_FILE = "decision.json"
 LINEAGE_FILE = "lineage/snapshot_manifests.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -322,3 +323,23 @@ class Registry:
         model = mlflow.keras.load_model(uri)
         log.info("loaded %s", uri)
         return model
+
+    def model_archive(self, version: int) -> bytes:
+        """The ``.keras`` archive of registered ``version``, byte for byte as ``log_model`` stored it: what is
+        published, read without loading Keras (or TensorFlow) to save it again. Raises LoopError when the version's
+        model holds no such archive (a model not logged by ``log_model``)."""
+        import mlflow
+        from mlflow.models import Model
+
+        uri = f"models:/{self.name}/{version}"
+        self.client()
+        self._use_fluent()
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            flavor = Model.load(local / "MLmodel").flavors.get("keras", {})
+            archive = local / str(flavor.get("data", "")) / KERAS_ARCHIVE
+            if not flavor or flavor.get("save_exported_model") or not archive.is_file():
+                raise LoopError(f"{uri} holds no {KERAS_ARCHIVE} archive of the keras flavour: not publishable")
+            data = archive.read_bytes()
+        log.info("read %s: a %d-byte %s archive", uri, len(data), KERAS_ARCHIVE)
+        return data

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -312,25 +313,41 @@ class SnapshotRows:
         self.count = sum(m.row_count for m in manifests) if count is None else count
         self.column_names = self.schema.names
 
-    def batches(self, size: int) -> Iterator[pd.DataFrame]:
-        """Frames of ``size`` rows (the last one fewer), in file order."""
+    def batches(self, size: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Frames of ``size`` rows (the last one fewer), in file order; only ``columns`` when given."""
+        schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        # The filter may read other columns than those asked for: then whole batches are read and cut after it.
+        read = columns if self.filters is None else None
         pending: list[pa.RecordBatch] = []
         held = 0
         for path in self.paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 65_536)):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 65_536), columns=read):
                 if self.filters is not None:
                     batch = batch.filter(self.filters)
                     if not batch.num_rows:
                         continue
+                    if columns is not None:
+                        batch = batch.select(columns)
                 pending.append(batch)
                 held += batch.num_rows
                 while held >= size:
-                    table = pa.Table.from_batches(pending, schema=self.schema)
+                    table = pa.Table.from_batches(pending, schema=schema)
                     yield _frame(table.slice(0, size))
                     rest = table.slice(size)
                     pending, held = rest.to_batches(), rest.num_rows
         if held:
-            yield _frame(pa.Table.from_batches(pending, schema=self.schema))
+            yield _frame(pa.Table.from_batches(pending, schema=schema))
+
+    def sample(self, n: int, seed: int, columns: list[str] | None = None, batch_rows: int = 500_000
+               ) -> pd.DataFrame:
+        """About ``n`` of the rows, each kept with probability ``n / count`` drawn from ``seed`` (all of them when
+        there are no more), only ``columns`` when given, read ``batch_rows`` at a time: a uniform sample of rows
+        too many to hold whole, such as a drift reference of years of flights."""
+        if self.count <= n:
+            return self.columns(columns)
+        draw, share = np.random.default_rng(seed), n / self.count
+        kept = [batch[draw.random(len(batch)) < share] for batch in self.batches(batch_rows, columns)]
+        return pd.concat(kept, ignore_index=True)
 
     def columns(self, names: list[str] | None) -> pd.DataFrame:
         """These columns (None: all) of every row, as one frame."""

@@ -34,6 +34,34 @@ class TrainResult:
     seconds: float
 
 
+# TensorFlow's kernels require a tensor's buffer at this alignment (a misaligned one aborts the process).
+TENSOR_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array whose buffer ``shared_tensor`` can hand to TensorFlow as it is."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + TENSOR_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def shared_tensor(array: np.ndarray) -> Any:
+    """``array`` as a TensorFlow tensor over the same memory (DLPack), which keeps the array alive; an array that
+    is read-only (DLPack cannot say so), not contiguous or not aligned for TensorFlow (``aligned_empty``) is copied
+    into one that is first. Keras copies an array given to ``fit`` into a tensor for as long as the fit lasts, so
+    inputs held as arrays take twice their size while a model trains; given as shared tensors, once."""
+    import tensorflow as tf
+
+    if not (array.flags.c_contiguous and array.flags.writeable) or (
+            array.size and array.ctypes.data % TENSOR_ALIGNMENT):
+        aligned = aligned_empty(array.shape, array.dtype)
+        aligned[...] = array
+        array = aligned
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
 def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: int, batch_size: int,
         validation: tuple[Any, Any] | None = None, patience: int = PATIENCE
         ) -> tuple[keras.Model, dict[str, list[float]], int]:

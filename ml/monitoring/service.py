@@ -394,7 +394,10 @@ class Monitor:
 
 
 def _training_rows(settings: MonitorSettings, uc, registry: Registry, info: VersionInfo) -> pd.DataFrame | None:
+    """The drift reference of ``info``'s version: a bounded sample of its training rows, only the columns its use
+    case's drift reads, as validation samples them (a monitor lives long and holds one per version it has seen)."""
     from ml.pipeline import training_rows
+    from ml.validation import DRIFT_SAMPLE_ROWS
 
     if info.run_id is None:
         return None
@@ -403,7 +406,9 @@ def _training_rows(settings: MonitorSettings, uc, registry: Registry, info: Vers
     except Exception as e:  # noqa: BLE001
         log.warning("monitor of %s: no lineage for v%d (%s): drift not computed", uc.name, info.version, e)
         return None
-    return training_rows(settings, uc, info.version, lineage)
+    columns = uc.validation_suite().reference_columns
+    return training_rows(settings, uc, info.version, lineage, columns=None if columns is None else list(columns),
+                         sample=DRIFT_SAMPLE_ROWS)
 
 
 def _ts(epoch_s: float) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +16,8 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from pydantic import BaseModel, SecretStr
 
-from ml.errors import ModelTooLarge, RegistryUnavailable
+from ml.errors import LoopError, ModelTooLarge, RegistryUnavailable
+from ml.keras_models import from_bytes
 from ml.publish import build_envelope, publish, read_envelopes
 from ml.registry import ChampionInfo, Registry
 from ml.settings import LoopSettings
@@ -109,6 +113,18 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
     x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     loaded = registry.load_model(1)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), keras_model.predict(x, verbose=0), rtol=1e-6)
+    # What is published: the archive as logged, byte for byte, read in a process that never imports Keras.
+    archive = registry.model_archive(1)
+    stored = next((tmp_path / "artifacts").rglob("data/model.keras")).read_bytes()
+    assert archive == stored
+    np.testing.assert_allclose(from_bytes(archive).predict(x, verbose=0), keras_model.predict(x, verbose=0), rtol=1e-6)
+    probe = ("import hashlib, sys; from ml.registry import Registry; from ml.settings import LoopSettings; "
+             f"data = Registry(LoopSettings(mlflow_tracking_uri={settings.mlflow_tracking_uri!r}, "
+             f"mlflow_artifact_root={str(tmp_path / 'artifacts')!r}, mlflow_experiment='exp-test', "
+             "model_name='flight_delay_test')).model_archive(1); "
+             "print(hashlib.sha256(data).hexdigest(), 'keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [hashlib.sha256(stored).hexdigest(), "False", "False"]
 
     # Explicit-run-id path (another task, another process): the model goes to the run, not a new one.
     with registry.start_run("candidate-2") as second:
@@ -120,6 +136,25 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
     champion = registry.champion()
     assert (champion.version, champion.run_id, champion.lineage) == (2, second, MANIFESTS[1:])
     assert registry.client().get_run(second).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_version_without_a_keras_archive_is_refused_for_publishing(tmp_path):
+    import mlflow
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return [0.5] * len(model_input)
+
+    settings = LoopSettings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                            mlflow_artifact_root=tmp_path / "artifacts", mlflow_experiment="exp-test",
+                            model_name="flight_delay_test")
+    registry = Registry(settings)
+    with registry.start_run("not-keras") as run_id:  # the run is active: log_model attaches to it
+        info = mlflow.pyfunc.log_model(name="model", python_model=Constant())
+    assert registry.register(run_id, info.model_uri) == 1
+    with pytest.raises(LoopError, match="models:/flight_delay_test/1 holds no model.keras archive"):
+        registry.model_archive(1)
 
 
 def test_unreachable_mlflow_fails_fast_naming_the_uri(tmp_path):

@@ -149,6 +149,20 @@ def test_fitting_needs_a_label_on_every_row_and_scoring_none(flights, fitted):
     assert "delayed" not in fitted.input_schema
 
 
+def test_labels_handed_to_fit_give_the_same_preprocessing_and_must_match_the_rows(flights, fitted):
+    table = features.input_table(flights, carry=("delayed",))
+    y = features.labels(table)
+    rows = np.arange(len(flights))[::-2]  # positions in another order: the labels follow them
+    assert features.fit(table, rows, y=y).fingerprint == features.fit(table, rows).fingerprint
+    assert features.fit(flights, y=y).fingerprint == fitted.fingerprint
+    with pytest.raises(ValueError, match=f"y holds {len(y) - 1} labels for {len(y)} rows"):
+        features.fit(table, y=y[1:])
+    nan = y.copy()
+    nan[rows[0]] = np.nan
+    with pytest.raises(ValueError, match="label 'delayed' on every row"):
+        features.fit(table, rows, y=nan)
+
+
 def test_empty_batch_gives_empty_arrays(fitted):
     x = features.transform(fitted, [])
     assert x[features.NUMERIC_INPUT].shape == (0, fitted.numeric_width)

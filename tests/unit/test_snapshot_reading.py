@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from ml import pipeline, use_cases
 from ml.contracts import arrow_schema
 from ml.settings import LoopSettings
-from ml.snapshot import DATA, MANIFEST, SnapshotManifest, list_manifests, load_snapshots, topic_dir
+from ml.snapshot import (DATA, MANIFEST, SnapshotManifest, SnapshotRows, list_manifests, load_snapshots,
+                         manifests_of, topic_dir)
 from ml.snapshot_files import Piece, pieces
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.source import load_completed
@@ -36,7 +37,7 @@ def _format_1(settings: LoopSettings, rows: pd.DataFrame, row_group: int = 8192)
     folder.mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(rows, schema=arrow_schema(FlightCompleted), preserve_index=False),
                    folder / DATA, row_group_size=row_group)
-    (folder / MANIFEST).write_bytes(orjson.dumps(FORMAT_1))
+    (folder / MANIFEST).write_bytes(orjson.dumps({**FORMAT_1, "row_count": len(rows)}))
 
 
 def test_a_format_1_snapshot_is_read_from_its_one_data_file(tmp_path):
@@ -89,6 +90,9 @@ def test_the_training_rows_are_read_alone_and_are_the_first_part_of_a_split_of_t
     pd.testing.assert_frame_equal(frame.sort_values(order, kind="stable", ignore_index=True), expected)
     batches = pd.concat(list(earlier.batches(5000)), ignore_index=True)
     pd.testing.assert_frame_equal(batches, frame)
+    # Some columns only, the filter reading another (the departure time).
+    few = ["carrier", "temp", "delayed"]
+    pd.testing.assert_frame_equal(pd.concat(list(earlier.batches(5000, few)), ignore_index=True), frame[few])
     names = ["flight_id", "sched_dep_utc", "carrier", "temp", "delayed"]
     names = [*names, "month"]
     table = earlier.table(names, types={"carrier": pa.dictionary(pa.int32(), pa.string()), "month": pa.int8()})
@@ -99,6 +103,27 @@ def test_the_training_rows_are_read_alone_and_are_the_first_part_of_a_split_of_t
                                   check_dtype=False)
     with pytest.raises(pa.ArrowInvalid):  # a value that does not fit the type asked for
         earlier.table(["distance", "flight"], types={"flight": pa.int8()})
+
+
+def test_a_drift_reference_is_a_seeded_sample_of_the_training_rows_read_in_batches(tmp_path):
+    settings = LoopSettings(use_case="flight_delay", loop_data_dir=tmp_path)
+    rows = load_completed((1, 2))[list(FlightCompleted.model_fields)]
+    _format_1(settings, rows)
+    source = SnapshotRows(settings, TOPIC, FlightCompleted, manifests_of(settings, TOPIC, ["old"]))
+    names = ["flight_id", "carrier", "temp"]
+    whole = source.columns(names)
+    drawn = source.sample(10_000, seed=7, columns=names, batch_rows=7000)
+    assert list(drawn.columns) == names and 9_000 < len(drawn) < 11_000
+    assert drawn["flight_id"].is_unique and set(drawn["flight_id"]) <= set(whole["flight_id"])
+    pd.testing.assert_frame_equal(drawn, source.sample(10_000, seed=7, columns=names, batch_rows=7000))
+    assert not drawn["flight_id"].equals(source.sample(10_000, seed=8, columns=names)["flight_id"])
+    shares = drawn["carrier"].value_counts(normalize=True) - whole["carrier"].value_counts(normalize=True)
+    assert shares.abs().max() < 0.02  # drawn across the whole snapshot, not from its first rows
+    pd.testing.assert_frame_equal(source.sample(len(rows), seed=7, columns=names), whole)  # no more: all of them
+    # The monitor's reference of a version: the same sample, from the version's lineage and the loop's seed.
+    uc = use_cases.selected(settings)
+    reference = pipeline.training_rows(settings, uc, 1, [{"snapshot_id": "old"}], columns=names, sample=10_000)
+    pd.testing.assert_frame_equal(reference, source.sample(10_000, settings.seed, names))
 
 
 @pytest.mark.slow

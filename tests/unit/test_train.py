@@ -78,9 +78,15 @@ def test_candidates_are_scored_on_the_same_rows_with_their_own_preprocessing(dat
                           ours, champions) == {}
 
 
-def test_a_single_class_cannot_train_or_judge(data, result):
+def test_a_single_class_or_a_missing_label_cannot_train_and_a_single_class_cannot_judge(data, result):
     one_class = data[0].assign(delayed=False)
     with pytest.raises(ValueError, match="single class"):
         training.train(one_class, SETTINGS)
+    unlabelled = data[0].astype({"delayed": "object"})
+    unlabelled.loc[unlabelled.index[-1], "delayed"] = None
+    with pytest.raises(ValueError, match="training needs the label 'delayed' on every row"):
+        training.train(unlabelled, SETTINGS)
+    with pytest.raises(ValueError, match="the rows lack the label 'delayed'"):
+        training.train(data[0].drop(columns=["delayed"]), SETTINGS)
     with pytest.raises(ValueError, match="single class"):
         FlightDelay().evaluate(result.model, result.preprocessing, one_class.head(100))

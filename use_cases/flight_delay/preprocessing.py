@@ -386,25 +386,29 @@ def _rate_features(num: dict[str, np.ndarray], codes: dict[str, np.ndarray], rat
 def labels(table: pa.Table) -> np.ndarray:
     """The label of every row of ``table`` as float64 (1.0 delayed), NaN where unknown; ValueError without it."""
     if LABEL not in table.column_names:
-        raise ValueError(f"fitting the flight preprocessing needs the label {LABEL!r} on every row")
+        raise ValueError(f"the rows lack the label {LABEL!r}: training and fitting the flight preprocessing read it")
     return _num(table, LABEL)
 
 
-def fit(data: pd.DataFrame | pa.Table, rows: np.ndarray | None = None) -> FlightPreprocessing:
+def fit(data: pd.DataFrame | pa.Table, rows: np.ndarray | None = None, *, y: np.ndarray | None = None
+        ) -> FlightPreprocessing:
     """Learn vocabularies, imputation values, normalisation statistics and delay rates from training rows
     (labelled: the rates read ``delayed``): every row of ``data``, or those at the positions ``rows`` in that
-    order. A table (``input_table(..., carry=(LABEL,))``) is read in place.
+    order. A table (``input_table(..., carry=(LABEL,))``) is read in place; ``y``, the label of every row of
+    ``data`` as ``labels`` reads it, spares reading it again when the caller holds it.
 
     Vocabularies and delay rates count every row; the numeric statistics (fill, clip bounds, centre, scale, bin
     edges) read a fixed-seed sample of ``FIT_SAMPLE_ROWS`` rows when there are more, and rows are read
     ``FIT_CHUNK_ROWS`` at a time: fitting on years of flights holds no float copy of all of them. Raises
-    ValueError on zero rows, a missing label, or a required field absent.
+    ValueError on zero rows, a missing label, ``y`` of another length, or a required field absent.
     """
     rows = np.arange(len(data)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
         raise ValueError("cannot fit the flight preprocessing on zero rows")
     table = input_table(data, carry=(LABEL,))
-    y = labels(table)[rows]
+    if y is not None and len(y) != len(table):
+        raise ValueError(f"y holds {len(y)} labels for {len(table)} rows")
+    y = (labels(table) if y is None else np.asarray(y, dtype="float64"))[rows]
     if np.isnan(y).any():
         raise ValueError(f"fitting the flight preprocessing needs the label {LABEL!r} on every row")
     n = len(rows)

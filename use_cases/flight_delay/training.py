@@ -14,7 +14,7 @@ import pyarrow as pa
 from ml.contracts import field_specs
 from ml.settings import LoopSettings
 from ml.split import latest_cut, time_order
-from ml.training import TrainResult, fit
+from ml.training import TrainResult, aligned_empty, fit, shared_tensor
 from use_cases.flight_delay import model as model_lib
 from use_cases.flight_delay import preprocessing as prep
 from use_cases.flight_delay.contracts import FlightCompleted
@@ -31,11 +31,11 @@ VALIDATION_FRACTION = 0.12
 # With large batches (4096) a network trained on two or three months took a dozen steps per epoch and early
 # stopping settled on the first epoch, an underfitted model; 512 fits those months and a year alike.
 BATCH_SIZE = 512
-# A phase's model inputs (all its rows, training and validation) are transformed once and held as arrays when
-# they take at most this many bytes (a year of flights fits): Keras then batches and shuffles them, the fastest
-# way, though its own copies of them come on top. Larger sets (years of flights) are streamed: transformed again
-# each epoch, a chunk at a time (``Batches``), so the inputs held at any time are a few megabytes whatever the
-# number of rows, for more CPU per epoch.
+# A phase's model inputs (all its rows, training and validation) are transformed once and held in memory when
+# they take at most this many bytes (a year of flights fits), as tensors over the arrays (``shared_tensor``, no
+# copy per fit): Keras then batches and shuffles them, the fastest way. Larger sets (years of flights) are
+# streamed: transformed again each epoch, a chunk at a time (``Batches``), so the inputs held at any time are a few
+# megabytes whatever the number of rows, for more CPU per epoch.
 IN_MEMORY_INPUT_BYTES = 384 << 20
 # Rows transformed at once, in memory or streamed (16 batches): a transform call's overhead is amortised, and a
 # chunk's working arrays stay small (a large table transforms faster in chunks than in one call).
@@ -92,18 +92,19 @@ def _transform(fitted: FlightPreprocessing, table: pa.Table, rows: np.ndarray) -
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(rows), CHUNK_ROWS):
         for name, values in prep.transform(fitted, table.take(rows[start:start + CHUNK_ROWS])).items():
-            held = out.setdefault(name, np.empty((len(rows), *values.shape[1:]), values.dtype))
+            held = out.setdefault(name, aligned_empty((len(rows), *values.shape[1:]), values.dtype))
             held[start:start + len(values)] = values
     return out
 
 
 def _data(fitted: FlightPreprocessing, table: pa.Table, y: np.ndarray, rows: np.ndarray, streamed: bool,
           seed: int | None = None) -> tuple[Any, np.ndarray | None]:
-    """The ``x, y`` of ``ml.training.fit`` for ``rows``: their model inputs and labels as arrays, or a ``Batches``
-    dataset (shuffled each epoch from ``seed`` if given) and None."""
+    """The ``x, y`` of ``ml.training.fit`` for ``rows``: their model inputs and labels as tensors over arrays
+    (``shared_tensor``), or a ``Batches`` dataset (shuffled each epoch from ``seed`` if given) and None."""
     if streamed:
         return Batches(fitted, table, y, rows, seed), None
-    return _transform(fitted, table, rows), y[rows]
+    return ({name: shared_tensor(values) for name, values in _transform(fitted, table, rows).items()},
+            shared_tensor(y[rows]))
 
 
 def _read_types() -> dict[str, pa.DataType]:
@@ -141,7 +142,7 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
 
     The served model is the members' average (``model.assemble``). Rows are read in place by position from one
     Arrow table of the fields read (a table given is used as it is, a frame's columns are not copied); their
-    model inputs are held as arrays up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every
+    model inputs are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every
     member's early stopping runs before the refit's inputs are made, so training on years of flights holds a
     few bytes per row besides the rows.
 
@@ -160,12 +161,13 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
     # The fields read and the label; the order keys' other columns (the flight id) are no longer needed.
     table = prep.input_table(rows, carry=(LABEL,))
     del rows
-    y = prep.labels(table).astype("float32")
-    if np.isnan(y).any():
+    label = prep.labels(table)  # read once: both preprocessing fits take it
+    if np.isnan(label).any():
         raise ValueError(f"training needs the label {LABEL!r} on every row")
-    if y.min() == y.max():
+    if label.min() == label.max():
         raise ValueError("training rows hold a single class")
-    early = prep.fit(table, train_rows)
+    y = label.astype("float32")
+    early = prep.fit(table, train_rows, y=label)
     # Every member's early stopping runs before the refit's preprocessing and inputs exist: the inputs of one
     # phase are held at a time. Arrays held in memory serve every member (Keras shuffles them from the member's
     # seed); a streamed dataset is made per member, shuffled from its seed.
@@ -185,7 +187,8 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
         histories.append(history)
         best_epochs.append(best_epoch)
     del held, val, x, labels
-    fitted = prep.fit(table, all_rows)
+    fitted = prep.fit(table, all_rows, y=label)
+    del label
     streamed = len(all_rows) * _row_bytes(fitted) > IN_MEMORY_INPUT_BYTES
     held, members = None if streamed else _data(fitted, table, y, all_rows, streamed), []
     for i, best_epoch in enumerate(best_epochs):  # the same seed refits on all rows for the chosen epochs
