@@ -62,12 +62,24 @@ def shared_tensor(array: np.ndarray) -> Any:
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
+def _shared(data: Any) -> Any:
+    """``data`` with every numpy array in it (alone, or in a dict, list or tuple) as a ``shared_tensor``."""
+    if isinstance(data, np.ndarray):
+        return shared_tensor(data)
+    if isinstance(data, dict):
+        return {key: _shared(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return type(data)(_shared(value) for value in data)
+    return data
+
+
 def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: int, batch_size: int,
         validation: tuple[Any, Any] | None = None, patience: int = PATIENCE
         ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build a model from ``seed`` and fit it; returns the model, its history and the best epoch.
 
-    ``x`` and ``y`` are arrays, cut into ``batch_size`` batches and shuffled each epoch by Keras; or ``x`` is a
+    ``x`` and ``y`` are arrays (or dicts of them), cut into ``batch_size`` batches and shuffled each epoch by Keras,
+    which reads them in place as ``shared_tensor``s (fill large ones into ``aligned_empty`` arrays); or ``x`` is a
     ``keras.utils.PyDataset`` of (inputs, labels) batches that orders its own rows each epoch and ``y`` is None
     (``batch_size`` unused): a training set too large to hold as model inputs is streamed. ``validation`` is an
     (x, y) pair of either kind. With ``validation``, training stops once the validation loss has not improved
@@ -82,7 +94,8 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
         # Not shuffle=True: Keras would reorder the dataset's batches on top of the dataset's own row order.
         data = {"x": x, "shuffle": False}
     else:
-        data = {"x": x, "y": y, "batch_size": batch_size, "shuffle": True}
+        data = {"x": _shared(x), "y": _shared(y), "batch_size": batch_size, "shuffle": True}
+    validation = _shared(validation)
     keras.utils.set_random_seed(seed)
     model = build()
     callbacks = []

@@ -14,7 +14,7 @@ import pyarrow as pa
 from ml.contracts import field_specs
 from ml.settings import LoopSettings
 from ml.split import latest_cut, time_order
-from ml.training import TrainResult, aligned_empty, fit, shared_tensor
+from ml.training import TrainResult, aligned_empty, fit
 from use_cases.flight_delay import model as model_lib
 from use_cases.flight_delay import preprocessing as prep
 from use_cases.flight_delay.contracts import FlightCompleted
@@ -32,7 +32,7 @@ VALIDATION_FRACTION = 0.12
 # stopping settled on the first epoch, an underfitted model; 512 fits those months and a year alike.
 BATCH_SIZE = 512
 # A phase's model inputs (all its rows, training and validation) are transformed once and held in memory when
-# they take at most this many bytes (a year of flights fits), as tensors over the arrays (``shared_tensor``, no
+# they take at most this many bytes (a year of flights fits), as tensors over the arrays (``ml.training.fit``: no
 # copy per fit): Keras then batches and shuffles them, the fastest way. Larger sets (years of flights) are
 # streamed: transformed again each epoch, a chunk at a time (``Batches``), so the inputs held at any time are a few
 # megabytes whatever the number of rows, for more CPU per epoch.
@@ -99,12 +99,12 @@ def _transform(fitted: FlightPreprocessing, table: pa.Table, rows: np.ndarray) -
 
 def _data(fitted: FlightPreprocessing, table: pa.Table, y: np.ndarray, rows: np.ndarray, streamed: bool,
           seed: int | None = None) -> tuple[Any, np.ndarray | None]:
-    """The ``x, y`` of ``ml.training.fit`` for ``rows``: their model inputs and labels as tensors over arrays
-    (``shared_tensor``), or a ``Batches`` dataset (shuffled each epoch from ``seed`` if given) and None."""
+    """The ``x, y`` of ``ml.training.fit`` for ``rows``: their model inputs (in ``aligned_empty`` arrays, which
+    ``fit`` shares with TensorFlow) and labels, or a ``Batches`` dataset (shuffled each epoch from ``seed`` if
+    given) and None."""
     if streamed:
         return Batches(fitted, table, y, rows, seed), None
-    return ({name: shared_tensor(values) for name, values in _transform(fitted, table, rows).items()},
-            shared_tensor(y[rows]))
+    return _transform(fitted, table, rows), y[rows]
 
 
 def _read_types() -> dict[str, pa.DataType]:
