@@ -64,8 +64,8 @@ def main() -> None:
     first, last = (int(m) for m in args.months.split("-"))
     values = completed_values((first, last))
     decoder = ContractDecoder(FlightCompleted)
-    parse = decoder._parse  # the reader's explicit schema, as the decoder parses
-    record = decoder._record
+    parse = decoder.parse_options  # the reader's explicit schema, as the decoder parses
+    record = decoder.record_decoder
 
     def reader(threads: bool) -> Callable[[list[bytes]], object]:
         options = pj.ReadOptions(use_threads=threads)

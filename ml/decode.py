@@ -137,6 +137,16 @@ class ContractDecoder:
         self._record = msgspec.json.Decoder(record_struct(contract, ignore))
         self._known = frozenset(self.schema.names) | ignore
 
+    @property
+    def parse_options(self) -> pj.ParseOptions:
+        """The JSON reader's options for a batch of records: the explicit schema it parses with."""
+        return self._parse
+
+    @property
+    def record_decoder(self) -> msgspec.json.Decoder:
+        """The decoder of one record at a time (small batches), typed as strictly as the contract."""
+        return self._record
+
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Decode one batch of record values; never raises for bad records, it rejects them."""
         present = [i for i, v in enumerate(values) if v]

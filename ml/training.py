@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -14,6 +17,11 @@ if TYPE_CHECKING:
     import keras
 
 PATIENCE = 3
+# Held by a fit from setting the global seed until its data pipeline exists (Keras' shuffle takes the global seed
+# when the pipeline is made): fits on other threads see only their own seed.
+_SEEDING = threading.Lock()
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,8 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
     (``batch_size`` unused): a training set too large to hold as model inputs is streamed. ``validation`` is an
     (x, y) pair of either kind. With ``validation``, training stops once the validation loss has not improved
     for ``patience`` epochs and the best epoch's weights are restored; without, it runs ``epochs`` epochs (the
-    last is the best). Raises ValueError on a dataset given with labels.
+    last is the best). Raises ValueError on a dataset given with labels. Safe to call from several threads at once
+    (``side_by_side``).
     """
     import keras
 
@@ -96,13 +105,37 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
     else:
         data = {"x": _shared(x), "y": _shared(y), "batch_size": batch_size, "shuffle": True}
     validation = _shared(validation)
-    keras.utils.set_random_seed(seed)
-    model = build()
-    callbacks = []
-    if validation is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                       restore_best_weights=True))
-    fitted = model.fit(**data, epochs=epochs, verbose=0, validation_data=validation, callbacks=callbacks)
+    _SEEDING.acquire()
+    seeding = [True]
+
+    def seeded(_logs: Any = None) -> None:
+        if seeding[0]:
+            seeding[0] = False
+            _SEEDING.release()
+
+    try:
+        keras.utils.set_random_seed(seed)
+        model = build()
+        # Keras makes the training data's pipeline before it starts the callbacks.
+        callbacks = [keras.callbacks.LambdaCallback(on_train_begin=seeded)]
+        if validation is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                           restore_best_weights=True))
+        fitted = model.fit(**data, epochs=epochs, verbose=0, validation_data=validation, callbacks=callbacks)
+    finally:
+        seeded()
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if validation is not None else len(history["loss"])
     return model, history, best
+
+
+def side_by_side(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Each of ``calls`` on a thread of its own, at most one per CPU at a time; their results in order (the first
+    error in order is raised once all have ended). For independent ``fit``s: a small network's fit keeps about one
+    core busy, so fits side by side use every core, and each trains the model it would train alone (the seed is
+    set and used under a lock)."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=min(len(calls), os.cpu_count() or 1), thread_name_prefix="fit") as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]

@@ -56,6 +56,21 @@ def test_batches_yield_every_row_once_an_epoch_as_transformed_in_a_new_seeded_or
     np.testing.assert_array_equal(_epoch(plain)[1], rows)
 
 
+def test_a_shuffled_epoch_is_the_first_epoch_rows_of_its_seeded_permutation(flights, small_chunks, monkeypatch):
+    monkeypatch.setattr(training, "EPOCH_ROWS", 1000)
+    fitted, table = prep.fit(flights), prep.input_table(flights)
+    rows, ids = np.arange(2, len(flights)), np.arange(len(flights), dtype="float32")
+    batches = training.Batches(fitted, table, ids, rows, seed=5)
+    assert len(batches) == 2 and batches._order is rows
+    for epoch in (1, 2):
+        order = _epoch(batches)[1].astype(int)
+        expected = rows[np.random.default_rng([5, epoch]).permutation(len(rows))][:1000]
+        np.testing.assert_array_equal(order, expected)
+        assert len(batches._order) == 1000  # the rest of the permutation is not kept
+    # Validation (no seed) reads every row, whatever EPOCH_ROWS.
+    np.testing.assert_array_equal(_epoch(training.Batches(fitted, table, ids, rows))[1], rows)
+
+
 def test_a_dataset_comes_without_labels(flights):
     fitted = prep.fit(flights)
     batches = training.Batches(fitted, prep.input_table(flights), np.zeros(len(flights), "float32"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -14,7 +15,7 @@ import pyarrow as pa
 from ml.contracts import field_specs
 from ml.settings import LoopSettings
 from ml.split import latest_cut, time_order
-from ml.training import TrainResult, aligned_empty, fit
+from ml.training import TrainResult, aligned_empty, fit, side_by_side
 from use_cases.flight_delay import model as model_lib
 from use_cases.flight_delay import preprocessing as prep
 from use_cases.flight_delay.contracts import FlightCompleted
@@ -69,15 +70,18 @@ class Batches(keras.utils.PyDataset):
     def on_epoch_begin(self) -> None:
         if self.seed is not None:
             self._epoch += 1
-            self._order = self.rows[np.random.default_rng([self.seed, self._epoch]).permutation(len(self.rows))]
+            order = np.random.default_rng([self.seed, self._epoch]).permutation(len(self.rows))
+            self._order = self.rows[order[:self._epoch_rows]]  # only the epoch's rows: members train side by side
             self._chunk = (-1, None)
 
     def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         chunk, batch = divmod(index, CHUNK_BATCHES)
-        if self._chunk[0] != chunk:
+        cached, data = self._chunk  # read once: members training side by side share the validation batches
+        if cached != chunk:
             rows = self._order[chunk * CHUNK_ROWS:(chunk + 1) * CHUNK_ROWS]
-            self._chunk = (chunk, (prep.transform(self.fitted, self.table.take(rows)), self.labels[rows]))
-        x, y = self._chunk[1]
+            data = (prep.transform(self.fitted, self.table.take(rows)), self.labels[rows])
+            self._chunk = (chunk, data)
+        x, y = data
         at = slice(batch * BATCH_SIZE, (batch + 1) * BATCH_SIZE)
         return {name: values[at] for name, values in x.items()}, y[at]
 
@@ -140,11 +144,12 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
        on all rows: the most recent weeks carry the most signal about the weeks to come, so the final model
        must not leave them out.
 
-    The served model is the members' average (``model.assemble``). Rows are read in place by position from one
-    Arrow table of the fields read (a table given is used as it is, a frame's columns are not copied); their
-    model inputs are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every
-    member's early stopping runs before the refit's inputs are made, so training on years of flights holds a
-    few bytes per row besides the rows.
+    The members train side by side, each on a thread of its own (``ml.training.side_by_side``; each trains the
+    model it would train alone), and the served model is their average (``model.assemble``). Rows are read in
+    place by position from one Arrow table of the fields read (a table given is used as it is, a frame's columns
+    are not copied); their model inputs are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond
+    (``Batches``), and every member's early stopping runs before the refit's inputs are made, so training on
+    years of flights holds a few bytes per row besides the rows.
 
     No class weights: the gate and the scorer need calibrated probabilities (log loss), and reweighting does
     not improve ranking (AUC). Raises ValueError on fewer than ``settings.min_training_rows`` rows or a
@@ -174,8 +179,8 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
     streamed = len(all_rows) * _row_bytes(early) > IN_MEMORY_INPUT_BYTES
     held, val = None if streamed else _data(early, table, y, train_rows, streamed), \
         _data(early, table, y, val_rows, streamed)
-    histories, best_epochs = [], []
-    for i in range(model_lib.MEMBERS):  # each member from its own seed, with its own epoch count
+
+    def early_stopping(i: int) -> tuple[dict[str, list[float]], int]:
         seed = settings.seed + i
         x, labels = held or _data(early, table, y, train_rows, streamed, seed)
         _, history, best_epoch = fit(lambda: model_lib.build(early), x, labels, seed=seed, epochs=settings.epochs,
@@ -184,20 +189,25 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
                  "epoch %d of %d, val_loss %.4f val_auc %.4f", i, len(train_rows), len(val_rows), early.fingerprint,
                  "streamed" if streamed else "in memory", best_epoch, len(history["loss"]),
                  history["val_loss"][best_epoch - 1], history["val_auc"][best_epoch - 1])
-        histories.append(history)
-        best_epochs.append(best_epoch)
-    del held, val, x, labels
+        return history, best_epoch
+
+    # Each member from its own seed, with its own epoch count; the members train side by side.
+    histories, best_epochs = map(list, zip(*side_by_side(
+        [partial(early_stopping, i) for i in range(model_lib.MEMBERS)]), strict=True))
+    held = val = None  # the early stopping's inputs go before the refit's are made
     fitted = prep.fit(table, all_rows, y=label)
     del label
     streamed = len(all_rows) * _row_bytes(fitted) > IN_MEMORY_INPUT_BYTES
-    held, members = None if streamed else _data(fitted, table, y, all_rows, streamed), []
-    for i, best_epoch in enumerate(best_epochs):  # the same seed refits on all rows for the chosen epochs
+    held = None if streamed else _data(fitted, table, y, all_rows, streamed)
+
+    def refit(i: int) -> keras.Model:  # the same seed refits on all rows for the chosen epochs
         seed = settings.seed + i
         x, labels = held or _data(fitted, table, y, all_rows, streamed, seed)
-        member, _, _ = fit(lambda: model_lib.build(fitted), x, labels, seed=seed, epochs=best_epoch,
-                           batch_size=BATCH_SIZE)
-        members.append(member)
-    del held, x, labels
+        return fit(lambda: model_lib.build(fitted), x, labels, seed=seed, epochs=best_epochs[i],
+                   batch_size=BATCH_SIZE)[0]
+
+    members = side_by_side([partial(refit, i) for i in range(len(best_epochs))])
+    held = None
     model = model_lib.assemble(fitted, members)
     seconds = time.perf_counter() - started
     log.info("trained %d members on %d rows for %s epochs (preprocessing v%d %s) in %.1f s", len(members),

@@ -77,16 +77,17 @@ class FlightDelay(UseCase):
 
         return SUITE
 
-    def train(self, rows: pd.DataFrame, settings: LoopSettings) -> TrainResult:
+    def train(self, rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
+        """Train on labelled flights, a frame or a ``training.training_table`` (``train_snapshot``)."""
         from use_cases.flight_delay.training import train
 
         return train(rows, settings)
 
     def train_snapshot(self, rows: SnapshotRows, settings: LoopSettings) -> TrainResult:
         """Train on the fields training reads, as Arrow (``training.training_table``), not the whole frame."""
-        from use_cases.flight_delay.training import train, training_table
+        from use_cases.flight_delay.training import training_table
 
-        return train(training_table(rows), settings)
+        return self.train(training_table(rows), settings)
 
     def evaluate(self, model: keras.Model, preprocessing: prep.FlightPreprocessing, rows: pd.DataFrame, *,
                  scores: np.ndarray | None = None) -> dict[str, float]:

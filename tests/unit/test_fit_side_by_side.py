@@ -1,0 +1,64 @@
+"""ml.training.side_by_side: independent fits on threads train the models they would train one after another."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ml.training import fit, side_by_side
+
+
+def test_calls_run_at_once_and_results_keep_their_order():
+    both = threading.Barrier(2, timeout=30)  # broken (an error) unless the two calls run at the same time
+
+    def call(value):
+        both.wait()
+        return value
+
+    assert side_by_side([lambda: call("a"), lambda: call("b")]) == ["a", "b"]
+    assert side_by_side([lambda: 1]) == [1]
+    assert side_by_side([]) == []
+
+
+def test_the_first_error_in_order_is_raised_after_every_call_ended():
+    ended = []
+
+    def fails(message, wait):
+        if wait:
+            threading.Event().wait(0.2)
+        ended.append(message)
+        raise ValueError(message)
+
+    with pytest.raises(ValueError, match="first"):
+        side_by_side([lambda: fails("first", True), lambda: fails("second", False)])
+    assert sorted(ended) == ["first", "second"]
+
+
+def _build():
+    import keras
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.3),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy", steps_per_execution=4)
+    return model
+
+
+def test_fits_side_by_side_equal_fits_one_after_another():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3_000, 6)).astype("float32")
+    y = (x[:, 0] + rng.normal(scale=0.5, size=3_000) > 0).astype("float32")
+    val = (x[:500], y[:500])
+
+    def one(seed):  # dropout, Keras' shuffle and early stopping each depend on the seed
+        model, history, best = fit(_build, x[500:], y[500:], seed=seed, epochs=4, batch_size=64, validation=val)
+        return [w.copy() for w in model.get_weights()], history, best
+
+    alone = [one(seed) for seed in (1, 2)]
+    together = side_by_side([lambda: one(1), lambda: one(2)])
+    for (weights_a, history_a, best_a), (weights_t, history_t, best_t) in zip(alone, together, strict=True):
+        assert best_a == best_t and history_a == history_t
+        for a, t in zip(weights_a, weights_t, strict=True):
+            np.testing.assert_array_equal(a, t)
+    assert not all(np.array_equal(a, b) for a, b in zip(alone[0][0], alone[1][0], strict=True))
