@@ -87,7 +87,7 @@ def read_properties(path: Path) -> dict[str, str]:
 class KafkaClientSettings(BaseSettings):
     """Where and how the clients of one service reach Kafka (a mixin of the loop's and the scorer's settings)."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True, hide_input_in_errors=True)
 
     kafka_bootstrap_servers: str = Field(
         None, description="Kafka bootstrap servers (default: the client file's bootstrap.servers, else "

@@ -38,7 +38,7 @@ class TopicNames(BaseSettings):
     else prefixed with ``topic_prefix``; its value schema is the subject ``<topic>-value`` of the registry at
     ``schema_registry_url``."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True, hide_input_in_errors=True)
 
     topic_prefix: str = Field("", description="Prefix of every topic name (a namespace per team or environment).")
     topic_names: dict[str, str] = Field(default_factory=dict, description="JSON object renaming topics: "

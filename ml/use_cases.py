@@ -92,7 +92,7 @@ class UseCaseSettings(BaseSettings):
     """The knobs of one use case, read from ``<NAME>_*`` environment variables (``CHURN_GATE_MARGINS`` for the
     use case ``churn``); a use case extends it with its own. An empty variable counts as unset."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_ignore_empty=True, hide_input_in_errors=True)
 
     retrain_schedule: str = Field("@daily", description="Cron schedule of its retraining DAG ('none': off).")
     retrain_every_n: int = Field(0, ge=0, description="Retrain once this many records of the labels topic (all "

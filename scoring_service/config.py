@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class ScorerSettings(TopicNames, KafkaClientSettings):
     """Settings of one scorer replica."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, protected_namespaces=(), env_ignore_empty=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, protected_namespaces=(), env_ignore_empty=True,
+                                      hide_input_in_errors=True)
 
     use_case: str = Field(description="The use case it scores (`python -m ml use-cases`): its input topic in, "
                                       "its predictions and DLQ out; model name and group id follow it.")

@@ -37,7 +37,8 @@ class AirflowConfig(BaseSettings):
     AIRFLOW_PORT and KAFKA_BOOTSTRAP_SERVERS when not given."""
 
     # populate_by_name: callers pass home= and kafka_bootstrap_servers=, the environment the aliases.
-    model_config = SettingsConfigDict(env_prefix="AIRFLOW_", extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="AIRFLOW_", extra="ignore", frozen=True, populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     # Not AIRFLOW_HOME: that one belongs to whatever Airflow the calling shell uses.
     home: AbsolutePath = Field(REPO / ".local" / "airflow", validation_alias="AIRFLOW_LOCAL_HOME")

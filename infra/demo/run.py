@@ -58,7 +58,7 @@ MONITOR_SETTLE_S = 2.0  # the head is fed to its producer in slices of about thi
 class DemoSettings(BaseSettings):
     """The demo's knobs: environment ``DEMO_<NAME>`` (e.g. DEMO_MONTHS=1-3), overridden by CLI flags."""
 
-    model_config = SettingsConfigDict(env_prefix="DEMO_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="DEMO_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     months: str = Field("1-12", pattern=r"^\d{1,2}(-\d{1,2})?$", description="Months of 2013 to replay.")
     limit: int | None = Field(None, ge=1, description="Replay only the first N flights of each month.")

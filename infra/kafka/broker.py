@@ -48,7 +48,7 @@ class BrokerConfig(BaseSettings):
     variables (KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_DATA_DIR, KAFKA_SECURITY, KAFKA_VERSION, KAFKA_DIST_CACHE)
     when not given."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     # Nodes of the cluster (KAFKA_NODES): 1 runs one node in data_dir; more run node i in data_dir/node-<i> on
     # port + 2(i-1) and the port after it (infra.kafka.cluster.node_configs), every node broker and controller.

@@ -28,7 +28,8 @@ class MlflowConfig(BaseSettings):
     and MLFLOW_PORT when not given."""
 
     # populate_by_name: callers pass home=, the environment MLFLOW_LOCAL_HOME.
-    model_config = SettingsConfigDict(env_prefix="MLFLOW_", extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="MLFLOW_", extra="ignore", frozen=True, populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     home: AbsolutePath = Field(REPO / ".local" / "mlflow", validation_alias="MLFLOW_LOCAL_HOME")
     port: int = 5000

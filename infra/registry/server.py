@@ -43,7 +43,7 @@ class RegistryConfig(BaseSettings):
 
     # populate_by_name: callers pass kafka_bootstrap_servers=, the environment KAFKA_BOOTSTRAP_SERVERS.
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True, populate_by_name=True,
-                                      env_ignore_empty=True)
+                                      env_ignore_empty=True, hide_input_in_errors=True)
 
     data_dir: AbsolutePath = Path(".local/registry")
     port: int = 8081

@@ -31,8 +31,7 @@ class Actions:
     def __init__(self, settings: MonitorSettings, registry: Registry) -> None:
         self.settings, self.registry = settings, registry
         self.airflow = (AirflowRuns(settings.airflow_api_url, settings.airflow_api_username,
-                                    settings.airflow_api_password.get_secret_value()
-                                    if settings.airflow_api_password else None)
+                                    settings.airflow_password())
                         if settings.airflow_api_url else None)
 
     def decided(self, version: int, action: str) -> bool:

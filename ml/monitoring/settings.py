@@ -3,6 +3,7 @@ reads the use case's topics, logs to its MLflow, and publishes versions with its
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -46,6 +47,33 @@ class MonitorSettings(LoopSettings):
                                         "monitor starts retraining runs on; unset: requests are recorded only.")
     airflow_api_username: str | None = None
     airflow_api_password: SecretStr | None = None
+    airflow_api_password_file: Path | None = Field(None, description="A file holding the password instead (a "
+                                                   "mounted secret), read when the monitor starts; not with "
+                                                   "AIRFLOW_API_PASSWORD.")
+
+    @model_validator(mode="after")
+    def _one_airflow_password(self) -> MonitorSettings:
+        if self.airflow_api_password is not None and self.airflow_api_password_file is not None:
+            raise ValueError("set AIRFLOW_API_PASSWORD or AIRFLOW_API_PASSWORD_FILE, not both")
+        self.airflow_password()  # an unreadable or empty file fails at start-up, not at the first request
+        return self
+
+    def airflow_password(self) -> str | None:
+        """The Airflow API password: AIRFLOW_API_PASSWORD, or the content of AIRFLOW_API_PASSWORD_FILE without
+        its final line break; None when neither is set. Raises ValueError on a file that cannot be read or is
+        empty (the message names the file, never its content)."""
+        path = self.airflow_api_password_file
+        if path is None:
+            return self.airflow_api_password.get_secret_value() if self.airflow_api_password else None
+        try:
+            password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise ValueError(f"cannot read AIRFLOW_API_PASSWORD_FILE {path}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"AIRFLOW_API_PASSWORD_FILE {path} is not UTF-8 text") from e
+        if not password:
+            raise ValueError(f"AIRFLOW_API_PASSWORD_FILE {path} is empty")
+        return password
 
     @model_validator(mode="after")
     def _windows_fit_in_the_label_rows(self) -> MonitorSettings:
