@@ -136,6 +136,7 @@ def side_by_side(calls: Sequence[Callable[[], T]]) -> list[T]:
     set and used under a lock)."""
     if len(calls) <= 1:
         return [call() for call in calls]
-    with ThreadPoolExecutor(max_workers=min(len(calls), os.cpu_count() or 1), thread_name_prefix="fit") as pool:
+    usable = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's cpuset), not the host's
+    with ThreadPoolExecutor(max_workers=min(len(calls), usable), thread_name_prefix="fit") as pool:
         futures = [pool.submit(call) for call in calls]
     return [future.result() for future in futures]
