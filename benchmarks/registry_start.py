@@ -46,7 +46,7 @@ def timed_start(registry: server.Registry) -> float:
 
 
 def register(url: str, subjects: int) -> list[str]:
-    client = SchemaRegistryClient({"url": url})
+    client = SchemaRegistryClient({"url": url, "timeout": 30})
     names = [f"bench-{i}-value" for i in range(subjects)]
     for i, name in enumerate(names):
         schema = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
@@ -69,7 +69,8 @@ def measure(bootstrap: str, restarts: int, subjects: int, poll_timeout_ms: int, 
         for _ in range(restarts):
             registry.stop()
             runs.append(timed_start(registry))
-            assert set(names) <= set(SchemaRegistryClient({"url": cfg.ccompat_url}).get_subjects())
+            client = SchemaRegistryClient({"url": cfg.ccompat_url, "timeout": 30})
+            assert set(names) <= set(client.get_subjects())
         rss_mb = psutil.Process(registry.running_pid()).memory_info().rss / 2**20
     finally:
         registry.stop()

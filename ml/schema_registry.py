@@ -32,6 +32,9 @@ SUBJECT_NOT_FOUND, VERSION_NOT_FOUND, SCHEMA_NOT_FOUND = 40401, 40402, 40403
 NOT_FOUND = {SUBJECT_NOT_FOUND, VERSION_NOT_FOUND, SCHEMA_NOT_FOUND, 40408}  # 40408: subject has no config
 
 
+# Seconds one request may take (``SCHEMA_REGISTRY_TIMEOUT_S``'s default).
+DEFAULT_TIMEOUT_S = TopicNames.model_fields["schema_registry_timeout_s"].default
+
 # The key ``schema`` gives a schema that is not a JSON Schema (Avro, Protobuf) under, with its type.
 NOT_JSON_SCHEMA = "x-not-json-schema"
 
@@ -74,10 +77,12 @@ class Check:
 class SchemaRegistry:
     """One registry at ``url`` with the caches every client needs; thread-safe."""
 
-    def __init__(self, url: str, auto_register: bool = True) -> None:
+    def __init__(self, url: str, auto_register: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
         self.auto_register = auto_register
-        self._client = SchemaRegistryClient({"url": url})
+        # Without a timeout, a registry that accepts a connection and never answers holds the caller forever; with
+        # one, the client retries (max.retries, with backoff) and then raises, which _call names.
+        self._client = SchemaRegistryClient({"url": url, "timeout": timeout_s})
         self._lock = threading.Lock()
         self._writer_ids: dict[str, int] = {}
         self._subjects: dict[int, frozenset[str]] = {}
@@ -86,7 +91,7 @@ class SchemaRegistry:
     @classmethod
     def of(cls, names: TopicNames) -> SchemaRegistry:
         """The process-wide client of the registry ``names`` point at."""
-        return _shared(names.schema_registry_url, names.schema_auto_register)
+        return _shared(names.schema_registry_url, names.schema_auto_register, names.schema_registry_timeout_s)
 
     def _call(self, what: str, fn, *args):
         try:
@@ -245,5 +250,5 @@ class SchemaRegistry:
 
 
 @functools.lru_cache(maxsize=8)
-def _shared(url: str, auto_register: bool) -> SchemaRegistry:
-    return SchemaRegistry(url, auto_register)
+def _shared(url: str, auto_register: bool, timeout_s: float) -> SchemaRegistry:
+    return SchemaRegistry(url, auto_register, timeout_s)

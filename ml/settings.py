@@ -46,6 +46,8 @@ class TopicNames(BaseSettings):
     schema_registry_url: str = Field(DEFAULT_SCHEMA_REGISTRY_URL, description="Confluent-compatible schema "
                                      "registry API every client registers and resolves topic schemas at (local: "
                                      "`make registry-up`, Apicurio's /apis/ccompat/v7).")
+    schema_registry_timeout_s: float = Field(10.0, gt=0, description="Seconds one schema registry request may "
+                                             "take (retried 3 times, then an error).")
     schema_auto_register: bool = Field(True, description="Register a topic's schema on first use when the "
                                        "registry lacks it (off: `python -m ml schemas register` must run first).")
 

@@ -165,11 +165,12 @@ def test_the_registry_keeps_its_schemas_in_the_secured_broker(secured_kafka):
     password = secured_kafka.properties("admin")["sasl.password"]
     try:
         registry.start()
-        schema_id = SchemaRegistryClient({"url": cfg.ccompat_url}).register_schema(subject, Schema(schema, "JSON"))
+        client = SchemaRegistryClient({"url": cfg.ccompat_url, "timeout": 30})
+        schema_id = client.register_schema(subject, Schema(schema, "JSON"))
         registry.stop()
         # A fresh server has nothing but what it reads back from the broker's journal topic.
         registry.start()
-        latest = SchemaRegistryClient({"url": cfg.ccompat_url}).get_latest_version(subject)
+        latest = client.get_latest_version(subject)
         assert (latest.schema_id, latest.version) == (schema_id, 1)
         topics = AdminClient(secured_kafka.properties("admin")).list_topics(timeout=10).topics
         assert cfg.overrides["apicurio.kafkasql.topic"] in topics

@@ -26,12 +26,18 @@ FLIGHT_SCHEMA = {
 }
 
 
+def _client(url: str) -> SchemaRegistryClient:
+    """A client that gives up on a request after 30 s and retries it, as the loop's own does (a registry that
+    stalls fails the test with the client's error instead of pytest's timeout)."""
+    return SchemaRegistryClient({"url": url, "timeout": 30})
+
+
 def _subject() -> str:
     return f"flights-{uuid.uuid4().hex[:8]}-value"
 
 
 def test_confluent_client_registers_and_reads_back_a_json_schema(schema_registry_url):
-    client = SchemaRegistryClient({"url": schema_registry_url})
+    client = _client(schema_registry_url)
     subject = _subject()
     schema_id = client.register_schema(subject, Schema(json.dumps(FLIGHT_SCHEMA), "JSON"))
 
@@ -47,7 +53,7 @@ def test_confluent_client_registers_and_reads_back_a_json_schema(schema_registry
 
 
 def test_json_serializer_round_trip_in_the_confluent_framing(schema_registry_url):
-    client = SchemaRegistryClient({"url": schema_registry_url})
+    client = _client(schema_registry_url)
     topic = _subject().removesuffix("-value")
     ctx = SerializationContext(topic, MessageField.VALUE)
     record = {"flight_id": "2013-01-01-UA-1545", "dep_delay": 2.0}
@@ -73,13 +79,13 @@ def own_registry(new_registry: Callable[[], server.Registry]) -> Iterator[server
 def test_a_schema_survives_a_restart(own_registry):
     url = own_registry.cfg.ccompat_url
     subject = _subject()
-    schema_id = SchemaRegistryClient({"url": url}).register_schema(subject, Schema(json.dumps(FLIGHT_SCHEMA), "JSON"))
+    schema_id = _client(url).register_schema(subject, Schema(json.dumps(FLIGHT_SCHEMA), "JSON"))
 
     assert own_registry.stop()
     own_registry.start()
 
     # A new client: nothing answers from a cache.
-    client = SchemaRegistryClient({"url": url})
+    client = _client(url)
     latest = client.get_latest_version(subject)
     assert (latest.schema_id, latest.version) == (schema_id, 1)
     assert json.loads(latest.schema.schema_str) == FLIGHT_SCHEMA

@@ -71,3 +71,32 @@ def test_a_registry_that_does_not_answer_is_named_with_its_url():
     url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
     with pytest.raises(SchemaRegistryUnavailable, match=f"schema registry at {url} is not reachable"):
         SchemaRegistry(url).writer_id(TopicSchema("flights.scheduled", FlightScheduled))
+
+
+def test_a_registry_that_accepts_but_never_answers_fails_after_its_timeout():
+    """A registry that takes the connection and never replies (a stalled JVM) fails the call after the client's
+    timeout and retries, naming the registry, instead of holding the producer forever."""
+    import socket
+
+    from ml.errors import SchemaRegistryUnavailable
+    from ml.schema_registry import SchemaRegistry
+    from ml.schemas import TopicSchema
+
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as stalled:  # the kernel accepts; nobody reads
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}/apis/ccompat/v7"
+        registry = SchemaRegistry(url, timeout_s=0.2)
+        with pytest.raises(SchemaRegistryUnavailable, match=f"schema registry at {url} is not reachable.*timed out"):
+            registry.writer_id(TopicSchema("flights.scheduled", FlightScheduled))
+
+
+def test_the_registry_timeout_comes_from_the_settings(monkeypatch):
+    from ml.schema_registry import SchemaRegistry
+    from ml.settings import TopicNames
+
+    monkeypatch.setenv("SCHEMA_REGISTRY_TIMEOUT_S", "2.5")
+    names = TopicNames()
+    assert names.schema_registry_timeout_s == 2.5
+    assert SchemaRegistry.of(names)._client._rest_client.timeout == 2.5
+    monkeypatch.setenv("SCHEMA_REGISTRY_TIMEOUT_S", "0")
+    with pytest.raises(ValueError, match="schema_registry_timeout_s"):
+        TopicNames()
