@@ -246,7 +246,7 @@ def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], to
     lock = threading.Lock()
     results: dict[Piece, PieceResult] = {}
     errors: list[BaseException] = []
-    by_workers = [0]
+    by_workers = 0  # pieces the worker processes read
 
     def take(front: bool) -> Piece | None:
         with lock:
@@ -255,6 +255,7 @@ def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], to
             return queue.popleft() if front else queue.pop()
 
     def run(front: bool, read: Callable[[Piece], PieceResult]) -> None:
+        nonlocal by_workers
         try:
             while (piece := take(front)) is not None:
                 try:
@@ -265,7 +266,7 @@ def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], to
                         queue.append(piece)
                     return
                 with lock:
-                    by_workers[0] += not front
+                    by_workers += not front
         except BaseException as e:
             with lock:
                 errors.append(e)
@@ -292,7 +293,7 @@ def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], to
     if errors:
         raise errors[0]
     log.info("%s: %d pieces read by %d processes (%d by worker processes)", topic, len(todo), workers + 1,
-             by_workers[0])
+             by_workers)
     return [results[p] for p in todo]
 
 

@@ -24,6 +24,20 @@ _SEEDING = threading.Lock()
 T = TypeVar("T")
 
 
+class _SeedingTurn:
+    """One fit's hold of ``_SEEDING``, taken when made and given back once: when Keras has made the fit's data
+    pipeline (``on_train_begin``), or when the fit fails before."""
+
+    def __init__(self) -> None:
+        _SEEDING.acquire()
+        self._held = True
+
+    def release(self, _logs: Any = None) -> None:
+        if self._held:
+            self._held = False
+            _SEEDING.release()
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """A trained candidate: the model, the fitted preprocessing it reads, and how training went.
@@ -105,25 +119,18 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
     else:
         data = {"x": _shared(x), "y": _shared(y), "batch_size": batch_size, "shuffle": True}
     validation = _shared(validation)
-    _SEEDING.acquire()
-    seeding = [True]
-
-    def seeded(_logs: Any = None) -> None:
-        if seeding[0]:
-            seeding[0] = False
-            _SEEDING.release()
-
+    turn = _SeedingTurn()
     try:
         keras.utils.set_random_seed(seed)
         model = build()
         # Keras makes the training data's pipeline before it starts the callbacks.
-        callbacks = [keras.callbacks.LambdaCallback(on_train_begin=seeded)]
+        callbacks = [keras.callbacks.LambdaCallback(on_train_begin=turn.release)]
         if validation is not None:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                            restore_best_weights=True))
         fitted = model.fit(**data, epochs=epochs, verbose=0, validation_data=validation, callbacks=callbacks)
     finally:
-        seeded()
+        turn.release()
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if validation is not None else len(history["loss"])
     return model, history, best

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from ml.monitoring.policy import MonitorPolicy
 from ml.settings import LoopSettings
@@ -51,20 +51,18 @@ class MonitorSettings(LoopSettings):
                                                    "mounted secret), read when the monitor starts; not with "
                                                    "AIRFLOW_API_PASSWORD.")
 
+    _password: SecretStr | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _one_airflow_password(self) -> MonitorSettings:
-        if self.airflow_api_password is not None and self.airflow_api_password_file is not None:
-            raise ValueError("set AIRFLOW_API_PASSWORD or AIRFLOW_API_PASSWORD_FILE, not both")
-        self.airflow_password()  # an unreadable or empty file fails at start-up, not at the first request
-        return self
-
-    def airflow_password(self) -> str | None:
-        """The Airflow API password: AIRFLOW_API_PASSWORD, or the content of AIRFLOW_API_PASSWORD_FILE without
-        its final line break; None when neither is set. Raises ValueError on a file that cannot be read or is
-        empty (the message names the file, never its content)."""
+        """Read the password once, at start-up: an unreadable or empty file fails here, naming the file and never
+        its content, not at the first request."""
         path = self.airflow_api_password_file
         if path is None:
-            return self.airflow_api_password.get_secret_value() if self.airflow_api_password else None
+            self._password = self.airflow_api_password
+            return self
+        if self.airflow_api_password is not None:
+            raise ValueError("set AIRFLOW_API_PASSWORD or AIRFLOW_API_PASSWORD_FILE, not both")
         try:
             password = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as e:
@@ -73,7 +71,13 @@ class MonitorSettings(LoopSettings):
             raise ValueError(f"AIRFLOW_API_PASSWORD_FILE {path} is not UTF-8 text") from e
         if not password:
             raise ValueError(f"AIRFLOW_API_PASSWORD_FILE {path} is empty")
-        return password
+        self._password = SecretStr(password)
+        return self
+
+    def airflow_password(self) -> str | None:
+        """The Airflow API password: AIRFLOW_API_PASSWORD, or the content of AIRFLOW_API_PASSWORD_FILE without
+        its final line break (as read at start-up); None when neither is set."""
+        return self._password.get_secret_value() if self._password is not None else None
 
     @model_validator(mode="after")
     def _windows_fit_in_the_label_rows(self) -> MonitorSettings:
