@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import urllib.error
@@ -91,6 +92,9 @@ class Registry:
     def __init__(self, settings: LoopSettings) -> None:
         if settings.model_name is None or settings.mlflow_experiment is None:
             raise ValueError("no model name or MLflow experiment: set USE_CASE (or MODEL_NAME and MLFLOW_EXPERIMENT)")
+        # MLflow draws a progress bar per artifact download: carriage-return lines in every task's and the
+        # monitor's log. Off unless the environment says otherwise.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.settings = settings
         self.uri = settings.mlflow_tracking_uri
         self.name = settings.model_name

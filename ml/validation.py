@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
 
 log = logging.getLogger(__name__)
+# Great Expectations logs its own start-up at INFO, about 200 lines a process ("Skipping registering function",
+# metrics declared twice, its temporary docs folder), which buried each validation's own lines in a task's log.
+# Its warnings and errors still show.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 # Snapshots up to this many rows are validated in one piece, larger ones in batches of it; drift reads about
 # DRIFT_SAMPLE_ROWS rows of each side at most.
@@ -278,6 +282,8 @@ class _GxRun:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        # This module sets its own logger to INFO when imported; unset, it follows "great_expectations" (above).
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.NOTSET)
         self.gx, self.name = gx, name
         self.ctx = gx.get_context(mode="ephemeral")
         # Progress bars would fill task logs with a line per metric batch.

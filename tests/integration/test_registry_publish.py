@@ -76,7 +76,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_model):
+def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_model, capfd):
     settings = LoopSettings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/db/mlflow.db",
                             mlflow_artifact_root=tmp_path / "artifacts", mlflow_experiment="exp-test",
                             model_name="flight_delay_test")
@@ -117,6 +117,7 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
     archive = registry.model_archive(1)
     stored = next((tmp_path / "artifacts").rglob("data/model.keras")).read_bytes()
     assert archive == stored
+    assert "Downloading artifacts" not in capfd.readouterr().err  # no progress bars in a task's or monitor's log
     np.testing.assert_allclose(from_bytes(archive).predict(x, verbose=0), keras_model.predict(x, verbose=0), rtol=1e-6)
     probe = ("import hashlib, sys; from ml.registry import Registry; from ml.settings import LoopSettings; "
              f"data = Registry(LoopSettings(mlflow_tracking_uri={settings.mlflow_tracking_uri!r}, "

@@ -43,6 +43,23 @@ def _docs_dir(settings: LoopSettings, run_id: str) -> Path:
     return settings.reports_dir.resolve() / "data_docs" / run_id
 
 
+@slow
+def test_a_validation_logs_its_own_lines_not_great_expectations_start_up(tmp_path):
+    """A task's log at INFO (as Airflow keeps it) holds what was validated, not GX's start-up chatter."""
+    code = ("import logging, sys; from pathlib import Path; "
+            "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(levelname)s %(name)s %(message)s'); "
+            "from ml import validation; from ml.settings import LoopSettings; "
+            "from use_cases.flight_delay.validation import SUITE; "
+            "from use_cases.flight_delay.source import load_completed; "
+            "settings = LoopSettings(loop_data_dir=Path(sys.argv[1]), min_training_rows=1000); "
+            "validation.validate_snapshot(load_completed((1, 1), limit=2000), settings, run_id='quiet', suite=SUITE)")
+    err = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, capture_output=True,
+                         text=True, timeout=300).stderr
+    assert "INFO ml.validation run quiet: validated 2000 rows" in err
+    chatter = [line for line in err.splitlines() if line.startswith("INFO great_expectations")]
+    assert not chatter, f"{len(chatter)} INFO lines of Great Expectations, e.g. {chatter[:2]}"
+
+
 def test_importing_the_engine_and_a_suite_does_not_import_great_expectations():
     code = ("import sys, ml.validation, use_cases.flight_delay.validation; "
             "assert 'great_expectations' not in sys.modules")
