@@ -97,8 +97,7 @@ def _each_schema(use_case: str | None, act) -> None:
         schemas = topic_schemas(settings, [use_cases.get(use_case)] if use_case else None)
     except ValueError as exc:
         _fail(exc)
-    registry = SchemaRegistry(settings.schema_registry_url, timeout_s=settings.schema_registry_timeout_s)
-    failed = False
+    registry, failed = SchemaRegistry.of(settings), False
     for ts in schemas:
         try:
             ok, lines = act(registry, ts)
