@@ -4,6 +4,10 @@ inputs the dicts the earlier tasks returned, read from ``<folder>/<task>.json``;
 ``<folder>/<task>.json`` (without ``links``, which the DAG pushes as XComs). A ``StopRun`` writes
 ``{"stopped": kind, "reason": ...}`` there instead and exits with ``STOPPED``; any other error exits 1.
 
+The task's process ends as Airflow's does (``airflow.sdk.execution_time.supervisor._fork_main``): its atexit
+handlers run, then ``os._exit``, without the interpreter's teardown, which no Airflow task pays and which takes
+seconds once TensorFlow, MLflow or Great Expectations are imported (docs/performance.md).
+
 ``measure`` starts the task's process from this small one and reaps it with ``os.wait4``: its wall seconds and
 peak RSS (which covers the processes it starts and waits for) go to ``<folder>/<task>.usage.json``. On Linux a
 child's ru_maxrss starts at the peak RSS of the process it was spawned from (exec keeps the high-water mark of
@@ -14,6 +18,7 @@ the image it replaces), so the task is not spawned from a large benchmark proces
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -73,7 +78,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)
     mode, task, folder, run_id = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-    sys.exit({"measure": measure, "run": run}[mode](task, folder, run_id))
+    if mode == "measure":
+        sys.exit(measure(task, folder, run_id))
+    code = run(task, folder, run_id)  # an error other than StopRun: its traceback, and the interpreter's exit 1
+    atexit._run_exitfuncs()  # logging's flush among them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

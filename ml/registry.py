@@ -45,6 +45,29 @@ PROBE_TIMEOUT_S = 3.0
 MAX_TAG_CHARS = 5000  # MLflow rejects longer tag values on some stores; 8000 is the sqlite limit
 
 
+def model_signature(keras_model: keras.Model) -> Any:
+    """The MLflow signature of a functional Keras model: one tensor per named input and output, batch dimension
+    free (-1). MLflow shows it with the model and checks a pyfunc caller's inputs against it; None for a model
+    whose inputs are not defined (a subclassed model not yet called)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    try:
+        inputs, outputs = keras_model.inputs, keras_model.outputs
+    except AttributeError:
+        return None
+    if not inputs or not outputs:
+        return None
+
+    def spec(tensors: Sequence[Any], named: bool) -> Schema:
+        return Schema([TensorSpec(np.dtype(t.dtype), (-1, *(-1 if d is None else d for d in t.shape[1:])),
+                                  t.name if named else None) for t in tensors])
+
+    # Several tensors are fed and read by name; a single one as a plain array (its Keras name is often generated).
+    return ModelSignature(inputs=spec(inputs, named=len(inputs) > 1), outputs=spec(outputs, named=len(outputs) > 1))
+
+
 class ChampionInfo(BaseModel):
     """The model version behind the ``champion`` alias, with what it was trained on."""
 
@@ -206,7 +229,7 @@ class Registry:
         """Log the model with the keras flavour under ``run_id``; returns its ``models:/m-...`` URI.
 
         The fitted preprocessing goes into the model's MLmodel metadata and into the run as
-        ``preprocessing.json``.
+        ``preprocessing.json``; the model's input and output tensors are its signature (``model_signature``).
         """
         import mlflow
 
@@ -220,7 +243,7 @@ class Registry:
             mlflow.start_run(run_id=run_id)
         try:
             info = mlflow.keras.log_model(keras_model, name=MODEL_ARTIFACT, pip_requirements=_pip_requirements(),
-                                          metadata={"preprocessing": fitted})
+                                          signature=model_signature(keras_model), metadata={"preprocessing": fitted})
         finally:
             if resume:
                 mlflow.end_run()
@@ -318,13 +341,15 @@ class Registry:
         )
 
     def load_model(self, version_or_uri: int | str) -> keras.Model:
-        """Load a registered version (int) or any model URI (``models:/...``, ``runs:/...``) as a Keras model."""
+        """Load a registered version (int) or any model URI (``models:/...``, ``runs:/...``) as a Keras model for
+        predictions, as the scorer loads it: ``safe_mode`` (no deserialised code) and not compiled (a served model
+        is never trained again; compiling it rebuilt an optimizer the saved state did not match, and Keras warned)."""
         import mlflow
 
         uri = f"models:/{self.name}/{version_or_uri}" if isinstance(version_or_uri, int) else version_or_uri
         self.client()
         self._use_fluent()
-        model = mlflow.keras.load_model(uri)
+        model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True, "compile": False})
         log.info("loaded %s", uri)
         return model
 

@@ -70,7 +70,7 @@ class ScorerSettings(TopicNames, KafkaClientSettings):
     max_model_bytes: int = Field(64 * 1024 * 1024, ge=1,
                                  description="Largest uncompressed .keras archive accepted (zip-bomb guard).")
     model_load_timeout_s: float = Field(120.0, gt=0, description="Refuse a model whose load or canary run "
-                                        "takes longer (the first load includes the TensorFlow import).")
+                                        "takes longer (a load right after start also waits for the TensorFlow import).")
     canary_rows: int = Field(64, ge=1, description="Rows of the synthetic warm-up batch a model must pass.")
     liveness_timeout_s: float = Field(60.0, gt=0, description="/healthz fails when the loop stalls this long.")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Give up on an unacknowledged record, a commit or "

@@ -160,7 +160,11 @@ def _serve(conn: Connection) -> None:
     # thread per core) took every core from scoring and the broker for the length of a load.
     for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    from ml.keras_models import from_bytes  # TensorFlow is imported here, in the child only
+    # TensorFlow is imported now, in the child only, while the scorer starts: not by the first model's load,
+    # which would then wait seconds for it (``ml.keras_models`` imports Keras lazily).
+    import keras  # noqa: F401
+
+    from ml.keras_models import from_bytes
 
     while True:
         try:
@@ -182,8 +186,8 @@ def _serve(conn: Connection) -> None:
 class ModelLoader:
     """The parent's handle on the loader child.
 
-    Not thread-safe: the model watcher thread is its only user. ``timeout_s`` bounds each request; the
-    first one includes the child's TensorFlow import (seconds).
+    Not thread-safe: the model watcher thread is its only user. ``timeout_s`` bounds each request; one sent
+    right after the child starts also waits for its TensorFlow import (seconds).
     """
 
     def __init__(self, timeout_s: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -177,6 +178,26 @@ def test_a_child_that_does_not_answer_in_time_is_replaced(fitted, artifact, poli
         assert slow._process.poll() is None  # a fresh child took its place
     finally:
         slow.close()
+
+
+def _has_tensorflow(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "libtensorflow" in maps.read()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux /proc")
+def test_the_child_imports_tensorflow_at_start_not_on_the_first_model():
+    """The import (seconds) overlaps the scorer's start instead of delaying the first model to go live."""
+    idle = ModelLoader(timeout_s=120)
+    idle.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not _has_tensorflow(idle._process.pid):  # no request is ever sent
+            assert idle._process.poll() is None, "the child exited"
+            assert time.monotonic() < deadline, "no TensorFlow in the idle child after 120 s"
+            time.sleep(0.2)
+    finally:
+        idle.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
