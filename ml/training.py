@@ -95,6 +95,25 @@ def _shared(data: Any) -> Any:
     return data
 
 
+def ops_on_their_callers_thread() -> bool:
+    """Have TensorFlow run each op on the thread that calls it (no intra-op pool), unless the environment sets
+    ``TF_NUM_INTRAOP_THREADS``; False when TensorFlow already runs in this process (the pool is fixed then).
+
+    The pool split a small network's ops across every core: fits side by side contended for the cores the
+    other was using, and took longer (docs/performance.md). Without it, an op's arithmetic no longer depends on
+    the machine's number of cores, so a seed trains the same model on any of them.
+    """
+    import tensorflow as tf
+
+    if "TF_NUM_INTRAOP_THREADS" in os.environ:
+        return False
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow has started: its pool stays as it is
+        return tf.config.threading.get_intra_op_parallelism_threads() == 1
+    return True
+
+
 def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: int, batch_size: int,
         validation: tuple[Any, Any] | None = None, patience: int = PATIENCE
         ) -> tuple[keras.Model, dict[str, list[float]], int]:
@@ -107,10 +126,11 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
     (x, y) pair of either kind. With ``validation``, training stops once the validation loss has not improved
     for ``patience`` epochs and the best epoch's weights are restored; without, it runs ``epochs`` epochs (the
     last is the best). Raises ValueError on a dataset given with labels. Safe to call from several threads at once
-    (``side_by_side``).
+    (``side_by_side``). Each TensorFlow op runs on the fit's own thread (``ops_on_their_callers_thread``).
     """
     import keras
 
+    ops_on_their_callers_thread()  # before the first tensor: the process's first fit starts TensorFlow
     if isinstance(x, keras.utils.PyDataset):
         if y is not None:
             raise ValueError("a PyDataset yields its own labels: y must be None")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -62,3 +65,45 @@ def test_fits_side_by_side_equal_fits_one_after_another():
         for a, t in zip(weights_a, weights_t, strict=True):
             np.testing.assert_array_equal(a, t)
     assert not all(np.array_equal(a, b) for a, b in zip(alone[0][0], alone[1][0], strict=True))
+
+
+
+_TRAIN_A_MONTH = """
+import hashlib, os
+from ml.settings import LoopSettings
+from use_cases.flight_delay import training
+from use_cases.flight_delay.source import load_completed
+result = training.train(load_completed((1, 1), limit=12_000),
+                        LoopSettings(use_case="flight_delay", epochs=1, min_training_rows=1_000))
+weights = b"".join(w.tobytes() for w in result.model.get_weights())
+print(len(os.sched_getaffinity(0)), hashlib.sha256(weights).hexdigest())
+"""
+
+
+def _python(code: str, env: dict[str, str] | None = None, cpus: set[int] | None = None) -> list[str]:
+    """The words ``code`` prints in a fresh process (on ``cpus`` only, if given), ``TF_NUM_INTRAOP_THREADS`` unset
+    unless ``env`` sets it."""
+    clean = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**clean, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+                          preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+                          check=True).stdout.split()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs to pin processes to")
+def test_a_seed_trains_the_same_model_on_one_core_or_two():
+    """TensorFlow's intra-op pool (one thread per core) splits an op's arithmetic by the number of cores: the
+    same seed trained another model on two cores than on one. A fit runs each op on its caller's thread."""
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    one, two = _python(_TRAIN_A_MONTH, cpus={first}), _python(_TRAIN_A_MONTH, cpus={first, second})
+    assert (one[0], two[0]) == ("1", "2")
+    assert one[1] == two[1]
+
+
+def test_a_fresh_process_fits_with_ops_on_their_callers_thread_unless_the_environment_says():
+    probe = ("import tensorflow as tf; from ml.training import ops_on_their_callers_thread as f; "
+             "print(f(), tf.config.threading.get_intra_op_parallelism_threads())")
+    assert _python(probe) == ["True", "1"]
+    assert _python(probe, {"TF_NUM_INTRAOP_THREADS": "2"}) == ["False", "0"]  # the user's setting stands
