@@ -102,6 +102,7 @@ def test_a_seed_trains_the_same_model_on_one_core_or_two():
     assert one[1] == two[1]
 
 
+@pytest.mark.slow
 def test_a_fresh_process_fits_with_ops_on_their_callers_thread_unless_the_environment_says():
     probe = ("import tensorflow as tf; from ml.training import ops_on_their_callers_thread as f; "
              "print(f(), tf.config.threading.get_intra_op_parallelism_threads())")
