@@ -67,7 +67,6 @@ def test_fits_side_by_side_equal_fits_one_after_another():
     assert not all(np.array_equal(a, b) for a, b in zip(alone[0][0], alone[1][0], strict=True))
 
 
-
 _TRAIN_A_MONTH = """
 import hashlib, os
 from ml.settings import LoopSettings
