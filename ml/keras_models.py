@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     import keras
 
 PREDICT_BATCH = 16384
+# How a model is loaded to predict, wherever it is loaded (the scorer, the gate, the monitor): no deserialised code,
+# and not compiled (a served model is never trained again; compiling rebuilt an optimizer the saved one did not match).
+LOAD_OPTIONS = {"safe_mode": True, "compile": False}
 
 
 def to_bytes(model: keras.Model) -> bytes:
@@ -32,7 +35,7 @@ def from_bytes(data: bytes) -> keras.Model:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as fh:
             fh.write(data)
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        return keras.saving.load_model(path, **LOAD_OPTIONS)
 
 
 def predict(model: keras.Model, inputs: dict[str, np.ndarray] | np.ndarray, batch: int = PREDICT_BATCH

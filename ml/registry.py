@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from ml.errors import LoopError, RegistryUnavailable
+from ml.keras_models import LOAD_OPTIONS
 from ml.settings import LoopSettings
 
 if TYPE_CHECKING:
@@ -342,14 +343,13 @@ class Registry:
 
     def load_model(self, version_or_uri: int | str) -> keras.Model:
         """Load a registered version (int) or any model URI (``models:/...``, ``runs:/...``) as a Keras model for
-        predictions, as the scorer loads it: ``safe_mode`` (no deserialised code) and not compiled (a served model
-        is never trained again; compiling it rebuilt an optimizer the saved state did not match, and Keras warned)."""
+        predictions, as the scorer loads it (``keras_models.LOAD_OPTIONS``)."""
         import mlflow
 
         uri = f"models:/{self.name}/{version_or_uri}" if isinstance(version_or_uri, int) else version_or_uri
         self.client()
         self._use_fluent()
-        model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True, "compile": False})
+        model = mlflow.keras.load_model(uri, load_model_kwargs=dict(LOAD_OPTIONS))
         log.info("loaded %s", uri)
         return model
 
