@@ -231,7 +231,17 @@ class ModelWatcher(threading.Thread):
                     self._retire(msg)
         finally:
             consumer.close()
-            self._producer.flush(10)
+            self._close_producer()
+
+    def _close_producer(self) -> None:
+        """Deliver the status records still queued (up to 10 s), drop the rest, and release the producer, so a
+        stopped watcher leaves no client retrying a broker."""
+        left = self._producer.flush(10)
+        if left:
+            log.warning("%d status record(s) for %s not delivered before stopping: dropped", left,
+                        self.settings.status_topic)
+            self._producer.purge()
+        self._producer.close()
 
     def _wait_for_topic(self, consumer: Consumer) -> list[int] | None:
         """The partitions of the models topic, waiting for it to be created; None if stopped first."""

@@ -255,5 +255,12 @@ class Sink:
         return [self._unsettled.popleft()]
 
     def close(self) -> None:
-        if not self.transactional:
-            self.producer.flush(self.settings.delivery_timeout_s)
+        """Deliver what is queued (within the delivery timeout; a record that fails is reported to its batch), then
+        release the producer: its threads and connections end now, not whenever the object is collected, so a
+        stopped scorer leaves no client retrying a broker. The exactly_once producer is left to be collected:
+        librdkafka's close aborts an open transaction with no time limit, and the one a failed batch left open
+        is the broker's to abort (``transaction.timeout.ms``)."""
+        if self.transactional:
+            return
+        self.producer.flush(self.settings.delivery_timeout_s)
+        self.producer.close()

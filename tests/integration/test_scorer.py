@@ -299,6 +299,34 @@ def test_no_model_consumes_nothing_then_first_model_scores_every_input_once(
     running.stop()
 
 
+def _kafka_client_threads() -> int:
+    """librdkafka's threads in this process: every client runs a few, each named ``rdk:...``."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            count += Path(f"/proc/self/task/{task}/comm").read_text().startswith("rdk:")
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return count
+
+
+def test_a_stopped_scorer_leaves_no_kafka_client_running(settings, events, contract, artifacts):
+    """Stopping releases every Kafka client of the scorer at once (its consumers, the sink's producer, the model
+    watcher's), while the scorer object is still referenced: none is left retrying a broker that may go away."""
+    s = settings
+    publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
+    produce(s, s.input_topic, events[:500])
+    gc.collect()
+    before = _kafka_client_threads()
+    running = Running(s)
+    wait_for(lambda: running.scorer.ready()[0], 120, "scorer ready")
+    wait_for(lambda: running.metric("scorer_predictions_out_total") == 500, 60, "every event scored")
+    assert _kafka_client_threads() > before
+    running.stop()
+    gc.collect()
+    assert _kafka_client_threads() == before
+
+
 @pytest.mark.slow
 def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, scorers, events, contract, artifacts):
     s = settings
