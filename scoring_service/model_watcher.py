@@ -55,6 +55,8 @@ STATUS_SHADOW = "shadow"
 STATUS_RETIRED = "retired"
 TOPIC_WAIT_LOG_S = 30.0
 REGISTRY_RETRY_S = 2.0
+STATUS_DELIVERY_S = 10.0  # how long a status record may take to be acknowledged before it is reported lost
+
 
 @dataclass(frozen=True)
 class EnvelopeAt:
@@ -234,9 +236,9 @@ class ModelWatcher(threading.Thread):
             self._close_producer()
 
     def _close_producer(self) -> None:
-        """Deliver the status records still queued (up to 10 s), drop the rest, and release the producer, so a
-        stopped watcher leaves no client retrying a broker."""
-        left = self._producer.flush(10)
+        """Deliver the status records still queued (up to ``STATUS_DELIVERY_S``), drop the rest, and release the
+        producer, so a stopped watcher leaves no client retrying a broker."""
+        left = self._producer.flush(STATUS_DELIVERY_S)
         if left:
             log.warning("%d status record(s) for %s not delivered before stopping: dropped", left,
                         self.settings.status_topic)
@@ -437,7 +439,7 @@ class ModelWatcher(threading.Thread):
         errors: list[KafkaError] = []
         self._producer.produce(self.settings.status_topic, key=self.settings.model_name.encode(),
                                value=value, on_delivery=lambda err, _msg: err and errors.append(err))
-        if self._producer.flush(10) or errors:
+        if self._producer.flush(STATUS_DELIVERY_S) or errors:
             log.error("status record %s v%s not delivered to %s: %s", status, version,
                       self.settings.status_topic, errors or "flush timed out")
 
