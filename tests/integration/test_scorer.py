@@ -311,8 +311,9 @@ def _kafka_client_threads() -> int:
 
 
 def test_a_stopped_scorer_leaves_no_kafka_client_running(settings, events, contract, artifacts):
-    """Stopping releases every Kafka client of the scorer at once (its consumers, the sink's producer, the model
-    watcher's), while the scorer object is still referenced: none is left retrying a broker that may go away."""
+    """Stopping releases every Kafka client of an at_least_once scorer at once (its consumers, the sink's producer,
+    the model watcher's), while the scorer object is still referenced: none is left retrying a broker that may go
+    away. (An exactly_once sink's producer is left to be collected: ``Sink.close`` says why.)"""
     s = settings
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     produce(s, s.input_topic, events[:500])
