@@ -56,9 +56,8 @@ def measure(variant: str, epochs: int) -> dict[str, float]:
     keras.utils.set_random_seed(7)
     model = model_lib.build(fitted)
     if variant in ("no_metric", "xla"):
-        model.compile(optimizer=keras.optimizers.Adam(model_lib.LEARNING_RATE), loss="binary_crossentropy",
-                      metrics=[] if variant == "no_metric" else [keras.metrics.AUC(name="auc")],
-                      steps_per_execution=model_lib.STEPS_PER_EXECUTION, jit_compile=variant == "xla")
+        model_lib._compile(model, model_lib.STEPS_PER_EXECUTION, auc=variant != "no_metric",
+                           jit_compile=True if variant == "xla" else "auto")
     if variant == "prebatched":
         data = {"x": tf.data.Dataset.from_tensor_slices((x, y)).batch(training.BATCH_SIZE).cache()}
     else:

@@ -194,7 +194,7 @@ class ModelWatcher(threading.Thread):
             # The topic is idle almost always: a short long-poll bounds how late a new version is seen.
             "fetch.wait.max.ms": 100,
         }))
-        self._producer = Producer(self.settings.kafka_config({"acks": "all", "enable.idempotence": True}))
+        self._producer = self._status_producer()
         self._consumer = consumer
         try:
             partitions = self._wait_for_topic(consumer)
@@ -234,6 +234,10 @@ class ModelWatcher(threading.Thread):
         finally:
             consumer.close()
             self._close_producer()
+
+    def _status_producer(self) -> Producer:
+        """The producer of the status records: acknowledged by every in-sync replica, without duplicates."""
+        return Producer(self.settings.kafka_config({"acks": "all", "enable.idempotence": True}))
 
     def _close_producer(self) -> None:
         """Deliver the status records still queued (up to ``STATUS_DELIVERY_S``), drop the rest, and release the

@@ -102,8 +102,12 @@ class Sink:
         self._to_commit: dict[tuple[str, int], int] = {}
         self._unconfirmed: dict[tuple[str, int], int] = {}  # sent in an asynchronous commit, not confirmed yet
         self._committed_at = time.monotonic()
+        # exactly_once: True while no transaction is open or in doubt, the last transactional call having returned
+        # (init, commit, abort). Only then does ``close`` release the producer (it would abort an open one).
+        self._between_transactions = False
         if self.transactional:
             self.producer.init_transactions(settings.delivery_timeout_s)
+            self._between_transactions = True
 
     def send(self, records: Sequence[Record], offsets: list[TopicPartition], consumer: Consumer) -> InFlight:
         """Produce ``records`` (in a new transaction that also holds ``offsets``, in exactly_once mode, which
@@ -114,6 +118,7 @@ class Sink:
             self._produce(records, batch.on_delivery)
             self._unsettled.append(batch)
             return batch
+        self._between_transactions = False  # from here until a commit or an abort returns
         try:
             self.producer.begin_transaction()
             self._produce(records)
@@ -226,6 +231,7 @@ class Sink:
         for attempt in range(1, attempts + 1):
             try:
                 self.producer.abort_transaction(self.settings.delivery_timeout_s)
+                self._between_transactions = True
                 return
             except KafkaException as e:
                 if not e.args[0].retriable() or attempt == attempts:
@@ -246,6 +252,7 @@ class Sink:
         for attempt in range(1, attempts + 1):
             try:
                 self.producer.commit_transaction(self.settings.delivery_timeout_s)
+                self._between_transactions = True
                 break
             except KafkaException as e:
                 if not e.args[0].retriable() or attempt == attempts:
@@ -257,10 +264,11 @@ class Sink:
     def close(self) -> None:
         """Deliver what is queued (within the delivery timeout; a record that fails is reported to its batch), then
         release the producer: its threads and connections end now, not whenever the object is collected, so a
-        stopped scorer leaves no client retrying a broker. The exactly_once producer is left to be collected:
-        librdkafka's close aborts an open transaction with no time limit, and the one a failed batch left open
-        is the broker's to abort (``transaction.timeout.ms``)."""
-        if self.transactional:
+        stopped scorer leaves no client retrying a broker. An exactly_once producer is released only between
+        transactions: librdkafka's close aborts an open transaction with no time limit (and a call stuck inside
+        librdkafka may still hold it), so a transaction a failed batch left open stays the broker's to abort
+        (``transaction.timeout.ms``), and that producer is left to be collected."""
+        if self.transactional and not self._between_transactions:
             return
         self.producer.flush(self.settings.delivery_timeout_s)
         self.producer.close()

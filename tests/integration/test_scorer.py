@@ -310,11 +310,12 @@ def _kafka_client_threads() -> int:
     return count
 
 
-def test_a_stopped_scorer_leaves_no_kafka_client_running(settings, events, contract, artifacts):
-    """Stopping releases every Kafka client of an at_least_once scorer at once (its consumers, the sink's producer,
-    the model watcher's), while the scorer object is still referenced: none is left retrying a broker that may go
-    away. (An exactly_once sink's producer is left to be collected: ``Sink.close`` says why.)"""
-    s = settings
+@pytest.mark.parametrize("mode", ["at_least_once", "exactly_once"])
+def test_a_stopped_scorer_leaves_no_kafka_client_running(settings, events, contract, artifacts, mode):
+    """Stopping releases every Kafka client of a scorer at once (its consumers, the sink's producer, the model
+    watcher's), while the scorer object is still referenced: none is left retrying a broker that may go away. An
+    exactly_once scorer that stops cleanly has no transaction open, so its producer is released too."""
+    s = settings.model_copy(update={"delivery_mode": mode})
     publish(loop_settings(s), envelope(1, artifacts["a"], contract.to_dict()))
     produce(s, s.input_topic, events[:500])
     gc.collect()
@@ -935,6 +936,46 @@ def test_a_frozen_broker_costs_the_at_least_once_sink_no_cpu_and_no_record(priva
     sink.producer.flush(30)
     assert all(b.unacknowledged == 0 and not b.errors for b in sent)
     sink.close()
+
+
+def test_an_exactly_once_sink_closes_between_transactions_and_leaves_an_open_one_to_the_broker(private_broker):
+    """Against a frozen broker (SIGSTOP), closing an exactly_once sink whose last transaction committed releases its
+    producer at once; closing one with a transaction open returns at once too, leaving that producer (its close
+    would wait for the broker to abort the transaction) and the transaction to the broker."""
+    bootstrap = private_broker.bootstrap_servers
+    topic = f"pred-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+        fut.result(30)
+    records = [(topic, str(i).encode(), b"x" * 200) for i in range(30)]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}"})
+    consumer.subscribe([topic])
+    consumer.poll(1)
+    gc.collect()
+    before = _kafka_client_threads()
+    settled, still_open = (Sink(ScorerSettings(use_case="flight_delay", kafka_bootstrap_servers=bootstrap, http_port=0,
+                                               delivery_mode="exactly_once", group_id=f"g-{topic}", replica_name=name))
+                           for name in ("settled", "open"))
+    settled.send(records, [TopicPartition(topic, 0, 30)], consumer)
+    assert len(settled.settle(consumer)) == 1
+    still_open.send(records, [TopicPartition(topic, 0, 60)], consumer)
+    sinks = [settled, still_open]
+    one_producer = (_kafka_client_threads() - before) // 2
+    pid = broker.Broker(private_broker).running_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        closing = [threading.Thread(target=sink.close) for sink in sinks]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in closing), "close waited for a frozen broker"
+        assert _kafka_client_threads() - before == one_producer, "only the open transaction's producer is left"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    still_open.producer.abort_transaction(30)
+    still_open.producer.close()
+    consumer.close()
 
 
 def _served(s: ScorerSettings) -> bool:

@@ -39,7 +39,7 @@ def test_the_watcher_drops_its_undelivered_status_records_with_a_warning_and_rel
                               http_port=0, model_trusted_keys_dir=tmp_path)
     w = model_watcher.ModelWatcher(settings, SimpleNamespace(name="flight_delay"), model_watcher.ModelSlot(),
                                    Metrics(), "unit")
-    w._producer = Producer(settings.kafka_config({"acks": "all", "enable.idempotence": True}))
+    w._producer = w._status_producer()
     w._producer.produce(settings.status_topic, b"status")
     with caplog.at_level("WARNING", logger="scoring_service.model_watcher"):
         w._close_producer()

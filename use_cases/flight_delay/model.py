@@ -54,9 +54,12 @@ def _member(fitted: FlightPreprocessing, inputs: list[keras.KerasTensor], suffix
     return keras.layers.Dense(1, activation="sigmoid", name=f"{OUTPUT}{suffix}")(x)
 
 
-def _compile(model: keras.Model, steps_per_execution: int = 1) -> keras.Model:
+def _compile(model: keras.Model, steps_per_execution: int = 1, *, auc: bool = True,
+             jit_compile: bool | str = "auto") -> keras.Model:
+    """Compile ``model`` as every flight model is (``benchmarks/member_epoch.py`` varies the metric and XLA)."""
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=steps_per_execution)
+                  metrics=[keras.metrics.AUC(name="auc")] if auc else [], steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
     return model
 
 
