@@ -236,7 +236,7 @@ def main() -> None:
             predictions = read_all(s, s.output_topic, lambda out: len(out) >= len(events),
                                    timeout=120)
             status = read_all(s, s.status_topic, lambda out: len(out) >= 3, timeout=60)
-    sent = {(int(p), int(o)): int(by_offset[p, o]) for p, o in zip(*np.nonzero(by_offset))}
+    sent = {(int(p), int(o)): int(by_offset[p, o]) for p, o in zip(*np.nonzero(by_offset), strict=True)}
     positions = Counter((p["source_partition"], p["source_offset"]) for p, _ in predictions)
     latency = [ts - sent[(p["source_partition"], p["source_offset"])] for p, ts in predictions
                if sent.get((p["source_partition"], p["source_offset"]), 0) >= measured_from]

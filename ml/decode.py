@@ -185,7 +185,8 @@ class ContractDecoder:
         tuples = map(msgspec.structs.astuple, rows) if not self.ignore else \
             (msgspec.structs.astuple(r)[:n] for r in rows)
         try:
-            columns = [pa.array(column, typ) for column, typ in zip(zip(*tuples), self._parse_types, strict=True)]
+            columns = [pa.array(column, typ)
+                       for column, typ in zip(zip(*tuples, strict=True), self._parse_types, strict=True)]
         except (pa.ArrowException, OverflowError):
             return None
         table = self._typed(columns)

@@ -6,8 +6,8 @@ model's config (layers in topological order, each with the tensors it reads) int
 ``ForwardPlan`` (configs and weight arrays), which the model loader process hands to the scorer;
 ``NumpyForward.from_plan`` turns it into one numpy function per layer. Only Dense, Embedding, Concatenate and
 Dropout layers are supported (what the use cases' models are built of); any other layer refuses the model
-(``UnsupportedModel``) rather than being approximated. The watcher checks each new model's pass against Keras itself on the canary batch
-before it may serve.
+(``UnsupportedModel``) rather than being approximated. The watcher checks each new model's pass against Keras itself
+on the canary batch before it may serve.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each candidate is one MLflow run holding its params, metrics, the gate's decision record and the snapshot
 manifests it was trained on (exact topic/partition offset ranges), plus one Keras model logged with the keras
-flavour and its fitted preprocessing. Registered versions of ``settings.model_name`` are promoted by moving the ``champion`` alias.
+flavour and its fitted preprocessing. Registered versions of ``settings.model_name`` are promoted by moving the
+``champion`` alias.
 
 Nothing happens at import: the tracking URI is passed to ``MlflowClient`` and set globally only inside the
 functions that need MLflow's fluent API (logging and loading a model).

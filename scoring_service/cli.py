@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from scoring_service.config import ScorerSettings
 
 ENV_ONLY = frozenset({"kafka_client_properties"})
-JSON_FLAGS = frozenset(name for name, f in ScorerSettings.model_fields.items() if typing.get_origin(f.annotation) is dict)
+JSON_FLAGS = frozenset(name for name, f in ScorerSettings.model_fields.items()
+                       if typing.get_origin(f.annotation) is dict)
 
 
 def _flag_type(annotation: object) -> type:

@@ -63,11 +63,11 @@ def run(
         demo_run.run(demo, _say, hold=_hold if hold else None)
     except KeyboardInterrupt:
         _say("interrupted: everything the demo started is stopped")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except Exception as exc:  # every failure ends the same way: stopped services and the reason
         logging.getLogger(__name__).debug("demo failed", exc_info=True)
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -81,7 +81,7 @@ def report(report_dir: Path = typer.Option(None, help="Report folder holding the
         previous = json.loads((demo.report_dir / demo_report.SUMMARY).read_text())
     except FileNotFoundError:
         typer.secho(f"error: no {demo_report.SUMMARY} in {demo.report_dir}: run the demo first", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     summary = demo_report.build(demo.loop_settings(), previous["runs"], demo.report_dir,
                                 wall_seconds=previous.get("wall_seconds"))
     _say(f"report rebuilt in {demo.report_dir}: loop beat frozen in months {summary['loop_beat_frozen_months']}")

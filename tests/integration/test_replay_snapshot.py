@@ -4,6 +4,7 @@ rejected records, empty snapshots and an unreachable broker."""
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import shutil
 import time
@@ -118,7 +119,7 @@ def test_consecutive_snapshots_read_every_offset_exactly_once(settings, flights)
         manifests.append(take_snapshot(settings, topic, FlightCompleted))
     assert [m.row_count for m in manifests] == [500, 700, 800]
     assert [m.sequence for m in manifests] == [1, 2, 3]
-    for before, after in zip(manifests, manifests[1:]):
+    for before, after in itertools.pairwise(manifests):
         assert {p.partition: p.start for p in after.partitions} == before.end_offsets
     assert manifests[-1].end_offsets == {p: high for p, (_, high) in partition_offsets(settings, topic).items()}
     assert list_manifests(settings, topic) == manifests
@@ -128,7 +129,8 @@ def test_consecutive_snapshots_read_every_offset_exactly_once(settings, flights)
     assert len(frame) == 2000 and frame["flight_id"].is_unique
     assert set(frame["flight_id"]) == set(flights["flight_id"])
     assert manifests[0].event_time_min == frame["arr_utc"].iloc[:500].min()
-    later, chosen = load_snapshots(settings, topic, FlightCompleted, [manifests[2].snapshot_id, manifests[1].snapshot_id])
+    later, chosen = load_snapshots(settings, topic, FlightCompleted,
+                                   [manifests[2].snapshot_id, manifests[1].snapshot_id])
     assert chosen == [manifests[2], manifests[1]] and len(later) == 1500
     with pytest.raises(LoopError, match="no-such-id"):
         load_snapshots(settings, topic, FlightCompleted, ["no-such-id"])
@@ -183,7 +185,7 @@ def test_malformed_records_are_counted_and_written_aside(settings, flights):
     ensure_topics(settings)
     topic = settings.topic(COMPLETED)
     good = build_stream(settings, flights.head(50))
-    completed = [(k, v) for t, k, v in zip(good.topics, good.keys, good.values) if t == topic]
+    completed = [(k, v) for t, k, v in zip(good.topics, good.keys, good.values, strict=True) if t == topic]
     wrong_type = orjson.loads(completed[0][1]) | {"year": "2013"}
     out_of_range = orjson.loads(completed[1][1]) | {"month": 13}
     missing = {k: v for k, v in orjson.loads(completed[2][1]).items() if k != "arr_utc"}
@@ -217,7 +219,7 @@ def test_aborted_transactions_are_not_snapshot(settings, flights):
     topic = settings.topic(COMPLETED)
     stream = build_stream(settings, flights.head(20))
     head = Framing(settings).header(topic)
-    values = [(k, head + v) for t, k, v in zip(stream.topics, stream.keys, stream.values) if t == topic]
+    values = [(k, head + v) for t, k, v in zip(stream.topics, stream.keys, stream.values, strict=True) if t == topic]
     p = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "transactional.id": uuid.uuid4().hex})
     p.init_transactions(30)
     for commit, chunk in ((True, values[:10]), (False, values[10:])):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gc
 import io
+import itertools
 import json
 import os
 import re
@@ -353,7 +354,7 @@ def test_hot_swap_under_steady_load_loses_and_duplicates_nothing(settings, score
     for partition in range(3):
         versions = [p["model_version"] for p in sorted(predictions, key=lambda p: p["source_offset"])
                     if p["source_partition"] == partition]
-        switches = sum(a != b for a, b in zip(versions, versions[1:]))
+        switches = sum(a != b for a, b in itertools.pairwise(versions))
         assert versions[0] == 1 and versions[-1] == 2 and switches == 1, (partition, Counter(versions))
     # One version per batch: predictions of one batch share scored_at; no batch mixes versions.
     versions_per_batch = {}

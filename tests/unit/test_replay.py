@@ -47,7 +47,7 @@ def _expected(row: pd.Series, contract: type) -> dict:
 
 def test_values_are_the_contract_fields_in_order_with_iso_utc_times_and_nulls(flights, stream):
     by_key = {}
-    for topic, key, value in zip(stream.topics, stream.keys, stream.values):
+    for topic, key, value in zip(stream.topics, stream.keys, stream.values, strict=True):
         by_key[(topic, key)] = value
     for _, row in flights.iterrows():
         sched = orjson.loads(by_key[("sched", row["flight_id"])])
@@ -60,7 +60,7 @@ def test_values_are_the_contract_fields_in_order_with_iso_utc_times_and_nulls(fl
 
 def test_every_value_validates_against_its_contract(stream):
     contract = {"sched": contracts.FlightScheduled, "done": contracts.FlightCompleted}
-    for topic, value in zip(stream.topics, stream.values):
+    for topic, value in zip(stream.topics, stream.values, strict=True):
         contract[topic].model_validate_json(value, strict=True)
 
 
@@ -68,11 +68,11 @@ def test_stream_is_in_event_time_order_with_both_events_of_every_flight(flights,
     assert len(stream.values) == 2 * len(flights)
     assert stream.topics.count("sched") == stream.topics.count("done") == len(flights)
     assert np.all(np.diff(stream.timestamps) >= 0)
-    for topic, value, ts in zip(stream.topics[:200], stream.values[:200], stream.timestamps[:200]):
+    for topic, value, ts in zip(stream.topics[:200], stream.values[:200], stream.timestamps[:200], strict=True):
         column = "sched_dep_utc" if topic == "sched" else "arr_utc"
         assert pd.Timestamp(orjson.loads(value)[column]).value // 1_000_000 == ts
     first_seen: dict[str, str] = {}
-    for topic, key in zip(stream.topics, stream.keys):
+    for topic, key in zip(stream.topics, stream.keys, strict=True):
         first_seen.setdefault(key, topic)
     assert set(first_seen.values()) == {"sched"}  # a flight is scheduled before it completes
 

@@ -101,6 +101,6 @@ def test_a_heartbeat_longer_than_a_third_of_the_session_is_refused(console_scrip
     with pytest.raises(ValidationError, match="heartbeat_interval_ms"):
         ScorerSettings(use_case="flight_delay", session_timeout_ms=6000, heartbeat_interval_ms=3000)
     off = subprocess.run([console_script, "--use-case", "flight_delay", "--no-static-membership",
-                          "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "5000"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "COLUMNS": "250"})
+                          "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "5000"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
     assert off.returncode == 2 and "heartbeat_interval_ms" in off.stderr

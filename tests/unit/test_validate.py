@@ -80,7 +80,8 @@ def test_psi_is_zero_for_identical_samples_and_grows_with_the_shift():
 
 @slow
 def test_suite_bounds_come_from_the_contract_field_metadata():
-    expectations = {(e.expectation_type, getattr(e, "column", None)): e for e in validate.contract_expectations(FlightCompleted)}
+    expectations = {(e.expectation_type, getattr(e, "column", None)): e
+                    for e in validate.contract_expectations(FlightCompleted)}
     distance = expectations[("expect_column_values_to_be_between", "distance")]
     assert (distance.min_value, distance.strict_min, distance.max_value, distance.strict_max) == (0, True, 6000, False)
     dep_delay = expectations[("expect_column_values_to_be_between", "dep_delay")]  # Annotated alias, optional
@@ -101,7 +102,8 @@ def test_real_flights_pass_and_every_run_writes_docs_and_report(flights, setting
     assert report.success is True
     assert report.rows == 5000 and report.reference_rows == 5000 and report.rejected == 0
     assert [r.describe() for r in report.failures()] == []
-    assert set(report.drift) == {*flight_validation.NUMERIC_DRIFT_FEATURES, *flight_validation.CATEGORICAL_DRIFT_FEATURES}
+    assert set(report.drift) == {*flight_validation.NUMERIC_DRIFT_FEATURES,
+                                 *flight_validation.CATEGORICAL_DRIFT_FEATURES}
     assert max(report.drift.values()) < 0.05 and report.warnings == []
     docs = _docs_dir(settings, "manual__2026-11-24T08_00_00_00_00")
     assert report.data_docs_path == str(docs / "index.html")

@@ -57,8 +57,8 @@ def loop(
 ) -> None:
     """Replay month by month and retrain after each month; one line per month.
 
-    Run ids are ``monthly-2013-MM``. Months whose run already has a snapshot are not replayed again, so a second call only repeats the
-    (reused) outcomes.
+    Run ids are ``monthly-2013-MM``. Months whose run already has a snapshot are not replayed again, so a second call
+    only repeats the (reused) outcomes.
     """
     from ml import snapshot
     from ml.pipeline import retrain, snapshot_id_for

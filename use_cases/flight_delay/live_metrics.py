@@ -40,7 +40,7 @@ def metrics_by(labelled: pd.DataFrame, keys: str | Sequence[str], probability: s
     keys = [keys] if isinstance(keys, str) else list(keys)
     rows = []
     for key, group in labelled.groupby(keys, sort=True):
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         y, p = group["delayed"].to_numpy(dtype="int64"), group[probability].to_numpy(dtype="float64")
         try:
             m = metrics(y, p)

@@ -35,7 +35,7 @@ def load_completed(months: tuple[int, int] = (1, 12), limit: int | None = None) 
     date = pd.to_datetime(dict(year=f["year"], month=f["month"], day=f["day"]))
     f["sched_dep_utc"] = _local_to_utc(date, f["sched_dep_time"], ORIGIN_TZ)
 
-    tz_of = dict(zip(airports["faa"], airports["tzone"])) | MISSING_TZ
+    tz_of = dict(zip(airports["faa"], airports["tzone"], strict=True)) | MISSING_TZ
     arr = pd.Series(pd.NaT, index=f.index, dtype="datetime64[ns, UTC]")
     for dest, idx in f.groupby("dest").groups.items():
         arr.loc[idx] = _local_to_utc(date.loc[idx], f.loc[idx, "sched_arr_time"], tz_of.get(dest, ORIGIN_TZ))
