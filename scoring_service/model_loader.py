@@ -171,8 +171,6 @@ def _serve(conn: Connection) -> None:
             request = conn.recv()
         except EOFError:  # the scorer went away
             return
-        if request is None:
-            return
         op, payload = request
         try:
             if op != "admit":
@@ -245,20 +243,14 @@ class ModelLoader:
         self.start()
 
     def close(self) -> None:
-        """Stop the child (it is a daemon too: it never outlives the scorer)."""
+        """Stop the child at once. It holds nothing to save (a request is answered whole or not at all), and one still
+        importing TensorFlow (seconds, after its start) would read a polite request to stop only once done."""
         if self._conn is not None:
-            try:
-                self._conn.send(None)
-            except (OSError, ValueError):
-                pass
             self._conn.close()
             self._conn = None
         if self._process is not None:
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+            self._process.kill()
+            self._process.wait()
             self._process = None
 
 

@@ -180,6 +180,17 @@ def test_a_child_that_does_not_answer_in_time_is_replaced(fitted, artifact, poli
         slow.close()
 
 
+def test_closing_ends_a_child_that_cannot_read_a_request_to_stop():
+    """Like one still importing TensorFlow (seconds after its start), here a stopped one (SIGSTOP): it is killed,
+    not asked and waited for."""
+    fresh = ModelLoader(timeout_s=120)
+    fresh.start()
+    child = fresh._process
+    os.kill(child.pid, signal.SIGSTOP)
+    fresh.close()
+    assert child.returncode == -signal.SIGKILL and fresh._process is None
+
+
 def _has_tensorflow(pid: int) -> bool:
     with open(f"/proc/{pid}/maps") as maps:
         return "libtensorflow" in maps.read()
