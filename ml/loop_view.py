@@ -34,7 +34,9 @@ class VersionRow(BaseModel):
     verdict: str | None = None
     reasons: list[str] = []
     intervals: dict[str, Interval] = {}  # the gate's interval of each metric's difference from the champion
+    stage: str = "champion"  # its newest envelope's: champion, or shadow (scored beside the champion, not served)
     live_on: list[str] = []  # scorer ids whose latest status is "live" with this version
+    shadow_on: list[str] = []  # scorer ids running it as their shadow (not retired or promoted since)
     rejected_by: dict[str, str] = {}  # scorer id -> reason
 
 
@@ -101,22 +103,31 @@ def model_versions(settings: LoopSettings, *, with_decisions: bool = True, timeo
         envelopes = read_envelopes(settings, timeout_s=timeout_s)
     except KafkaException as e:  # read_envelopes lets a metadata timeout through unwrapped
         raise BrokerUnavailable(settings.kafka_bootstrap_servers, e) from e
+    # A promoted shadow's version has a shadow envelope and then a champion one: the newest says its stage.
     rows = {e.model_version: VersionRow(model_name=e.model_name, model_version=e.model_version,
                                         created_at=e.created_at.isoformat(), run_id=e.run_id, metrics=e.metrics,
-                                        decision_id=e.decision_id)
+                                        decision_id=e.decision_id, stage=e.stage)
             for e in envelopes if e.model_name == settings.model_name}
-    latest: dict[str, dict[str, Any]] = {}  # scorer id -> its latest live record
+    live: dict[str, Any] = {}  # scorer id -> the version its latest live record names
+    shadow: dict[str, Any] = {}  # scorer id -> the version it runs as its shadow
     for record in read_status(settings, timeout_s=timeout_s):
         if record.get("model_name") != settings.model_name:
             continue
-        row = rows.get(record.get("model_version"))
-        if record.get("status") == "live":
-            latest[str(record.get("scorer_id"))] = record
-        elif record.get("status") == "rejected" and row is not None:
-            row.rejected_by[str(record.get("scorer_id"))] = f"{record.get('reason_kind')}: {record.get('reason')}"
-    for scorer, record in latest.items():
-        if record.get("model_version") in rows:
-            rows[record["model_version"]].live_on.append(scorer)
+        scorer, version, status = str(record.get("scorer_id")), record.get("model_version"), record.get("status")
+        if status == "live":
+            live[scorer] = version
+            if shadow.get(scorer) == version:  # promoted
+                del shadow[scorer]
+        elif status == "shadow":
+            shadow[scorer] = version
+        elif status == "retired" and shadow.get(scorer) == version:
+            del shadow[scorer]
+        elif status == "rejected" and version in rows:
+            rows[version].rejected_by[scorer] = f"{record.get('reason_kind')}: {record.get('reason')}"
+    for on, versions in (("live_on", live), ("shadow_on", shadow)):
+        for scorer, version in versions.items():
+            if version in rows:
+                getattr(rows[version], on).append(scorer)
     if with_decisions and rows:
         from mlflow.exceptions import MlflowException
 

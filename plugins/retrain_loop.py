@@ -154,15 +154,18 @@ def _section(name: str) -> str:
               "margin.</small></p>") if any(r.intervals for r in rows) else ""
     head = "".join(f"<th>{html.escape(m)}</th>" for m in uc.ui_metrics)
     body = "".join(
-        f"<tr><td>v{r.model_version}</td><td>{html.escape(r.created_at[:19])}</td>"
+        f"<tr><td>v{r.model_version}{'<br><small>shadow</small>' if r.stage == 'shadow' else ''}</td>"
+        f"<td>{html.escape(r.created_at[:19])}</td>"
         + "".join(_metric_cell(r.metrics.get(m), r.intervals.get(m)) for m in uc.ui_metrics)
         + f"<td>{html.escape(r.verdict or 'n/a')}<br><small>{html.escape('; '.join(r.reasons))}</small></td>"
         f"<td>{html.escape(', '.join(r.live_on) or '-')}</td>"
+        f"<td>{html.escape(', '.join(r.shadow_on) or '-')}</td>"
         f"<td>{html.escape('; '.join(f'{k}: {v}' for k, v in r.rejected_by.items()) or '-')}</td>"
         f"<td><code>{html.escape(r.run_id)}</code></td></tr>" for r in rows)
     return (f"<section id='{html.escape(name)}'><h2>{html.escape(settings.model_name)}</h2>"
             f"<p>{html.escape(uc.title)}</p>{error}{legend}<table><tr><th>version</th><th>created (UTC)</th>{head}"
-            "<th>gate decision</th><th>live on scorers</th><th>rejected by</th><th>MLflow run</th></tr>"
+            "<th>gate decision</th><th>live on scorers</th><th>shadow on scorers</th><th>rejected by</th>"
+            "<th>MLflow run</th></tr>"
             f"{body}</table>{_live_figure(uc, settings)}</section>")
 
 

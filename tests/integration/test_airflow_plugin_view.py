@@ -20,7 +20,7 @@ from infra.airflow import local
 from infra.kafka.broker import free_port
 from ml import use_cases
 from ml.loop_view import model_versions
-from ml.publish import build_envelope, publish
+from ml.publish import SHADOW, build_envelope, publish
 from ml.settings import LoopSettings
 from ml.signing import Signer
 from ml.topics import ensure_topics
@@ -36,7 +36,8 @@ DOCS_TEXT = b"Data Docs of manual__run-1"
 USERS = "admin:admin,viewer:viewer,nobody:"
 
 
-def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_them(kafka_bootstrap, new_topic):
+def test_versions_are_listed_newest_first_with_the_scorers_that_run_shadow_or_rejected_them(kafka_bootstrap,
+                                                                                             new_topic):
     status = new_topic("status")
     settings = LoopSettings(kafka_bootstrap_servers=kafka_bootstrap, use_case="flight_delay",
                             topic_prefix=f"t{uuid.uuid4().hex[:8]}.", topic_names={"models.status": status},
@@ -52,17 +53,30 @@ def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_
     publish(settings, build_envelope(
         model_name="sensor_anomaly", model_version=7, run_id="run-s", model_uri="models:/s/7", preprocessing={},
         metrics={"f1": 0.8}, decision_id="ds", artifact=b"sensor model", signer=settings.signer()))
+    # v3 and v4 as shadows: v3 run beside the champion by s1 (and by s2 until retired), v4 promoted on s2.
+    for version in (3, 4):
+        publish(settings, build_envelope(
+            model_name="flight_delay", model_version=version, run_id=f"run-{version}", model_uri="models:/x/1",
+            preprocessing={}, metrics={"roc_auc": 0.7, "log_loss": 0.6}, decision_id=f"d{version}",
+            artifact=b"model bytes %d" % version, signer=settings.signer(), stage=SHADOW))
+    publish(settings, build_envelope(
+        model_name="flight_delay", model_version=4, run_id="run-4", model_uri="models:/x/1", preprocessing={},
+        metrics={"roc_auc": 0.7, "log_loss": 0.6}, decision_id="d4", artifact=b"model bytes 4",
+        signer=settings.signer()))
     producer, framing = Producer({"bootstrap.servers": kafka_bootstrap}), Framing(settings)
-    for scorer, state, version in [("s1", "live", 1), ("s2", "live", 1), ("s1", "live", 2), ("s3", "rejected", 2)]:
+    for scorer, state, version in [("s1", "live", 1), ("s2", "live", 1), ("s1", "live", 2), ("s3", "rejected", 2),
+                                   ("s1", "shadow", 3), ("s2", "shadow", 3), ("s2", "retired", 3),
+                                   ("s2", "shadow", 4), ("s2", "live", 4)]:
         producer.produce(status, key=b"flight_delay", value=framing.frame(status, orjson.dumps({
             "schema_version": 1, "status": state, "model_name": "flight_delay", "model_version": version,
             "reason_kind": "canary" if state == "rejected" else "ok", "reason": "NaN scores", "scorer_id": scorer})))
     assert producer.flush(10) == 0
 
     rows = model_versions(settings, with_decisions=False)
-    assert [(r.model_version, r.live_on, r.rejected_by) for r in rows] == [
-        (2, ["s1"], {"s3": "canary: NaN scores"}), (1, ["s2"], {})]
-    assert rows[0].metrics["roc_auc"] == pytest.approx(0.72)
+    assert [(r.model_version, r.stage, r.live_on, r.shadow_on, r.rejected_by) for r in rows] == [
+        (4, "champion", ["s2"], [], {}), (3, "shadow", [], ["s1"], {}),
+        (2, "champion", ["s1"], [], {"s3": "canary: NaN scores"}), (1, "champion", [], [], {})]
+    assert rows[2].metrics["roc_auc"] == pytest.approx(0.72)
     sensors = LoopSettings.model_validate({**settings.model_dump(), "use_case": "sensor_anomaly",
                                            "model_name": None, "mlflow_experiment": None})
     assert [r.model_version for r in model_versions(sensors, with_decisions=False)] == [7]
@@ -70,8 +84,8 @@ def test_versions_are_listed_newest_first_with_the_scorers_that_run_or_rejected_
 
 @pytest.fixture(scope="module")
 def airflow(kafka_bootstrap, tmp_path_factory):
-    """A real Airflow whose plugin finds one published flight_delay version (v1 of run-1) and one run's Data Docs;
-    logins of USERS."""
+    """A real Airflow whose plugin finds two published flight_delay versions (v1 of run-1, live on scorer s1, and
+    v2 of run-2, a shadow on s1) and one run's Data Docs; logins of USERS."""
     tmp = tmp_path_factory.mktemp("plugin-access")
     pem = Signer.generate().private_pem().decode()
     loop_env = {
@@ -90,6 +104,17 @@ def airflow(kafka_bootstrap, tmp_path_factory):
         model_name="flight_delay", model_version=1, run_id="run-1", model_uri="models:/x/1", preprocessing={},
         metrics={"roc_auc": 0.71, "log_loss": 0.6}, decision_id="d1", artifact=b"model bytes",
         signer=settings.signer()))
+    publish(settings, build_envelope(
+        model_name="flight_delay", model_version=2, run_id="run-2", model_uri="models:/x/2", preprocessing={},
+        metrics={"roc_auc": 0.72, "log_loss": 0.6}, decision_id="d2", artifact=b"model bytes 2",
+        signer=settings.signer(), stage=SHADOW))
+    producer, framing = Producer({"bootstrap.servers": kafka_bootstrap}), Framing(settings)
+    for state, version in (("live", 1), ("shadow", 2)):
+        producer.produce(settings.status_topic, key=b"flight_delay", value=framing.frame(
+            settings.status_topic, orjson.dumps({"schema_version": 1, "status": state, "model_name": "flight_delay",
+                                                 "model_version": version, "reason_kind": "", "reason": "",
+                                                 "scorer_id": "s1"})))
+    assert producer.flush(10) == 0
     docs = tmp / "data" / "reports" / "data_docs" / "manual__run-1"
     docs.mkdir(parents=True)
     (docs / "index.html").write_bytes(b"<html><body><h1>" + DOCS_TEXT + b"</h1></body></html>")
@@ -148,8 +173,9 @@ def test_a_signed_in_user_sees_the_page_the_json_and_the_data_docs(airflow):
         assert status == 200 and b"<td>v1</td>" in body and b"<code>run-1</code>" in body, (user, status, body)
         status, _, body = _get(cfg.url + API, token=jwt)
         assert status == 200, (user, status, body)
-        assert [(r["use_case"], r["model_version"], r["run_id"]) for r in json.loads(body)] == [
-            ("flight_delay", 1, "run-1")]
+        assert [(r["use_case"], r["model_version"], r["run_id"], r["stage"], r["live_on"], r["shadow_on"])
+                for r in json.loads(body)] == [("flight_delay", 2, "run-2", "shadow", [], ["s1"]),
+                                               ("flight_delay", 1, "run-1", "champion", ["s1"], [])]
         status, _, body = _get(cfg.url + DOCS, token=jwt)
         assert status == 200 and DOCS_TEXT in body, (user, status, body)
     # The UI's session: the cookie its login sets, no header.
@@ -190,6 +216,7 @@ def test_in_a_browser_the_page_asks_for_the_login_comes_back_with_the_versions_a
             page.screenshot(path=KEPT_LOGS / "plugin-page-after-login.png", full_page=True)
             section = page.inner_text("section#flight_delay")
             assert "v1" in section and "run-1" in section and "0.7100" in section, section
+            assert "shadow on scorers" in section and "run-2" in section, section
             # No monitor ran here: the live figure says so (tests/integration/test_monitor.py draws one).
             assert "No live metrics yet" in section, section
 
