@@ -25,7 +25,7 @@ OWN_REGISTRY := $(if $(filter file,$(origin SCHEMA_REGISTRY_URL)),env -u SCHEMA_
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export DEMO_MONTHS ?= 1-12
 
-.PHONY: setup lock kafka-fetch kafka-up kafka-down kafka-status registry-fetch registry-up registry-down \
+.PHONY: setup lock data-docs-assets kafka-fetch kafka-up kafka-down kafka-status registry-fetch registry-up registry-down \
 	registry-status airflow-up airflow-down airflow-status scorer demo demo-down helm k8s-check test test-fast bench clean
 
 setup: $(STAMP)  ## Create or update .venv from constraints.txt (no-op when nothing changed)
@@ -71,8 +71,15 @@ registry-down: setup  ## Stop the local schema registry
 registry-status: setup
 	@$(REGISTRY_ENV) $(PY) -m infra.registry status
 
-airflow-up: registry-up  ## Start local Airflow (standalone) with the repo's dags/ and plugins/; prints the login
-	@KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)} $(PY) -m infra.airflow up
+data-docs-assets: setup  ## Fetch the Data Docs pages' scripts, styles and fonts (WebJars) from Maven Central (cached); prints their folder
+	@$(PY) -m infra.data_docs fetch
+
+# The runs' Data Docs load their scripts and styles from copies of the fetched assets, not from CDNs (offline too),
+# unless DATA_DOCS_ASSETS_DIR names another folder.
+DOCS_ENV := DATA_DOCS_ASSETS_DIR=$${DATA_DOCS_ASSETS_DIR:-$$($(PY) -m infra.data_docs fetch)}
+
+airflow-up: registry-up data-docs-assets  ## Start local Airflow (standalone) with the repo's dags/ and plugins/; prints the login
+	@$(DOCS_ENV) KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)} $(PY) -m infra.airflow up
 
 airflow-down: setup
 	@$(PY) -m infra.airflow down
@@ -85,8 +92,8 @@ scorer: registry-up  ## Run the streaming scorer of USE_CASE (default flight_del
 
 # A broker or registry that was not running before the demo is stopped after it (also on Ctrl-C): nothing is left
 # behind. The registry stops first: it keeps its schemas in the broker.
-demo: kafka-fetch registry-fetch  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/
-	@export KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)}; stop=; \
+demo: kafka-fetch registry-fetch data-docs-assets  ## The whole loop on 2013 (Airflow DAG per month, scorer hot swaps); report in reports/demo/
+	@export KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-$(KAFKA_LOCAL_BOOTSTRAP)} $(DOCS_ENV); stop=; \
 	$(PY) -m infra.kafka status >/dev/null 2>&1 || stop='$(PY) -m infra.kafka down'; \
 	$(PY) -m infra.registry status >/dev/null 2>&1 || stop="$(PY) -m infra.registry down; $$stop"; \
 	trap "$$stop" EXIT; \
@@ -130,7 +137,7 @@ TEST_SIDE := tests/integration/test_demo.py tests/integration/test_secured_loop.
 	tests/integration/test_airflow_rest.py
 TEST_SIDE_LOG := .local/test-logs/pytest-side.log
 
-test: kafka-fetch registry-fetch helm  ## Everything: unit and integration tests against a real broker and registry
+test: kafka-fetch registry-fetch data-docs-assets helm  ## Everything: unit and integration tests against a real broker and registry
 ifeq ($(TEST_JOBS),1)
 	$(OWN_REGISTRY) $(PY) -m pytest
 else

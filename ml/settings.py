@@ -83,6 +83,9 @@ class LoopSettings(TopicNames, KafkaClientSettings):
     topic_partitions: int = Field(3, ge=1)
 
     loop_data_dir: Path = Path(".local/data")
+    # The scripts, styles and fonts of the Data Docs pages (``python -m infra.data_docs fetch`` prints the folder):
+    # with it the pages load copies beside them, without it the CDNs (``ml.data_docs_assets``).
+    data_docs_assets_dir: Path | None = None
     mlflow_tracking_uri: str = "sqlite:///.local/mlflow/mlflow.db"
     mlflow_artifact_root: Path = Path(".local/mlflow/artifacts")
     mlflow_experiment: str | None = None

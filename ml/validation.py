@@ -29,7 +29,7 @@ import orjson
 import pandas as pd
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
-from ml import contracts
+from ml import contracts, data_docs_assets
 from ml.errors import InsufficientData, ValidationFailed
 from ml.settings import LoopSettings
 
@@ -474,6 +474,7 @@ def validate_snapshot(snapshot: pd.DataFrame | RowSource, settings: LoopSettings
         validated_at=datetime.now(UTC), duration_s=round(time.perf_counter() - started, 3),
     )
     (docs_dir / REPORT_FILE).write_bytes(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+    data_docs_assets.localise(docs_dir, settings.data_docs_assets_dir)
     for w in warnings:
         log.warning("run %s: %s", run_id, w)
     log.info("run %s: validated %d rows (%d rejected) in %.2f s: %d/%d checks passed, max PSI %s; docs %s",

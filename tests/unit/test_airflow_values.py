@@ -134,7 +134,7 @@ def test_the_projects_image_with_its_dags_baked_in(values: dict) -> None:
     """The image of infra/airflow/Dockerfile (compose's kafka-retrain-loop/airflow) at its Airflow version, with the
     DAGs and plugins in the image: no git-sync, no DAG volume, no bundled PostgreSQL."""
     dockerfile = REPO / "infra" / "airflow" / "Dockerfile"
-    base = next(a for i, a in instructions(dockerfile) if i == "FROM")
+    base = [a for i, a in instructions(dockerfile) if i == "FROM"][-1]  # the last stage is the image
     assert values["airflowVersion"] == re.match(r"apache/airflow:([\d.]+)-", base).group(1)
     compose = yaml.safe_load(COMPOSE.read_text())["services"]["airflow-scheduler"]
     assert values["defaultAirflowRepository"] == compose["image"].split(":")[0]

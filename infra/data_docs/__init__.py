@@ -1,0 +1,1 @@
+"""The Data Docs pages' scripts, styles and fonts from Maven Central (WebJars), for pages that render offline."""
