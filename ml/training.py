@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -17,11 +18,14 @@ if TYPE_CHECKING:
     import keras
 
 PATIENCE = 3
+# Set once ``fit`` has said that ops run on TensorFlow's intra-op pool rather than on their fit's thread.
+_POOL_LOGGED = threading.Event()
 # Held by a fit from setting the global seed until its data pipeline exists (Keras' shuffle takes the global seed
 # when the pipeline is made): fits on other threads see only their own seed.
 _SEEDING = threading.Lock()
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _SeedingTurn:
@@ -114,6 +118,21 @@ def ops_on_their_callers_thread() -> bool:
     return True
 
 
+def _say_ops_share_a_pool() -> None:
+    """Log once per process that fits run their ops on TensorFlow's intra-op pool, not on their own threads."""
+    import tensorflow as tf
+
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS") or tf.config.threading.get_intra_op_parallelism_threads()
+    if _POOL_LOGGED.is_set() or str(threads) == "1":  # one thread: each op runs on its caller's
+        return
+    _POOL_LOGGED.set()
+    threads = threads or "one per core"
+    why = "TF_NUM_INTRAOP_THREADS is set" if "TF_NUM_INTRAOP_THREADS" in os.environ else \
+        "TensorFlow ran in this process before its first fit"
+    log.warning("fits run each op on TensorFlow's intra-op pool (%s threads; %s): a seed may train another model "
+                "here than on another number of cores, and fits side by side contend for the cores", threads, why)
+
+
 def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: int, batch_size: int,
         validation: tuple[Any, Any] | None = None, patience: int = PATIENCE
         ) -> tuple[keras.Model, dict[str, list[float]], int]:
@@ -126,11 +145,13 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
     (x, y) pair of either kind. With ``validation``, training stops once the validation loss has not improved
     for ``patience`` epochs and the best epoch's weights are restored; without, it runs ``epochs`` epochs (the
     last is the best). Raises ValueError on a dataset given with labels. Safe to call from several threads at once
-    (``side_by_side``). Each TensorFlow op runs on the fit's own thread (``ops_on_their_callers_thread``).
+    (``side_by_side``). Each TensorFlow op runs on the fit's own thread (``ops_on_their_callers_thread``; a
+    warning, once per process, says when it cannot).
     """
     import keras
 
-    ops_on_their_callers_thread()  # before the first tensor: the process's first fit starts TensorFlow
+    if not ops_on_their_callers_thread():  # before the first tensor: the process's first fit starts TensorFlow
+        _say_ops_share_a_pool()
     if isinstance(x, keras.utils.PyDataset):
         if y is not None:
             raise ValueError("a PyDataset yields its own labels: y must be None")

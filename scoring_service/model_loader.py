@@ -250,7 +250,10 @@ class ModelLoader:
             self._conn = None
         if self._process is not None:
             self._process.kill()
-            self._process.wait()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:  # stuck in the kernel: it ends when the kernel lets it
+                log.warning("model loader process %d not ended 10 s after SIGKILL", self._process.pid)
             self._process = None
 
 

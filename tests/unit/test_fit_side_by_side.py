@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,6 +100,33 @@ def test_a_seed_trains_the_same_model_on_one_core_or_two():
     one, two = _python(_TRAIN_A_MONTH, cpus={first}), _python(_TRAIN_A_MONTH, cpus={first, second})
     assert (one[0], two[0]) == ("1", "2")
     assert one[1] == two[1]
+
+
+_FIT_AFTER = """
+import logging, sys
+import numpy as np
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(message)s")
+if sys.argv[1] == "ops first":
+    import tensorflow as tf
+    tf.constant(1.0) + 1.0  # TensorFlow starts here, with its intra-op pool
+from tests.unit.test_fit_side_by_side import _build
+from ml.training import fit
+x = np.ones((64, 6), dtype="float32")
+for seed in (1, 2):
+    fit(_build, x, x[:, 0], seed=seed, epochs=1, batch_size=32)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("before", "said"), [("ops first", 1), ("fit first", 0)])
+def test_a_process_whose_fits_cannot_run_ops_on_their_thread_says_so_once(before, said):
+    clean = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    out = subprocess.run([sys.executable, "-c", _FIT_AFTER, before], capture_output=True, text=True, timeout=300,
+                         env={**clean, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=Path(__file__).resolve().parents[2],
+                         check=True).stdout
+    assert out.count("ml.training fits run each op on TensorFlow's intra-op pool") == said, out
+    if said:
+        assert "TensorFlow ran in this process before its first fit" in out
 
 
 @pytest.mark.slow
