@@ -56,6 +56,18 @@ def test_every_cdn_link_of_the_gx_templates_is_mapped_or_dropped():
         urls - set(data_docs_assets.CDN_FILES) - set(data_docs_assets.DROPPED)
 
 
+def test_the_pom_fetches_the_library_versions_the_pages_are_pointed_at():
+    """Each file ``CDN_FILES`` names lies under ``<library>/<version>/`` of a WebJar of infra/data_docs/pom.xml."""
+    import xml.etree.ElementTree as ET
+
+    pom = Path(__file__).resolve().parents[2] / "infra" / "data_docs" / "pom.xml"
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    fetched = {(d.findtext("m:artifactId", namespaces=ns), d.findtext("m:version", namespaces=ns))
+               for d in ET.parse(pom).getroot().iterfind("m:dependencies/m:dependency", ns)}
+    named = {tuple(name.split("/")[:2]) for name in (*data_docs_assets.CDN_FILES.values(), *data_docs_assets.FOLDERS)}
+    assert named == fetched
+
+
 def test_the_pages_of_a_run_load_one_shared_copy_by_relative_links(tmp_path):
     assets = _assets(tmp_path / "assets")
     for run_id in ("run-a", "run-b"):
