@@ -29,6 +29,7 @@ from scoring_service.batching import Cadence, collect
 from scoring_service.config import ScorerSettings
 from scoring_service.model_watcher import ModelSlot, ModelWatcher
 from scoring_service.ops import Metrics, OpsServer
+from scoring_service.positions import NextOffsets
 from scoring_service.scoring import InputBatch, OutputFrames, ShadowFailure, score_batch
 from scoring_service.sink import BatchAborted, InFlight, Record, Sink
 
@@ -40,6 +41,12 @@ LAG_INTERVAL_S = 1.0
 IDLE_WAIT_S = 0.1
 # How long one request for committed offsets may wait (it is repeated while they are unstable).
 COMMITTED_WAIT_S = 5.0
+# Errors reading committed offsets that pass: an open transaction's offsets not stable yet, a coordinator moving,
+# loading or out of reach.
+COMMITTED_RETRIABLE = frozenset({
+    KafkaError._TIMED_OUT, KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.UNSTABLE_OFFSET_COMMIT, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR})
 # How long a stopping replica waits for its LeaveGroup to be sent before it closes anyway.
 LEAVE_TIMEOUT_S = 5.0
 # A shadow failing batch after batch is logged at most this often (each failure is counted).
@@ -163,6 +170,7 @@ class Scorer:
                                    framing.header(settings.shadow_topic))
         self._stop = threading.Event()
         self._assigned: set[tuple[str, int]] = set()
+        self._next_offsets = NextOffsets()  # owned by the scoring thread, as the assignment
         self._last_tick = time.monotonic()
         self._last_lag = 0.0
         self._last_heartbeat_poke = 0.0
@@ -278,27 +286,43 @@ class Scorer:
         drop it all and resume every assigned partition from its committed offset, which the revocation
         brought up to date (the batches in flight are settled in ``_on_revoke``)."""
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        if assigned:
-            for tp in self._committed(consumer, assigned):
-                if (tp.topic, tp.partition) not in self._assigned:
-                    continue  # revoked while the offsets were read (callbacks run inside committed()): not ours
+        self._next_offsets.forget(self._assigned)
+        committed = self._committed(consumer, assigned) if assigned else []
+        if committed is None:
+            log.info("rebalance during a batch: dropped %d fetched record(s); stopping, so %s not resumed", dropped,
+                     _names(assigned))
+            return
+        for tp in committed:
+            if (tp.topic, tp.partition) not in self._assigned:
+                continue  # revoked while the offsets were read (callbacks run inside committed()): not ours
+            try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+            except KafkaException as e:  # lost meanwhile, or not fetched yet: a new assignment starts from the commit
+                log.warning("cannot seek %s[%d] to its committed offset %d: %s", tp.topic, tp.partition, tp.offset, e)
         log.info("rebalance during a batch: dropped %d fetched record(s), resuming %s from committed offsets",
                  dropped, sorted(self._assigned))
 
-    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """The committed offsets of ``partitions``. A replica that died for good inside a transaction leaves its
-        offsets unstable until the broker aborts that transaction (after its transaction timeout): ask again
-        until then, ticking meanwhile, as long as the scorer is not stopping."""
-        while True:
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
+        """The committed offsets of ``partitions``; None if the scorer is asked to stop before they are read (it then
+        seeks nothing and scores nothing more). A replica that died for good inside a transaction leaves its offsets
+        unstable until the broker aborts that transaction (after its transaction timeout), and a group coordinator
+        that moved or is still loading its offsets answers with an error: ask again, ticking meanwhile. An error on
+        one partition is never read as "no committed offset" (that would rescore the partition from its start)."""
+        while not self._stop.is_set():
             try:
-                return consumer.committed(partitions, timeout=COMMITTED_WAIT_S)
+                offsets = consumer.committed(partitions, timeout=COMMITTED_WAIT_S)
+                err = next((tp.error for tp in offsets if tp.error is not None), None)
             except KafkaException as e:
-                if e.args[0].code() != KafkaError._TIMED_OUT or self._stop.is_set():
-                    raise
-            log.warning("committed offsets of %s not readable yet (a dead replica's open transaction holds them "
-                        "until the broker aborts it): asking again", _names(partitions))
+                err = e.args[0]
+            if err is None:
+                return offsets
+            if err.code() not in COMMITTED_RETRIABLE:
+                raise KafkaException(err)
+            log.warning("committed offsets of %s not readable yet (%s; a dead replica's open transaction holds them "
+                        "until the broker aborts it, or the group coordinator is moving): asking again",
+                        _names(partitions), err.str())
             self._tick()
+        return None
 
     def _tick(self) -> None:
         self._last_tick = time.monotonic()
@@ -307,20 +331,31 @@ class Scorer:
 
     def _inputs(self, msgs: Sequence[Message]) -> InputBatch:
         """The batch's records column-wise, without those fetched before their partition was revoked
-        mid-batch (their new owner reads them again)."""
+        mid-batch (their new owner reads them again), nor those the consumer delivered a second time."""
+        topic = self.settings.input_topic
         assigned = {p for _, p in self._assigned}  # one input topic
         partitions, offsets, keys, values = [], [], [], []
+        again: dict[int, list[int]] = {}
         for m in msgs:
             err = m.error()
             if err is not None:  # not a fatal one: _raise_if_fatal has seen the batch
-                log.warning("consumer error on %s: %s", self.settings.input_topic, err)
+                log.warning("consumer error on %s: %s", topic, err)
                 continue
             p = m.partition()
-            if p in assigned:
-                partitions.append(p)
-                offsets.append(m.offset())
-                keys.append(m.key())
-                values.append(m.value())
+            if p not in assigned:
+                continue
+            if not self._next_offsets.admit((topic, p), m.offset()):
+                again.setdefault(p, []).append(m.offset())
+                continue
+            partitions.append(p)
+            offsets.append(m.offset())
+            keys.append(m.key())
+            values.append(m.value())
+        if again:
+            self.metrics.redelivered.inc(sum(map(len, again.values())))
+            ranges = (f"{topic}[{p}]@{min(o)}-{max(o)} ({len(o)} records)" for p, o in sorted(again.items()))
+            log.warning("the consumer delivered %s again, already scored in this assignment: dropped",
+                        ", ".join(ranges))
         return InputBatch(self.settings.input_topic, np.array(partitions, np.int32), np.array(offsets, np.int64),
                           keys, values)
 
@@ -416,6 +451,7 @@ class Scorer:
 
     def _rewind(self, consumer: Consumer, to: dict[tuple[str, int], int], what: str) -> None:
         self.metrics.aborted.inc()
+        self._next_offsets.forget(to)
         for (t, p), o in to.items():
             if (t, p) in self._assigned:
                 try:
@@ -438,6 +474,7 @@ class Scorer:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self._next_offsets.forget((tp.topic, tp.partition) for tp in partitions)
         log.info("assigned %s", sorted(self._assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -448,6 +485,7 @@ class Scorer:
         self._rebalanced = True
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
+            self._next_offsets.forget([(tp.topic, tp.partition)])
             try:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:

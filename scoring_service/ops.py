@@ -32,6 +32,8 @@ class Metrics:
                                 registry=r)
         self.lag = Gauge("scorer_consumer_lag", "Records behind the high watermark, per input partition.",
                          ["topic", "partition"], registry=r)
+        self.redelivered = Counter("scorer_records_redelivered", "Input records the consumer delivered a second time "
+                                   "within one assignment, dropped as already scored.", registry=r)
         self.aborted = Counter("scorer_transactions_aborted", "exactly_once batches aborted and re-read.",
                                registry=r)
         self.shadow_model_version = Gauge("scorer_shadow_model_version", "Version of the shadow model (0: none).",

@@ -542,20 +542,32 @@ def test_each_class_of_bad_event_goes_to_the_dlq_with_its_original_bytes(
     running.stop()
 
 
-def spawn(s: ScorerSettings, log_path) -> subprocess.Popen:
+class Replica(subprocess.Popen):
+    """A scorer process, and the file its output goes to (quoted when it fails)."""
+
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(s: ScorerSettings, log_path) -> Replica:
     """The scorer as deployed, ``python -m scoring_service`` in a process of its own, configured by ``s``."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            **{name.upper(): json.dumps(value) if isinstance(value, dict | list) else str(value)
               for name, value in s.model_dump().items() if value is not None}}
     with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = Replica([sys.executable, "-m", "scoring_service"], cwd=REPO, env=env, stdout=out,
+                       stderr=subprocess.STDOUT)
+    proc.log_path = Path(log_path)
+    return proc
 
 
-def terminate(proc: subprocess.Popen) -> None:
+def terminate(proc: Replica) -> None:
     """SIGTERM: the replica finishes its batch, commits, leaves the group and exits 0."""
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0, f"exit code {proc.returncode} after SIGTERM"
+    code = proc.wait(60)
+    assert code == 0, f"exit code {code} after SIGTERM; the end of its log:\n{proc.log_tail()}"
 
 
 def end(*procs: subprocess.Popen | None) -> None:
