@@ -10,6 +10,7 @@ served by the Airflow plugin and opened as files alike.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -63,9 +64,16 @@ def missing(assets: Path) -> list[str]:
     return sorted(name for name in {*CDN_FILES.values(), *FOLDERS} if not (assets / name).exists())
 
 
+def _complete_marker(shared: Path) -> Path:
+    """The file ``_copy`` leaves once ``shared`` holds every file of this module's lists (named after them, so a list
+    changed by an upgrade copies again)."""
+    names = "\n".join(sorted({*CDN_FILES.values(), *FOLDERS}))
+    return shared / f".complete-{hashlib.sha256(names.encode()).hexdigest()[:12]}"
+
+
 def _copy(assets: Path, shared: Path) -> None:
     """Copy what the pages load from ``assets`` into ``shared``: each file once, whole (written aside, then renamed:
-    two runs validated at once may copy the same file)."""
+    two runs validated at once may copy the same file); then mark ``shared`` complete."""
     names = set(CDN_FILES.values())
     for folder in FOLDERS:
         names |= {path.relative_to(assets).as_posix() for path in (assets / folder).rglob("*") if path.is_file()}
@@ -76,21 +84,25 @@ def _copy(assets: Path, shared: Path) -> None:
             partial_copy = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             shutil.copyfile(assets / name, partial_copy)
             os.replace(partial_copy, target)
+    _complete_marker(shared).touch()
 
 
 def localise(run_dir: Path, assets: Path | None) -> bool:
     """Point every HTML page under ``run_dir`` (one run's Data Docs) at ``<run_dir>/../_assets`` instead of the
-    CDNs, copying the files there from ``assets`` if they are not yet. False (pages left as GX wrote them, a warning
-    logged) when no assets folder is set or it lacks a file."""
+    CDNs, copying the files there from ``assets`` once (the first run's validation does; the next ones find the copy
+    marked complete). False (pages left as GX wrote them, a warning logged) when no assets folder is set, or when the
+    copy is not complete yet and the folder lacks a file."""
     if assets is None:
         return False
-    lacking = missing(assets)
-    if lacking:
-        log.warning("Data Docs of %s keep their CDN links: %s lacks %s (python -m infra.data_docs fetch)", run_dir.name,
-                    assets, ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""))
-        return False
     shared = run_dir.parent / ASSETS_DIR_NAME
-    _copy(assets, shared)
+    if not _complete_marker(shared).exists():
+        lacking = missing(assets)
+        if lacking:
+            log.warning("Data Docs of %s keep their CDN links: %s lacks %s (python -m infra.data_docs fetch)",
+                        run_dir.name, assets,
+                        ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""))
+            return False
+        _copy(assets, shared)
     for page in run_dir.rglob("*.html"):
         original = page.read_text(encoding="utf-8")
         text = _TAG.sub(partial(_local_tag, shared=shared, folder=page.parent), original)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PATIENCE = 3
 # Set once ``fit`` has said that ops run on TensorFlow's intra-op pool rather than on their fit's thread.
 _POOL_LOGGED = threading.Event()
+_POOL_LOG_LOCK = threading.Lock()
 # Held by a fit from setting the global seed until its data pipeline exists (Keras' shuffle takes the global seed
 # when the pipeline is made): fits on other threads see only their own seed.
 _SEEDING = threading.Lock()
@@ -123,9 +124,12 @@ def _say_ops_share_a_pool() -> None:
     import tensorflow as tf
 
     threads = os.environ.get("TF_NUM_INTRAOP_THREADS") or tf.config.threading.get_intra_op_parallelism_threads()
-    if _POOL_LOGGED.is_set() or str(threads) == "1":  # one thread: each op runs on its caller's
+    if str(threads) == "1":  # one thread: each op runs on its caller's
         return
-    _POOL_LOGGED.set()
+    with _POOL_LOG_LOCK:  # fits starting side by side: one of them says it
+        if _POOL_LOGGED.is_set():
+            return
+        _POOL_LOGGED.set()
     threads = threads or "one per core"
     why = "TF_NUM_INTRAOP_THREADS is set" if "TF_NUM_INTRAOP_THREADS" in os.environ else \
         "TensorFlow ran in this process before its first fit"

@@ -84,8 +84,28 @@ def test_the_pages_of_a_run_load_one_shared_copy_by_relative_links(tmp_path):
                 assert (page.parent / src).resolve().is_file(), (page, src)
                 assert "integrity=" not in tag and "crossorigin=" not in tag, tag
     shared = run_dir.parent / data_docs_assets.ASSETS_DIR_NAME
-    assert sorted(p.name for p in shared.rglob("*") if p.is_file()) == sorted(
+    assert sorted(p.name for p in shared.rglob("*") if p.is_file() and not p.name.startswith(".")) == sorted(
         {Path(n).name for n in data_docs_assets.CDN_FILES.values()} | {"font.woff2"})
+
+
+def test_the_shared_copy_is_made_once_and_serves_later_runs(tmp_path, monkeypatch):
+    """The first run copies the files and marks the copy complete; a later run neither checks the assets folder nor
+    copies again, and its pages load the same copy (here the folder is gone by then)."""
+    assets = _assets(tmp_path / "assets")
+    first = _validate(tmp_path, assets, "run-a")
+    shared = first.parent / data_docs_assets.ASSETS_DIR_NAME
+    assert [p.name for p in shared.iterdir() if p.name.startswith(".complete-")]
+    for path in sorted(assets.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    copies = []
+    monkeypatch.setattr(data_docs_assets, "_copy", lambda *args: copies.append(args))
+    later = _validate(tmp_path, assets, "run-b")
+    assert copies == []
+    for page in _pages(later):
+        text = page.read_text()
+        assert "https://code.jquery.com/jquery-3.7.1.min.js" not in text
+        srcs = [src for src in _LOCAL.findall(text) if data_docs_assets.ASSETS_DIR_NAME in src]
+        assert srcs and all((page.parent / src).resolve().is_file() for src in srcs), page
 
 
 @pytest.mark.parametrize("assets", ["none", "incomplete"])
