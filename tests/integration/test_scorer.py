@@ -920,10 +920,25 @@ def test_a_static_member_fenced_before_it_stops_leaves_without_an_error(settings
 
 
 @pytest.mark.slow
-def test_a_frozen_broker_costs_the_at_least_once_sink_no_cpu_and_no_record(private_broker):
+@pytest.mark.parametrize("idempotent", [False, True], ids=["sink", "idempotent-producer"])
+def test_a_frozen_broker_costs_the_at_least_once_sink_no_spinning_and_no_record(private_broker, monkeypatch,
+                                                                                 idempotent):
     """While the broker does not answer (SIGSTOP), batches keep coming every 20 ms as the loop sends them: no
-    librdkafka thread spins on records queued behind an unanswered request (an idempotent producer's does,
-    taking the CPU a slow broker needs), and every batch is delivered once the broker answers again."""
+    librdkafka broker thread spins on records queued behind an unanswered request (an idempotent producer's does,
+    taking the CPU a slow broker needs), and every batch is delivered once the broker answers again.
+
+    Spinning is read from librdkafka's statistics, not from the clock: a broker thread's poll loop wakes for each
+    request, answer and timer (tens of times here), and without sleeping when it spins (hundreds of thousands).
+    The same test with idempotence turned on shows the spinning the sink's configuration avoids."""
+    from scoring_service import sink as sink_module
+
+    statistics: list[dict] = []
+
+    def producer(config: dict) -> Producer:
+        extra = {"statistics.interval.ms": 100, "stats_cb": lambda raw: statistics.append(json.loads(raw))}
+        return Producer(config | extra | ({"enable.idempotence": True} if idempotent else {}))
+
+    monkeypatch.setattr(sink_module, "Producer", producer)
     bootstrap = private_broker.bootstrap_servers
     topic = f"pred-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -936,19 +951,28 @@ def test_a_frozen_broker_costs_the_at_least_once_sink_no_cpu_and_no_record(priva
     pid = broker.Broker(private_broker).running_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
-        cpu_before = time.process_time()
+        sink.producer.poll(0.2)  # statistics of the moment the broker froze
+        before = _wakeups(statistics[-1])
         for _ in range(50):  # one batch every 20 ms for 1 s, as the loop does: each is a request of its own
             sent.append(sink.send(records, [], consumer=None))
             sink.producer.poll(0.02)
-        time.sleep(1)
-        cpu = time.process_time() - cpu_before
+        sink.producer.poll(1.0)
+        wakeups = _wakeups(statistics[-1]) - before
         assert sum(b.unacknowledged for b in sent) == 50 * len(records), "acknowledged by a frozen broker?"
-        assert cpu < 0.6, f"{cpu:.2f} s of CPU in 2 s while sending to a frozen broker"
     finally:
         os.kill(pid, signal.SIGCONT)
+    if idempotent:
+        assert wakeups > 20_000, f"{wakeups} broker-thread wakeups: the idempotent producer no longer spins here"
+    else:
+        assert wakeups < 2_000, f"{wakeups} broker-thread wakeups in 2 s while sending to a frozen broker: spinning"
     sink.producer.flush(30)
     assert all(b.unacknowledged == 0 and not b.errors for b in sent)
     sink.close()
+
+
+def _wakeups(statistics: dict) -> int:
+    """Poll loop wakeups of a producer's broker threads, from one of its statistics."""
+    return sum(b["wakeups"] for b in statistics["brokers"].values())
 
 
 def test_an_exactly_once_sink_closes_between_transactions_and_leaves_an_open_one_to_the_broker(private_broker):
