@@ -54,6 +54,10 @@ CDN_FILES: dict[str, str] = {
 }
 # Folders a copied file loads from relative to itself.
 FOLDERS = ("font-awesome/6.6.0/webfonts",)
+# The file ``_copy`` leaves in the shared copy once it holds every file of the lists above (named after them, so a
+# list changed by an upgrade copies again).
+COMPLETE_MARKER = ".complete-" + hashlib.sha256(
+    "\n".join(sorted({*CDN_FILES.values(), *FOLDERS})).encode()).hexdigest()[:12]
 # A stylesheet no Maven artifact carries (a dark theme when the browser prefers one): its link is removed, as a
 # browser that cannot reach it may wait on it before drawing the page.
 DROPPED = ("https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css",)
@@ -62,13 +66,6 @@ DROPPED = ("https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/cs
 def missing(assets: Path) -> list[str]:
     """The files and folders of ``CDN_FILES`` and ``FOLDERS`` that ``assets`` lacks (none: it is complete)."""
     return sorted(name for name in {*CDN_FILES.values(), *FOLDERS} if not (assets / name).exists())
-
-
-def _complete_marker(shared: Path) -> Path:
-    """The file ``_copy`` leaves once ``shared`` holds every file of this module's lists (named after them, so a list
-    changed by an upgrade copies again)."""
-    names = "\n".join(sorted({*CDN_FILES.values(), *FOLDERS}))
-    return shared / f".complete-{hashlib.sha256(names.encode()).hexdigest()[:12]}"
 
 
 def _copy(assets: Path, shared: Path) -> None:
@@ -84,7 +81,7 @@ def _copy(assets: Path, shared: Path) -> None:
             partial_copy = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             shutil.copyfile(assets / name, partial_copy)
             os.replace(partial_copy, target)
-    _complete_marker(shared).touch()
+    (shared / COMPLETE_MARKER).touch()
 
 
 def localise(run_dir: Path, assets: Path | None) -> bool:
@@ -95,7 +92,7 @@ def localise(run_dir: Path, assets: Path | None) -> bool:
     if assets is None:
         return False
     shared = run_dir.parent / ASSETS_DIR_NAME
-    if not _complete_marker(shared).exists():
+    if not (shared / COMPLETE_MARKER).exists():
         lacking = missing(assets)
         if lacking:
             log.warning("Data Docs of %s keep their CDN links: %s lacks %s (python -m infra.data_docs fetch)",

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     import keras
 
 PATIENCE = 3
-# Set once ``fit`` has said that ops run on TensorFlow's intra-op pool rather than on their fit's thread.
-_POOL_LOGGED = threading.Event()
-_POOL_LOG_LOCK = threading.Lock()
+# Taken, never released, by the fit that says ops run on TensorFlow's intra-op pool rather than on their fit's thread:
+# fits starting side by side say it once.
+_POOL_LOGGED = threading.Lock()
 # Held by a fit from setting the global seed until its data pipeline exists (Keras' shuffle takes the global seed
 # when the pipeline is made): fits on other threads see only their own seed.
 _SEEDING = threading.Lock()
@@ -126,10 +126,8 @@ def _say_ops_share_a_pool() -> None:
     threads = os.environ.get("TF_NUM_INTRAOP_THREADS") or tf.config.threading.get_intra_op_parallelism_threads()
     if str(threads) == "1":  # one thread: each op runs on its caller's
         return
-    with _POOL_LOG_LOCK:  # fits starting side by side: one of them says it
-        if _POOL_LOGGED.is_set():
-            return
-        _POOL_LOGGED.set()
+    if not _POOL_LOGGED.acquire(blocking=False):  # said already
+        return
     threads = threads or "one per core"
     why = "TF_NUM_INTRAOP_THREADS is set" if "TF_NUM_INTRAOP_THREADS" in os.environ else \
         "TensorFlow ran in this process before its first fit"

@@ -356,8 +356,7 @@ class Scorer:
             ranges = (f"{topic}[{p}]@{min(o)}-{max(o)} ({len(o)} records)" for p, o in sorted(again.items()))
             log.warning("the consumer delivered %s again, already scored in this assignment: dropped",
                         ", ".join(ranges))
-        return InputBatch(self.settings.input_topic, np.array(partitions, np.int32), np.array(offsets, np.int64),
-                          keys, values)
+        return InputBatch(topic, np.array(partitions, np.int32), np.array(offsets, np.int64), keys, values)
 
     def _score(self, msgs: Sequence[Message]) -> _Batch | None:
         inputs = self._inputs(msgs)
@@ -483,9 +482,9 @@ class Scorer:
         if self._sink is not None:
             self._settle(consumer, after=None, handover=True)
         self._rebalanced = True
+        self._next_offsets.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
-            self._next_offsets.forget([(tp.topic, tp.partition)])
             try:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:

@@ -1,7 +1,7 @@
 """Each assigned input partition's next offset to score, so a record the consumer delivers a second time is dropped.
 
-librdkafka can move a partition's fetch position back without any call of ours (seen around a leader change during a
-rolling restart of the brokers; also confluentinc/librdkafka#4637, #4686): the records it then delivers again were
+librdkafka can deliver a partition's records twice (seen here just after the scorer's seek to ``OFFSET_BEGINNING`` at
+start, and during a rolling restart of the brokers; also confluentinc/librdkafka#4637, #4686): the second copies were
 scored in an earlier batch of this assignment, whose outputs are delivered or in flight. Scoring them again would
 duplicate their predictions, even in exactly_once mode, since each batch's transaction commits on its own.
 """
