@@ -6,7 +6,12 @@ inputs of every 2013 flight held in memory as training holds them, each variant 
 threading is set before it starts), the variants alternated over ``--repeats`` rounds:
 
 - ``one_core``: the process pinned to one CPU, as each of two members training side by side has about one;
+- ``keras_arrays``: one CPU, the arrays given to Keras to batch and shuffle (a gather per batch in a parallel map
+  stage), as training ran before ``ml.training.batches``;
 - ``all_cores``: the process's CPUs (TensorFlow's inter-op pool runs independent ops of a step side by side);
+  ``all_cores_keras_arrays`` the same with Keras' batching;
+- ``two_members``: two members (seeds 7 and 8) fitted side by side on the process's CPUs, as training fits them
+  (``ml.training.side_by_side``); ``two_members_keras_arrays`` the same with Keras' batching;
 - ``interop_1``: one CPU and ``TF_NUM_INTEROP_THREADS=1``;
 - ``no_metric``: one CPU, compiled without the AUC metric (metrics do not change the weights);
 - ``prebatched``: one CPU, the batches made once and cached in a ``tf.data`` dataset, not shuffled: the share of
@@ -14,8 +19,8 @@ threading is set before it starts), the variants alternated over ``--repeats`` r
 - ``xla``: one CPU, compiled with ``jit_compile=True`` (XLA), one epoch after the first only (it is slow).
 
 For each: ``first_s`` (the first epoch, tracing included), ``epoch_s`` (the mean wall of the epochs after it) and
-``epoch_cpu_s`` (their process CPU per epoch), the median over the rounds. The last stdout line is one JSON object:
-``rows``, ``batch_size``, ``epochs`` and ``variants``.
+``epoch_cpu_s`` (their process CPU per epoch; of both members for ``two_members``), the median over the rounds.
+The last stdout line is one JSON object: ``rows``, ``batch_size``, ``epochs`` and ``variants``.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m benchmarks.member_epoch [--epochs 2] [--repeats 2]
 """
@@ -31,8 +36,10 @@ import time
 
 import orjson
 
-VARIANTS = ("one_core", "all_cores", "interop_1", "no_metric", "prebatched", "xla")
-ONE_CORE = frozenset(VARIANTS) - {"all_cores"}
+VARIANTS = ("one_core", "keras_arrays", "all_cores", "all_cores_keras_arrays", "two_members",
+            "two_members_keras_arrays", "interop_1", "no_metric", "prebatched", "xla")
+ALL_CORES = frozenset({"all_cores", "all_cores_keras_arrays", "two_members", "two_members_keras_arrays"})
+ONE_CORE = frozenset(VARIANTS) - ALL_CORES
 
 
 def measure(variant: str, epochs: int) -> dict[str, float]:
@@ -41,7 +48,7 @@ def measure(variant: str, epochs: int) -> dict[str, float]:
     import numpy as np
     import tensorflow as tf
 
-    from ml.training import ops_on_their_callers_thread
+    from ml.training import _shared, batches, ops_on_their_callers_thread, side_by_side
     from use_cases.flight_delay import model as model_lib
     from use_cases.flight_delay import preprocessing as prep
     from use_cases.flight_delay import training
@@ -53,21 +60,32 @@ def measure(variant: str, epochs: int) -> dict[str, float]:
     rows = np.arange(len(table))
     fitted = prep.fit(table, rows, y=label)
     x, y = training._data(fitted, table, label.astype("float32"), rows, streamed=False)
-    keras.utils.set_random_seed(7)
-    model = model_lib.build(fitted)
+    members = 2 if variant.startswith("two_members") else 1
+    models = []
+    for seed in range(7, 7 + members):
+        keras.utils.set_random_seed(seed)
+        models.append(model_lib.build(fitted))
+    model = models[0]
     if variant in ("no_metric", "xla"):
         model_lib._compile(model, model_lib.STEPS_PER_EXECUTION, auc=variant != "no_metric",
                            jit_compile=True if variant == "xla" else "auto")
     if variant == "prebatched":
-        data = {"x": tf.data.Dataset.from_tensor_slices((x, y)).batch(training.BATCH_SIZE).cache()}
-    else:
-        data = {"x": x, "y": y, "batch_size": training.BATCH_SIZE, "shuffle": True}
+        data = [{"x": tf.data.Dataset.from_tensor_slices((x, y)).batch(training.BATCH_SIZE).cache()}]
+    elif variant.endswith("keras_arrays"):
+        data = [{"x": _shared(x), "y": _shared(y), "batch_size": training.BATCH_SIZE, "shuffle": True}] * members
+    else:  # as ml.training.fit gives them
+        data = [{"x": batches(x, y, training.BATCH_SIZE, seed=seed), "shuffle": False}
+                for seed in range(7, 7 + members)]
+
+    def fit_all(n: int) -> None:
+        side_by_side([lambda m=m, d=d: m.fit(**d, epochs=n, verbose=0) for m, d in zip(models, data, strict=True)])
+
     started = time.perf_counter()
-    model.fit(**data, epochs=1, verbose=0)
+    fit_all(1)
     first = time.perf_counter() - started
     epochs = 1 if variant == "xla" else epochs
     cpu, started = time.process_time(), time.perf_counter()
-    model.fit(**data, epochs=epochs, verbose=0)
+    fit_all(epochs)
     return {"first_s": first, "epoch_s": (time.perf_counter() - started) / epochs,
             "epoch_cpu_s": (time.process_time() - cpu) / epochs, "rows": len(rows), "batch_size": training.BATCH_SIZE}
 

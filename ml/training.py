@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -21,8 +22,8 @@ PATIENCE = 3
 # Taken, never released, by the fit that says ops run on TensorFlow's intra-op pool rather than on their fit's thread:
 # fits starting side by side say it once.
 _POOL_LOGGED = threading.Lock()
-# Held by a fit from setting the global seed until its data pipeline exists (Keras' shuffle takes the global seed
-# when the pipeline is made): fits on other threads see only their own seed.
+# Held by a fit from setting the global seed until Keras starts training (the model's weights and dropout draw their
+# seeds from it while the model and the fit are made): fits on other threads see only their own seed.
 _SEEDING = threading.Lock()
 
 T = TypeVar("T")
@@ -100,6 +101,56 @@ def _shared(data: Any) -> Any:
     return data
 
 
+# Rows gathered from the inputs this many batches at a time: one gather per input array per chunk, where Keras'
+# own batching of arrays gathers each batch in a map stage of its own, whose threads left a member's core idle a
+# third of the time (docs/performance.md).
+GATHER_BATCHES = 16
+
+
+def batches(x: Any, y: Any, batch_size: int, seed: int | None = None) -> Any:
+    """A ``tf.data`` dataset of (x, y) batches of ``batch_size`` rows, read in place from the arrays in ``x`` and
+    ``y`` (alone, or in a dict, list or tuple; as ``shared_tensor``s). With ``seed``, each pass over the dataset
+    (an epoch of ``fit``) visits the rows in a new permutation drawn from ``(seed, pass)``, so a seed gives the same
+    batches whatever else runs; without, in order (validation). Only ``GATHER_BATCHES`` batches are gathered at a
+    time, so the inputs are never copied whole."""
+    import tensorflow as tf
+
+    data = _shared((x, y))
+    rows = int(tf.nest.flatten(data)[0].shape[0])
+    whole = rows // batch_size
+    passes = itertools.count(1)
+
+    def permutation() -> np.ndarray:
+        return np.random.default_rng([seed, next(passes)]).permutation(rows)
+
+    def order(_: Any) -> Any:
+        if seed is None:
+            return tf.range(rows, dtype=tf.int64)
+        drawn = tf.py_function(permutation, [], tf.int64)
+        drawn.set_shape([rows])
+        return drawn
+
+    def gather(at: Any) -> Any:  # [batches, batch_size] positions, or the last partial batch's
+        return tf.nest.map_structure(lambda values: tf.gather(values, at), data)
+
+    def cut(at: Any) -> Any:
+        out = tf.data.Dataset.from_tensor_slices(tf.reshape(at[:whole * batch_size], [whole, batch_size])) \
+            .batch(GATHER_BATCHES).map(gather).unbatch()
+        if rows % batch_size:
+            out = out.concatenate(tf.data.Dataset.from_tensors(at[whole * batch_size:]).map(gather))
+        return out
+
+    options = tf.data.Options()
+    # As Keras batches arrays: no graph rewrites, which serialise the pipeline for nothing here.
+    options.experimental_optimization.apply_default_optimizations = False
+    # No autotuning: with it, each epoch of a fit after the first began with a second's stall where Keras drops the
+    # last epoch's iterator (about half of an epoch of a year of flights; docs/performance.md).
+    options.autotune.enabled = False
+    dataset = tf.data.Dataset.range(1).map(order).flat_map(cut).with_options(options)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
+    return dataset.prefetch(2)
+
+
 def ops_on_their_callers_thread() -> bool:
     """Have TensorFlow run each op on the thread that calls it (no intra-op pool), unless the environment sets
     ``TF_NUM_INTRAOP_THREADS``; False when TensorFlow already runs in this process (the pool is fixed then).
@@ -140,8 +191,9 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
         ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build a model from ``seed`` and fit it; returns the model, its history and the best epoch.
 
-    ``x`` and ``y`` are arrays (or dicts of them), cut into ``batch_size`` batches and shuffled each epoch by Keras,
-    which reads them in place as ``shared_tensor``s (fill large ones into ``aligned_empty`` arrays); or ``x`` is a
+    ``x`` and ``y`` are arrays (or dicts of them), cut into ``batch_size`` batches in a new order each epoch drawn
+    from ``seed`` (``batches``), read in place as ``shared_tensor``s (fill large ones into ``aligned_empty``
+    arrays); or ``x`` is a
     ``keras.utils.PyDataset`` of (inputs, labels) batches that orders its own rows each epoch and ``y`` is None
     (``batch_size`` unused): a training set too large to hold as model inputs is streamed. ``validation`` is an
     (x, y) pair of either kind. With ``validation``, training stops once the validation loss has not improved
@@ -157,11 +209,11 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
     if isinstance(x, keras.utils.PyDataset):
         if y is not None:
             raise ValueError("a PyDataset yields its own labels: y must be None")
-        # Not shuffle=True: Keras would reorder the dataset's batches on top of the dataset's own row order.
-        data = {"x": x, "shuffle": False}
+        data = x
     else:
-        data = {"x": _shared(x), "y": _shared(y), "batch_size": batch_size, "shuffle": True}
-    validation = _shared(validation)
+        data = batches(x, y, batch_size, seed)
+    if validation is not None and not isinstance(validation[0], keras.utils.PyDataset):
+        validation = batches(*validation, batch_size)
     turn = _SeedingTurn()
     try:
         keras.utils.set_random_seed(seed)
@@ -171,7 +223,9 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
         if validation is not None:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                            restore_best_weights=True))
-        fitted = model.fit(**data, epochs=epochs, verbose=0, validation_data=validation, callbacks=callbacks)
+        # Not shuffle=True: Keras would reorder the batches of a dataset that orders its own rows.
+        fitted = model.fit(data, epochs=epochs, verbose=0, shuffle=False, validation_data=validation,
+                           callbacks=callbacks)
     finally:
         turn.release()
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}

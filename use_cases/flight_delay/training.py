@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from functools import partial
@@ -195,6 +196,9 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
     histories, best_epochs = map(list, zip(*side_by_side(
         [partial(early_stopping, i) for i in range(model_lib.MEMBERS)]), strict=True))
     held = val = None  # the early stopping's inputs go before the refit's are made
+    # and so do its models and datasets, which reference each other (TensorFlow's traced functions): collected now,
+    # not whenever the collector next runs, their memory serves the refit (docs/performance.md).
+    gc.collect()
     fitted = prep.fit(table, all_rows, y=label)
     del label
     streamed = len(all_rows) * _row_bytes(fitted) > IN_MEMORY_INPUT_BYTES
