@@ -91,14 +91,14 @@ def shared_tensor(array: np.ndarray) -> Any:
 
 
 def _shared(data: Any) -> Any:
-    """``data`` with every numpy array in it (alone, or in a dict, list or tuple) as a ``shared_tensor``."""
-    if isinstance(data, np.ndarray):
-        return shared_tensor(data)
+    """``data`` with every array in it (alone, or in a dict, list or tuple) as a ``shared_tensor`` (an array-like
+    other than a numpy array, such as a pandas Series, converted first), and its lists as tuples, as Keras reads
+    them (``tf.data`` would stack a list into one tensor)."""
     if isinstance(data, dict):
         return {key: _shared(value) for key, value in data.items()}
     if isinstance(data, list | tuple):
-        return type(data)(_shared(value) for value in data)
-    return data
+        return tuple(_shared(value) for value in data)
+    return shared_tensor(np.asarray(data))
 
 
 # Rows gathered from the inputs this many batches at a time: one gather per input array per chunk, where Keras'
@@ -108,14 +108,14 @@ GATHER_BATCHES = 16
 
 
 def batches(x: Any, y: Any, batch_size: int, seed: int | None = None) -> Any:
-    """A ``tf.data`` dataset of (x, y) batches of ``batch_size`` rows, read in place from the arrays in ``x`` and
-    ``y`` (alone, or in a dict, list or tuple; as ``shared_tensor``s). With ``seed``, each pass over the dataset
-    (an epoch of ``fit``) visits the rows in a new permutation drawn from ``(seed, pass)``, so a seed gives the same
-    batches whatever else runs; without, in order (validation). Only ``GATHER_BATCHES`` batches are gathered at a
-    time, so the inputs are never copied whole."""
+    """A ``tf.data`` dataset of (x, y) batches of ``batch_size`` rows (x alone if ``y`` is None), read in place from
+    the arrays in ``x`` and ``y`` (alone, or in a dict, list or tuple; as ``shared_tensor``s). With ``seed``, each
+    pass over the dataset (an epoch of ``fit``) visits the rows in a new permutation drawn from ``(seed, pass)``, so
+    a seed gives the same batches whatever else runs; without, in order (validation). Only ``GATHER_BATCHES``
+    batches are gathered at a time, so the inputs are never copied whole."""
     import tensorflow as tf
 
-    data = _shared((x, y))
+    data = _shared(x) if y is None else _shared((x, y))  # no labels: a model that computes its own loss
     rows = int(tf.nest.flatten(data)[0].shape[0])
     whole = rows // batch_size
     passes = itertools.count(1)

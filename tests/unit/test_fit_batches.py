@@ -73,3 +73,14 @@ def test_the_arrays_are_read_in_place_not_copied():
     dataset = batches(x, y, SIZE)
     x["code"][:] = -1  # written after the dataset was made: its batches see the change
     assert (_rows(_epoch(dataset)) == -1).all()
+
+
+def test_inputs_in_a_list_come_as_a_tuple_and_without_labels_alone():
+    x, _ = _arrays()
+    pair = [x["numeric"], x["code"]]
+    (numeric, code), labels = next(iter(batches(pair, x["code"].astype(np.float32), SIZE)))
+    np.testing.assert_array_equal(code.numpy(), np.arange(SIZE))
+    np.testing.assert_array_equal(numeric.numpy()[:, 0], np.arange(SIZE))
+    np.testing.assert_array_equal(labels.numpy(), np.arange(SIZE))
+    alone = next(iter(batches(x["numeric"], None, SIZE)))
+    assert alone.shape == (SIZE, 3)
