@@ -102,8 +102,7 @@ def _shared(data: Any) -> Any:
 
 
 # Rows gathered from the inputs this many batches at a time: one gather per input array per chunk, where Keras'
-# own batching of arrays gathers each batch in a map stage of its own, whose threads left a member's core idle a
-# third of the time (docs/performance.md).
+# own batching of arrays gathers each batch in a parallel map stage (a little less CPU an epoch; docs/performance.md).
 GATHER_BATCHES = 16
 
 
@@ -193,14 +192,13 @@ def fit(build: Callable[[], keras.Model], x: Any, y: Any, *, seed: int, epochs: 
 
     ``x`` and ``y`` are arrays (or dicts of them), cut into ``batch_size`` batches in a new order each epoch drawn
     from ``seed`` (``batches``), read in place as ``shared_tensor``s (fill large ones into ``aligned_empty``
-    arrays); or ``x`` is a
-    ``keras.utils.PyDataset`` of (inputs, labels) batches that orders its own rows each epoch and ``y`` is None
-    (``batch_size`` unused): a training set too large to hold as model inputs is streamed. ``validation`` is an
-    (x, y) pair of either kind. With ``validation``, training stops once the validation loss has not improved
-    for ``patience`` epochs and the best epoch's weights are restored; without, it runs ``epochs`` epochs (the
-    last is the best). Raises ValueError on a dataset given with labels. Safe to call from several threads at once
-    (``side_by_side``). Each TensorFlow op runs on the fit's own thread (``ops_on_their_callers_thread``; a
-    warning, once per process, says when it cannot).
+    arrays); or ``x`` is a ``keras.utils.PyDataset`` of (inputs, labels) batches that orders its own rows each epoch
+    and ``y`` is None (``batch_size`` unused): a training set too large to hold as model inputs is streamed.
+    ``validation`` is an (x, y) pair of either kind. With ``validation``, training stops once the validation loss
+    has not improved for ``patience`` epochs and the best epoch's weights are restored; without, it runs ``epochs``
+    epochs (the last is the best). Raises ValueError on a dataset given with labels. Safe to call from several
+    threads at once (``side_by_side``). Each TensorFlow op runs on the fit's own thread
+    (``ops_on_their_callers_thread``; a warning, once per process, says when it cannot).
     """
     import keras
 
