@@ -17,15 +17,16 @@
    training rows as its drift reference and the gate scores both models; the new version must go live too (a gate
    rejection is reported, not an error).
 
-Fields: years, flights, events (records replayed to both topics), replay_eps, steps (``{step, seconds,
-peak_rss_mb}`` each), snapshot_rows, snapshot_rows_per_s (the manifest's own reading time), total_s (the steps'
-walls summed), trigger_to_live_s (start of the snapshot task to the scorer's "live" record), scorer_load_ms and
-scorer_swap_ms (from that record: the model's load and warm-up, its publication to live), auc (the challenger's
-holdout AUC in the gate's decision), model_version; with ``--then-month``, ``next``: the second run's flights,
-steps, snapshot_rows, total_s, verdict (the gate's), and when promoted trigger_to_live_s, auc and model_version,
-otherwise why it stopped. A task of the first run that stops it or fails ends the benchmark with a non-zero exit
-and the reason. Uses $KAFKA_BOOTSTRAP_SERVERS if set, otherwise starts a local broker; MLflow on SQLite and a model
-signing key pair in a temporary folder; the scorer's log goes to .local/bench-scale-scorer.log.
+Fields: years, flights, events (records replayed to both topics), replay_eps, steps (``{step, seconds, peak_rss_mb,
+peak_anon_mb}`` each: ``benchmarks.step_process``), snapshot_rows, snapshot_rows_per_s (the manifest's own reading
+time), total_s (the steps' walls summed), trigger_to_live_s (start of the snapshot task to the scorer's "live"
+record), scorer_load_ms and scorer_swap_ms (from that record: the model's load and warm-up, its publication to
+live), auc (the challenger's holdout AUC in the gate's decision), model_version; with ``--then-month``, ``next``:
+the second run's flights, steps, snapshot_rows, total_s, verdict (the gate's), and when promoted trigger_to_live_s,
+auc and model_version, otherwise why it stopped. A task of the first run that stops it or fails ends the benchmark
+with a non-zero exit and the reason. Uses $KAFKA_BOOTSTRAP_SERVERS if set, otherwise starts a local broker; MLflow
+on SQLite and a model signing key pair in a temporary folder; the scorer's log goes to
+.local/bench-scale-scorer.log.
 
     TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/scale.py [--years 10] [--then-month]
 """
@@ -142,8 +143,8 @@ def _answers(url: str) -> bool:
 def run_step(step: str, folder: Path, env: dict[str, str], run_id: str = RUN_ID, *, may_stop: bool = False
              ) -> tuple[dict, dict]:
     """Run one task in a process of its own (``benchmarks.step_process``): (the dict it returned, ``{step,
-    seconds, peak_rss_mb}``). Exits the benchmark with the reason when the task fails, or stops the run unless
-    ``may_stop`` (then the dict is ``{"stopped": kind, "reason": ...}``)."""
+    seconds, peak_rss_mb, peak_anon_mb}``). Exits the benchmark with the reason when the task fails, or stops the
+    run unless ``may_stop`` (then the dict is ``{"stopped": kind, "reason": ...}``)."""
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.step_process", "measure", step, str(folder), run_id],
                             cwd=REPO, env=env)
     try:
@@ -157,7 +158,8 @@ def run_step(step: str, folder: Path, env: dict[str, str], run_id: str = RUN_ID,
     if code not in (0, STOPPED):
         raise SystemExit(f"{step} failed with exit code {code} (its log is above)")
     figures = {"step": step, **orjson.loads((folder / f"{step}.usage.json").read_bytes())}
-    log.info("step %s: %.1f s, peak RSS %d MB", step, figures["seconds"], figures["peak_rss_mb"])
+    log.info("step %s: %.1f s, peak RSS %d MB (anonymous %d MB)", step, figures["seconds"], figures["peak_rss_mb"],
+             figures["peak_anon_mb"])
     return orjson.loads((folder / f"{step}.json").read_bytes()), figures
 
 

@@ -9,7 +9,8 @@ handlers run, then ``os._exit``, without the interpreter's teardown, which no Ai
 seconds once TensorFlow, MLflow or Great Expectations are imported (docs/performance.md).
 
 ``measure`` starts the task's process from this small one and reaps it with ``os.wait4``: its wall seconds and
-peak RSS (which covers the processes it starts and waits for) go to ``<folder>/<task>.usage.json``. On Linux a
+peak RSS (which covers the processes it starts and waits for, and the file pages they map) and the peak of its own
+anonymous memory (``peak_anon_mb``: sampled, the task's process alone) go to ``<folder>/<task>.usage.json``. On Linux a
 child's ru_maxrss starts at the peak RSS of the process it was spawned from (exec keeps the high-water mark of
 the image it replaces), so the task is not spawned from a large benchmark process.
 
@@ -23,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,10 +70,31 @@ def measure(task: str, folder: Path, run_id: str) -> int:
     pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "benchmarks.step_process", "run", task,
                                           str(folder), run_id], os.environ)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))  # stopped: stop the task too
+    anon = [0]
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample_anon, args=(pid, anon, done), daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(pid, 0)
+    done.set()
+    sampler.join()
     (folder / f"{task}.usage.json").write_bytes(orjson.dumps({
-        "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024)}))
+        "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "peak_anon_mb": round(anon[0] / 1024)}))
     return os.waitstatus_to_exitcode(status)
+
+
+def _sample_anon(pid: int, peak: list[int], done: threading.Event, every_s: float = 0.1) -> None:
+    """The highest ``RssAnon`` (kB) of process ``pid`` seen every ``every_s`` until ``done``: its own memory,
+    without the file pages it maps (which RSS counts, and the kernel can drop), nor its children's."""
+    while not done.wait(every_s):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("RssAnon:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+                        break
+        except OSError:  # exited (or not Linux)
+            return
 
 
 def main() -> None:

@@ -177,3 +177,8 @@ class LoopSettings(TopicNames, KafkaClientSettings):
     @property
     def reports_dir(self) -> Path:
         return self.loop_data_dir / "reports"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where a task writes files it unlinks as soon as it has them open (``SnapshotRows.table``'s columns)."""
+        return self.loop_data_dir / "scratch"

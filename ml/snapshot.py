@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -312,6 +313,7 @@ class SnapshotRows:
         self.filters = filters
         self.count = sum(m.row_count for m in manifests) if count is None else count
         self.column_names = self.schema.names
+        self.scratch_dir = settings.scratch_dir
 
     def batches(self, size: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """Frames of ``size`` rows (the last one fewer), in file order; only ``columns`` when given."""
@@ -353,26 +355,67 @@ class SnapshotRows:
         """These columns (None: all) of every row, as one frame."""
         return _read(self.paths, self.schema, names, self.filters)
 
-    def table(self, names: list[str], *, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    def table(self, names: list[str], *, types: Mapping[str, pa.DataType] | None = None, mapped: bool = True
+              ) -> pa.Table:
         """These columns of every row as one Arrow table, in file order, each column a single chunk, the columns
         named in ``types`` read as that type: a string column as a dictionary (``pa.dictionary(pa.int32(),
         pa.string())``: 4 bytes a row for a few distinct values), an integer column the contract bounds as a
-        narrower integer. The least memory rows can be held in for training: no pandas objects, no copy.
+        narrower integer. No pandas objects, no copy.
+
+        ``mapped`` (the default): the columns are read one at a time, each written to an Arrow file under
+        ``scratch_dir`` and memory-mapped, the file unlinked once mapped. The table then lives in the kernel's page
+        cache, not in this process's memory: read rows are paged in, and paged out again under memory pressure, so
+        a history larger than the machine's memory can still be trained on, and reading it holds one column. A
+        file is unlinked as soon as it is mapped: a process that dies while training leaves none behind (one killed
+        while writing a column may). Otherwise the table is read into memory.
         Raises ``pyarrow.ArrowInvalid`` when a value does not fit its type."""
         types = types or {}
-        schema = pa.schema([self.schema.field(name).with_type(types[name]) if name in types
-                            else self.schema.field(name) for name in names])
-        tables = [pq.read_table(path, schema=schema, columns=names, filters=self.filters) for path in self.paths]
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
-        del tables
-        for i, field in enumerate(table.schema):  # one chunk per column, dictionaries unified first
-            column = table.column(i)
-            if column.num_chunks != 1:
-                if pa.types.is_dictionary(field.type):
-                    column = column.unify_dictionaries()
-                table = table.set_column(i, field, pa.chunked_array([column.combine_chunks()], field.type))
+        # Every field, so that the filter finds the columns it reads; those in ``names`` are the table's.
+        full = pa.schema([f.with_type(types[f.name]) if f.name in types else f for f in self.schema])
+        schema = pa.schema([full.field(name) for name in names])
+        if not mapped:
+            table = self._read_table(full, names)
+            table = pa.Table.from_arrays([_one_chunk(table.column(i), field) for i, field in enumerate(schema)],
+                                         schema=schema)
+        else:
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+            columns = []
+            for field in schema:
+                column = _one_chunk(self._read_table(full, [field.name]).column(0), field)
+                columns.append(_mapped(column, field, self.scratch_dir))
+                del column
+            table = pa.Table.from_arrays(columns, schema=schema)
         pa.default_memory_pool().release_unused()
         return table
+
+    def _read_table(self, schema: pa.Schema, names: list[str]) -> pa.Table:
+        """The columns ``names`` of ``schema``, as typed there, of every row ``filters`` keeps, in file order."""
+        tables = [pq.read_table(path, schema=schema, columns=names, filters=self.filters) for path in self.paths]
+        return pa.concat_tables(tables) if tables else pa.schema([schema.field(n) for n in names]).empty_table()
+
+
+def _one_chunk(column: pa.ChunkedArray, field: pa.Field) -> pa.Array:
+    """``column`` as one array, a dictionary column's dictionaries unified first."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    if pa.types.is_dictionary(field.type):
+        column = column.unify_dictionaries()
+    return column.combine_chunks()
+
+
+def _mapped(array: pa.Array, field: pa.Field, folder: Path) -> pa.Array:
+    """``array`` written to an Arrow file in ``folder`` and read back memory-mapped (no copy in memory); the file
+    is unlinked at once, and its pages stay readable until the array's buffers are released."""
+    fd, name = tempfile.mkstemp(prefix=f"{field.name}-", suffix=".arrow", dir=folder)
+    os.close(fd)
+    try:
+        schema = pa.schema([field])
+        with pa.OSFile(name, "wb") as out, pa.ipc.new_file(out, schema) as writer:
+            writer.write_batch(pa.record_batch([array], schema=schema))
+        with pa.memory_map(name) as source:
+            return pa.ipc.open_file(source).get_batch(0).column(0)
+    finally:
+        os.unlink(name)
 
 
 def _read(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,

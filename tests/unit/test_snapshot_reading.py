@@ -1,9 +1,11 @@
 """Reading snapshots: a manifest written before the parallel snapshot (format 1, one data file) is still read, a
 newer format is refused with a clear message, pieces follow from the offsets alone, and the gate's holdout and the
-training rows are each read alone, with the rows of a split of the whole snapshot."""
+training rows are each read alone, with the rows of a split of the whole snapshot (as Arrow, memory-mapped by
+default)."""
 
 from __future__ import annotations
 
+import gc
 import numpy as np
 import orjson
 import pandas as pd
@@ -17,7 +19,7 @@ from ml.contracts import arrow_schema
 from ml.settings import LoopSettings
 from ml.snapshot import (DATA, MANIFEST, SnapshotManifest, SnapshotRows, list_manifests, load_snapshots,
                          manifests_of, topic_dir)
-from ml.snapshot_files import Piece, pieces
+from ml.snapshot_files import Piece, _no_cycle_collection, pieces
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.source import load_completed
 
@@ -95,14 +97,36 @@ def test_the_training_rows_are_read_alone_and_are_the_first_part_of_a_split_of_t
     pd.testing.assert_frame_equal(pd.concat(list(earlier.batches(5000, few)), ignore_index=True), frame[few])
     names = ["flight_id", "sched_dep_utc", "carrier", "temp", "delayed"]
     names = [*names, "month"]
+    allocated = pa.total_allocated_bytes()
     table = earlier.table(names, types={"carrier": pa.dictionary(pa.int32(), pa.string()), "month": pa.int8()})
+    held = pa.total_allocated_bytes() - allocated
     assert pa.types.is_dictionary(table.schema.field("carrier").type) and table.schema.field("month").type == pa.int8()
     assert all(table.column(name).num_chunks == 1 for name in names)
     as_read = table.to_pandas().assign(carrier=lambda t: t["carrier"].astype(str))
     pd.testing.assert_frame_equal(as_read, frame[names].assign(carrier=lambda t: t["carrier"].astype(str)),
                                   check_dtype=False)
+    # Memory-mapped (the default): the same table, its buffers outside Arrow's pool, no file left behind.
+    allocated = pa.total_allocated_bytes()
+    in_memory = earlier.table(names, types={"carrier": pa.dictionary(pa.int32(), pa.string()),
+                                            "month": pa.int8()}, mapped=False)
+    assert pa.total_allocated_bytes() - allocated >= in_memory.nbytes > 1_000_000 and table.equals(in_memory)
+    assert held < in_memory.nbytes / 100 and not any(earlier.scratch_dir.iterdir())
+    assert all(not buffer or _mapped(buffer) for column in table.columns for buffer in column.chunk(0).buffers())
     with pytest.raises(pa.ArrowInvalid):  # a value that does not fit the type asked for
         earlier.table(["distance", "flight"], types={"flight": pa.int8()})
+    with pytest.raises(pa.ArrowInvalid):
+        earlier.table(["distance", "flight"], types={"flight": pa.int8()}, mapped=False)
+    assert not any(earlier.scratch_dir.iterdir())
+
+
+def _mapped(buffer: pa.Buffer) -> bool:
+    """Whether ``buffer`` lies in a file mapping of this process (a memory-mapped file, deleted or not)."""
+    for line in open("/proc/self/maps"):
+        span, _, _, _, inode, *path = line.split()
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= buffer.address < end:
+            return inode != "0" and bool(path)
+    return False
 
 
 def test_a_drift_reference_is_a_seeded_sample_of_the_training_rows_read_in_batches(tmp_path):
@@ -147,3 +171,19 @@ def test_flights_train_from_the_snapshot_as_from_the_frame(tmp_path, monkeypatch
     assert from_table.rows_train + from_table.rows_val == earlier.count
     np.testing.assert_array_equal(evaluation.score(from_table.model, from_table.preprocessing, rows),
                                   evaluation.score(from_frame.model, from_frame.preprocessing, rows))
+
+
+def test_the_cycle_collector_is_off_while_a_piece_is_read_and_as_it_was_after():
+    was = gc.isenabled()
+    try:
+        for before in (True, False):
+            (gc.enable if before else gc.disable)()
+            with _no_cycle_collection():
+                assert not gc.isenabled()
+            assert gc.isenabled() is before
+        gc.enable()
+        with pytest.raises(RuntimeError), _no_cycle_collection():
+            raise RuntimeError("a piece failed")
+        assert gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()

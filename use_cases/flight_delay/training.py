@@ -127,8 +127,8 @@ def _read_types() -> dict[str, pa.DataType]:
 
 
 def training_table(rows: SnapshotRows) -> pa.Table:
-    """The columns training reads of snapshot ``rows`` as Arrow, each in its narrowest type (``_read_types``): a
-    fraction of the memory of a frame of every column (docs/performance.md)."""
+    """The columns training reads of snapshot ``rows`` as Arrow, each in its narrowest type (``_read_types``),
+    memory-mapped (``SnapshotRows.table``): the rows are read in place from the page cache, not held by the task."""
     return rows.table(list(dict.fromkeys((*prep.INPUT_FIELDS, LABEL, *TIME_ORDER))), types=_read_types())
 
 
@@ -147,10 +147,11 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
 
     The members train side by side, each on a thread of its own (``ml.training.side_by_side``; each trains the
     model it would train alone), and the served model is their average (``model.assemble``). Rows are read in
-    place by position from one Arrow table of the fields read (a table given is used as it is, a frame's columns
-    are not copied); their model inputs are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond
-    (``Batches``), and every member's early stopping runs before the refit's inputs are made, so training on
-    years of flights holds a few bytes per row besides the rows.
+    place by position from one Arrow table of the fields read (a table given is used as it is, a
+    ``training_table``'s columns are memory-mapped files, a frame's columns are not copied); their model inputs
+    are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every member's early
+    stopping runs before the refit's inputs are made, so training on years of flights holds a few bytes per row
+    (their time order and labels) besides the mapped rows.
 
     No class weights: the gate and the scorer need calibrated probabilities (log loss), and reweighting does
     not improve ranking (AUC). Raises ValueError on fewer than ``settings.min_training_rows`` rows or a
