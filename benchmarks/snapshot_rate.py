@@ -80,9 +80,12 @@ def snapshot(tree: Path, env: dict[str, str]) -> dict:
     return orjson.loads(out.strip().splitlines()[-1])
 
 
-def arguments(doc: str, rounds: int) -> argparse.Namespace:
-    """The command line of a benchmark of ``--years`` replayed years, ``--rounds`` and ``--against``; logs set up."""
+def arguments(doc: str, rounds: int, task: bool = False) -> argparse.Namespace:
+    """The command line of a benchmark of ``--years`` replayed years, ``--rounds`` and ``--against`` (and with
+    ``task``, ``--task``: validate or train); logs set up."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if task:
+        parser.add_argument("--task", choices=("validate", "train"), default="train")
     parser.add_argument("--years", type=int, default=3, choices=range(1, 11), metavar="1..10")
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--against", help="a git revision to compare with (a temporary worktree of it)")

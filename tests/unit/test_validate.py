@@ -155,6 +155,9 @@ def test_corrupted_snapshot_fails_naming_the_expectation_and_rows(flights, setti
     assert "failed 1 of" in str(e.value)
     assert (_docs_dir(settings, "bad") / "index.html").is_file()
     assert json.loads((_docs_dir(settings, "bad") / validate.REPORT_FILE).read_text())["success"] is False
+    if failed[2] is not None:  # the run's page lists a sample of the unexpected values
+        (page,) = (_docs_dir(settings, "bad") / "validations").rglob("*.html")
+        assert "Sampled Unexpected Values" in page.read_text()
 
 
 @slow
@@ -235,3 +238,36 @@ def test_a_sample_keeps_the_frame_when_small_and_is_reproducible():
     assert validate.sample(df, 100, seed=1) is df and validate.sample(None, 5, seed=1) is None
     a, b = validate.sample(df, 10, seed=1), validate.sample(df, 10, seed=1)
     assert a.equals(b) and len(a) == 10 and a.index.is_monotonic_increasing
+
+
+def test_nullable_integers_without_nulls_reach_the_engine_as_numpy_integers_and_the_frame_is_untouched():
+    df = pd.DataFrame({"a": pd.array([1, 2, 3], dtype="Int64"), "b": pd.array([1, None, 3], dtype="Int64"),
+                       "c": pd.array([7, 8, 9], dtype="UInt8"), "d": [0.5, 1.5, 2.5], "e": ["x", "y", "z"]})
+    plain = validate._plain_integers(df)
+    assert plain["a"].dtype == np.dtype("int64") and plain["c"].dtype == np.dtype("uint8")
+    assert plain["b"].dtype == pd.Int64Dtype() and plain["d"].dtype == df["d"].dtype and plain["e"].equals(df["e"])
+    assert plain["a"].tolist() == [1, 2, 3] and df["a"].dtype == pd.Int64Dtype()  # the caller's frame as it was
+    floats = df[["d", "e"]]
+    assert validate._plain_integers(floats) is floats
+
+
+@slow
+def test_nullable_integer_columns_get_the_verdicts_of_numpy_integer_columns(flights, settings):
+    """Snapshots are read with nullable integers (``Int64``); the engine is handed those without nulls as numpy
+    integers, which it checks vectorised: the same verdicts, a range violation in either kind of column found."""
+    bad = flights[0].copy()
+    bad.loc[:4, "month"] = 13  # a column without nulls
+    bad.loc[bad.index[bad["plane_year"].notna()][:3], "plane_year"] = 1800  # a column with nulls
+    nullable = bad.astype({name: "Int64" for name in bad.columns if bad[name].dtype == np.dtype("int64")})
+    reports = {}
+    for run_id, frame in (("numpy", bad), ("nullable", nullable)):
+        with pytest.raises(ValidationFailed) as e:
+            validate.validate_snapshot(frame, settings, suite=SUITE, run_id=run_id)
+        reports[run_id] = e.value.report
+
+    def verdicts(report):
+        return [(r.expectation, r.column, r.success, r.unexpected_count, r.observed_value) for r in report.results]
+
+    assert verdicts(reports["nullable"]) == verdicts(reports["numpy"])
+    assert {(r.column, r.unexpected_count) for r in reports["nullable"].failures()} == {("month", 5),
+                                                                                         ("plane_year", 3)}
