@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -101,21 +101,28 @@ def replay_years(settings: LoopSettings, years: int) -> None:
         replay_frame(settings, shifted(base, back))
 
 
+def alternated(args: argparse.Namespace, other: Path, run: Callable[[Path, str], dict]) -> dict[str, list[dict]]:
+    """``run(tree, name)`` ``args.rounds`` times per code tree ("this" checkout, and ``args.against`` at ``other``
+    when given), the trees alternated within each round; each tree's figures in run order."""
+    trees = {"this": REPO, **({args.against: other} if args.against else {})}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for i in range(args.rounds):
+        for name, tree in trees.items():
+            figures = run(tree, f"{name}-{i}")
+            log.info("round %d, %s: %s", i + 1, name, figures)
+            runs[name].append(figures)
+    return runs
+
+
 def main() -> None:
     args = arguments(__doc__, rounds=3)
     with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp, \
             code_tree(args.against) as other:
         settings = bench_settings(bootstrap, Path(tmp))
         replay_years(settings, args.years)
-        trees = {"this": REPO, **({args.against: other} if args.against else {})}
-        runs: dict[str, list[dict]] = {name: [] for name in trees}
-        for i in range(args.rounds):
-            for name, tree in trees.items():
-                env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "USE_CASE": "flight_delay",
-                       "TOPIC_PREFIX": settings.topic_prefix, "LOOP_DATA_DIR": str(Path(tmp) / f"{name}-{i}")}
-                figures = snapshot(tree, env)
-                log.info("round %d, %s: %s", i + 1, name, figures)
-                runs[name].append(figures)
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "USE_CASE": "flight_delay",
+               "TOPIC_PREFIX": settings.topic_prefix}
+        runs = alternated(args, other, lambda tree, run: snapshot(tree, {**env, "LOOP_DATA_DIR": str(Path(tmp) / run)}))
     result: dict = {"years": args.years, "rows": runs["this"][0]["rows"]}
     for name, done in runs.items():
         result[name] = {"runs": done, "rows_per_s": round(statistics.median(r["rows_per_s"] for r in done))}

@@ -14,7 +14,6 @@ and seconds, for validation the seconds the validation itself took. Last stdout 
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -27,10 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.replay_snapshot import bench_settings, kafka_cluster  # noqa: E402
 from benchmarks.scale import loop_env, run_step  # noqa: E402
-from benchmarks.snapshot_rate import arguments, code_tree, replay_years  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-log = logging.getLogger("bench")
+from benchmarks.snapshot_rate import REPO, alternated, arguments, code_tree, replay_years  # noqa: E402
 
 
 def run_task(task: str, tree: Path, folder: Path, env: dict[str, str], run_id: str) -> dict:
@@ -59,13 +55,8 @@ def main() -> None:
         folder = tmp / "xcom"
         folder.mkdir()
         snapshot, _ = run_step("snapshot", folder, env)
-        trees = {"this": REPO, **({args.against: other} if args.against else {})}
-        runs: dict[str, list[dict]] = {name: [] for name in trees}
-        for i in range(args.rounds):
-            for k, (name, tree) in enumerate(trees.items()):
-                figures = run_task(args.task, tree, folder, env, f"bench-{args.task}-{i}-{k}")
-                log.info("round %d, %s: %s", i + 1, name, figures)
-                runs[name].append(figures)
+        runs = alternated(args, other, lambda tree, run: run_task(args.task, tree, folder, env,
+                                                                  f"bench-{args.task}-{run}"))
     print(orjson.dumps({"years": args.years, "task": args.task, "rows": snapshot["row_count"], **runs}).decode())
 
 
