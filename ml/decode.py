@@ -13,7 +13,7 @@ reject with a reason.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -57,6 +57,7 @@ class Decoded:
     table: pa.Table
     accepted: np.ndarray
     rejected: list[Rejection]
+    schema_ids: dict[int, int] = field(default_factory=dict)  # rows accepted by frame schema id (TopicDecoder)
 
 
 @dataclass(frozen=True)

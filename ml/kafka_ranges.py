@@ -60,18 +60,43 @@ def read_ranges(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int
     or at an EOF at or past the end (the last offsets may be transaction markers, which are never delivered).
     Raises LoopError if a partition makes no progress for ``timeout`` seconds.
     """
-    for p, (start, end) in sorted(ranges.items()):
-        if start < end:
-            yield from _read_partition(consumer, TopicPartition(topic, p, start), end, timeout, batch_size)
-
-
-def _read_partition(consumer: Consumer, tp: TopicPartition, end: int, timeout: float, batch_size: int
-                    ) -> Iterator[Batch]:
-    consumer.assign([tp])
+    reader = RangeReader(consumer, topic)
     try:
+        for p, (start, end) in sorted(ranges.items()):
+            yield from reader.read(p, start, end, timeout, batch_size)
+    finally:
+        reader.release()
+
+
+class RangeReader:
+    """Reads offset ranges of one topic's partitions with one consumer and keeps its place between ranges: a
+    range that starts where the last one ended (the next piece of a snapshot's partition) goes on from the
+    messages already fetched, with no new assignment, so nothing is fetched twice and the fetching never stops
+    between the two."""
+
+    def __init__(self, consumer: Consumer, topic: str) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self._at: tuple[int, int] | None = None  # (partition, offset) the fetched messages go on from
+        self._ahead: list[Message] = []  # consumed beyond the last range's end, from ``_at`` on
+
+    def release(self) -> None:
+        """Drop the assignment and whatever was fetched ahead."""
+        self._at, self._ahead = None, []
+        self.consumer.unassign()
+
+    def read(self, partition: int, start: int, end: int, timeout: float = 30.0, batch_size: int = BATCH
+             ) -> Iterator[Batch]:
+        """Yield batches of the data messages in ``[start, end)`` of ``partition`` (as ``read_ranges``)."""
+        if start >= end:
+            return
+        if self._at != (partition, start):
+            self.release()
+            self.consumer.assign([TopicPartition(self.topic, partition, start)])
+        self._at = None  # until this range is read through: a range left half-read is assigned afresh
         idle_since, reading = time.monotonic(), True
         while reading:
-            msgs = consumer.consume(batch_size, timeout=0.1)
+            msgs, self._ahead = self._ahead or self.consumer.consume(batch_size, timeout=0.1), []
             # Comprehensions rather than one loop with appends: this runs once per record.
             data = [m for m in msgs if m.error() is None]
             if len(data) != len(msgs):
@@ -83,14 +108,16 @@ def _read_partition(consumer: Consumer, tp: TopicPartition, end: int, timeout: f
                         reading = False
             if data and data[-1].offset() >= end - 1:
                 reading = False
-                if data[-1].offset() >= end:  # written after the end was fixed: the next snapshot's
-                    data = [m for m in data if m.offset() < end]
+            if not reading and msgs[-1].offset() >= end:
+                # The next range's messages (an EOF event past the end included), or ones written after the
+                # end was fixed: kept for a range that goes on from here.
+                self._ahead = [m for m in msgs if m.offset() >= end]
+                data = [m for m in data if m.offset() < end]
             if data:
                 idle_since = time.monotonic()
                 yield Batch(data, [m.value() for m in data])
             elif reading and time.monotonic() - idle_since > timeout:
-                (pos,) = consumer.position([tp])
-                raise LoopError(f"reading {tp.topic}[{tp.partition}]: no progress for {timeout:.0f} s at "
+                (pos,) = self.consumer.position([TopicPartition(self.topic, partition)])
+                raise LoopError(f"reading {self.topic}[{partition}]: no progress for {timeout:.0f} s at "
                                 f"offset {pos.offset}, short of the end offset {end}")
-    finally:
-        consumer.unassign()
+        self._at = (partition, end)

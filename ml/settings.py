@@ -104,7 +104,7 @@ class LoopSettings(TopicNames, KafkaClientSettings):
 
     # Training window: the latest N snapshots of the use case's labels topic form the training set.
     snapshot_window: int = Field(12, ge=1)
-    # Processes that read a snapshot, this one included (0: one per usable core); see ml.snapshot_files.
+    # Processes that read a snapshot, this one included (0: one per two usable cores); see ml.snapshot_files.
     snapshot_workers: int = Field(0, ge=0)
     min_training_rows: int = Field(1000, ge=1)
     # The most recent days of the window are held out: challenger and champion are both scored on them.

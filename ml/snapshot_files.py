@@ -1,9 +1,11 @@
 """Read a snapshot's offset ranges into Parquet files, one per piece of at most ``PIECE`` offsets, on every core.
 
 The pieces follow from the ranges alone and a piece's file from its offsets alone (rows in offset order, fixed
-row groups), so a snapshot's files and hashes do not depend on how many processes read it. This process reads
-pieces from the front of the list while worker processes (new interpreters: the caller's Kafka clients must not
-be forked) read from the back, each with its own consumer and decoder, until they meet.
+row groups), so a snapshot's files and hashes do not depend on how many processes read it. A process keeps about
+two cores busy: one pipeline runs through all the pieces it reads (its thread consumes, ``DECODERS`` threads decode,
+one writes), and consecutive pieces of a partition are one fetch. Past two cores, worker processes (new
+interpreters: the caller's Kafka clients must not be forked) each read a share of the pieces (``Schedule``) with
+their own consumer and decoder.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from confluent_kafka import Consumer
 from ml.contracts import Contract
 from ml.decode import Decoded
 from ml.errors import LoopError
-from ml.kafka_ranges import Batch, read_ranges, snapshot_consumer
+from ml.kafka_ranges import Batch, RangeReader, snapshot_consumer
 from ml.settings import LoopSettings
 from ml.wire import TopicDecoder
 
@@ -41,7 +43,10 @@ log = logging.getLogger(__name__)
 
 PIECE = 65_536  # offsets per file: one row group
 ROW_GROUP = 65_536  # fixed row-group size: the file's bytes depend only on the rows
-READ_AHEAD = 4  # batches read ahead of the decoder: bounds memory to a few batches of raw values
+# Batches decoded at once: while one is parsed, another is checked and cast, and their writes go on beside them.
+DECODERS = 3
+READ_AHEAD = 3 * DECODERS  # batches read ahead of the writes: bounds memory to a few batches of raw values
+CORES_PER_PROCESS = 2  # what one reading process keeps busy (docs/performance.md)
 # Below this many offsets a worker's start (about a second: Python, pyarrow and the Kafka client) costs more than
 # it saves.
 PARALLEL_MIN_OFFSETS = 8 * PIECE
@@ -82,8 +87,64 @@ def pieces(ranges: dict[int, tuple[int, int]], size: int | None = None) -> list[
 
 
 def worker_count(settings: LoopSettings) -> int:
-    """Processes reading a snapshot, this one included: ``settings.snapshot_workers``, or one per usable core."""
-    return settings.snapshot_workers or len(os.sched_getaffinity(0))
+    """Processes reading a snapshot, this one included: ``settings.snapshot_workers``, or one per
+    ``CORES_PER_PROCESS`` usable cores (at least one)."""
+    return settings.snapshot_workers or max(1, len(os.sched_getaffinity(0)) // CORES_PER_PROCESS)
+
+
+class _PieceFile:
+    """One piece's file as it is written: decoded batches appended in offset order as row groups of ``ROW_GROUP``
+    rows, then closed, hashed and moved into place (``finish``). Called from one thread at a time."""
+
+    def __init__(self, piece: Piece, folder: Path, schema: pa.Schema, event_time: str) -> None:
+        self.path = folder / piece.file
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.result = PieceResult(piece, 0, "", None, None)
+        self.event_time = event_time
+        self.schema = schema
+        self._pending: list[pa.Table] = []
+        self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def write(self, batch: Batch, decoding: Future) -> None:
+        """Append one batch once it is decoded: its rows, its rejects with their Kafka positions."""
+        decoded: Decoded = decoding.result()
+        result = self.result
+        for r in decoded.rejected:
+            m = batch.messages[r.index]
+            result.rejected.append({
+                "partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp()[1],
+                "error_class": r.error_class, "reason": r.reason,
+                "key_b64": base64.b64encode(m.key()).decode() if m.key() else None,
+                "original_b64": base64.b64encode(m.value() or b"").decode()})
+        for schema_id, rows in decoded.schema_ids.items():
+            result.schema_ids[schema_id] = result.schema_ids.get(schema_id, 0) + rows
+        if decoded.table.num_rows:
+            self._pending.append(decoded.table)
+            low, high = pc.min_max(decoded.table.column(self.event_time)).values()
+            result.rows += decoded.table.num_rows
+            result.event_time_min = _earlier(result.event_time_min, low.as_py())
+            result.event_time_max = _later(result.event_time_max, high.as_py())
+            self._write_row_groups(last=False)
+
+    def finish(self) -> PieceResult:
+        """Write the last rows, close the file, hash it and move it into place."""
+        self._write_row_groups(last=True)
+        self._writer.close()
+        self.result.sha256 = hashlib.sha256(self.tmp.read_bytes()).hexdigest()
+        os.replace(self.tmp, self.path)
+        return self.result
+
+    def close(self) -> None:
+        """Close the file if ``finish`` was not reached (an error): the partial file stays a ``.tmp``."""
+        if self._writer.is_open:
+            self._writer.close()
+
+    def _write_row_groups(self, last: bool) -> None:
+        table = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        cut = table.num_rows if last else table.num_rows - table.num_rows % ROW_GROUP
+        for a in range(0, cut, ROW_GROUP):
+            self._writer.write_table(table.slice(a, ROW_GROUP), row_group_size=ROW_GROUP)
+        self._pending = [table.slice(cut)] if cut < table.num_rows else []
 
 
 class _Reader:
@@ -93,71 +154,52 @@ class _Reader:
         self.topic = topic
         self.decoder = TopicDecoder(settings, topic, contract)
         self.consumer: Consumer = snapshot_consumer(settings)
+        self.ranges = RangeReader(self.consumer, topic)  # consecutive pieces of a partition: one fetch
         self.event_time = contract.EVENT_TIME
 
     def close(self) -> None:
         self.consumer.close()
 
-    def read(self, piece: Piece, folder: Path, timeout: float, batch_size: int) -> PieceResult:
-        """Decode the piece into ``folder/piece.file``; decoding and writing run in a second thread, as
-        pyarrow parses and compresses without the GIL while this one keeps consuming."""
-        self.decoder.rows_by_schema_id.clear()
-        path = folder / piece.file
-        tmp = path.with_name(path.name + ".tmp")
-        result = PieceResult(piece, 0, "", None, None)
-        pending: list[pa.Table] = []
-        writer = pq.ParquetWriter(tmp, self.decoder.schema, compression="zstd")
+    def read(self, todo: Iterator[Piece], done: Callable[[PieceResult], None], folder: Path, timeout: float,
+             batch_size: int) -> None:
+        """Read each piece ``todo`` yields (the next is drawn once the last one's records are all consumed) into
+        ``folder/piece.file`` and call ``done`` with its result, in order, from the writing thread.
 
-        def decode_and_write(values: list[bytes | None], last: bool = False) -> Decoded | None:
-            decoded = self.decoder.decode(values) if values else None
-            if decoded is not None and decoded.table.num_rows:
-                pending.append(decoded.table)
-                low, high = pc.min_max(decoded.table.column(self.event_time)).values()
-                result.rows += decoded.table.num_rows
-                result.event_time_min = _earlier(result.event_time_min, low.as_py())
-                result.event_time_max = _later(result.event_time_max, high.as_py())
-            table = pa.concat_tables(pending) if pending else self.decoder.schema.empty_table()
-            cut = table.num_rows if last else table.num_rows - table.num_rows % ROW_GROUP
-            for a in range(0, cut, ROW_GROUP):
-                writer.write_table(table.slice(a, ROW_GROUP), row_group_size=ROW_GROUP)
-            pending[:] = [table.slice(cut)] if cut < table.num_rows else []
-            return decoded
+        One pipeline runs through all the pieces, so nothing waits at a piece's end: this thread consumes,
+        ``DECODERS`` batches are decoded at a time, and one more thread writes them in order and finishes each file
+        (pyarrow parses and compresses without the GIL)."""
+        in_flight: deque[Future] = deque()
+        files: list[_PieceFile] = []
 
-        def collect(batch: Batch, decoded: Decoded | None) -> None:
-            for r in decoded.rejected if decoded else ():
-                m = batch.messages[r.index]
-                result.rejected.append({
-                    "partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp()[1],
-                    "error_class": r.error_class, "reason": r.reason,
-                    "key_b64": base64.b64encode(m.key()).decode() if m.key() else None,
-                    "original_b64": base64.b64encode(m.value() or b"").decode()})
+        def finish(out: _PieceFile) -> None:
+            done(out.finish())
 
-        in_flight: deque[tuple[Batch, Future]] = deque()
-        with _no_cycle_collection(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-decode") as pool:
-            try:
-                ranges = {piece.partition: (piece.start, piece.end)}
-                for batch in read_ranges(self.consumer, self.topic, ranges, timeout, batch_size):
-                    in_flight.append((batch, pool.submit(decode_and_write, batch.values)))
-                    while len(in_flight) > READ_AHEAD or (in_flight and in_flight[0][1].done()):
-                        done_batch, fut = in_flight.popleft()
-                        collect(done_batch, fut.result())
+        try:
+            with _no_cycle_collection(), \
+                    ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="snapshot-decode") as decoders, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-write") as writes:
+                for piece in todo:
+                    out = _PieceFile(piece, folder, self.decoder.schema, self.event_time)
+                    files.append(out)
+                    for batch in self.ranges.read(piece.partition, piece.start, piece.end, timeout, batch_size):
+                        decoding = decoders.submit(self.decoder.decode, batch.values)
+                        in_flight.append(writes.submit(out.write, batch, decoding))
+                        while len(in_flight) > READ_AHEAD or (in_flight and in_flight[0].done()):
+                            in_flight.popleft().result()
+                    in_flight.append(writes.submit(finish, out))
                 while in_flight:
-                    done_batch, fut = in_flight.popleft()
-                    collect(done_batch, fut.result())
-                pool.submit(decode_and_write, [], True).result()
-            finally:
-                writer.close()
-        result.sha256 = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        result.schema_ids = dict(self.decoder.rows_by_schema_id)
-        os.replace(tmp, path)
-        return result
+                    in_flight.popleft().result()
+        finally:
+            for out in files:
+                out.close()
 
 
 @contextlib.contextmanager
 def _no_cycle_collection() -> Iterator[None]:
-    """The cyclic garbage collector off for the block (as it was after): a piece makes about ten thousand message
-    objects a batch and no reference cycles, and the collector's passes over them took a fifth of the consuming
-    thread's time (docs/performance.md). Reference counting still frees everything as it goes."""
+    """The cyclic garbage collector off for the block (as it was after), a process's reading of its pieces: each
+    batch makes about ten thousand message objects and no reference cycles, and the collector's passes over them
+    took a fifth of the consuming thread's time (docs/performance.md). Reference counting still frees everything as
+    it goes."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -176,7 +218,12 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
 
 
 class WorkerLost(LoopError):
-    """A worker process died (killed, out of memory, could not start): its piece goes back to the queue."""
+    """A worker process died (killed, out of memory, could not start): ``pieces``, the ones it had not answered,
+    go back to the schedule."""
+
+    def __init__(self, message: str, pieces: list[Piece]) -> None:
+        super().__init__(message)
+        self.pieces = pieces
 
 
 class _WorkerProcess:
@@ -184,30 +231,40 @@ class _WorkerProcess:
     results out on its stdout. Started with the interpreter rather than multiprocessing, which would import the
     caller's main module again in the child."""
 
+    AHEAD = 2  # pieces sent before their answers: the child draws its next piece as it finishes consuming one
+
     def __init__(self, settings: LoopSettings, topic: str, contract: type[Contract]) -> None:
         # The caller's import path, so the child unpickles the contract wherever the caller found it.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.proc = subprocess.Popen([sys.executable, "-m", "ml.snapshot_files"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env)
-        self._start: tuple | None = (settings, topic, contract)  # sent with the first piece
+        self._start = (settings, topic, contract)
 
     def _send(self, obj: object) -> None:
         pickle.dump(obj, self.proc.stdin)
         self.proc.stdin.flush()
 
-    def read(self, piece: Piece, folder: Path, timeout: float, batch_size: int) -> PieceResult:
+    def read(self, todo: Callable[[], Piece | None], done: Callable[[PieceResult], None], folder: Path,
+             timeout: float, batch_size: int) -> None:
+        """Have the child read the pieces ``todo`` gives (sent ``AHEAD`` of their answers, so it never waits for
+        the next) and call ``done`` with each result, in order. Raises the child's error, or WorkerLost."""
+        sent: deque[Piece] = deque()
         try:
-            if self._start is not None:
-                self._send(self._start)
-                self._start = None
-            self._send((piece, folder, timeout, batch_size))
-            ok, answer = pickle.load(self.proc.stdout)
+            self._send((*self._start, folder, timeout, batch_size))
+            while True:
+                while len(sent) < self.AHEAD and (piece := todo()) is not None:
+                    sent.append(piece)
+                    self._send(piece)
+                if not sent:
+                    return
+                ok, answer = pickle.load(self.proc.stdout)
+                if not ok:
+                    raise answer
+                done(answer)
+                sent.popleft()
         except (EOFError, BrokenPipeError, pickle.UnpicklingError) as e:
             raise WorkerLost(f"snapshot worker {self.proc.pid} exited (code {self.proc.wait()}) reading "
-                             f"{piece}") from e
-        if not ok:
-            raise answer
-        return answer
+                             f"{', '.join(map(str, sent))}", list(sent)) from e
 
     def close(self) -> None:
         with contextlib.suppress(BrokenPipeError):
@@ -220,24 +277,29 @@ class _WorkerProcess:
 
 
 def _serve() -> None:
-    """The child's side of ``_WorkerProcess``: read pieces until stdin closes."""
+    """The child's side of ``_WorkerProcess``: read the pieces that come until stdin closes, answering each."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     requests = sys.stdin.buffer
-    reader = _Reader(*pickle.load(requests))
-    try:
+    settings, topic, contract, folder, timeout, batch_size = pickle.load(requests)
+
+    def todo() -> Iterator[Piece]:
         while True:
             try:
-                piece, folder, timeout, batch_size = pickle.load(requests)
+                yield pickle.load(requests)
             except EOFError:
                 return
-            try:
-                answer = (True, reader.read(piece, folder, timeout, batch_size))
-            except Exception as e:  # the parent raises it
-                answer = (False, e if _picklable(e) else LoopError(f"{type(e).__name__}: {e}"))
-            pickle.dump(answer, answers)
-            answers.flush()
+
+    def answer(ok: bool, what: object) -> None:
+        pickle.dump((ok, what), answers)
+        answers.flush()
+
+    reader = _Reader(settings, topic, contract)
+    try:
+        reader.read(todo(), lambda result: answer(True, result), folder, timeout, batch_size)
+    except Exception as e:  # the parent raises it
+        answer(False, e if _picklable(e) else LoopError(f"{type(e).__name__}: {e}"))
     finally:
         reader.close()
 
@@ -250,57 +312,99 @@ def _picklable(e: Exception) -> bool:
     return True
 
 
+class Schedule:
+    """Which piece each of ``readers`` reads next. Reader ``r`` starts at piece ``r * len(todo) // readers`` and
+    goes on in order while nobody has taken its next piece, so it reads runs of consecutive pieces of a partition,
+    each run one fetch (``RangeReader``); past that it takes the middle of the longest run of pieces nobody has
+    taken (work stolen in halves: the readers finish about together). Not thread-safe: the caller locks."""
+
+    def __init__(self, todo: list[Piece], readers: int) -> None:
+        self.todo = todo
+        self._free = [True] * len(todo)
+        self._next = [r * len(todo) // readers for r in range(readers)]
+
+    def take(self, reader: int) -> Piece | None:
+        """The next piece for ``reader``; None when every piece is taken."""
+        i = self._next[reader]
+        if i >= len(self.todo) or not self._free[i]:
+            i = self._stolen()
+            if i is None:
+                return None
+        self._free[i] = False
+        self._next[reader] = i + 1
+        return self.todo[i]
+
+    def give_back(self, piece: Piece) -> None:
+        """``piece`` is free again (its reader was lost)."""
+        self._free[self.todo.index(piece)] = True
+
+    def _stolen(self) -> int | None:
+        """The middle of the longest run of free pieces (its second half goes to the thief); None if none."""
+        best, run_start, best_len = None, 0, 0
+        for i, free in enumerate([*self._free, False]):
+            if not free:
+                if i - run_start > best_len:
+                    best, best_len = run_start + (i - run_start) // 2, i - run_start
+                run_start = i + 1
+        return best
+
+
 def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], todo: list[Piece], folder: Path,
                 timeout: float, batch_size: int) -> list[PieceResult]:
     """Read every piece into its file under ``folder``; the results in piece order.
 
     Uses ``worker_count(settings) - 1`` worker processes besides this one when there are at least two pieces and
-    ``PARALLEL_MIN_OFFSETS`` offsets. The first error of any reader stops the others and is raised here.
+    ``PARALLEL_MIN_OFFSETS`` offsets, the pieces dealt by a ``Schedule``. The first error of any reader stops the
+    others and is raised here.
     """
-    queue = deque(todo)
     lock = threading.Lock()
     results: dict[Piece, PieceResult] = {}
     errors: list[BaseException] = []
     by_workers = 0  # pieces the worker processes read
 
-    def take(front: bool) -> Piece | None:
-        with lock:
-            if errors or not queue:
-                return None
-            return queue.popleft() if front else queue.pop()
+    workers = min(worker_count(settings), len(todo)) - 1
+    if sum(p.end - p.start for p in todo) < PARALLEL_MIN_OFFSETS:
+        workers = 0
+    schedule = Schedule(todo, workers + 1)
 
-    def run(front: bool, read: Callable[[Piece], PieceResult]) -> None:
-        nonlocal by_workers
+    def run(reader: int, read: Callable[[Callable[[], Piece | None], Callable[[PieceResult], None]], None]
+            ) -> None:
+        def take() -> Piece | None:
+            with lock:
+                return None if errors else schedule.take(reader)
+
+        def keep(result: PieceResult) -> None:
+            nonlocal by_workers
+            with lock:
+                results[result.piece] = result
+                by_workers += reader > 0
+
         try:
-            while (piece := take(front)) is not None:
-                try:
-                    results[piece] = read(piece)
-                except WorkerLost as e:
-                    log.warning("%s: this process reads the pieces left", e)
-                    with lock:
-                        queue.append(piece)
-                    return
-                with lock:
-                    by_workers += not front
+            read(take, keep)
+        except WorkerLost as e:
+            log.warning("%s: this process reads the pieces left", e)
+            with lock:
+                for piece in e.pieces:
+                    schedule.give_back(piece)
         except BaseException as e:
             with lock:
                 errors.append(e)
 
-    workers = min(worker_count(settings), len(todo)) - 1
-    if sum(p.end - p.start for p in todo) < PARALLEL_MIN_OFFSETS:
-        workers = 0
+    def own_read(take: Callable[[], Piece | None], keep: Callable[[PieceResult], None]) -> None:
+        own.read(iter(take, None), keep, folder, timeout, batch_size)
+
     children = [_WorkerProcess(settings, topic, contract) for _ in range(workers)]
     threads = [threading.Thread(target=run, name=f"snapshot-worker-{child.proc.pid}", daemon=True,
-                                args=(False, lambda p, c=child: c.read(p, folder, timeout, batch_size)))
-               for child in children]
+                                args=(r, lambda take, keep, c=child: c.read(take, keep, folder, timeout, batch_size)))
+               for r, child in enumerate(children, start=1)]
     own = _Reader(settings, topic, contract)
     try:
         for t in threads:
             t.start()
-        run(True, lambda p: own.read(p, folder, timeout, batch_size))
+        run(0, own_read)
         for t in threads:
             t.join()
-        run(True, lambda p: own.read(p, folder, timeout, batch_size))  # a lost worker's piece
+        run(0, own_read)  # a lost worker's pieces
     finally:
         own.close()
         for child in children:

@@ -10,7 +10,7 @@ field the code does not know yet) is read through the code's contract, its extra
 from __future__ import annotations
 
 import struct
-from collections import Counter
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +128,8 @@ class _Group:
 
 class TopicDecoder:
     """``ContractDecoder`` for framed values of one topic: each schema id's records are decoded with the code's
-    contract, leaving out the fields a newer registered schema added; a bad frame becomes a rejection."""
+    contract, leaving out the fields a newer registered schema added; a bad frame becomes a rejection. Threads
+    may decode batches at the same time (a snapshot decodes two at once)."""
 
     def __init__(self, names: TopicNames, topic: str, contract: type[BaseModel]) -> None:
         self.contract = contract
@@ -136,9 +137,13 @@ class TopicDecoder:
         self.schema = arrow_schema(contract)
         self._fields = frozenset(contract.model_fields)
         self._groups: dict[int, _Group] = {}
-        self.rows_by_schema_id: Counter[int] = Counter()  # rows accepted so far, by the schema id they carried
+        self._lock = threading.Lock()  # threads that decode at once look a new schema id up once
 
     def _group(self, schema_id: int) -> _Group:
+        with self._lock:
+            return self._found_group(schema_id)
+
+    def _found_group(self, schema_id: int) -> _Group:
         found = self._groups.get(schema_id)
         if found is None:
             try:
@@ -163,7 +168,7 @@ class TopicDecoder:
         else:
             for i, v in enumerate(values):
                 heads.setdefault(v[:HEADER_SIZE] if v else b"", []).append(i)
-        tables, accepted, rejected = [], [], []
+        tables, accepted, rejected, schema_ids = [], [], [], {}
         for head, idx in heads.items():
             schema_id = None
             try:
@@ -178,16 +183,16 @@ class TopicDecoder:
             part = group.decoder.decode([v[HEADER_SIZE:] for v in values] if one else
                                         [values[i][HEADER_SIZE:] for i in idx])
             where = np.asarray(idx, dtype=np.int64)
-            self.rows_by_schema_id[schema_id] += len(part.accepted)
+            schema_ids[schema_id] = schema_ids.get(schema_id, 0) + len(part.accepted)
             tables.append(part.table)
             accepted.append(where[part.accepted])
             rejected += [Rejection(int(where[r.index]), r.error_class, r.reason) for r in part.rejected]
         rejected.sort(key=lambda r: r.index)
         if len(tables) == 1:
-            return Decoded(tables[0], accepted[0], rejected)
+            return Decoded(tables[0], accepted[0], rejected, schema_ids)
         if not tables:
-            return Decoded(self.schema.empty_table(), np.empty(0, dtype=np.int64), rejected)
+            return Decoded(self.schema.empty_table(), np.empty(0, dtype=np.int64), rejected, schema_ids)
         table, positions = pa.concat_tables(tables), np.concatenate(accepted)
         order = np.argsort(positions, kind="stable")
-        return Decoded(table.take(pa.array(order)), positions[order], rejected)
+        return Decoded(table.take(pa.array(order)), positions[order], rejected, schema_ids)
 

@@ -19,7 +19,7 @@ from ml.contracts import arrow_schema
 from ml.settings import LoopSettings
 from ml.snapshot import (DATA, MANIFEST, SnapshotManifest, SnapshotRows, list_manifests, load_snapshots,
                          manifests_of, topic_dir)
-from ml.snapshot_files import Piece, _no_cycle_collection, pieces
+from ml.snapshot_files import Piece, Schedule, _no_cycle_collection, pieces
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.source import load_completed
 
@@ -61,6 +61,57 @@ def test_pieces_follow_from_the_offsets_alone():
     assert pieces({1: (5, 5), 0: (10, 25)}, size=10) == [Piece(0, 10, 20), Piece(0, 20, 25)]
     assert pieces({0: (0, 3), 2: (7, 9)}, size=10) == [Piece(0, 0, 3), Piece(2, 7, 9)]
     assert Piece(2, 7, 9).file == "part-00002-00000000000000000007.parquet"
+
+
+def _runs(taken: list[Piece], todo: list[Piece]) -> int:
+    """How many runs of consecutive pieces (in ``todo`` order) ``taken`` is made of."""
+    at = [todo.index(p) for p in taken]
+    return 1 + sum(b != a + 1 for a, b in zip(at, at[1:], strict=False))
+
+
+def test_one_reader_takes_every_piece_in_order():
+    todo = pieces({0: (0, 50), 1: (0, 30)}, size=10)
+    schedule = Schedule(todo, 1)
+    assert [schedule.take(0) for _ in todo] == todo and schedule.take(0) is None
+
+
+@pytest.mark.parametrize("pace", [(1, 1), (1, 2), (3, 1), (1, 5)])
+def test_readers_take_runs_of_consecutive_pieces_and_every_piece_once(pace):
+    todo = pieces({0: (0, 160), 1: (0, 100), 2: (0, 60)}, size=10)  # 32 pieces
+    schedule = Schedule(todo, 2)
+    taken: dict[int, list[Piece]] = {0: [], 1: []}
+    more = True
+    while more:  # reader r takes pace[r] pieces a turn: one reads faster than the other
+        more = False
+        for r in (0, 1):
+            for _ in range(pace[r]):
+                if (piece := schedule.take(r)) is not None:
+                    taken[r].append(piece)
+                    more = True
+    assert taken[0][0] == todo[0] and taken[1][0] == todo[16]  # each from its share's start
+    assert sorted(taken[0] + taken[1]) == todo  # every piece once
+    # Each reader reads its share in order, then steals halves of what is left: a few runs, not a piece at a time.
+    assert _runs(taken[0], todo) <= 4 and _runs(taken[1], todo) <= 4, taken
+    assert abs(len(taken[0]) / pace[0] - len(taken[1]) / pace[1]) <= 2  # they finish together
+
+
+def test_a_thief_takes_the_second_half_of_the_longest_run_left():
+    todo = pieces({0: (0, 100)}, size=10)
+    schedule = Schedule(todo, 2)
+    assert [schedule.take(0) for _ in range(2)] == todo[:2]  # reader 0 from 0; reader 1's share (5-9) untouched
+    assert [schedule.take(1) for _ in range(5)] == todo[5:]
+    assert schedule.take(1) == todo[3]  # free: 2-4, its middle
+    assert schedule.take(0) == todo[2] and schedule.take(0) == todo[4]  # 3 taken: reader 0 steals 4
+    assert schedule.take(0) is None and schedule.take(1) is None
+
+
+def test_a_piece_given_back_is_taken_again():
+    todo = pieces({0: (0, 40)}, size=10)
+    schedule = Schedule(todo, 2)
+    everything = [p for r in (0, 1, 0, 1) if (p := schedule.take(r))]
+    assert sorted(everything) == todo and schedule.take(0) is None
+    schedule.give_back(todo[1])
+    assert schedule.take(1) == todo[1] and schedule.take(0) is None
 
 
 def test_the_holdout_is_read_alone_with_the_rows_of_a_split_of_the_whole_snapshot(tmp_path):
