@@ -5,7 +5,8 @@
    ``use_cases.flight_delay.source`` does, so daylight saving time follows that year's rules; ``flight_id`` keys
    carry the new year).
 2. Start a scorer (``python -m scoring_service``, a process of its own, no model yet) on the same broker, registry
-   and model topic, and wait until it is up.
+   and model topic, and wait until it is up and settled: its model loader imports TensorFlow as it starts, which
+   a scorer that has been running does not do when a retraining comes.
 3. Trigger one retraining over the whole history: each task (snapshot, validate, train, evaluate, register,
    publish) runs in a process of its own as an Airflow worker runs it (``benchmarks.step_process``: the same
    ``ml.airflow_tasks`` function, settings from the environment, the earlier tasks' dicts as JSON files), timed
@@ -105,7 +106,9 @@ def loop_env(settings: LoopSettings) -> dict[str, str]:
 
 @contextlib.contextmanager
 def scorer(settings: LoopSettings, timeout: float = 120.0) -> Iterator[subprocess.Popen]:
-    """A scorer of ``settings``' use case (public keys only), up (/healthz 200) with no model yet; stopped at exit."""
+    """A scorer of ``settings``' use case (public keys only), up (/healthz 200) with no model yet and settled (its
+    processes' CPU time no longer growing: its model loader has imported TensorFlow, as in a scorer that has run
+    for a while when a retraining comes); stopped at exit."""
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "USE_CASE": settings.use_case,
            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "TOPIC_PREFIX": settings.topic_prefix,
@@ -121,7 +124,8 @@ def scorer(settings: LoopSettings, timeout: float = 120.0) -> Iterator[subproces
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"scorer not up (exit code {proc.returncode}); see {SCORER_LOG}")
             time.sleep(0.2)
-        log.info("scorer %d up on port %d, no model yet", proc.pid, port)
+        settled_s = _settle(proc.pid, deadline)
+        log.info("scorer %d up on port %d, no model yet, settled after %.1f s more", proc.pid, port, settled_s)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -130,6 +134,35 @@ def scorer(settings: LoopSettings, timeout: float = 120.0) -> Iterator[subproces
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def _settle(pid: int, deadline: float, quiet_s: float = 1.0) -> float:
+    """Wait until process ``pid`` and its children (the model loader) use under 5% of a core over ``quiet_s``;
+    the seconds waited. Raises SystemExit past ``deadline``."""
+    started = time.monotonic()
+    last = _cpu_seconds(pid)
+    while True:
+        time.sleep(quiet_s)
+        now = _cpu_seconds(pid)
+        if now - last < 0.05 * quiet_s:
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise SystemExit(f"scorer {pid} still busy starting; see {SCORER_LOG}")
+        last = now
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its direct children, from /proc."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _answers(url: str) -> bool:

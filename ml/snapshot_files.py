@@ -143,7 +143,9 @@ class _PieceFile:
         table = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
         cut = table.num_rows if last else table.num_rows - table.num_rows % ROW_GROUP
         for a in range(0, cut, ROW_GROUP):
-            self._writer.write_table(table.slice(a, ROW_GROUP), row_group_size=ROW_GROUP)
+            # One chunk per column: Parquet's pages are cut where the chunks end too, and the batches a piece
+            # arrives in depend on how it was read (a piece that continues another starts with its leftovers).
+            self._writer.write_table(table.slice(a, ROW_GROUP).combine_chunks(), row_group_size=ROW_GROUP)
         self._pending = [table.slice(cut)] if cut < table.num_rows else []
 
 

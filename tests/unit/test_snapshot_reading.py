@@ -6,6 +6,9 @@ default)."""
 from __future__ import annotations
 
 import gc
+import hashlib
+from concurrent.futures import Future
+
 import numpy as np
 import orjson
 import pandas as pd
@@ -19,7 +22,8 @@ from ml.contracts import arrow_schema
 from ml.settings import LoopSettings
 from ml.snapshot import (DATA, MANIFEST, SnapshotManifest, SnapshotRows, list_manifests, load_snapshots,
                          manifests_of, topic_dir)
-from ml.snapshot_files import Piece, Schedule, _no_cycle_collection, pieces
+from ml.decode import Decoded
+from ml.snapshot_files import ROW_GROUP, Piece, Schedule, _no_cycle_collection, _PieceFile, pieces
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.source import load_completed
 
@@ -112,6 +116,32 @@ def test_a_piece_given_back_is_taken_again():
     assert sorted(everything) == todo and schedule.take(0) is None
     schedule.give_back(todo[1])
     assert schedule.take(1) == todo[1] and schedule.take(0) is None
+
+
+def _piece_file(folder, table: pa.Table, sizes: list[int]) -> str:
+    """The sha256 of a piece's file written from ``table`` in batches of ``sizes`` (cycled)."""
+    folder.mkdir()
+    out = _PieceFile(Piece(0, 0, table.num_rows), folder, table.schema, "arr_utc")
+    at, i = 0, 0
+    while at < table.num_rows:
+        part = table.slice(at, sizes[i % len(sizes)])
+        decoding: Future = Future()
+        decoding.set_result(Decoded(part, np.arange(part.num_rows), [], {1: part.num_rows}))
+        out.write(None, decoding)
+        at, i = at + part.num_rows, i + 1
+    result = out.finish()
+    assert result.rows == table.num_rows and result.schema_ids == {1: table.num_rows}
+    assert result.sha256 == hashlib.sha256((folder / result.piece.file).read_bytes()).hexdigest()
+    return result.sha256
+
+
+def test_a_piece_file_does_not_depend_on_the_batches_its_rows_came_in(tmp_path):
+    # A piece that goes on from the last one starts with its leftovers: other batches, the same rows and file.
+    # Rows enough for a row group of several Parquet pages, where chunk ends used to cut pages.
+    flights = load_completed((1, 3), limit=ROW_GROUP + 5_000)
+    table = pa.Table.from_pandas(flights, schema=arrow_schema(FlightCompleted), preserve_index=False)
+    assert len({_piece_file(tmp_path / name, table, sizes)
+                for name, sizes in (("even", [10_000]), ("leftover", [4_464, 10_000]), ("odd", [777, 9_999]))}) == 1
 
 
 def test_the_holdout_is_read_alone_with_the_rows_of_a_split_of_the_whole_snapshot(tmp_path):
