@@ -51,6 +51,7 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
+import psutil
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -152,17 +153,9 @@ def _settle(pid: int, deadline: float, quiet_s: float = 1.0) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and of its direct children, from /proc."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    """CPU seconds of ``pid`` and of its children."""
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in (proc, *proc.children()))
 
 
 def _answers(url: str) -> bool:

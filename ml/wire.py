@@ -129,7 +129,7 @@ class _Group:
 class TopicDecoder:
     """``ContractDecoder`` for framed values of one topic: each schema id's records are decoded with the code's
     contract, leaving out the fields a newer registered schema added; a bad frame becomes a rejection. Threads
-    may decode batches at the same time (a snapshot decodes two at once)."""
+    may decode batches at the same time (a snapshot decodes several at once)."""
 
     def __init__(self, names: TopicNames, topic: str, contract: type[BaseModel]) -> None:
         self.contract = contract
@@ -141,23 +141,20 @@ class TopicDecoder:
 
     def _group(self, schema_id: int) -> _Group:
         with self._lock:
-            return self._found_group(schema_id)
-
-    def _found_group(self, schema_id: int) -> _Group:
-        found = self._groups.get(schema_id)
-        if found is None:
-            try:
-                self.reader.check_id(schema_id)
-            except WireError as exc:
-                return _Group(None, exc)  # not cached: the id may be registered under this subject later
-            writer = self.reader.registry.schema(schema_id)
-            if NOT_JSON_SCHEMA in writer:
-                return _Group(None, WireError("schema_type", f"schema id {schema_id} has type "
-                                                             f"{writer[NOT_JSON_SCHEMA]}: the records of "
-                                                             f"{self.reader.topic} are JSON"))
-            extra = frozenset(writer.get("properties", {})) - self._fields
-            found = self._groups[schema_id] = _Group(ContractDecoder(self.contract, ignore=extra), None)
-        return found
+            found = self._groups.get(schema_id)
+            if found is None:
+                try:
+                    self.reader.check_id(schema_id)
+                except WireError as exc:
+                    return _Group(None, exc)  # not cached: the id may be registered under this subject later
+                writer = self.reader.registry.schema(schema_id)
+                if NOT_JSON_SCHEMA in writer:
+                    return _Group(None, WireError("schema_type", f"schema id {schema_id} has type "
+                                                                 f"{writer[NOT_JSON_SCHEMA]}: the records of "
+                                                                 f"{self.reader.topic} are JSON"))
+                extra = frozenset(writer.get("properties", {})) - self._fields
+                found = self._groups[schema_id] = _Group(ContractDecoder(self.contract, ignore=extra), None)
+            return found
 
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Decode one batch of framed values; never raises for bad records, it rejects them."""
