@@ -27,6 +27,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from confluent_kafka import IsolationLevel, TopicPartition
 from confluent_kafka.admin import OffsetSpec
@@ -35,6 +36,7 @@ from pydantic import BaseModel, Field, field_validator
 from ml.contracts import Contract, arrow_schema
 from ml.errors import LoopError, TopicMissing
 from ml.kafka_ranges import BATCH
+from ml.row_scan import one_chunk
 from ml.settings import LoopSettings
 from ml.snapshot_files import PieceResult, pieces, read_pieces
 from ml.topics import admin_client, require_broker
@@ -369,38 +371,42 @@ class SnapshotRows:
         file is unlinked as soon as it is mapped: a process that dies while training leaves none behind (one killed
         while writing a column may). Otherwise the table is read into memory.
         Raises ``pyarrow.ArrowInvalid`` when a value does not fit its type."""
-        types = types or {}
-        # Every field, so that the filter finds the columns it reads; those in ``names`` are the table's.
-        full = pa.schema([f.with_type(types[f.name]) if f.name in types else f for f in self.schema])
+        full = self._typed(types)
         schema = pa.schema([full.field(name) for name in names])
         if not mapped:
             table = self._read_table(full, names)
-            table = pa.Table.from_arrays([_one_chunk(table.column(i), field) for i, field in enumerate(schema)],
-                                         schema=schema)
+            table = pa.Table.from_arrays([one_chunk(column) for column in table.columns], schema=schema)
         else:
             self.scratch_dir.mkdir(parents=True, exist_ok=True)
             columns = []
             for field in schema:
-                column = _one_chunk(self._read_table(full, [field.name]).column(0), field)
+                column = one_chunk(self._read_table(full, [field.name]).column(0))
                 columns.append(_mapped(column, field, self.scratch_dir))
                 del column
             table = pa.Table.from_arrays(columns, schema=schema)
         pa.default_memory_pool().release_unused()
         return table
 
+    def scan(self, names: list[str], *, types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.Table]:
+        """These columns of the rows ``filters`` keeps, in file order, typed as ``table`` types them, one Parquet
+        row group at a time (``ml.row_scan``): a pass over a long history holds one row group of it, and nothing is
+        written or mapped. Raises ``pyarrow.ArrowInvalid`` when a value does not fit its type."""
+        full = self._typed(types)
+        for path in self.paths:
+            for group in next(ds.dataset(path, schema=full, format="parquet").get_fragments()).split_by_row_group():
+                part = group.to_table(schema=full, columns=names, filter=self.filters)
+                if part.num_rows:
+                    yield part
+
+    def _typed(self, types: Mapping[str, pa.DataType] | None) -> pa.Schema:
+        """Every field (the filter may read any), those named in ``types`` as that type."""
+        types = types or {}
+        return pa.schema([f.with_type(types[f.name]) if f.name in types else f for f in self.schema])
+
     def _read_table(self, schema: pa.Schema, names: list[str]) -> pa.Table:
         """The columns ``names`` of ``schema``, as typed there, of every row ``filters`` keeps, in file order."""
         tables = [pq.read_table(path, schema=schema, columns=names, filters=self.filters) for path in self.paths]
         return pa.concat_tables(tables) if tables else pa.schema([schema.field(n) for n in names]).empty_table()
-
-
-def _one_chunk(column: pa.ChunkedArray, field: pa.Field) -> pa.Array:
-    """``column`` as one array, a dictionary column's dictionaries unified first."""
-    if column.num_chunks == 1:
-        return column.chunk(0)
-    if pa.types.is_dictionary(field.type):
-        column = column.unify_dictionaries()
-    return column.combine_chunks()
 
 
 def _mapped(array: pa.Array, field: pa.Field, folder: Path) -> pa.Array:

@@ -151,8 +151,9 @@ class UseCase(ABC):
     def train_snapshot(self, rows: SnapshotRows, settings: LoopSettings) -> TrainResult:
         """``train`` on the training rows of snapshots, which the train step hands over unread (``SnapshotRows``:
         ``rows.count`` of them, in file order). By default they are read as one frame of every column; a use case
-        overrides this to read only what its training needs (``rows.table``: chosen columns as Arrow, repetitive
-        strings dictionary-encoded), so a long history costs a fraction of the frame's memory."""
+        overrides this to read only what its training needs (``rows.scan``: chosen columns a Parquet row group at a
+        time, repetitive strings dictionary-encoded, and ``ml.row_scan`` to pick rows from such a pass; or
+        ``rows.table``: them whole as Arrow), so a long history is never held as a frame."""
         return self.train(rows.columns(None), settings)
 
     @abstractmethod

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from ml.row_scan import selected, table_scan
 from use_cases.flight_delay import preprocessing as features
 from use_cases.flight_delay.contracts import FlightScheduled
 from use_cases.flight_delay.source import load_completed
@@ -202,6 +203,23 @@ def test_fitting_on_rows_by_position_is_fitting_on_those_rows_in_that_order(flig
     monkeypatch.setattr(features, "FIT_CHUNK_ROWS", 700)  # read in several chunks, the last one partial
     assert features.fit(flights, rows) == expected
     assert features.fit(flights, rows).rows_fitted == 2000
+
+
+def test_a_fit_from_parts_is_the_fit_on_those_rows_whatever_their_order_and_chunking(flights, monkeypatch):
+    monkeypatch.setattr(features, "FIT_SAMPLE_ROWS", 1000)  # the sample's slots, not only every row
+    rows = np.random.default_rng(2).permutation(len(flights))[:2500]
+    expected = features.fit(flights, rows)
+    table = features.input_table(flights, carry=(features.LABEL,))
+    y = features.labels(table)[rows]
+    # The rows read in chunks of the table's own order, as a snapshot's row groups are, each with its place.
+    where = np.full(len(flights), -1)
+    where[rows] = np.arange(len(rows))
+    assert features.fit_parts(lambda: selected(table_scan(table, 333), where), y) == expected
+    # And in any order: the chunks reversed.
+    parts = list(selected(table_scan(table, 333), where))[::-1]
+    assert features.fit_parts(lambda: iter(parts), y) == expected
+    with pytest.raises(ValueError, match="zero rows"):
+        features.fit_parts(lambda: iter([]), np.empty(0))
 
 
 def test_a_sampled_fit_counts_every_row_and_reads_numeric_statistics_from_the_sample(flights, fitted, monkeypatch):

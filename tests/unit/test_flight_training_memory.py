@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ml import training as ml_training
+from ml.row_scan import table_scan
 from ml.settings import LoopSettings
 from use_cases.flight_delay import evaluation, training
 from use_cases.flight_delay import preprocessing as prep
@@ -27,6 +28,19 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(training, "CHUNK_ROWS", 2 * training.BATCH_SIZE)
 
 
+class _CountedScan:
+    """A scan of ``table`` in slices of 700 rows that counts its passes and the rows it yields."""
+
+    def __init__(self, table):
+        self.scan, self.passes, self.rows = table_scan(table, 700), 0, 0
+
+    def __call__(self):
+        self.passes += 1
+        for chunk in self.scan():
+            self.rows += len(chunk)
+            yield chunk
+
+
 def _epoch(batches: training.Batches) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One epoch of ``batches`` as Keras reads it, its batches concatenated."""
     batches.on_epoch_begin()
@@ -37,9 +51,10 @@ def _epoch(batches: training.Batches) -> tuple[dict[str, np.ndarray], np.ndarray
 
 def test_batches_yield_every_row_once_an_epoch_as_transformed_in_a_new_seeded_order(flights, small_chunks):
     fitted, table = prep.fit(flights), prep.input_table(flights)
+    scan = table_scan(table, 700)
     # Labels that name their row, so the order of an epoch can be read back.
     rows, ids = np.arange(1, len(flights)), np.arange(len(flights), dtype="float32")
-    batches = training.Batches(fitted, table, ids, rows, seed=5)
+    batches = training.Batches(fitted, scan, ids, rows, seed=5)
     assert len(batches) == -(-len(rows) // training.BATCH_SIZE) and len(batches) > 2 * training.CHUNK_BATCHES
     (x1, order1), (x2, order2) = _epoch(batches), _epoch(batches)
     for x, order in ((x1, order1), (x2, order2)):
@@ -48,10 +63,10 @@ def test_batches_yield_every_row_once_an_epoch_as_transformed_in_a_new_seeded_or
         for key in expected:
             np.testing.assert_array_equal(x[key], expected[key], err_msg=key)
     assert (order1 != order2).any()
-    again = training.Batches(fitted, table, ids, rows, seed=5)
+    again = training.Batches(fitted, scan, ids, rows, seed=5)
     np.testing.assert_array_equal(_epoch(again)[1], order1)
     # Without a seed (validation), every epoch reads the rows in the order given.
-    plain = training.Batches(fitted, table, ids, rows)
+    plain = training.Batches(fitted, scan, ids, rows)
     np.testing.assert_array_equal(_epoch(plain)[1], rows)
     np.testing.assert_array_equal(_epoch(plain)[1], rows)
 
@@ -60,20 +75,40 @@ def test_a_shuffled_epoch_is_the_first_epoch_rows_of_its_seeded_permutation(flig
     monkeypatch.setattr(training, "EPOCH_ROWS", 1000)
     fitted, table = prep.fit(flights), prep.input_table(flights)
     rows, ids = np.arange(2, len(flights)), np.arange(len(flights), dtype="float32")
-    batches = training.Batches(fitted, table, ids, rows, seed=5)
-    assert len(batches) == 2 and batches._order is rows
+    scan = _CountedScan(table)
+    batches = training.Batches(fitted, scan, ids, rows, seed=5)
+    assert len(batches) == 2 and batches._order is rows and scan.passes == 0
     for epoch in (1, 2):
         order = _epoch(batches)[1].astype(int)
         expected = rows[np.random.default_rng([5, epoch]).permutation(len(rows))][:1000]
         np.testing.assert_array_equal(order, expected)
-        assert len(batches._order) == 1000  # the rest of the permutation is not kept
-    # Validation (no seed) reads every row, whatever EPOCH_ROWS.
-    np.testing.assert_array_equal(_epoch(training.Batches(fitted, table, ids, rows))[1], rows)
+        # The rest of the permutation is not kept, and of the rows only the epoch's are held, read in one pass.
+        assert len(batches._order) == len(batches._held) == 1000 and scan.passes == epoch
+    assert scan.rows == 2 * len(flights)
+    # Validation (no seed) reads every row, whatever EPOCH_ROWS, gathered once.
+    plain = training.Batches(fitted, _CountedScan(table), ids, rows)
+    np.testing.assert_array_equal(_epoch(plain)[1], rows)
+    np.testing.assert_array_equal(_epoch(plain)[1], rows)
+    assert plain.scan.passes == 1
+
+
+def test_shapes_are_read_before_the_first_epoch_from_the_rows_in_the_order_given(flights, small_chunks):
+    fitted, table = prep.fit(flights), prep.input_table(flights)
+    rows, ids = np.arange(len(flights))[::-1].copy(), np.arange(len(flights), dtype="float32")
+    scan = _CountedScan(table)
+    batches = training.Batches(fitted, scan, ids, rows, seed=5)
+    # As Keras peeks at a batch to learn its shapes before calling on_epoch_begin.
+    x, y = batches[1]
+    np.testing.assert_array_equal(y, rows[training.BATCH_SIZE:2 * training.BATCH_SIZE])
+    expected = prep.transform(fitted, table.take(rows[training.BATCH_SIZE:2 * training.BATCH_SIZE]))
+    for key in expected:
+        np.testing.assert_array_equal(x[key], expected[key], err_msg=key)
+    assert scan.passes == 1
 
 
 def test_a_dataset_comes_without_labels(flights):
     fitted = prep.fit(flights)
-    batches = training.Batches(fitted, prep.input_table(flights), np.zeros(len(flights), "float32"),
+    batches = training.Batches(fitted, table_scan(prep.input_table(flights)), np.zeros(len(flights), "float32"),
                                np.arange(len(flights)))
     with pytest.raises(ValueError, match="y must be None"):
         ml_training.fit(lambda: keras.Sequential(), batches, np.zeros(len(flights)), seed=0, epochs=1,

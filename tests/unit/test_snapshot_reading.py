@@ -186,6 +186,12 @@ def test_the_training_rows_are_read_alone_and_are_the_first_part_of_a_split_of_t
     as_read = table.to_pandas().assign(carrier=lambda t: t["carrier"].astype(str))
     pd.testing.assert_frame_equal(as_read, frame[names].assign(carrier=lambda t: t["carrier"].astype(str)),
                                   check_dtype=False)
+    # Scanned: the same rows and types, a Parquet row group (the filter applied) at a time, nothing written.
+    scanned = list(earlier.scan(names, types={"carrier": pa.dictionary(pa.int32(), pa.string()), "month": pa.int8()}))
+    assert len(scanned) > 1 and all(part.schema == table.schema for part in scanned)
+    pd.testing.assert_frame_equal(
+        pa.concat_tables(scanned).to_pandas().assign(carrier=lambda t: t["carrier"].astype(str)),
+        as_read)
     # Memory-mapped (the default): the same table, its buffers outside Arrow's pool, no file left behind.
     allocated = pa.total_allocated_bytes()
     in_memory = earlier.table(names, types={"carrier": pa.dictionary(pa.int32(), pa.string()),
@@ -245,9 +251,13 @@ def test_flights_train_from_the_snapshot_as_from_the_frame(tmp_path, monkeypatch
     _format_1(settings, rows, row_group=1024)
     uc = use_cases.selected(settings)
     earlier, _, _ = pipeline.earlier_rows(settings, uc, ["old"])
-    table = training.training_table(earlier)
-    assert set(table.column_names) == {*training.prep.INPUT_FIELDS, "delayed", "flight_id"}
-    assert table.schema.field("year").type == pa.int16() and pa.types.is_dictionary(table.schema.field("dest").type)
+    order, label, scan = training._source(earlier)
+    groups = list(scan())  # the fields the model reads, a row group at a time, in their narrowest types
+    assert len(groups) > 3 and max(len(group) for group in groups) <= 1024
+    assert sum(len(group) for group in groups) == len(order) == len(label) == earlier.count
+    assert groups[0].column_names == list(training.prep.INPUT_FIELDS)
+    schema = groups[0].schema
+    assert schema.field("year").type == pa.int16() and pa.types.is_dictionary(schema.field("dest").type)
     from_table = uc.train_snapshot(earlier, settings)
     from_frame = uc.train(earlier.columns(None), settings)
     assert from_table.preprocessing == from_frame.preprocessing

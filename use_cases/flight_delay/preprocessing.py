@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -395,12 +395,9 @@ def fit(data: pd.DataFrame | pa.Table, rows: np.ndarray | None = None, *, y: np.
     """Learn vocabularies, imputation values, normalisation statistics and delay rates from training rows
     (labelled: the rates read ``delayed``): every row of ``data``, or those at the positions ``rows`` in that
     order. A table (``input_table(..., carry=(LABEL,))``) is read in place; ``y``, the label of every row of
-    ``data`` as ``labels`` reads it, spares reading it again when the caller holds it.
-
-    Vocabularies and delay rates count every row; the numeric statistics (fill, clip bounds, centre, scale, bin
-    edges) read a fixed-seed sample of ``FIT_SAMPLE_ROWS`` rows when there are more, and rows are read
-    ``FIT_CHUNK_ROWS`` at a time: fitting on years of flights holds no float copy of all of them. Raises
-    ValueError on zero rows, a missing label, ``y`` of another length, or a required field absent.
+    ``data`` as ``labels`` reads it, spares reading it again when the caller holds it. ``fit_parts`` does the
+    fitting, ``FIT_CHUNK_ROWS`` rows at a time. Raises ValueError on zero rows, a missing label, ``y`` of another
+    length, or a required field absent.
     """
     rows = np.arange(len(data)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
@@ -409,26 +406,50 @@ def fit(data: pd.DataFrame | pa.Table, rows: np.ndarray | None = None, *, y: np.
     if y is not None and len(y) != len(table):
         raise ValueError(f"y holds {len(y)} labels for {len(table)} rows")
     y = (labels(table) if y is None else np.asarray(y, dtype="float64"))[rows]
+
+    def parts() -> Iterator[tuple[pa.Table, np.ndarray]]:
+        for start in range(0, len(rows), FIT_CHUNK_ROWS):
+            at = np.arange(start, min(start + FIT_CHUNK_ROWS, len(rows)))
+            yield table.take(rows[at]), at
+
+    return fit_parts(parts, y)
+
+
+def fit_parts(parts: Callable[[], Iterable[tuple[pa.Table, np.ndarray]]], y: np.ndarray) -> FlightPreprocessing:
+    """``fit`` on the ``len(y)`` rows that each call of ``parts`` yields, in any order and chunking, each part with
+    every row's place among them (``0 .. len(y) - 1``; ``y`` holds their labels in that order): the same rows
+    give the same fit however they are read (``ml.row_scan.selected``: rows picked from a snapshot's row groups).
+
+    Vocabularies and delay rates count every row; the numeric statistics (fill, clip bounds, centre, scale, bin
+    edges) read a fixed-seed sample of ``FIT_SAMPLE_ROWS`` places when there are more, so fitting on years of
+    flights holds no float copy of all of them. ``parts`` is called twice. Raises ValueError on zero rows or a
+    missing label.
+    """
+    n = len(y)
+    if n == 0:
+        raise ValueError("cannot fit the flight preprocessing on zero rows")
+    y = np.asarray(y, dtype="float64")
     if np.isnan(y).any():
         raise ValueError(f"fitting the flight preprocessing needs the label {LABEL!r} on every row")
-    n = len(rows)
     sample = np.arange(n) if n <= FIT_SAMPLE_ROWS else \
         np.sort(np.random.default_rng(0).choice(n, FIT_SAMPLE_ROWS, replace=False))
-    # Each chunk of rows, and the part of the sample in it.
-    chunks = [(start, np.searchsorted(sample, [start, start + FIT_CHUNK_ROWS]))
-              for start in range(0, n, FIT_CHUNK_ROWS)]
+    # Each place's slot in the sample, or -1.
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[sample] = np.arange(len(sample))
     # First pass: category counts, the sample's numeric features, the latest departure.
     counts: dict[str, Counter] = {}
-    raw, latest = {}, []
-    for start, (at, to) in chunks:
-        part = table.take(rows[start:start + FIT_CHUNK_ROWS])
+    raw: dict[str, np.ndarray] = {}
+    latest = []
+    for part, at in parts():
+        slots = slot[at]
+        kept = slots >= 0
         num, cat = _raw_features(part)
         for name, values in cat.items():
             found = pc.value_counts(values.drop_null())
             counts.setdefault(name, Counter()).update(
                 dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist(), strict=True)))
         for name, values in num.items():
-            raw.setdefault(name, np.empty(len(sample)))[at:to] = values[sample[at:to] - start]
+            raw.setdefault(name, np.empty(len(sample)))[slots[kept]] = values[kept]
         latest.append(np.nanmax(_epoch_seconds(part, "sched_dep_utc")))
         del part, num, cat
     vocabularies = {name: sorted(value for value, count in found.items() if count >= MIN_FREQUENCY[name])
@@ -438,11 +459,13 @@ def fit(data: pd.DataFrame | pa.Table, rows: np.ndarray | None = None, *, y: np.
     sizes = {name: len(values) + VOCAB_OFFSET for name, values in vocabularies.items()}
     rate_counts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     sample_codes = {name: np.empty(len(sample), "int32") for name in vocab}
-    for start, (at, to) in chunks:
-        codes = _codes(vocab, _categoricals(table.take(rows[start:start + FIT_CHUNK_ROWS])))
-        _count_rates(rate_counts, codes, sizes, y[start:start + FIT_CHUNK_ROWS])
+    for part, at in parts():
+        slots = slot[at]
+        kept = slots >= 0
+        codes = _codes(vocab, _categoricals(part))
+        _count_rates(rate_counts, codes, sizes, y[at])
         for name, values in codes.items():
-            sample_codes[name][at:to] = values[sample[at:to] - start]
+            sample_codes[name][slots[kept]] = values[kept]
     rate_prior = float(y.mean())
     rates = _rates(rate_counts, sizes, rate_prior)
     _rate_features(raw, sample_codes, {name: np.asarray(table) for name, table in rates.items()})

@@ -6,7 +6,7 @@ import gc
 import logging
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -14,16 +14,15 @@ import pandas as pd
 import pyarrow as pa
 
 from ml.contracts import field_specs
+from ml.row_scan import Scan, gather, selected, table_scan
 from ml.settings import LoopSettings
+from ml.snapshot import SnapshotRows
 from ml.split import latest_cut, time_order
 from ml.training import TrainResult, aligned_empty, fit, side_by_side
 from use_cases.flight_delay import model as model_lib
 from use_cases.flight_delay import preprocessing as prep
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.preprocessing import FlightPreprocessing
-
-if TYPE_CHECKING:
-    from ml.snapshot import SnapshotRows
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +48,24 @@ EPOCH_ROWS = 500_000
 
 
 class Batches(keras.utils.PyDataset):
-    """The rows of ``table`` at positions ``rows`` as (model inputs, labels) batches of ``BATCH_SIZE``,
-    transformed ``CHUNK_BATCHES`` batches at a time: only one chunk of model inputs exists at once.
+    """The rows at positions ``rows`` of ``scan`` (a snapshot's row groups, ``ml.row_scan``) as (model inputs,
+    labels) batches of ``BATCH_SIZE``, transformed ``CHUNK_BATCHES`` batches at a time: only one chunk of model
+    inputs exists at once, and of the rows only those an epoch visits.
 
     With ``seed``, every epoch visits the rows in a new permutation drawn from ``(seed, epoch)``, as
-    ``model.fit(shuffle=True)`` does with arrays, up to ``EPOCH_ROWS`` of them; without, all of them in the order
-    given (validation).
+    ``model.fit(shuffle=True)`` does with arrays, up to ``EPOCH_ROWS`` of them, gathered in one pass over ``scan``
+    as the epoch begins; without, all of them in the order given, gathered once (validation).
     """
 
-    def __init__(self, fitted: FlightPreprocessing, table: pa.Table, labels: np.ndarray, rows: np.ndarray,
+    def __init__(self, fitted: FlightPreprocessing, scan: Scan, labels: np.ndarray, rows: np.ndarray,
                  seed: int | None = None):
         super().__init__()
-        self.fitted, self.table, self.labels, self.rows, self.seed = fitted, table, labels, rows, seed
+        self.fitted, self.scan, self.labels, self.rows, self.seed = fitted, scan, labels, rows, seed
         self._epoch, self._order, self._chunk = 0, rows, (-1, None)
         # A shuffled epoch is the first EPOCH_ROWS of its permutation: a new sample of the rows each epoch.
         self._epoch_rows = len(rows) if seed is None else min(len(rows), EPOCH_ROWS)
+        # The rows at ``_order``, in its order; a shuffled dataset's are gathered as each epoch begins.
+        self._held = gather(scan, rows) if seed is None else None
 
     def __len__(self) -> int:
         return -(-self._epoch_rows // BATCH_SIZE)
@@ -73,14 +75,18 @@ class Batches(keras.utils.PyDataset):
             self._epoch += 1
             order = np.random.default_rng([self.seed, self._epoch]).permutation(len(self.rows))
             self._order = self.rows[order[:self._epoch_rows]]  # only the epoch's rows: members train side by side
-            self._chunk = (-1, None)
+            self._chunk, self._held = (-1, None), None  # the last epoch's rows go before this one's are read
+            self._held = gather(self.scan, self._order)
 
     def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         chunk, batch = divmod(index, CHUNK_BATCHES)
         cached, data = self._chunk  # read once: members training side by side share the validation batches
         if cached != chunk:
-            rows = self._order[chunk * CHUNK_ROWS:(chunk + 1) * CHUNK_ROWS]
-            data = (prep.transform(self.fitted, self.table.take(rows)), self.labels[rows])
+            at = slice(chunk * CHUNK_ROWS, (chunk + 1) * CHUNK_ROWS)
+            # Keras reads a batch or two before the first epoch begins, to learn their shapes.
+            rows = gather(self.scan, self._order[at]) if self._held is None else \
+                self._held.slice(at.start, CHUNK_ROWS)
+            data = (prep.transform(self.fitted, rows), self.labels[self._order[at]])
             self._chunk = (chunk, data)
         x, y = data
         at = slice(batch * BATCH_SIZE, (batch + 1) * BATCH_SIZE)
@@ -92,24 +98,33 @@ def _row_bytes(fitted: FlightPreprocessing) -> int:
     return 4 * (fitted.numeric_width + len(fitted.vocabularies))
 
 
-def _transform(fitted: FlightPreprocessing, table: pa.Table, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The model inputs of the rows of ``table`` at ``rows``, in that order, transformed a chunk at a time."""
+def _transform(fitted: FlightPreprocessing, scan: Scan, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The model inputs of the rows of ``scan`` at ``rows``, in that order, transformed a chunk at a time."""
+    table = gather(scan, rows)
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(rows), CHUNK_ROWS):
-        for name, values in prep.transform(fitted, table.take(rows[start:start + CHUNK_ROWS])).items():
+        for name, values in prep.transform(fitted, table.slice(start, CHUNK_ROWS)).items():
             held = out.setdefault(name, aligned_empty((len(rows), *values.shape[1:]), values.dtype))
             held[start:start + len(values)] = values
     return out
 
 
-def _data(fitted: FlightPreprocessing, table: pa.Table, y: np.ndarray, rows: np.ndarray, streamed: bool,
+def _data(fitted: FlightPreprocessing, scan: Scan, y: np.ndarray, rows: np.ndarray, streamed: bool,
           seed: int | None = None) -> tuple[Any, np.ndarray | None]:
     """The ``x, y`` of ``ml.training.fit`` for ``rows``: their model inputs (in ``aligned_empty`` arrays, which
     ``fit`` shares with TensorFlow) and labels, or a ``Batches`` dataset (shuffled each epoch from ``seed`` if
     given) and None."""
     if streamed:
-        return Batches(fitted, table, y, rows, seed), None
-    return _transform(fitted, table, rows), y[rows]
+        return Batches(fitted, scan, y, rows, seed), None
+    return _transform(fitted, scan, rows), y[rows]
+
+
+def _fit(scan: Scan, y: np.ndarray, rows: np.ndarray) -> FlightPreprocessing:
+    """The preprocessing fitted on the rows of ``scan`` at ``rows`` (labels ``y``, one per row of the scan), read
+    in one pass per phase of the fit: the same fit as ``prep.fit`` on a table of them in that order."""
+    where = np.full(len(y), -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    return prep.fit_parts(lambda: selected(scan, where), y[rows])
 
 
 def _read_types() -> dict[str, pa.DataType]:
@@ -126,15 +141,21 @@ def _read_types() -> dict[str, pa.DataType]:
     return types
 
 
-def training_table(rows: SnapshotRows) -> pa.Table:
-    """The columns training reads of snapshot ``rows`` as Arrow, each in its narrowest type (``_read_types``),
-    memory-mapped (``SnapshotRows.table``): the rows are read in place from the page cache, not held by the task."""
-    return rows.table(list(dict.fromkeys((*prep.INPUT_FIELDS, LABEL, *TIME_ORDER))), types=_read_types())
+def _source(rows: pd.DataFrame | pa.Table | SnapshotRows) -> tuple[np.ndarray, np.ndarray, Scan]:
+    """The rows' positions in time order (``TIME_ORDER``) and every row's label, read from those columns alone,
+    and a scan of the fields the model reads: a snapshot's read from its Parquet row groups in each pass (each
+    field in its narrowest type, ``_read_types``), nothing held or written; a frame's or table's sliced from it."""
+    if isinstance(rows, SnapshotRows):
+        keys = rows.table([*TIME_ORDER, LABEL], mapped=False)
+        return time_order(keys, TIME_ORDER), prep.labels(keys), \
+            partial(rows.scan, list(prep.INPUT_FIELDS), types=_read_types())
+    table = prep.input_table(rows, carry=(LABEL,))
+    return time_order(rows, TIME_ORDER), prep.labels(table), table_scan(prep.input_table(table))
 
 
-def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
-    """Train a delay model on ``flights.completed`` rows (a frame, or a ``training_table``); deterministic for a
-    given ``settings.seed`` whatever the rows' order.
+def train(rows: pd.DataFrame | pa.Table | SnapshotRows, settings: LoopSettings) -> TrainResult:
+    """Train a delay model on ``flights.completed`` rows (a frame, a table, or a snapshot's ``SnapshotRows``);
+    deterministic for a given ``settings.seed`` whatever the rows' order.
 
     For each of ``model.MEMBERS`` members, from seeds ``settings.seed``, ``settings.seed + 1``, ...:
 
@@ -146,45 +167,43 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
        must not leave them out.
 
     The members train side by side, each on a thread of its own (``ml.training.side_by_side``; each trains the
-    model it would train alone), and the served model is their average (``model.assemble``). Rows are read in
-    place by position from one Arrow table of the fields read (a table given is used as it is, a
-    ``training_table``'s columns are memory-mapped files, a frame's columns are not copied); their model inputs
-    are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every member's early
-    stopping runs before the refit's inputs are made, so training on years of flights holds a few bytes per row
-    (their time order and labels) besides the mapped rows.
+    model it would train alone), and the served model is their average (``model.assemble``). Only the time order
+    and the labels are read whole (a few bytes a row). The fields the model reads are read by position from a
+    scan (``_source``): a snapshot's Parquet row groups are read again in each pass (each preprocessing fit, and
+    each streamed epoch), and only the rows a pass picks are held, so the history is never held or copied whole.
+    Model inputs are held in memory up to ``IN_MEMORY_INPUT_BYTES`` and streamed beyond (``Batches``), and every
+    member's early stopping runs before the refit's inputs are made.
 
     No class weights: the gate and the scorer need calibrated probabilities (log loss), and reweighting does
     not improve ranking (AUC). Raises ValueError on fewer than ``settings.min_training_rows`` rows or a
     single-class set.
     """
     started = time.perf_counter()
-    if len(rows) < settings.min_training_rows:
-        raise ValueError(f"{len(rows)} rows is fewer than min_training_rows={settings.min_training_rows}")
+    count = rows.count if isinstance(rows, SnapshotRows) else len(rows)
+    if count < settings.min_training_rows:
+        raise ValueError(f"{count} rows is fewer than min_training_rows={settings.min_training_rows}")
     # A canonical row order: the same rows give the same model whichever partitions they were read from. Only
-    # the order keys are sorted; the rows are then read by position.
-    order = time_order(rows, TIME_ORDER)
+    # the order keys are sorted; the rows are then read by position. The label is read once: both fits take it.
+    order, label, scan = _source(rows)
+    del rows
     cut = latest_cut(len(order), VALIDATION_FRACTION)
     train_rows, val_rows, all_rows = order[:cut], order[cut:], order
-    # The fields read and the label; the order keys' other columns (the flight id) are no longer needed.
-    table = prep.input_table(rows, carry=(LABEL,))
-    del rows
-    label = prep.labels(table)  # read once: both preprocessing fits take it
     if np.isnan(label).any():
         raise ValueError(f"training needs the label {LABEL!r} on every row")
     if label.min() == label.max():
         raise ValueError("training rows hold a single class")
     y = label.astype("float32")
-    early = prep.fit(table, train_rows, y=label)
+    early = _fit(scan, label, train_rows)
     # Every member's early stopping runs before the refit's preprocessing and inputs exist: the inputs of one
     # phase are held at a time. Arrays held in memory serve every member (Keras shuffles them from the member's
     # seed); a streamed dataset is made per member, shuffled from its seed.
     streamed = len(all_rows) * _row_bytes(early) > IN_MEMORY_INPUT_BYTES
-    held, val = None if streamed else _data(early, table, y, train_rows, streamed), \
-        _data(early, table, y, val_rows, streamed)
+    held, val = None if streamed else _data(early, scan, y, train_rows, streamed), \
+        _data(early, scan, y, val_rows, streamed)
 
     def early_stopping(i: int) -> tuple[dict[str, list[float]], int]:
         seed = settings.seed + i
-        x, labels = held or _data(early, table, y, train_rows, streamed, seed)
+        x, labels = held or _data(early, scan, y, train_rows, streamed, seed)
         _, history, best_epoch = fit(lambda: model_lib.build(early), x, labels, seed=seed, epochs=settings.epochs,
                                      batch_size=BATCH_SIZE, validation=val)
         log.info("member %d: early stopping on %d train / %d validation rows (preprocessing %s, inputs %s): best "
@@ -200,14 +219,14 @@ def train(rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
     # and so do its models and datasets, which reference each other (TensorFlow's traced functions): collected now,
     # not whenever the collector next runs, their memory serves the refit (docs/performance.md).
     gc.collect()
-    fitted = prep.fit(table, all_rows, y=label)
+    fitted = _fit(scan, label, all_rows)
     del label
     streamed = len(all_rows) * _row_bytes(fitted) > IN_MEMORY_INPUT_BYTES
-    held = None if streamed else _data(fitted, table, y, all_rows, streamed)
+    held = None if streamed else _data(fitted, scan, y, all_rows, streamed)
 
     def refit(i: int) -> keras.Model:  # the same seed refits on all rows for the chosen epochs
         seed = settings.seed + i
-        x, labels = held or _data(fitted, table, y, all_rows, streamed, seed)
+        x, labels = held or _data(fitted, scan, y, all_rows, streamed, seed)
         return fit(lambda: model_lib.build(fitted), x, labels, seed=seed, epochs=best_epochs[i],
                    batch_size=BATCH_SIZE)[0]
 

@@ -77,17 +77,17 @@ class FlightDelay(UseCase):
 
         return SUITE
 
-    def train(self, rows: pd.DataFrame | pa.Table, settings: LoopSettings) -> TrainResult:
-        """Train on labelled flights, a frame or a ``training.training_table`` (``train_snapshot``)."""
+    def train(self, rows: pd.DataFrame | pa.Table | SnapshotRows, settings: LoopSettings) -> TrainResult:
+        """Train on labelled flights: a frame, a table, or a snapshot's rows read from its files
+        (``train_snapshot``)."""
         from use_cases.flight_delay.training import train
 
         return train(rows, settings)
 
     def train_snapshot(self, rows: SnapshotRows, settings: LoopSettings) -> TrainResult:
-        """Train on the fields training reads, as Arrow (``training.training_table``), not the whole frame."""
-        from use_cases.flight_delay.training import training_table
-
-        return self.train(training_table(rows), settings)
+        """Train on the snapshot's files as they lie: the fields training reads, a row group at a time, and the
+        time order and labels whole (``training.train``), never a frame of every column."""
+        return self.train(rows, settings)
 
     def evaluate(self, model: keras.Model, preprocessing: prep.FlightPreprocessing, rows: pd.DataFrame, *,
                  scores: np.ndarray | None = None) -> dict[str, float]:
