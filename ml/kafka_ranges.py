@@ -40,6 +40,9 @@ def snapshot_consumer(settings: LoopSettings) -> Consumer:
         # duplicate_keys) sat idle most of the time. A snapshot decodes slower than it fetches either way.
         "fetch.queue.backoff.ms": 20,
         "log_level": 3,
+        # Connect when made, as the admin client does (ml.topics.admin_client): a snapshot's consumer then connects
+        # while the snapshot is planned.
+        "enable.sparse.connections": False,
     }))
 
 

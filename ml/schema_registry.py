@@ -172,6 +172,19 @@ class SchemaRegistry:
             self._subjects[schema_id] = found
         return found
 
+    def latest(self, subject: str) -> int | None:
+        """The id of the latest schema registered under ``subject`` (None when it has none); its schema is kept, so
+        ``schema`` of that id asks the registry nothing."""
+        try:
+            registered = self._call(f"reading the latest {subject}", self._client.get_version, subject, "latest")
+        except SchemaRegistryError as exc:
+            if _not_found(exc):
+                return None
+            raise
+        with self._lock:
+            self._schemas.setdefault(registered.schema_id, _parsed(registered.schema))
+        return registered.schema_id
+
     def schema(self, schema_id: int) -> dict[str, Any]:
         """The (JSON) schema with id ``schema_id``, parsed. Raises UnknownSchemaId."""
         with self._lock:
@@ -184,10 +197,7 @@ class SchemaRegistry:
             if _not_found(exc):
                 raise UnknownSchemaId(f"unknown schema id {schema_id}: not in the registry at {self.url}") from exc
             raise
-        if (registered.schema_type or "AVRO") != SCHEMA_TYPE:
-            parsed: dict[str, Any] = {NOT_JSON_SCHEMA: registered.schema_type or "AVRO"}
-        else:
-            parsed = json.loads(registered.schema_str)
+        parsed = _parsed(registered)
         with self._lock:
             self._schemas[schema_id] = parsed
         return parsed
@@ -247,6 +257,13 @@ class SchemaRegistry:
         if not ok and not problems:
             problems = [f"the registry's {level} rule refuses it"]
         return Check(ts.subject, "compatible" if ok else "incompatible", level, numbered[-1][0], problems)
+
+
+def _parsed(registered: Schema) -> dict[str, Any]:
+    """A registered JSON schema, parsed; another type as ``{NOT_JSON_SCHEMA: type}``."""
+    if (registered.schema_type or "AVRO") != SCHEMA_TYPE:
+        return {NOT_JSON_SCHEMA: registered.schema_type or "AVRO"}
+    return json.loads(registered.schema_str)
 
 
 @functools.lru_cache(maxsize=8)

@@ -38,7 +38,7 @@ from ml.errors import LoopError, TopicMissing
 from ml.kafka_ranges import BATCH
 from ml.row_scan import one_chunk
 from ml.settings import LoopSettings
-from ml.snapshot_files import PieceResult, pieces, read_pieces
+from ml.snapshot_files import PieceResult, pieces, read_pieces, reader_ahead
 from ml.topics import admin_client, require_broker
 
 log = logging.getLogger(__name__)
@@ -211,15 +211,16 @@ def take_snapshot(settings: LoopSettings, topic: str, contract: type[Contract], 
         previous = done[-1] if done else None
         started = time.monotonic()
         created_at = datetime.now(UTC)
-        ranges = _plan(previous, partition_offsets(settings, topic, timeout), topic)
-        sequence = previous.sequence + 1 if previous else 1
-        snapshot_id = snapshot_id or f"{sequence:06d}-{created_at:%Y%m%dT%H%M%SZ}"
-        log.info("snapshot %s of %s: reading partitions %s", snapshot_id, topic, _fmt(ranges))
-        folder = topic_dir(settings, topic) / snapshot_id
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("part-*"):  # an interrupted attempt's files
-            stale.unlink()
-        read = read_pieces(settings, topic, contract, pieces(ranges), folder, timeout, batch_size)
+        with reader_ahead(settings, topic, contract, timeout) as reader:
+            ranges = _plan(previous, partition_offsets(settings, topic, timeout), topic)
+            sequence = previous.sequence + 1 if previous else 1
+            snapshot_id = snapshot_id or f"{sequence:06d}-{created_at:%Y%m%dT%H%M%SZ}"
+            log.info("snapshot %s of %s: reading partitions %s", snapshot_id, topic, _fmt(ranges))
+            folder = topic_dir(settings, topic) / snapshot_id
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("part-*"):  # an interrupted attempt's files
+                stale.unlink()
+            read = read_pieces(settings, topic, contract, pieces(ranges), folder, timeout, batch_size, reader())
         manifest = _finish(folder, topic, contract, snapshot_id, sequence, ranges, read, created_at,
                            time.monotonic() - started, triggered_by)
     log.info("snapshot %s of %s: %d rows, %d rejected, offsets %s, event time %s to %s, %.2f s (%.0f rows/s)",

@@ -3,7 +3,8 @@
 The pieces follow from the ranges alone and a piece's file from its offsets alone (rows in offset order, fixed
 row groups), so a snapshot's files and hashes do not depend on how many processes read it. A process keeps about
 two cores busy: one pipeline runs through all the pieces it reads (its thread consumes, ``DECODERS`` threads decode,
-one writes), and consecutive pieces of a partition are one fetch. Past two cores, worker processes (new
+one appends to the files, one finishes them), and consecutive pieces of a partition are one fetch. The snapshot
+process makes its reader while it plans (``reader_ahead``). Past two cores, worker processes (new
 interpreters: the caller's Kafka clients must not be forked) each read a share of the pieces (``Schedule``) with
 their own consumer and decoder.
 """
@@ -30,9 +31,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 
-from ml.contracts import Contract
+from ml.contracts import Contract, arrow_schema
 from ml.decode import Decoded
 from ml.errors import LoopError
 from ml.kafka_ranges import Batch, RangeReader, snapshot_consumer
@@ -46,6 +47,7 @@ ROW_GROUP = 65_536  # fixed row-group size: the file's bytes depend only on the 
 # Batches decoded at once: while one is parsed, another is checked and cast, and their writes go on beside them.
 DECODERS = 3
 READ_AHEAD = 3 * DECODERS  # batches read ahead of the writes: bounds memory to a few batches of raw values
+FINISHING = 2  # pieces read whose files are still being finished: bounds memory to a few pieces of rows
 CORES_PER_PROCESS = 2  # what one reading process keeps busy (docs/performance.md)
 # Below this many offsets a worker's start (about a second: Python, pyarrow and the Kafka client) costs more than
 # it saves.
@@ -141,7 +143,9 @@ class _PieceFile:
 
     def _write_row_groups(self, last: bool) -> None:
         table = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
-        cut = table.num_rows if last else table.num_rows - table.num_rows % ROW_GROUP
+        # A full row group that may be the piece's last is left to ``finish``: a whole piece's compression then
+        # runs on the finishing thread, beside the next piece's writes.
+        cut = table.num_rows if last else max(0, (table.num_rows - 1) // ROW_GROUP * ROW_GROUP)
         for a in range(0, cut, ROW_GROUP):
             # One chunk per column: Parquet's pages are cut where the chunks end too, and the batches a piece
             # arrives in depend on how it was read (a piece that continues another starts with its leftovers).
@@ -152,12 +156,20 @@ class _PieceFile:
 class _Reader:
     """One process's consumer and decoder, reused for every piece it reads."""
 
-    def __init__(self, settings: LoopSettings, topic: str, contract: type[Contract]) -> None:
+    def __init__(self, decoder: Future[TopicDecoder], consumer: Consumer, topic: str, contract: type[Contract]
+                 ) -> None:
         self.topic = topic
-        self.decoder = TopicDecoder(settings, topic, contract)
-        self.consumer: Consumer = snapshot_consumer(settings)
+        self.decoder = decoder  # first needed by the first batch: one made ahead may be built meanwhile
+        self.consumer = consumer
         self.ranges = RangeReader(self.consumer, topic)  # consecutive pieces of a partition: one fetch
+        self.schema = arrow_schema(contract)
         self.event_time = contract.EVENT_TIME
+
+    @classmethod
+    def open(cls, settings: LoopSettings, topic: str, contract: type[Contract]) -> _Reader:
+        decoder: Future[TopicDecoder] = Future()
+        decoder.set_result(TopicDecoder(settings, topic, contract))
+        return cls(decoder, snapshot_consumer(settings), topic, contract)
 
     def close(self) -> None:
         self.consumer.close()
@@ -165,35 +177,74 @@ class _Reader:
     def read(self, todo: Iterator[Piece], done: Callable[[PieceResult], None], folder: Path, timeout: float,
              batch_size: int) -> None:
         """Read each piece ``todo`` yields (the next is drawn once the last one's records are all consumed) into
-        ``folder/piece.file`` and call ``done`` with its result, in order, from the writing thread.
+        ``folder/piece.file`` and call ``done`` with its result, in order, from the finishing thread.
 
         One pipeline runs through all the pieces, so nothing waits at a piece's end: this thread consumes,
-        ``DECODERS`` batches are decoded at a time, and one more thread writes them in order and finishes each file
+        ``DECODERS`` batches are decoded at a time, one more thread appends them to their files in order, and one
+        finishes each file (compresses, closes and hashes it) while the next piece's batches go on being appended
         (pyarrow parses and compresses without the GIL)."""
-        in_flight: deque[Future] = deque()
+        in_flight: deque[Future] = deque()  # batches not yet appended: what bounds the read-ahead
+        finishing: deque[Future] = deque()
         files: list[_PieceFile] = []
 
-        def finish(out: _PieceFile) -> None:
+        def finish(out: _PieceFile, appended: Future | None) -> None:
+            if appended is not None:
+                appended.result()  # the piece's last batch is in
             done(out.finish())
 
         try:
             with _no_cycle_collection(), \
                     ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="snapshot-decode") as decoders, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-write") as writes:
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-write") as writes, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-finish") as finishes:
                 for piece in todo:
-                    out = _PieceFile(piece, folder, self.decoder.schema, self.event_time)
+                    out = _PieceFile(piece, folder, self.schema, self.event_time)
                     files.append(out)
+                    appended = None
                     for batch in self.ranges.read(piece.partition, piece.start, piece.end, timeout, batch_size):
-                        decoding = decoders.submit(self.decoder.decode, batch.values)
-                        in_flight.append(writes.submit(out.write, batch, decoding))
+                        decoding = decoders.submit(self.decoder.result().decode, batch.values)
+                        in_flight.append(appended := writes.submit(out.write, batch, decoding))
                         while len(in_flight) > READ_AHEAD or (in_flight and in_flight[0].done()):
                             in_flight.popleft().result()
-                    in_flight.append(writes.submit(finish, out))
-                while in_flight:
-                    in_flight.popleft().result()
+                        # At most FINISHING pieces' rows wait to be compressed.
+                        while len(finishing) > FINISHING or (finishing and finishing[0].done()):
+                            finishing.popleft().result()
+                    finishing.append(finishes.submit(finish, out, appended))
+                for waiting in (in_flight, finishing):
+                    while waiting:
+                        waiting.popleft().result()
         finally:
             for out in files:
                 out.close()
+
+
+@contextlib.contextmanager
+def reader_ahead(settings: LoopSettings, topic: str, contract: type[Contract], timeout: float
+                 ) -> Iterator[Callable[[], _Reader]]:
+    """This process's reader of ``topic``, started on other threads while the caller plans what to read: its
+    consumer connects and learns the partitions' leaders, its decoder looks the subject's latest schema up, so the
+    first fetch and the first decode wait for neither. Yields a function returning the reader; closed after the
+    block."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot-start") as pool:
+        consumer = pool.submit(_connected_consumer, settings, topic, timeout)
+        decoder = pool.submit(TopicDecoder, settings, topic, contract)
+        warmed = pool.submit(lambda: decoder.result().prepare())
+        try:
+            yield lambda: _Reader(decoder, consumer.result(), topic, contract)
+        finally:
+            if warmed.exception() is not None:  # only a head start: decoding looks the schema up again
+                log.debug("%s: the latest schema was not looked up ahead: %s", topic, warmed.exception())
+            if consumer.exception() is None:
+                consumer.result().close()
+
+
+def _connected_consumer(settings: LoopSettings, topic: str, timeout: float) -> Consumer:
+    """A snapshot consumer that has asked for ``topic``'s metadata, so an assignment fetches at once (a new consumer
+    left idle before its first assignment was slow to fetch)."""
+    consumer = snapshot_consumer(settings)
+    with contextlib.suppress(KafkaException):  # planning reports an unreachable broker or a missing topic
+        consumer.list_topics(topic, timeout)
+    return consumer
 
 
 @contextlib.contextmanager
@@ -297,7 +348,7 @@ def _serve() -> None:
         pickle.dump((ok, what), answers)
         answers.flush()
 
-    reader = _Reader(settings, topic, contract)
+    reader = _Reader.open(settings, topic, contract)
     try:
         reader.read(todo(), lambda result: answer(True, result), folder, timeout, batch_size)
     except Exception as e:  # the parent raises it
@@ -352,8 +403,9 @@ class Schedule:
 
 
 def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], todo: list[Piece], folder: Path,
-                timeout: float, batch_size: int) -> list[PieceResult]:
-    """Read every piece into its file under ``folder``; the results in piece order.
+                timeout: float, batch_size: int, reader: _Reader | None = None) -> list[PieceResult]:
+    """Read every piece into its file under ``folder``; the results in piece order. This process reads with
+    ``reader`` (the caller closes it) or one of its own.
 
     Uses ``worker_count(settings) - 1`` worker processes besides this one when there are at least two pieces and
     ``PARALLEL_MIN_OFFSETS`` offsets, the pieces dealt by a ``Schedule``. The first error of any reader stops the
@@ -399,7 +451,7 @@ def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], to
     threads = [threading.Thread(target=run, name=f"snapshot-worker-{child.proc.pid}", daemon=True,
                                 args=(r, lambda take, keep, c=child: c.read(take, keep, folder, timeout, batch_size)))
                for r, child in enumerate(children, start=1)]
-    own = _Reader(settings, topic, contract)
+    own = reader or _Reader.open(settings, topic, contract)
     try:
         for t in threads:
             t.start()
@@ -408,7 +460,8 @@ def read_pieces(settings: LoopSettings, topic: str, contract: type[Contract], to
             t.join()
         run(0, own_read)  # a lost worker's pieces
     finally:
-        own.close()
+        if reader is None:
+            own.close()
         for child in children:
             child.close()
     if errors:

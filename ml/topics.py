@@ -29,7 +29,9 @@ def admin_client(settings: LoopSettings) -> AdminClient:
     """An admin client of ``settings`` that keeps librdkafka's errors (``admin.errors``) for require_broker."""
     errors = ClientErrors()
     # log_level 0 keeps librdkafka from printing connection-refused lines; BrokerUnavailable says it once.
-    admin = AdminClient(settings.kafka_config({"log_level": 0, "error_cb": errors}))
+    # Without sparse connections it connects when made: otherwise a new client's first request (a snapshot's plan)
+    # waited for a connection started only then, far longer than the request itself (docs/performance.md).
+    admin = AdminClient(settings.kafka_config({"log_level": 0, "error_cb": errors, "enable.sparse.connections": False}))
     admin.errors = errors
     return admin
 

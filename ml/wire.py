@@ -105,6 +105,14 @@ class TopicReader:
                                        f"not {self.subject}")
         self._ok.add(schema_id)
 
+    def latest_id(self) -> int | None:
+        """The id of the latest schema registered under the topic's subject (None when it has none), known from now
+        on to be one of the subject's."""
+        schema_id = self.registry.latest(self.subject)
+        if schema_id is not None:
+            self._ok.add(schema_id)
+        return schema_id
+
     def payload(self, value: bytes | None) -> bytes:
         """The JSON payload of a value of this topic. Raises WireError."""
         schema_id, payload = split(value)
@@ -155,6 +163,13 @@ class TopicDecoder:
                 extra = frozenset(writer.get("properties", {})) - self._fields
                 found = self._groups[schema_id] = _Group(ContractDecoder(self.contract, ignore=extra), None)
             return found
+
+    def prepare(self) -> None:
+        """Look the subject's latest schema up and build its decoder now (while a reader starts), so that a first
+        batch written with it waits for no registry call. Raises what the registry lookups raise."""
+        latest = self.reader.latest_id()
+        if latest is not None:
+            self._group(latest)
 
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Decode one batch of framed values; never raises for bad records, it rejects them."""

@@ -293,3 +293,29 @@ def test_a_worker_that_dies_leaves_its_pieces_to_the_snapshot_process(settings, 
     assert manifest.row_count == 400 and len(manifest.files) == len(snapshot_files.pieces(
         {p.partition: (p.start, p.end) for p in manifest.partitions}))
     assert "snapshot worker" in caplog.text and "this process reads the pieces left" in caplog.text
+
+
+def test_a_reader_started_ahead_reports_pieces_in_order_raises_a_failed_finish_and_is_closed_after(settings, flights,
+                                                                                                    tmp_path):
+    topic = settings.topic(COMPLETED)
+    replay_frame(settings, flights.head(400))
+    todo = snapshot_files.pieces({p: (0, high) for p, (_, high) in partition_offsets(settings, topic).items()}, 64)
+    for folder in ("whole", "failed"):
+        (tmp_path / folder).mkdir()
+    reported: list[snapshot_files.PieceResult] = []
+    with snapshot_files.reader_ahead(settings, topic, FlightCompleted, 30) as reader:
+        reader().read(iter(todo), reported.append, tmp_path / "whole", 30, 50)
+    assert [r.piece for r in reported] == todo and sum(r.rows for r in reported) == 400
+    with pytest.raises(RuntimeError):  # its consumer is closed
+        reader().consumer.assignment()
+
+    def full_after_three(result: snapshot_files.PieceResult) -> None:
+        if len(reported) == 3:
+            raise OSError("disk full")
+        reported.append(result)
+
+    reported = []
+    with snapshot_files.reader_ahead(settings, topic, FlightCompleted, 30) as reader, \
+            pytest.raises(OSError, match="disk full"):
+        reader().read(iter(todo), full_after_three, tmp_path / "failed", 30, 50)
+    assert [r.piece for r in reported] == todo[:3]

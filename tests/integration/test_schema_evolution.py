@@ -234,3 +234,17 @@ def test_with_auto_registration_off_an_unregistered_schema_is_named_and_a_regist
         strict.writer_id(TopicSchema(topic, ModelStatus))
     registered = SchemaRegistry(url).register(TopicSchema(topic, ModelStatus))
     assert strict.writer_id(TopicSchema(topic, ModelStatus)) == registered.schema_id
+
+
+def test_a_decoder_prepared_ahead_holds_the_subjects_latest_schema_and_prepares_nothing_without_one(kafka_bootstrap):
+    topic = f"ahead{uuid.uuid4().hex[:8]}.flights.completed"
+    decoder = TopicDecoder(LoopSettings(), topic, FlightCompleted)
+    decoder.prepare()  # no schema registered under the subject yet
+    assert decoder._groups == {}
+    registry = SchemaRegistry.of(LoopSettings())
+    v1 = registry.register(TopicSchema(topic, FlightCompleted)).schema_id
+    decoder.prepare()
+    assert set(decoder._groups) == {v1}
+    v2 = registry.register(TopicSchema(topic, FlightCompletedV2)).schema_id
+    decoder.prepare()
+    assert set(decoder._groups) == {v1, v2} and decoder._groups[v2].decoder.ignore == {"gate"}

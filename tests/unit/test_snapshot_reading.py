@@ -135,10 +135,12 @@ def _piece_file(folder, table: pa.Table, sizes: list[int]) -> str:
     return result.sha256
 
 
-def test_a_piece_file_does_not_depend_on_the_batches_its_rows_came_in(tmp_path):
+@pytest.mark.parametrize("rows", [ROW_GROUP, ROW_GROUP + 5_000])
+def test_a_piece_file_does_not_depend_on_the_batches_its_rows_came_in(tmp_path, rows):
     # A piece that goes on from the last one starts with its leftovers: other batches, the same rows and file.
-    # Rows enough for a row group of several Parquet pages, where chunk ends used to cut pages.
-    flights = load_completed((1, 3), limit=ROW_GROUP + 5_000)
+    # Rows enough for a row group of several Parquet pages, where chunk ends used to cut pages; a piece of exactly
+    # one row group has it written by finish, the larger one its first row group by a write.
+    flights = load_completed((1, 3), limit=rows)
     table = pa.Table.from_pandas(flights, schema=arrow_schema(FlightCompleted), preserve_index=False)
     assert len({_piece_file(tmp_path / name, table, sizes)
                 for name, sizes in (("even", [10_000]), ("leftover", [4_464, 10_000]), ("odd", [777, 9_999]))}) == 1
