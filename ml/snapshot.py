@@ -299,8 +299,9 @@ def load_window(settings: LoopSettings, topic: str, contract: type[Contract], n:
 
 
 class SnapshotRows:
-    """The rows of snapshots read from their Parquet files on demand, in batches, by column or as Arrow (a
-    ``ml.validation.RowSource``, and what a use case trains from): a large snapshot is never in memory whole.
+    """The rows of snapshots read from their Parquet files on demand, in batches, by column, a row group at a time
+    or as Arrow (a ``ml.validation.RowSource``, and what a use case trains from): a large snapshot is never in
+    memory whole.
 
     ``filters``: only the rows it keeps (row groups whose statistics exclude it are not read); ``count`` must then
     be given, the number of rows it keeps.
