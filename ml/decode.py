@@ -4,7 +4,8 @@ Two fast paths, both derived from the pydantic field metadata so the bounds live
 (``ml/contracts.py``): a small batch (a live stream's) is decoded record by record with a msgspec decoder
 as strict as the contract (types, nullability, ``ge``/``gt``/``le``/``lt`` bounds, string lengths, literal
 values, no unknown fields), on the calling thread; a large one (a backlog, a snapshot) is parsed whole with
-``pyarrow.json`` and the same checks are applied vectorised. A fast path only needs to be at least as strict
+``pyarrow.json`` from one buffer made without Python work per record (``JsonLines``, frame headers blanked in place)
+and the same checks are applied vectorised. A fast path only needs to be at least as strict
 as pydantic: a batch it cannot parse, and every record it refuses or flags, goes through the pydantic
 contract record by record (in strict mode, matching the fast paths' typing), which decides: accept, or
 reject with a reason.
@@ -12,7 +13,7 @@ reject with a reason.
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -58,6 +59,41 @@ class Decoded:
     accepted: np.ndarray
     rejected: list[Rejection]
     schema_ids: dict[int, int] = field(default_factory=dict)  # rows accepted by frame schema id (TopicDecoder)
+
+
+class JsonLines:
+    """A batch of values as one buffer for pyarrow's JSON reader, one value a line, made with no Python work per value
+    but a ``len``: the first ``skip`` bytes of each value (a frame header the caller reads, ``heads``) are blanked to
+    spaces, which JSON skips. Use ``of``: it refuses a batch with a value that holds no more than ``skip`` bytes."""
+
+    def __init__(self, values: list[bytes], skip: int, buffer: bytearray, starts: np.ndarray) -> None:
+        self.values = values
+        self.skip = skip
+        self.buffer = buffer
+        at = starts[:, None] + np.arange(skip)
+        text = np.frombuffer(buffer, dtype=np.uint8)
+        self.heads = text[at]  # each value's first ``skip`` bytes, one row each
+        text[at] = ord(" ")
+
+    @classmethod
+    def of(cls, values: list[bytes | None], skip: int = 0) -> JsonLines | None:
+        """The lines of a batch to parse whole; None for a small batch (at most ``RECORD_BY_RECORD_MAX`` values: decoded
+        record by record), or when a value is null or no longer than ``skip`` (no record to read)."""
+        if len(values) <= RECORD_BY_RECORD_MAX:
+            return None
+        try:
+            buffer = bytearray(b"\n").join(values)
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        except TypeError:  # a null value
+            return None
+        if lengths.min() <= skip:
+            return None
+        starts = np.zeros(len(values), dtype=np.int64)
+        np.cumsum(lengths[:-1] + 1, out=starts[1:])
+        return cls(values, skip, buffer, starts)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass(frozen=True)
@@ -150,12 +186,16 @@ class ContractDecoder:
 
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Decode one batch of record values; never raises for bad records, it rejects them."""
+        lines = JsonLines.of(values)
+        if lines is not None:
+            return self.decode_lines(lines)
         present = [i for i, v in enumerate(values) if v]
         slow = [i for i, v in enumerate(values) if not v]
         fast_table, fast_idx = self._empty, np.empty(0, dtype=np.int64)
         if present:
-            parse = self._parse_each if len(present) <= RECORD_BY_RECORD_MAX else self._parse_batch
-            parsed = parse([values[i] for i in present])
+            batch = [values[i] for i in present]
+            parsed = self._parse_each(batch) if len(batch) <= RECORD_BY_RECORD_MAX else \
+                self._parse_lines(JsonLines.of(batch))  # every value is present
             if parsed is None:
                 slow.extend(present)
             else:
@@ -163,7 +203,22 @@ class ContractDecoder:
                 idx = np.asarray(present, dtype=np.int64)
                 fast_idx = idx[~bad]
                 slow.extend(idx[bad].tolist())
-        rows, slow_idx, rejected = self._validate_each(values, sorted(slow))
+        return self._with_slow(fast_table, fast_idx, values, sorted(slow), 0)
+
+    def decode_lines(self, lines: JsonLines) -> Decoded:
+        """``decode`` of a large batch of present values (``JsonLines``), their records after its ``skip`` bytes."""
+        parsed = self._parse_lines(lines)
+        if parsed is None:
+            return self._with_slow(self._empty, np.empty(0, dtype=np.int64), lines.values, range(len(lines)),
+                                   lines.skip)
+        table, bad = parsed
+        every = np.arange(len(lines), dtype=np.int64)
+        return self._with_slow(table, every[~bad], lines.values, np.flatnonzero(bad).tolist(), lines.skip)
+
+    def _with_slow(self, fast_table: pa.Table, fast_idx: np.ndarray, values: list[bytes | None], slow: Iterable[int],
+                   skip: int) -> Decoded:
+        """The fast path's rows with those of positions ``slow``, validated one by one (after ``skip`` bytes)."""
+        rows, slow_idx, rejected = self._validate_each(values, slow, skip)
         if not rows:
             return Decoded(fast_table, fast_idx, rejected)
         table = pa.concat_tables([fast_table, pa.Table.from_pylist(rows, schema=self.schema)])
@@ -193,15 +248,17 @@ class ContractDecoder:
         table = self._typed(columns)
         return None if table is None else (table, bad)
 
-    def _parse_batch(self, values: list[bytes]) -> tuple[pa.Table, np.ndarray] | None:
+    def _parse_lines(self, lines: JsonLines | None) -> tuple[pa.Table, np.ndarray] | None:
         """The rows of the batch the checks do not flag, as a contract table, and a mask of the flagged
         ones; None if the batch does not parse."""
+        if lines is None:
+            return None
         try:
-            table = pj.read_json(io.BytesIO(b"\n".join(values)), parse_options=self._parse)
+            table = pj.read_json(pa.BufferReader(lines.buffer), parse_options=self._parse)
         except pa.ArrowInvalid:
             return None
-        # A value holding a raw newline splits into two lines (or an empty one vanishes): not one row each.
-        if table.num_rows != len(values):
+        # A value holding a raw newline splits into two lines: not one row each.
+        if table.num_rows != len(lines):
             return None
         if self.ignore and not self._known.issuperset(table.column_names):
             return None  # a field no schema knows: the record-by-record path refuses those records
@@ -247,11 +304,13 @@ class ContractDecoder:
                 flags.append(_mask(pc.invert(pc.is_in(col, pa.array(check.literals, col.type)))))
         return np.logical_or.reduce(flags)
 
-    def _validate_each(self, values: list[bytes | None], idx: list[int]
+    def _validate_each(self, values: list[bytes | None], idx: Iterable[int], skip: int
                        ) -> tuple[list[dict], list[int], list[Rejection]]:
         rows, accepted, rejected = [], [], []
         for i in idx:
             value = values[i]
+            if value and skip:
+                value = value[skip:]
             if not value:
                 rejected.append(Rejection(i, ERROR_UNDECODABLE, "empty value (null or zero bytes)"))
                 continue

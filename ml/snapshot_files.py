@@ -168,7 +168,7 @@ class _Reader:
     @classmethod
     def open(cls, settings: LoopSettings, topic: str, contract: type[Contract]) -> _Reader:
         decoder: Future[TopicDecoder] = Future()
-        decoder.set_result(TopicDecoder(settings, topic, contract))
+        decoder.set_result(_prepared_decoder(settings, topic, contract))
         return cls(decoder, snapshot_consumer(settings), topic, contract)
 
     def close(self) -> None:
@@ -227,15 +227,23 @@ def reader_ahead(settings: LoopSettings, topic: str, contract: type[Contract], t
     block."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot-start") as pool:
         consumer = pool.submit(_connected_consumer, settings, topic, timeout)
-        decoder = pool.submit(TopicDecoder, settings, topic, contract)
-        warmed = pool.submit(lambda: decoder.result().prepare())
+        decoder = pool.submit(_prepared_decoder, settings, topic, contract)
         try:
             yield lambda: _Reader(decoder, consumer.result(), topic, contract)
         finally:
-            if warmed.exception() is not None:  # only a head start: decoding looks the schema up again
-                log.debug("%s: the latest schema was not looked up ahead: %s", topic, warmed.exception())
             if consumer.exception() is None:
                 consumer.result().close()
+
+
+def _prepared_decoder(settings: LoopSettings, topic: str, contract: type[Contract]) -> TopicDecoder:
+    """A decoder of ``topic`` that has looked the subject's latest schema up. The reading waits for it before its first
+    decode, so the lookup does not share the GIL with the consuming of the next batches."""
+    decoder = TopicDecoder(settings, topic, contract)
+    try:
+        decoder.prepare()
+    except Exception as e:  # only a head start: decoding looks the schema up again (and raises what it meets)
+        log.debug("%s: the latest schema was not looked up ahead: %s", topic, e)
+    return decoder
 
 
 def _connected_consumer(settings: LoopSettings, topic: str, timeout: float) -> Consumer:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from ml.contracts import arrow_schema
-from ml.decode import ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, Decoded, Rejection
+from ml.decode import ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, Decoded, JsonLines, Rejection
 from ml.schema_registry import NOT_JSON_SCHEMA, SchemaRegistry, UnknownSchemaId
 from ml.schemas import TopicSchema, subject, topic_schemas
 from ml.settings import TopicNames
@@ -173,15 +173,16 @@ class TopicDecoder:
 
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Decode one batch of framed values; never raises for bad records, it rejects them."""
-        heads: dict[bytes, list[int]] = {}
-        first = values[0][:HEADER_SIZE] if values and values[0] else b""
-        if first and all(v is not None and v[:HEADER_SIZE] == first for v in values):
-            heads[first] = list(range(len(values)))  # the usual batch: one schema id throughout
+        lines = JsonLines.of(values, HEADER_SIZE)
+        if lines is not None and (lines.heads == lines.heads[0]).all():  # the usual batch: one schema id throughout
+            groups = [(lines.heads[0].tobytes(), range(len(values)), lines)]
         else:
+            heads: dict[bytes, list[int]] = {}
             for i, v in enumerate(values):
                 heads.setdefault(v[:HEADER_SIZE] if v else b"", []).append(i)
+            groups = [(head, idx, None) for head, idx in heads.items()]
         tables, accepted, rejected, schema_ids = [], [], [], {}
-        for head, idx in heads.items():
+        for head, idx, same in groups:
             schema_id = None
             try:
                 schema_id, _ = split(head)
@@ -191,9 +192,8 @@ class TopicDecoder:
             if group.refusal is not None:
                 rejected += [Rejection(i, group.refusal.error_class, group.refusal.reason) for i in idx]
                 continue
-            one = len(heads) == 1
-            part = group.decoder.decode([v[HEADER_SIZE:] for v in values] if one else
-                                        [values[i][HEADER_SIZE:] for i in idx])
+            part = group.decoder.decode_lines(same) if same is not None else \
+                group.decoder.decode([values[i][HEADER_SIZE:] for i in idx])
             where = np.asarray(idx, dtype=np.int64)
             schema_ids[schema_id] = schema_ids.get(schema_id, 0) + len(part.accepted)
             tables.append(part.table)

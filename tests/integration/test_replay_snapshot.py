@@ -304,6 +304,7 @@ def test_a_reader_started_ahead_reports_pieces_in_order_raises_a_failed_finish_a
         (tmp_path / folder).mkdir()
     reported: list[snapshot_files.PieceResult] = []
     with snapshot_files.reader_ahead(settings, topic, FlightCompleted, 30) as reader:
+        assert len(reader().decoder.result()._groups) == 1  # the subject's latest schema, looked up before the reading
         reader().read(iter(todo), reported.append, tmp_path / "whole", 30, 50)
     assert [r.piece for r in reported] == todo and sum(r.rows for r in reported) == 400
     with pytest.raises(RuntimeError):  # its consumer is closed

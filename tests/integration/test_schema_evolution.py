@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import Schema as RegisteredSchema, SchemaRegistryError
 from pydantic import create_model
 
-from ml import snapshot
+from ml import decode, snapshot
 from ml.contracts import Contract, DeadLetter, ModelStatus
 from ml.errors import SchemaIncompatible, SchemaNotRegistered
 from ml.keras_models import to_bytes
@@ -248,3 +248,37 @@ def test_a_decoder_prepared_ahead_holds_the_subjects_latest_schema_and_prepares_
     v2 = registry.register(TopicSchema(topic, FlightCompletedV2)).schema_id
     decoder.prepare()
     assert set(decoder._groups) == {v1, v2} and decoder._groups[v2].decoder.ignore == {"gate"}
+
+
+def test_a_large_framed_batch_decodes_as_record_by_record_and_a_frame_without_a_record_is_rejected_in_place(
+        kafka_bootstrap, monkeypatch):
+    topic = f"lines{uuid.uuid4().hex[:8]}.flights.completed"
+    registry = SchemaRegistry.of(LoopSettings())
+    v1 = registry.register(TopicSchema(topic, FlightCompleted)).schema_id
+    v2 = registry.register(TopicSchema(topic, FlightCompletedV2)).schema_id
+    settings = LoopSettings()
+    stream = build_stream(settings, load_completed((1, 1), limit=decode.RECORD_BY_RECORD_MAX + 200))
+    records = [v for t, v in zip(stream.topics, stream.values, strict=True) if t == settings.topic("flights.completed")]
+    uniform = [header(v1) + r for r in records]
+    flagged = list(uniform)
+    flagged[5] = header(v1) + orjson.dumps({**orjson.loads(records[5]), "month": 13})
+    mixed = list(uniform)
+    mixed[3], mixed[7], mixed[11] = None, header(v1), header(v1) + b"{broken"
+    mixed[13] = header(v2) + orjson.dumps({**orjson.loads(records[13]), "gate": "C4"})
+
+    def both(values: list[bytes | None]) -> tuple:
+        decoder = TopicDecoder(LoopSettings(), topic, FlightCompleted)
+        whole = decoder.decode(values)  # more than RECORD_BY_RECORD_MAX values: parsed whole where it can be
+        with monkeypatch.context() as m:
+            m.setattr(decode, "RECORD_BY_RECORD_MAX", len(values))
+            alone = decoder.decode(values)
+        assert whole.table.equals(alone.table) and whole.rejected == alone.rejected
+        assert whole.accepted.tolist() == alone.accepted.tolist() and whole.schema_ids == alone.schema_ids
+        return whole
+
+    assert both(uniform).schema_ids == {v1: len(records)}
+    assert [(r.index, r.error_class) for r in both(flagged).rejected] == [(5, "range")]
+    out = both(mixed)
+    assert [(r.index, r.error_class) for r in out.rejected] == [(3, "undecodable"), (7, "undecodable"),
+                                                                 (11, "undecodable")]
+    assert out.schema_ids == {v1: len(records) - 4, v2: 1} and 13 in out.accepted.tolist()

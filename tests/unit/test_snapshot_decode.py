@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from ml import contracts, decode
-from ml.decode import ERROR_RANGE, ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, field_checks
+from ml.decode import ERROR_RANGE, ERROR_SCHEMA, ERROR_UNDECODABLE, ContractDecoder, JsonLines, field_checks
 from use_cases.flight_delay.contracts import FlightCompleted, FlightScheduled
 
 GOOD = {
@@ -129,7 +129,8 @@ def test_both_fast_paths_give_identical_tables(monkeypatch):
 
 def test_the_record_by_record_path_is_taken_up_to_its_limit_and_needs_no_fallback(monkeypatch):
     calls = []
-    monkeypatch.setattr(ContractDecoder, "_validate_each", lambda self, values, idx: calls.append(idx) or ([], [], []))
+    monkeypatch.setattr(ContractDecoder, "_validate_each",
+                        lambda self, values, idx, skip: calls.append(list(idx)) or ([], [], []))
     decoder = ContractDecoder(FlightCompleted)
     out = decoder.decode([record(i) for i in range(decode.RECORD_BY_RECORD_MAX)])
     assert out.table.num_rows == decode.RECORD_BY_RECORD_MAX and calls == [[]]
@@ -155,3 +156,33 @@ def test_scheduled_contract_refuses_completed_fields(decoder):
     assert out.table.num_rows == 0
     assert out.rejected[0].error_class == ERROR_SCHEMA and "Extra inputs" in out.rejected[0].reason
     assert isinstance(out.table, pa.Table)
+
+
+def test_lines_hold_a_large_batch_in_one_buffer_with_each_values_header_read_and_blanked(monkeypatch):
+    monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 2)
+    values = [b"\x00\x00\x00\x00\x07" + record(i) for i in range(3)]
+    lines = JsonLines.of(values, skip=5)
+    assert lines.heads.tolist() == [[0, 0, 0, 0, 7]] * 3 and len(lines) == 3
+    assert bytes(lines.buffer) == b"\n".join(b"     " + record(i) for i in range(3))
+
+
+@pytest.mark.parametrize("values", [[b"12345{}"] * 2, [b"12345{}", None, b"12345{}"],
+                                    [b"12345{}", b"12345", b"123456"]],
+                         ids=["small", "a null", "no record after the header"])
+def test_lines_refuse_a_small_batch_and_one_with_a_value_holding_no_record(monkeypatch, values):
+    monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 2)
+    assert JsonLines.of(values, skip=5) is None
+
+
+def test_a_large_batch_read_after_its_headers_decodes_as_the_records_alone(monkeypatch):
+    monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 0)
+    values = [record(i, month=0) if i == 3 else record(i) for i in range(20)]
+    values[5] = record(5).replace(b",", b",\n", 1)  # a raw newline: the whole batch is read record by record
+    decoder = ContractDecoder(FlightCompleted)
+    alone = decoder.decode(values)
+    for batch in (values, values[:5] + values[6:]):
+        framed = decoder.decode_lines(JsonLines.of([b"\x00\x00\x00\x00\x01" + v for v in batch], skip=5))
+        expected = decoder.decode(batch)
+        assert framed.table.equals(expected.table) and framed.rejected == expected.rejected
+        assert framed.accepted.tolist() == expected.accepted.tolist()
+    assert alone.table.num_rows == 19 and [(r.index, r.error_class) for r in alone.rejected] == [(3, ERROR_RANGE)]
