@@ -238,7 +238,7 @@ def reader_ahead(settings: LoopSettings, topic: str, contract: type[Contract], t
 def _prepared_decoder(settings: LoopSettings, topic: str, contract: type[Contract]) -> TopicDecoder:
     """A decoder of ``topic`` that has looked the subject's latest schema up. The reading waits for it before its first
     decode, so the lookup does not share the GIL with the consuming of the next batches."""
-    decoder = TopicDecoder(settings, topic, contract)
+    decoder = TopicDecoder(settings, topic, contract, batches_at_once=True)  # DECODERS batches at a time
     try:
         decoder.prepare()
     except Exception as e:  # only a head start: decoding looks the schema up again (and raises what it meets)

@@ -139,8 +139,10 @@ class TopicDecoder:
     contract, leaving out the fields a newer registered schema added; a bad frame becomes a rejection. Threads
     may decode batches at the same time (a snapshot decodes several at once)."""
 
-    def __init__(self, names: TopicNames, topic: str, contract: type[BaseModel]) -> None:
+    def __init__(self, names: TopicNames, topic: str, contract: type[BaseModel], *, batches_at_once: bool = False
+                 ) -> None:
         self.contract = contract
+        self.batches_at_once = batches_at_once  # as ContractDecoder's
         self.reader = TopicReader(names, topic)
         self.schema = arrow_schema(contract)
         self._fields = frozenset(contract.model_fields)
@@ -161,7 +163,8 @@ class TopicDecoder:
                                                                  f"{writer[NOT_JSON_SCHEMA]}: the records of "
                                                                  f"{self.reader.topic} are JSON"))
                 extra = frozenset(writer.get("properties", {})) - self._fields
-                found = self._groups[schema_id] = _Group(ContractDecoder(self.contract, ignore=extra), None)
+                decoder = ContractDecoder(self.contract, ignore=extra, batches_at_once=self.batches_at_once)
+                found = self._groups[schema_id] = _Group(decoder, None)
             return found
 
     def prepare(self) -> None:

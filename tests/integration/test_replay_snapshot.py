@@ -230,8 +230,24 @@ def test_aborted_transactions_are_not_snapshot(settings, flights):
             p.commit_transaction(30)
         else:
             p.abort_transaction(30)
+    _await_transaction_markers(settings, topic)
     m = take_snapshot(settings, topic, FlightCompleted, timeout=10)
     assert m.row_count == 10 and m.rejected_count == 0
+
+
+def _await_transaction_markers(settings: LoopSettings, topic: str, timeout: float = 30.0) -> None:
+    """Wait until every partition's last stable offset (a snapshot's end) is its high watermark: the markers of the
+    transactions reach the partitions after commit and abort have returned, and until they do a snapshot ends before
+    those transactions' records (they go to the next one)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": uuid.uuid4().hex})
+    deadline = time.monotonic() + timeout
+    try:
+        while any(end != consumer.get_watermark_offsets(TopicPartition(topic, p), timeout)[1]
+                  for p, (_, end) in partition_offsets(settings, topic).items()):
+            assert time.monotonic() < deadline, f"the transactions' markers did not reach {topic} in {timeout:.0f} s"
+            time.sleep(0.05)
+    finally:
+        consumer.close()
 
 
 def test_an_unreachable_broker_is_named_in_the_error(tmp_path, flights):
@@ -304,7 +320,8 @@ def test_a_reader_started_ahead_reports_pieces_in_order_raises_a_failed_finish_a
         (tmp_path / folder).mkdir()
     reported: list[snapshot_files.PieceResult] = []
     with snapshot_files.reader_ahead(settings, topic, FlightCompleted, 30) as reader:
-        assert len(reader().decoder.result()._groups) == 1  # the subject's latest schema, looked up before the reading
+        decoder = reader().decoder.result()
+        assert len(decoder._groups) == 1 and decoder.batches_at_once  # the latest schema looked up before the reading
         reader().read(iter(todo), reported.append, tmp_path / "whole", 30, 50)
     assert [r.piece for r in reported] == todo and sum(r.rows for r in reported) == 400
     with pytest.raises(RuntimeError):  # its consumer is closed

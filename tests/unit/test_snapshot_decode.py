@@ -186,3 +186,12 @@ def test_a_large_batch_read_after_its_headers_decodes_as_the_records_alone(monke
         assert framed.table.equals(expected.table) and framed.rejected == expected.rejected
         assert framed.accepted.tolist() == expected.accepted.tolist()
     assert alone.table.num_rows == 19 and [(r.index, r.error_class) for r in alone.rejected] == [(3, ERROR_RANGE)]
+
+
+def test_a_decoder_of_batches_at_once_parses_a_large_batch_as_one_block_into_the_same_rows(monkeypatch):
+    monkeypatch.setattr(decode, "RECORD_BY_RECORD_MAX", 0)
+    values = [record(i, dep_delay=i % 50) for i in range(3000)]  # about 2 MiB: blocks of 1 MiB by default
+    by_blocks = ContractDecoder(FlightCompleted).decode(values).table
+    at_once = ContractDecoder(FlightCompleted, batches_at_once=True).decode(values).table
+    assert at_once.equals(by_blocks)
+    assert by_blocks.column("flight_id").num_chunks > 1 and at_once.column("flight_id").num_chunks == 1
