@@ -64,7 +64,7 @@ class Decoded:
 class JsonLines:
     """A batch of values as one buffer for pyarrow's JSON reader, one value a line, made with no Python work per value
     but a ``len``: the first ``skip`` bytes of each value (a frame header the caller reads, ``heads``) are blanked to
-    spaces, which JSON skips. Use ``of``: it refuses a batch with a value that holds no more than ``skip`` bytes."""
+    spaces, which JSON skips. Made by ``of``, which refuses a small batch and one with a value holding no record."""
 
     def __init__(self, values: list[bytes], skip: int, buffer: bytearray, starts: np.ndarray) -> None:
         self.values = values
