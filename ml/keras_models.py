@@ -12,6 +12,8 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
+    from ml.numpy_forward import NumpyForward
+
 PREDICT_BATCH = 16384
 # How a model is loaded to predict, wherever it is loaded (the scorer, the gate, the monitor): no deserialised code,
 # and not compiled (a served model is never trained again; compiling rebuilt an optimizer the saved one did not match).
@@ -38,10 +40,18 @@ def from_bytes(data: bytes) -> keras.Model:
         return keras.saving.load_model(path, **LOAD_OPTIONS)
 
 
-def predict(model: keras.Model, inputs: dict[str, np.ndarray] | np.ndarray, batch: int = PREDICT_BATCH
-            ) -> np.ndarray:
-    """The model's outputs for ``inputs`` (one array, or named arrays with one row per input), computed with
-    ``predict_on_batch`` in batches of ``batch`` rows (``model.predict`` costs far more per call)."""
+def predict(model: keras.Model | NumpyForward, inputs: dict[str, np.ndarray] | np.ndarray,
+            batch: int = PREDICT_BATCH) -> np.ndarray:
+    """The model's outputs for ``inputs`` (one array, or named arrays with one row per input), computed in batches
+    of ``batch`` rows: with ``predict_on_batch`` for a Keras model (``model.predict`` costs far more per call), or
+    by the model's numpy pass (``Registry.load_predictor``)."""
+    from ml.numpy_forward import NumpyForward
+
+    if isinstance(model, NumpyForward):
+        forward = model
+        call = forward if isinstance(inputs, dict) else (lambda x: forward({forward.inputs[0].name: x}))
+    else:
+        call = model.predict_on_batch
     named = isinstance(inputs, dict)
     n = len(next(iter(inputs.values()))) if named else len(inputs)
 
@@ -50,4 +60,4 @@ def predict(model: keras.Model, inputs: dict[str, np.ndarray] | np.ndarray, batc
 
     if n == 0:
         return np.zeros(0)
-    return np.concatenate([np.asarray(model.predict_on_batch(rows(a))) for a in range(0, n, batch)])
+    return np.concatenate([np.asarray(call(rows(a))) for a in range(0, n, batch)])

@@ -133,7 +133,7 @@ class ForwardPlan:
     output: str
 
 
-_SUPPORTED = ("Dense", "Embedding", "Concatenate", "Dropout")
+SUPPORTED_LAYERS = ("Dense", "Embedding", "Concatenate", "Dropout")
 
 
 def forward_plan(model) -> ForwardPlan:
@@ -141,6 +141,12 @@ def forward_plan(model) -> ForwardPlan:
     config = model.get_config()
     if "layers" not in config or "output_layers" not in config:
         raise UnsupportedModel(f"{type(model).__name__} is not a functional model")
+    return config_plan(config, lambda name: [np.asarray(w) for w in model.get_layer(name).get_weights()])
+
+
+def config_plan(config: Mapping, weights: Callable[[str], list[Array]]) -> ForwardPlan:
+    """The plan of a functional model's config (``get_config()``, or the ``config`` of a ``.keras`` archive's
+    ``config.json``) with ``weights(layer name)`` giving each computing layer's weights; raises UnsupportedModel."""
     outputs = config["output_layers"]
     if outputs and isinstance(outputs[0], str):  # a single output is stored unwrapped
         outputs = [outputs]
@@ -156,10 +162,9 @@ def forward_plan(model) -> ForwardPlan:
             continue
         if policy not in (None, "float32"):
             raise UnsupportedModel(f"layer {name}: dtype policy {policy!r}")
-        if kind not in _SUPPORTED:
+        if kind not in SUPPORTED_LAYERS:
             raise UnsupportedModel(f"layer {name}: {kind} is not supported by the numpy pass")
-        layers.append(LayerPlan(name, kind, cfg, _inbound(layer_cfg),
-                                [np.asarray(w) for w in model.get_layer(name).get_weights()]))
+        layers.append(LayerPlan(name, kind, cfg, _inbound(layer_cfg), weights(name)))
     output = _history({"class_name": "__keras_tensor__", "config": {"keras_history": outputs[0]}})
     return ForwardPlan(inputs, layers, output)
 

@@ -329,7 +329,7 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
     criteria = uc.gate_criteria(gate_margins)
     holdout = holdout_rows(settings, uc, candidate.snapshot_ids)
     challenger = uc.load_preprocessing(registry.preprocessing(candidate.mlflow_run_id))
-    challenger_scored = score_model(uc, registry.load_model(candidate.model_uri), challenger, holdout)
+    challenger_scored = score_model(uc, registry.load_predictor(candidate.model_uri), challenger, holdout)
     champion = registry.champion()
     champion_preprocessing, champion_scored, intervals = None, None, {}
     start = holdout[uc.time_order[0]].min()
@@ -345,7 +345,7 @@ def evaluate_step(settings: LoopSettings, candidate: Candidate, *, force_reason:
                         "forced (%s)", champion.version, e, force_reason)
             champion = None
     if champion is not None:
-        champion_scored = score_model(uc, registry.load_model(champion.version), champion_preprocessing, holdout)
+        champion_scored = score_model(uc, registry.load_predictor(champion.version), champion_preprocessing, holdout)
         intervals = gate_intervals(settings, uc, criteria, holdout, challenger_scored, champion_scored)
         # A champion that trained on holdout rows would look better than it is.
         if pd.Timestamp(champion_preprocessing.fitted_through) >= start:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import keras
     from mlflow import MlflowClient
 
+    from ml.numpy_forward import NumpyForward
+
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
@@ -354,14 +356,35 @@ class Registry:
         log.info("loaded %s", uri)
         return model
 
+    def load_predictor(self, version_or_uri: int | str) -> keras.Model | NumpyForward:
+        """A registered version (int) or model URI for ``keras_models.predict``: the numpy pass of its ``.keras``
+        archive, read without importing TensorFlow (``ml.keras_archive``: the arithmetic the scorer serves), or the
+        Keras model loaded from it when it holds what that pass does not mirror. Raises LoopError when the model holds
+        no ``.keras`` archive (it could not be published either)."""
+        from ml.keras_archive import archive_forward
+        from ml.keras_models import from_bytes
+        from ml.numpy_forward import UnsupportedModel
+
+        uri = f"models:/{self.name}/{version_or_uri}" if isinstance(version_or_uri, int) else version_or_uri
+        data = self._archive(uri)
+        try:
+            forward = archive_forward(data)
+        except UnsupportedModel as e:
+            log.info("%s has no exact numpy pass (%s): loading it with Keras", uri, e)
+            return from_bytes(data)
+        log.info("loaded %s as its numpy pass (%d layers)", uri, len(forward.steps))
+        return forward
+
     def model_archive(self, version: int) -> bytes:
         """The ``.keras`` archive of registered ``version``, byte for byte as ``log_model`` stored it: what is
         published, read without loading Keras (or TensorFlow) to save it again. Raises LoopError when the version's
         model holds no such archive (a model not logged by ``log_model``)."""
+        return self._archive(f"models:/{self.name}/{version}")
+
+    def _archive(self, uri: str) -> bytes:
         import mlflow
         from mlflow.models import Model
 
-        uri = f"models:/{self.name}/{version}"
         self.client()
         self._use_fluent()
         with tempfile.TemporaryDirectory() as tmp:

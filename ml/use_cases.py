@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import typer
 
+    from ml.numpy_forward import NumpyForward
     from ml.settings import LoopSettings, TopicNames
     from ml.snapshot import SnapshotRows
     from ml.training import TrainResult
@@ -157,16 +158,18 @@ class UseCase(ABC):
         return self.train(rows.columns(None), settings)
 
     @abstractmethod
-    def evaluate(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame, *,
+    def evaluate(self, model: keras.Model | NumpyForward, preprocessing: Preprocessing, rows: pd.DataFrame, *,
                  scores: np.ndarray | None = None) -> dict[str, float]:
         """Metrics of ``model`` (read through its own ``preprocessing``) on labelled ``rows``: every metric of
-        ``gate`` and ``ui_metrics``, plus ``rows``. Raises ValueError when the rows cannot judge a model.
+        ``gate`` and ``ui_metrics``, plus ``rows``. Raises ValueError when the rows cannot judge a model. The gate
+        and the monitor pass the model's numpy pass, or a Keras model (``Registry.load_predictor``): score it with
+        ``ml.keras_models.predict``, which takes either.
 
         ``scores``: ``self.scores(model, preprocessing, rows)`` when the caller has them already (the gate scores
         each model once for its metrics and their interval). Only a use case with ``metric_functions`` is
         passed them."""
 
-    def scores(self, model: keras.Model, preprocessing: Preprocessing, rows: pd.DataFrame) -> np.ndarray:
+    def scores(self, model: keras.Model | NumpyForward, preprocessing: Preprocessing, rows: pd.DataFrame) -> np.ndarray:
         """The model's output per row of ``rows`` that ``metric_functions`` read (a probability, an anomaly
         score), shape (n,). Needed only with ``metric_functions``."""
         raise NotImplementedError(f"use case {self.name} gives no per-row scores")

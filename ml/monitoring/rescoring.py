@@ -68,7 +68,7 @@ class Rescorer:
         if version in self._models:
             self._models.move_to_end(version)
         else:
-            self._models[version] = self.registry.load_model(version)
+            self._models[version] = self.registry.load_predictor(version)
             while len(self._models) > MODELS_KEPT:
                 self._models.popitem(last=False)
         return self._models[version]

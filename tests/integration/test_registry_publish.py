@@ -18,7 +18,8 @@ from confluent_kafka import Producer, TopicPartition
 from pydantic import BaseModel, SecretStr
 
 from ml.errors import LoopError, ModelTooLarge, RegistryUnavailable
-from ml.keras_models import from_bytes
+from ml.keras_models import from_bytes, predict
+from ml.numpy_forward import NumpyForward
 from ml.publish import build_envelope, publish, read_envelopes
 from ml.registry import ChampionInfo, Registry
 from ml.settings import LoopSettings
@@ -123,6 +124,9 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
         loaded = registry.load_model(1)
     assert not [w for w in caught if "Skipping variable loading" in str(w.message)]  # loaded for predictions only
     np.testing.assert_allclose(loaded.predict(x, verbose=0), keras_model.predict(x, verbose=0), rtol=1e-6)
+    fallback = registry.load_predictor(1)  # a Sequential model has no numpy pass from its archive: Keras loads it
+    assert not isinstance(fallback, NumpyForward)
+    np.testing.assert_allclose(predict(fallback, x), keras_model.predict(x, verbose=0), rtol=1e-6)
     # What is published: the archive as logged, byte for byte, read in a process that never imports Keras.
     archive = registry.model_archive(1)
     stored = next((tmp_path / "artifacts").rglob("data/model.keras")).read_bytes()
@@ -150,6 +154,40 @@ def test_run_lineage_registration_champion_and_load_round_trip(tmp_path, keras_m
 
 
 @pytest.mark.slow
+def test_a_functional_version_is_loaded_for_predictions_without_tensorflow(tmp_path):
+    """The gate's and the monitor's load: the numpy pass read from the archive, in a process that never imports
+    TensorFlow, with Keras' outputs."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Dropout(0.1)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    settings = LoopSettings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                            mlflow_artifact_root=tmp_path / "artifacts", mlflow_experiment="exp-test",
+                            model_name="flight_delay_test")
+    registry = Registry(settings)
+    with registry.start_run("functional") as run_id:
+        model_uri = registry.log_model(run_id, model, PREPROCESSING)
+    assert registry.register(run_id, model_uri) == 1
+    x = np.random.default_rng(2).normal(size=(64, 4)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    probe = ("import sys; import numpy as np; from ml.keras_models import predict; from ml.registry import Registry; "
+             "from ml.settings import LoopSettings; "
+             f"r = Registry(LoopSettings(mlflow_tracking_uri={settings.mlflow_tracking_uri!r}, "
+             f"mlflow_artifact_root={str(tmp_path / 'artifacts')!r}, mlflow_experiment='exp-test', "
+             "model_name='flight_delay_test')); "
+             f"m = r.load_predictor({model_uri!r}); v = r.load_predictor(1); x = np.load({str(tmp_path / 'x.npy')!r}); "
+             f"np.save({str(tmp_path / 'y.npy')!r}, np.stack([predict(m, x), predict(v, x)])); "
+             "print(type(m).__name__, type(v).__name__, 'keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["NumpyForward", "NumpyForward", "False", "False"]
+    expected = model.predict(x, verbose=0)
+    for outputs in np.load(tmp_path / "y.npy"):
+        np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
 def test_a_version_without_a_keras_archive_is_refused_for_publishing(tmp_path):
     import mlflow
 
@@ -166,6 +204,8 @@ def test_a_version_without_a_keras_archive_is_refused_for_publishing(tmp_path):
     assert registry.register(run_id, info.model_uri) == 1
     with pytest.raises(LoopError, match="models:/flight_delay_test/1 holds no model.keras archive"):
         registry.model_archive(1)
+    with pytest.raises(LoopError, match="models:/flight_delay_test/1 holds no model.keras archive"):
+        registry.load_predictor(1)  # nor judged by the gate
 
 
 def test_unreachable_mlflow_fails_fast_naming_the_uri(tmp_path):

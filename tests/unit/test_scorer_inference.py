@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from ml.keras_models import from_bytes, to_bytes
-from ml.numpy_forward import NumpyForward, UnsupportedModel
+from ml.keras_archive import archive_plan
+from ml.keras_models import from_bytes, predict, to_bytes
+from ml.numpy_forward import NumpyForward, UnsupportedModel, forward_plan
 from ml.preprocessing import schema_problems
 from scoring_service import model_checks
 from scoring_service.model_checks import ModelRefused
@@ -83,6 +84,25 @@ def test_numpy_pass_after_a_bytes_round_trip_matches_keras(fitted, trained):
     loaded = from_bytes(to_bytes(trained))
     p = model_checks.warm_up(FLIGHTS, fitted, NumpyForward.from_keras(loaded), _keras(loaded), rows=64)
     assert p.shape == (64, 1) and np.all((p >= 0) & (p <= 1))
+
+
+def test_the_served_model_read_from_its_archive_without_keras_is_the_pass_keras_derives(flights, fitted, trained):
+    """What the gate and the monitor score with (``ml.keras_archive``): the same plan as ``forward_plan`` of the
+    model Keras holds, weights equal bit for bit, so the same outputs."""
+    read, derived = archive_plan(to_bytes(trained)), forward_plan(trained)
+    assert [(s.name, s.row_shape, s.dtype) for s in read.inputs] == [
+        (s.name, s.row_shape, s.dtype) for s in derived.inputs]
+    assert [(layer.name, layer.kind, layer.sources) for layer in read.layers] == [
+        (layer.name, layer.kind, layer.sources) for layer in derived.layers]
+    for ours, theirs in zip(read.layers, derived.layers, strict=True):
+        assert len(ours.weights) == len(theirs.weights), ours.name
+        for a, b in zip(ours.weights, theirs.weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert read.output == derived.output
+    x = features.transform(fitted, flights)
+    got = predict(NumpyForward.from_plan(read), x, batch=700)  # the pass in batches, concatenated
+    assert got.shape == (len(flights), 1)
+    np.testing.assert_allclose(got, predict(trained, x), rtol=1e-5, atol=1e-6)
 
 
 def test_unsupported_layer_is_refused_not_approximated():
