@@ -82,12 +82,12 @@ class JsonLines:
         if len(values) <= RECORD_BY_RECORD_MAX:
             return None
         try:
-            buffer = bytearray(b"\n").join(values)
             lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         except TypeError:  # a null value
             return None
-        if lengths.min() <= skip:
+        if lengths.min() <= skip:  # refused before the join, which copies the batch
             return None
+        buffer = bytearray(b"\n").join(values)
         starts = np.zeros(len(values), dtype=np.int64)
         np.cumsum(lengths[:-1] + 1, out=starts[1:])
         return cls(values, skip, buffer, starts)
