@@ -23,7 +23,15 @@ from ml.settings import LoopSettings
 from ml.snapshot import (DATA, MANIFEST, SnapshotManifest, SnapshotRows, list_manifests, load_snapshots,
                          manifests_of, topic_dir)
 from ml.decode import Decoded
-from ml.snapshot_files import ROW_GROUP, Piece, Schedule, _no_cycle_collection, _PieceFile, pieces
+from ml.snapshot_files import (
+    ROW_GROUP,
+    Piece,
+    Schedule,
+    _no_cycle_collection,
+    _PieceFile,
+    _system_memory_pool,
+    pieces,
+)
 from use_cases.flight_delay.contracts import FlightCompleted
 from use_cases.flight_delay.source import load_completed
 
@@ -282,3 +290,18 @@ def test_the_cycle_collector_is_off_while_a_piece_is_read_and_as_it_was_after():
         assert gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_arrow_allocates_from_the_system_pool_while_pieces_are_read_and_from_its_own_after():
+    before = pa.default_memory_pool()
+    system = pa.system_memory_pool()
+    with _system_memory_pool():
+        assert pa.default_memory_pool().backend_name == "system"
+        allocated = system.bytes_allocated()
+        held = pa.array(np.arange(100_000)) * 2  # a new buffer from the system pool, freed to it after the block
+        assert system.bytes_allocated() >= allocated + held.nbytes
+    assert pa.default_memory_pool().backend_name == before.backend_name
+    assert held.sum().as_py() == 9_999_900_000
+    with pytest.raises(RuntimeError), _system_memory_pool():
+        raise RuntimeError("a piece failed")
+    assert pa.default_memory_pool().backend_name == before.backend_name
