@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ml.numpy_forward import SUPPORTED_LAYERS, ForwardPlan, NumpyForward, UnsupportedModel, config_plan
+from ml.numpy_forward import ForwardPlan, NumpyForward, UnsupportedModel, config_plan
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -37,17 +37,29 @@ def _expected_shapes(kind: str, cfg: Mapping) -> list[tuple[int | None, ...]]:
         return [(None, cfg["units"]), *([(cfg["units"],)] if cfg.get("use_bias", True) else [])]
     if kind == "Embedding":
         return [(cfg["input_dim"], cfg["output_dim"])]
-    return []  # InputLayer, Concatenate, Dropout: no variables
+    return []  # Concatenate, Dropout: no variables
 
 
 def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
     return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected, strict=True))
 
 
+def _folders(layers: list[Mapping]) -> dict[str, str]:
+    """Layer name -> its folder in the weights file: its class in snake case, with ``_<n>`` for the ``n``-th
+    (from 1) later layer of that class (``keras.src.saving.saving_lib._get_unique_name``)."""
+    seen: dict[str, int] = {}
+    folders = {}
+    for layer in layers:
+        base = _snake_case(layer["class_name"])
+        seen[base] = seen.get(base, -1) + 1
+        folders[layer["name"]] = base if seen[base] == 0 else f"{base}_{seen[base]}"
+    return folders
+
+
 def archive_plan(data: bytes) -> ForwardPlan:
     """The forward plan of the functional model in ``.keras`` archive ``data``. Raises UnsupportedModel for a model
-    the numpy pass cannot mirror, or variables that do not match the config; zipfile.BadZipFile, KeyError or
-    OSError for a damaged archive."""
+    the numpy pass cannot mirror (``config_plan`` refuses its layers), or variables that do not match the config;
+    zipfile.BadZipFile, KeyError or OSError for a damaged archive."""
     import h5py
     import orjson
 
@@ -57,34 +69,29 @@ def archive_plan(data: bytes) -> ForwardPlan:
     config = model.get("config") or {}
     if model.get("class_name") != "Functional" or "layers" not in config or "output_layers" not in config:
         raise UnsupportedModel(f"{model.get('class_name')!r} is not a functional model")
-    by_layer: dict[str, list[np.ndarray]] = {}
+    layers = {layer["name"]: layer for layer in config["layers"]}
+    folders = _folders(config["layers"])
     with h5py.File(io.BytesIO(weights_file), "r") as h5:
         stored = h5.get("layers")
         if not isinstance(stored, h5py.Group):
             raise UnsupportedModel(f"{WEIGHTS_FILE} holds no layers")
-        seen: dict[str, int] = {}
-        folders = []
-        for layer in config["layers"]:
-            kind = layer["class_name"]
-            base = _snake_case(kind)
-            seen[base] = seen.get(base, -1) + 1
-            folder = base if seen[base] == 0 else f"{base}_{seen[base]}"
-            folders.append(folder)
+
+        def weights(name: str) -> list[np.ndarray]:  # of a layer config_plan supports
+            layer, folder = layers[name], folders[name]
             variables = stored.get(f"{folder}/vars")
             if not isinstance(variables, h5py.Group):
-                raise UnsupportedModel(f"layer {layer['name']}: no {folder}/vars in {WEIGHTS_FILE}")
-            if kind != "InputLayer" and kind not in SUPPORTED_LAYERS:
-                raise UnsupportedModel(f"layer {layer['name']}: {kind} is not supported by the numpy pass")
-            weights = [np.asarray(variables[str(i)]) for i in range(len(variables))]
-            expected = _expected_shapes(kind, layer["config"])
-            if len(weights) != len(expected) or not all(map(_fits, (w.shape for w in weights), expected)):
-                raise UnsupportedModel(f"layer {layer['name']} ({kind}): variables of shapes "
-                                       f"{[w.shape for w in weights]} in {folder}, expected {expected}")
-            by_layer[layer["name"]] = weights
-        if set(stored) != set(folders):
-            raise UnsupportedModel(f"{WEIGHTS_FILE} holds layers {sorted(set(stored) - set(folders))} the config "
-                                   "does not name")
-    return config_plan(config, by_layer.__getitem__)
+                raise UnsupportedModel(f"layer {name}: no {folder}/vars in {WEIGHTS_FILE}")
+            found = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+            expected = _expected_shapes(layer["class_name"], layer["config"])
+            if len(found) != len(expected) or not all(map(_fits, (w.shape for w in found), expected)):
+                raise UnsupportedModel(f"layer {name} ({layer['class_name']}): variables of shapes "
+                                       f"{[w.shape for w in found]} in {folder}, expected {expected}")
+            return found
+
+        plan = config_plan(config, weights)
+        if extra := sorted(set(stored) - set(folders.values())):
+            raise UnsupportedModel(f"{WEIGHTS_FILE} holds layers {extra} the config does not name")
+    return plan
 
 
 def archive_forward(data: bytes) -> NumpyForward:

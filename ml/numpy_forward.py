@@ -133,7 +133,7 @@ class ForwardPlan:
     output: str
 
 
-SUPPORTED_LAYERS = ("Dense", "Embedding", "Concatenate", "Dropout")
+_SUPPORTED = ("Dense", "Embedding", "Concatenate", "Dropout")
 
 
 def forward_plan(model) -> ForwardPlan:
@@ -162,7 +162,7 @@ def config_plan(config: Mapping, weights: Callable[[str], list[Array]]) -> Forwa
             continue
         if policy not in (None, "float32"):
             raise UnsupportedModel(f"layer {name}: dtype policy {policy!r}")
-        if kind not in SUPPORTED_LAYERS:
+        if kind not in _SUPPORTED:
             raise UnsupportedModel(f"layer {name}: {kind} is not supported by the numpy pass")
         layers.append(LayerPlan(name, kind, cfg, _inbound(layer_cfg), weights(name)))
     output = _history({"class_name": "__keras_tensor__", "config": {"keras_history": outputs[0]}})
